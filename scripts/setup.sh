@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what microdcs needs on a fresh Debian/Ubuntu machine, skipping what
+# is already there: mosquitto (+ clients, used by tests) and redis-server.
+# The Rust toolchain itself is expected (rustup); cargo-nextest is optional.
+set -euo pipefail
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/sbin/redis-server ] || need+=(redis-server)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "setup: need root or sudo to install ${need[*]}" >&2; exit 1; }
+    sudo_cmd="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -q
+  $sudo_cmd apt-get install -y -q --no-install-recommends "${need[@]}"
+  # The packages start system services on the standard ports; microdcs tests
+  # and the demo start their own instances on free ports and do not need them.
+fi
+
+command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+echo "setup: mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}'), $(redis-server --version | awk '{print $3}'), $(cargo --version)"

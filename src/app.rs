@@ -1,0 +1,430 @@
+//! The application: processors bound to transports, background tasks, and a
+//! graceful shutdown on SIGTERM/SIGINT.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), microdcs::AppError> {
+//! use microdcs::{App, Processor, TopicBinding};
+//! use microdcs::transport::mqtt::MqttSettings;
+//! let processor = Processor::northbound("greeter").build();
+//! App::builder()
+//!     .mqtt("mqtt", MqttSettings::new("localhost", 1883, "station-1"))
+//!     .redis_url("redis://localhost:6379", "microdcs")
+//!     .processor(processor, TopicBinding::new("app/greetings"))
+//!     .build()
+//!     .await?
+//!     .run()
+//!     .await
+//! # }
+//! ```
+
+use crate::config::Config;
+use crate::dedupe::Dedupe;
+use crate::processor::Processor;
+use crate::transport::mqtt::{MqttSettings, MqttTransport};
+use crate::transport::{BoxFuture, TopicBinding};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// Errors that stop an application from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Redis settings are unusable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A processor was bound to a transport that does not exist.
+    #[error("processor '{processor}' is bound to unknown transport '{transport}'")]
+    UnknownTransport {
+        /// Processor name.
+        processor: String,
+        /// Transport name.
+        transport: String,
+    },
+    /// A background task failed.
+    #[error("task '{task}' failed: {reason}")]
+    Task {
+        /// Task name.
+        task: String,
+        /// Its error.
+        reason: String,
+    },
+}
+
+/// A shutdown signal handed to background tasks. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// Resolves when the application is shutting down.
+    pub async fn wait(&mut self) {
+        let _ = self.rx.wait_for(|s| *s).await;
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.rx.borrow()
+    }
+}
+
+/// Triggers shutdown of a running [`App`] (as SIGTERM would).
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl ShutdownHandle {
+    /// Starts the graceful shutdown.
+    pub fn shutdown(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+type Task = Box<dyn FnOnce(Shutdown) -> BoxFuture<'static, Result<(), String>> + Send>;
+
+/// Builds an [`App`].
+#[must_use = "an app builder does nothing until `build` and `run` are called"]
+pub struct AppBuilder {
+    transports: Vec<(String, MqttSettings)>,
+    redis: Option<(RedisSource, String, Duration)>,
+    claim_lease: Duration,
+    bindings: Vec<(Option<String>, Processor, TopicBinding)>,
+    tasks: Vec<(String, Task)>,
+    grace: Duration,
+    config: Option<Config>,
+}
+
+/// A built application, ready to [`run`](App::run).
+pub struct App {
+    transports: Vec<Arc<MqttTransport>>,
+    tasks: Vec<(String, Task)>,
+    grace: Duration,
+    shutdown: Arc<watch::Sender<bool>>,
+    redis: Option<Redis>,
+}
+
+/// Where the app's Redis connection comes from.
+enum RedisSource {
+    Url(String),
+    Shared(Redis),
+}
+
+/// A Redis client with its shared, auto-reconnecting connection. Components
+/// that block on Redis (stream reads) open their own connection from
+/// `client`; everything else shares `conn`.
+#[derive(Clone)]
+pub struct Redis {
+    /// The client (for dedicated connections).
+    pub client: redis::Client,
+    /// The shared multiplexed connection.
+    pub conn: redis::aio::ConnectionManager,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Opens Redis at `url` lazily: nothing connects until first use, and a
+    /// Redis that is down is retried rather than fatal.
+    ///
+    /// # Errors
+    /// The URL cannot be parsed.
+    pub fn open(url: &str) -> Result<Redis, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(2);
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), cfg)?;
+        Ok(Redis { client, conn })
+    }
+}
+
+impl App {
+    /// Starts building an application.
+    pub fn builder() -> AppBuilder {
+        AppBuilder {
+            transports: Vec::new(),
+            redis: None,
+            bindings: Vec::new(),
+            tasks: Vec::new(),
+            grace: Duration::from_secs(10),
+            config: None,
+            claim_lease: Duration::from_secs(30),
+        }
+    }
+
+    /// A handle that shuts the app down gracefully.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            tx: self.shutdown.clone(),
+        }
+    }
+
+    /// The transports, in the order they were added.
+    pub fn transports(&self) -> &[Arc<MqttTransport>] {
+        &self.transports
+    }
+
+    /// The shared Redis connection (auto-reconnecting), if configured.
+    pub fn redis(&self) -> Option<redis::aio::ConnectionManager> {
+        self.redis.as_ref().map(|r| r.conn.clone())
+    }
+
+    /// The Redis client and shared connection, if configured.
+    pub fn redis_handle(&self) -> Option<&Redis> {
+        self.redis.as_ref()
+    }
+
+    /// Adds a background task after building (for tasks that need the
+    /// transports or connections the build created). See
+    /// [`AppBuilder::task`].
+    #[must_use]
+    pub fn task<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: FnOnce(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.tasks
+            .push((name.into(), Box::new(move |s| Box::pin(f(s)))));
+        self
+    }
+
+    /// Runs until SIGTERM, SIGINT or [`ShutdownHandle::shutdown`], then shuts
+    /// down gracefully: transports stop taking messages and finish in-flight
+    /// work, tasks see [`Shutdown`], everything within the grace period.
+    ///
+    /// # Errors
+    /// A background task returned an error.
+    pub async fn run(self) -> Result<(), AppError> {
+        let mut joins = Vec::new();
+        for t in &self.transports {
+            let t = t.clone();
+            joins.push(tokio::spawn(async move {
+                if let Err(e) = t.run().await {
+                    error!(error = %e, "transport ended with an error");
+                }
+            }));
+        }
+        let mut task_joins = Vec::new();
+        for (name, task) in self.tasks {
+            let sd = Shutdown {
+                rx: self.shutdown.subscribe(),
+            };
+            let fut = task(sd);
+            task_joins.push((name.clone(), tokio::spawn(fut)));
+        }
+        let mut rx = self.shutdown.subscribe();
+        tokio::select! {
+            _ = rx.wait_for(|s| *s) => info!("shutdown requested"),
+            s = termination_signal() => info!(signal = s, "shutdown signal received"),
+        }
+        self.shutdown.send_replace(true);
+        for t in &self.transports {
+            t.shutdown();
+        }
+        let deadline = tokio::time::Instant::now() + self.grace + Duration::from_secs(2);
+        for j in joins {
+            if tokio::time::timeout_at(deadline, j).await.is_err() {
+                warn!("a transport did not stop within the grace period");
+            }
+        }
+        let mut first_error = None;
+        for (name, j) in task_joins {
+            match tokio::time::timeout_at(deadline, j).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(reason))) => {
+                    error!(task = %name, %reason, "task failed");
+                    first_error.get_or_insert(AppError::Task { task: name, reason });
+                }
+                Ok(Err(e)) => {
+                    error!(task = %name, error = %e, "task panicked");
+                    first_error.get_or_insert(AppError::Task {
+                        task: name,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(_) => warn!(task = %name, "task did not stop within the grace period"),
+            }
+        }
+        info!("stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+async fn termination_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+impl AppBuilder {
+    /// Adds an MQTT transport. The first one is the default for
+    /// [`AppBuilder::processor`].
+    pub fn mqtt(mut self, name: impl Into<String>, settings: MqttSettings) -> Self {
+        self.grace = settings.shutdown_grace;
+        self.transports.push((name.into(), settings));
+        self
+    }
+
+    /// Uses Redis at `url` for deduplication (and for tasks that need it),
+    /// with keys under `key_prefix`.
+    pub fn redis_url(mut self, url: impl Into<String>, key_prefix: impl Into<String>) -> Self {
+        self.redis = Some((
+            RedisSource::Url(url.into()),
+            key_prefix.into(),
+            Duration::from_secs(600),
+        ));
+        self
+    }
+
+    /// Uses an already opened [`Redis`] (shared with components built
+    /// before the app, like the job store), with keys under `key_prefix`.
+    pub fn redis_shared(mut self, redis: Redis, key_prefix: impl Into<String>) -> Self {
+        let ttl = self
+            .redis
+            .as_ref()
+            .map_or(Duration::from_secs(600), |r| r.2);
+        self.redis = Some((RedisSource::Shared(redis), key_prefix.into(), ttl));
+        self
+    }
+
+    /// Sets the dedupe window (default 600 s).
+    pub fn dedupe_window(mut self, ttl: Duration) -> Self {
+        if let Some(r) = &mut self.redis {
+            r.2 = ttl;
+        }
+        self
+    }
+
+    /// Sets how long a crashed instance's claim on a message blocks its
+    /// redelivery elsewhere (default 30 s; live handlers renew it).
+    pub fn dedupe_claim_lease(mut self, lease: Duration) -> Self {
+        self.claim_lease = lease.max(Duration::from_millis(300));
+        self
+    }
+
+    /// Binds a processor to the default (first) transport.
+    pub fn processor(mut self, processor: Processor, binding: TopicBinding) -> Self {
+        self.bindings.push((None, processor, binding));
+        self
+    }
+
+    /// Binds a processor to the named transport; call it several times to
+    /// bind one processor to several transports.
+    pub fn processor_on(
+        mut self,
+        transport: impl Into<String>,
+        processor: Processor,
+        binding: TopicBinding,
+    ) -> Self {
+        self.bindings
+            .push((Some(transport.into()), processor, binding));
+        self
+    }
+
+    /// Binds a processor with the topics the configuration gives for its
+    /// name (`APP_PROCESSING_TOPIC_PREFIXES` etc.), falling back to
+    /// `default` for what the configuration leaves out. Needs
+    /// [`AppBuilder::from_config`] first.
+    pub fn processor_configured(self, processor: Processor, default: TopicBinding) -> Self {
+        let binding = match &self.config {
+            Some(c) => c.topic_binding(processor.name(), default),
+            None => default,
+        };
+        self.processor(processor, binding)
+    }
+
+    /// Adds a background task (an SFC engine, a publisher, a timer). It gets
+    /// a [`Shutdown`] and should return soon after it fires.
+    pub fn task<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: FnOnce(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.tasks
+            .push((name.into(), Box::new(move |s| Box::pin(f(s)))));
+        self
+    }
+
+    /// Takes MQTT, Redis and processing settings from a [`Config`]: one
+    /// transport named `mqtt`, Redis for dedupe, the shutdown grace period.
+    pub fn from_config(mut self, config: &Config) -> Self {
+        self = self.mqtt("mqtt", config.mqtt_settings());
+        self = self.redis_url(config.redis_url(), config.redis.key_prefix.clone());
+        self = self.dedupe_window(Duration::from_secs(config.mqtt.dedupe_ttl_seconds));
+        self.config = Some(config.clone());
+        self
+    }
+
+    /// Creates transports and connections (lazily: a broker or Redis that is
+    /// down at start is retried, not fatal) and binds processors.
+    ///
+    /// # Errors
+    /// A processor bound to an unknown transport, no transport at all while
+    /// processors exist, or an unparsable Redis URL.
+    pub async fn build(self) -> Result<App, AppError> {
+        let transports: Vec<_> = self
+            .transports
+            .into_iter()
+            .map(|(name, s)| (name.clone(), MqttTransport::new(name, s)))
+            .collect();
+        for (t, p, b) in self.bindings {
+            let transport = match &t {
+                Some(name) => transports.iter().find(|(n, _)| n == name),
+                None => transports.first(),
+            };
+            let Some((_, transport)) = transport else {
+                return Err(AppError::UnknownTransport {
+                    processor: p.name().to_owned(),
+                    transport: t.unwrap_or_else(|| "<default>".into()),
+                });
+            };
+            transport.bind(&p, b);
+        }
+        let mut redis = None;
+        if let Some((source, prefix, ttl)) = self.redis {
+            let r = match source {
+                RedisSource::Url(url) => Redis::open(&url)?,
+                RedisSource::Shared(r) => r,
+            };
+            for (_, t) in &transports {
+                t.set_dedupe(Dedupe::new(r.conn.clone(), &prefix, ttl, self.claim_lease));
+            }
+            redis = Some(r);
+        }
+        Ok(App {
+            transports: transports.into_iter().map(|(_, t)| t).collect(),
+            tasks: self.tasks,
+            grace: self.grace,
+            shutdown: Arc::new(watch::channel(false).0),
+            redis,
+        })
+    }
+}

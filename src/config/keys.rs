@@ -1,0 +1,592 @@
+//! Every setting in one table: its file key, its environment variable, how
+//! it is read and how it is shown. Loading, validation of unknown keys and
+//! the effective-configuration output are all driven by these tables, so a
+//! new setting is one entry here plus its field.
+
+use super::value::{self, Raw};
+use super::{Config, InstanceIdSource, ProcessorTopics, Secret};
+use std::time::Duration;
+
+/// How a value is shown in the effective configuration.
+pub(super) enum Shown {
+    Str(String),
+    Int(u64),
+    Bool(bool),
+    /// A secret that is set (shown as `"***"`).
+    Secret,
+    /// An optional setting that is not set.
+    Unset,
+}
+
+/// A scalar setting.
+pub(super) struct Key {
+    pub(super) section: &'static str,
+    pub(super) name: &'static str,
+    pub(super) env: Option<&'static str>,
+    pub(super) set: fn(&mut Config, &Raw<'_>) -> Result<(), String>,
+    pub(super) get: fn(&Config) -> Shown,
+}
+
+/// A per-processor setting (`processors.{name}.{key}`), with the
+/// environment list that sets it for several processors at once.
+pub(super) struct ProcessorKey {
+    pub(super) name: &'static str,
+    pub(super) env_list: Option<&'static str>,
+    /// What one list entry looks like, for error messages.
+    pub(super) entry_form: &'static str,
+    pub(super) set: fn(&mut ProcessorTopics, &Raw<'_>) -> Result<(), String>,
+    pub(super) get: fn(&ProcessorTopics) -> Shown,
+}
+
+/// The file's sections, in output order.
+pub(super) const SECTIONS: &[&str] = &[
+    "instance",
+    "mqtt",
+    "redis",
+    "processing",
+    "processors",
+    "publisher",
+    "jobs",
+    "msgpack",
+    "log",
+];
+
+/// Largest accepted grace period: bounded so that deadlines computed from
+/// it cannot overflow, and a day is already far beyond any orchestrator's
+/// patience.
+const MAX_GRACE_SECONDS: u64 = 86_400;
+
+/// `max_payload_size` × 4 is announced as MQTT Maximum Packet Size, which
+/// MQTT caps at 256 MiB.
+const MAX_PAYLOAD_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Second-valued TTLs end up as MQTT Message Expiry Intervals or Redis
+/// expiries; both fit in 32 bits.
+const MAX_TTL_SECONDS: u64 = u32::MAX as u64;
+
+fn opt_str(v: &Option<String>) -> Shown {
+    v.clone().map_or(Shown::Unset, Shown::Str)
+}
+
+fn opt_secret(v: &Option<Secret>) -> Shown {
+    if v.is_some() {
+        Shown::Secret
+    } else {
+        Shown::Unset
+    }
+}
+
+fn secs(d: Duration) -> Shown {
+    Shown::Int(d.as_secs())
+}
+
+pub(super) static KEYS: &[Key] = &[
+    // [instance]
+    Key {
+        section: "instance",
+        name: "id",
+        env: Some("POD_ID"),
+        set: |c, v| {
+            c.instance.id = v.checked(value::topic_level)?;
+            c.instance.id_source = if v.is_env() {
+                InstanceIdSource::PodId
+            } else {
+                InstanceIdSource::File
+            };
+            Ok(())
+        },
+        get: |c| Shown::Str(c.instance.id.clone()),
+    },
+    Key {
+        section: "instance",
+        name: "is_processor_instance",
+        env: Some("APP_IS_PROCESSOR_INSTANCE"),
+        set: |c, v| {
+            c.instance.is_processor_instance = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.instance.is_processor_instance),
+    },
+    Key {
+        section: "instance",
+        name: "is_publisher_instance",
+        env: Some("APP_IS_PUBLISHER_INSTANCE"),
+        set: |c, v| {
+            c.instance.is_publisher_instance = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.instance.is_publisher_instance),
+    },
+    // [mqtt]
+    Key {
+        section: "mqtt",
+        name: "host",
+        env: Some("APP_MQTT_HOSTNAME"),
+        set: |c, v| {
+            c.mqtt.host = v.checked(value::host)?;
+            Ok(())
+        },
+        get: |c| Shown::Str(c.mqtt.host.clone()),
+    },
+    Key {
+        section: "mqtt",
+        name: "port",
+        env: Some("APP_MQTT_PORT"),
+        set: |c, v| {
+            c.mqtt.port = v.port()?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.mqtt.port.into()),
+    },
+    Key {
+        section: "mqtt",
+        name: "identifier",
+        env: Some("APP_MQTT_IDENTIFIER"),
+        set: |c, v| {
+            c.mqtt.identifier = v.checked(value::utf8_string)?;
+            Ok(())
+        },
+        get: |c| Shown::Str(c.mqtt.identifier.clone()),
+    },
+    Key {
+        section: "mqtt",
+        name: "client_id",
+        env: Some("APP_MQTT_CLIENT_ID"),
+        set: |c, v| {
+            c.mqtt.client_id = Some(v.checked(value::utf8_string)?);
+            Ok(())
+        },
+        get: |c| opt_str(&c.mqtt.client_id),
+    },
+    Key {
+        section: "mqtt",
+        name: "username",
+        env: Some("APP_MQTT_USERNAME"),
+        set: |c, v| {
+            c.mqtt.username = Some(v.checked(value::utf8_string)?);
+            Ok(())
+        },
+        get: |c| opt_str(&c.mqtt.username),
+    },
+    Key {
+        section: "mqtt",
+        name: "password",
+        env: Some("APP_MQTT_PASSWORD"),
+        set: |c, v| {
+            c.mqtt.password = Some(Secret::new(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_secret(&c.mqtt.password),
+    },
+    Key {
+        section: "mqtt",
+        name: "keep_alive",
+        env: Some("APP_MQTT_KEEP_ALIVE"),
+        set: |c, v| {
+            c.mqtt.keep_alive = Duration::from_secs(v.integer(1, u16::MAX.into())?);
+            Ok(())
+        },
+        get: |c| secs(c.mqtt.keep_alive),
+    },
+    Key {
+        section: "mqtt",
+        name: "session_expiry",
+        env: Some("APP_MQTT_SESSION_EXPIRY"),
+        set: |c, v| {
+            c.mqtt.session_expiry = Duration::from_secs(v.integer(0, MAX_TTL_SECONDS)?);
+            Ok(())
+        },
+        get: |c| secs(c.mqtt.session_expiry),
+    },
+    Key {
+        section: "mqtt",
+        name: "max_payload_size",
+        env: Some("APP_MQTT_MAX_PAYLOAD_SIZE"),
+        set: |c, v| {
+            c.mqtt.max_payload_size = v.integer(1, MAX_PAYLOAD_SIZE)? as usize;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.mqtt.max_payload_size as u64),
+    },
+    Key {
+        section: "mqtt",
+        name: "max_inflight",
+        env: Some("APP_MQTT_MAX_INFLIGHT"),
+        set: |c, v| {
+            c.mqtt.max_inflight = v.integer(1, u16::MAX.into())? as u16;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.mqtt.max_inflight.into()),
+    },
+    Key {
+        section: "mqtt",
+        name: "tcp_nodelay",
+        env: Some("APP_MQTT_TCP_NODELAY"),
+        set: |c, v| {
+            c.mqtt.tcp_nodelay = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.mqtt.tcp_nodelay),
+    },
+    Key {
+        section: "mqtt",
+        name: "dedupe_ttl_seconds",
+        env: Some("APP_MQTT_DEDUPE_TTL_SECONDS"),
+        set: |c, v| {
+            c.mqtt.dedupe_ttl_seconds = v.integer(1, MAX_TTL_SECONDS)?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.mqtt.dedupe_ttl_seconds),
+    },
+    Key {
+        section: "mqtt",
+        name: "events_qos",
+        env: Some("APP_MQTT_EVENTS_QOS"),
+        set: |c, v| {
+            c.mqtt.events_qos = v
+                .integer(0, 1)
+                .map_err(|e| format!("{e} (events go out at QoS 0 or 1)"))?
+                as u8;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.mqtt.events_qos.into()),
+    },
+    Key {
+        section: "mqtt",
+        name: "dead_letter_topic",
+        env: Some("APP_MQTT_DEAD_LETTER_TOPIC"),
+        set: |c, v| {
+            c.mqtt.dead_letter_topic = v.checked(value::topic)?;
+            Ok(())
+        },
+        get: |c| Shown::Str(c.mqtt.dead_letter_topic.clone()),
+    },
+    // [redis]
+    Key {
+        section: "redis",
+        name: "host",
+        env: Some("APP_REDIS_HOSTNAME"),
+        set: |c, v| {
+            c.redis.host = v.checked(value::host)?;
+            Ok(())
+        },
+        get: |c| Shown::Str(c.redis.host.clone()),
+    },
+    Key {
+        section: "redis",
+        name: "port",
+        env: Some("APP_REDIS_PORT"),
+        set: |c, v| {
+            c.redis.port = v.port()?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.redis.port.into()),
+    },
+    Key {
+        section: "redis",
+        name: "username",
+        env: Some("APP_REDIS_USERNAME"),
+        set: |c, v| {
+            c.redis.username = Some(v.non_empty()?);
+            Ok(())
+        },
+        get: |c| opt_str(&c.redis.username),
+    },
+    Key {
+        section: "redis",
+        name: "password",
+        env: Some("APP_REDIS_PASSWORD"),
+        set: |c, v| {
+            c.redis.password = Some(Secret::new(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_secret(&c.redis.password),
+    },
+    Key {
+        section: "redis",
+        name: "key_prefix",
+        env: Some("APP_REDIS_KEY_PREFIX"),
+        set: |c, v| {
+            c.redis.key_prefix = v.non_empty()?;
+            Ok(())
+        },
+        get: |c| Shown::Str(c.redis.key_prefix.clone()),
+    },
+    Key {
+        section: "redis",
+        name: "db",
+        env: Some("APP_REDIS_DB"),
+        set: |c, v| {
+            c.redis.db = v.integer(0, u32::MAX.into())? as u32;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.redis.db.into()),
+    },
+    // [processing]
+    Key {
+        section: "processing",
+        name: "cloudevent_source",
+        env: Some("APP_PROCESSING_CLOUDEVENT_SOURCE"),
+        set: |c, v| {
+            c.processing.cloudevent_source = v.checked(value::utf8_string)?;
+            Ok(())
+        },
+        get: |c| Shown::Str(c.processing.cloudevent_source.clone()),
+    },
+    Key {
+        section: "processing",
+        name: "message_expiry_interval",
+        env: Some("APP_PROCESSING_MESSAGE_EXPIRY_INTERVAL"),
+        set: |c, v| {
+            let s = v
+                .integer(1, MAX_TTL_SECONDS)
+                .map_err(|e| format!("{e} (leave it unset for messages that never expire)"))?;
+            c.processing.message_expiry_interval = Some(Duration::from_secs(s));
+            Ok(())
+        },
+        get: |c| {
+            c.processing
+                .message_expiry_interval
+                .map_or(Shown::Unset, secs)
+        },
+    },
+    Key {
+        section: "processing",
+        name: "shared_subscription_name",
+        env: Some("APP_PROCESSING_SHARED_SUBSCRIPTION_NAME"),
+        set: |c, v| {
+            c.processing.shared_subscription_name = Some(v.checked(value::topic_level)?);
+            Ok(())
+        },
+        get: |c| opt_str(&c.processing.shared_subscription_name),
+    },
+    Key {
+        section: "processing",
+        name: "shutdown_grace_period",
+        env: Some("APP_PROCESSING_SHUTDOWN_GRACE_PERIOD"),
+        set: |c, v| {
+            let s = v.integer(1, MAX_GRACE_SECONDS).map_err(|e| {
+                format!("{e} (in-flight messages need time to finish and be acknowledged)")
+            })?;
+            c.processing.shutdown_grace_period = Duration::from_secs(s);
+            Ok(())
+        },
+        get: |c| secs(c.processing.shutdown_grace_period),
+    },
+    // [publisher]
+    Key {
+        section: "publisher",
+        name: "retained_ttl_seconds",
+        env: Some("APP_PUBLISHER_RETAINED_TTL_SECONDS"),
+        set: |c, v| {
+            c.publisher.retained_ttl_seconds = v.integer(1, MAX_TTL_SECONDS)?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.publisher.retained_ttl_seconds),
+    },
+    // [jobs]
+    Key {
+        section: "jobs",
+        name: "check_equipment",
+        env: Some("APP_JOBS_CHECK_EQUIPMENT"),
+        set: |c, v| {
+            c.jobs.check_equipment = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.jobs.check_equipment),
+    },
+    Key {
+        section: "jobs",
+        name: "check_material_class",
+        env: Some("APP_JOBS_CHECK_MATERIAL_CLASS"),
+        set: |c, v| {
+            c.jobs.check_material_class = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.jobs.check_material_class),
+    },
+    Key {
+        section: "jobs",
+        name: "check_material_definition",
+        env: Some("APP_JOBS_CHECK_MATERIAL_DEFINITION"),
+        set: |c, v| {
+            c.jobs.check_material_definition = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.jobs.check_material_definition),
+    },
+    Key {
+        section: "jobs",
+        name: "check_personnel",
+        env: Some("APP_JOBS_CHECK_PERSONNEL"),
+        set: |c, v| {
+            c.jobs.check_personnel = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.jobs.check_personnel),
+    },
+    Key {
+        section: "jobs",
+        name: "check_physical_asset",
+        env: Some("APP_JOBS_CHECK_PHYSICAL_ASSET"),
+        set: |c, v| {
+            c.jobs.check_physical_asset = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.jobs.check_physical_asset),
+    },
+    Key {
+        section: "jobs",
+        name: "check_work_master",
+        env: Some("APP_JOBS_CHECK_WORK_MASTER"),
+        set: |c, v| {
+            c.jobs.check_work_master = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.jobs.check_work_master),
+    },
+    Key {
+        section: "jobs",
+        name: "check_job_limit",
+        env: Some("APP_JOBS_CHECK_JOB_LIMIT"),
+        set: |c, v| {
+            c.jobs.check_job_limit = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.jobs.check_job_limit),
+    },
+    Key {
+        section: "jobs",
+        name: "max_downloadable_job_orders",
+        env: Some("APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS"),
+        set: |c, v| {
+            c.jobs.max_downloadable_job_orders = v.integer(0, u32::MAX as u64)?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.jobs.max_downloadable_job_orders),
+    },
+    Key {
+        section: "jobs",
+        name: "retention_seconds",
+        env: Some("APP_JOBS_RETENTION_SECONDS"),
+        set: |c, v| {
+            c.jobs.retention_seconds = v.integer(1, MAX_TTL_SECONDS)?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.jobs.retention_seconds),
+    },
+    // [msgpack]
+    Key {
+        section: "msgpack",
+        name: "host",
+        env: Some("APP_MSGPACK_HOSTNAME"),
+        set: |c, v| {
+            c.msgpack.host = v.checked(value::host)?;
+            Ok(())
+        },
+        get: |c| Shown::Str(c.msgpack.host.clone()),
+    },
+    Key {
+        section: "msgpack",
+        name: "port",
+        env: Some("APP_MSGPACK_PORT"),
+        set: |c, v| {
+            c.msgpack.port = v.port()?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.msgpack.port.into()),
+    },
+    Key {
+        section: "msgpack",
+        name: "max_concurrent_requests",
+        env: Some("APP_MSGPACK_MAX_CONCURRENT_REQUESTS"),
+        set: |c, v| {
+            c.msgpack.max_concurrent_requests = v.integer(1, u32::MAX.into())? as u32;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.msgpack.max_concurrent_requests.into()),
+    },
+    // [log]
+    Key {
+        section: "log",
+        name: "level",
+        env: Some("APP_LOG_LEVEL"),
+        set: |c, v| {
+            c.log.level = v.checked(value::log_level)?;
+            Ok(())
+        },
+        get: |c| Shown::Str(c.log.level.clone()),
+    },
+    Key {
+        section: "log",
+        name: "format",
+        env: Some("APP_LOG_FORMAT"),
+        set: |c, v| {
+            c.log.format = value::log_format(v.text()?)?;
+            Ok(())
+        },
+        get: |c| Shown::Str(value::log_format_name(c.log.format).into()),
+    },
+];
+
+pub(super) static PROCESSOR_KEYS: &[ProcessorKey] = &[
+    ProcessorKey {
+        name: "prefix",
+        env_list: Some("APP_PROCESSING_TOPIC_PREFIXES"),
+        entry_form: "name:prefix",
+        set: |p, v| {
+            p.prefix = Some(v.checked(value::topic)?);
+            Ok(())
+        },
+        get: |p| opt_str(&p.prefix),
+    },
+    ProcessorKey {
+        name: "wildcard_levels",
+        env_list: Some("APP_PROCESSING_TOPIC_WILDCARD_LEVELS"),
+        entry_form: "name:N",
+        set: |p, v| {
+            p.wildcard_levels = Some(v.integer(0, u8::MAX.into())? as u8);
+            Ok(())
+        },
+        get: |p| {
+            p.wildcard_levels
+                .map_or(Shown::Unset, |n| Shown::Int(n.into()))
+        },
+    },
+    ProcessorKey {
+        name: "discriminator",
+        env_list: Some("APP_PROCESSING_TOPIC_DISCRIMINATORS"),
+        entry_form: "name:discriminator",
+        set: |p, v| {
+            p.discriminator = Some(v.checked(value::topic_level)?);
+            Ok(())
+        },
+        get: |p| opt_str(&p.discriminator),
+    },
+    ProcessorKey {
+        name: "response_topic",
+        env_list: Some("APP_PROCESSING_RESPONSE_TOPICS"),
+        entry_form: "name:topic",
+        set: |p, v| {
+            p.response_topic = Some(v.checked(value::topic)?);
+            Ok(())
+        },
+        get: |p| opt_str(&p.response_topic),
+    },
+    ProcessorKey {
+        name: "shared_group",
+        env_list: None,
+        entry_form: "",
+        set: |p, v| {
+            p.shared_group = Some(v.checked(value::topic_level)?);
+            Ok(())
+        },
+        get: |p| opt_str(&p.shared_group),
+    },
+];
+
+/// Whether `var` is read by some setting.
+pub(super) fn is_known_env(var: &str) -> bool {
+    KEYS.iter().any(|k| k.env == Some(var))
+        || PROCESSOR_KEYS.iter().any(|k| k.env_list == Some(var))
+}

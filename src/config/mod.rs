@@ -1,0 +1,436 @@
+//! Station configuration: an optional TOML file plus environment variables,
+//! the environment winning, validated once at start.
+//!
+//! The environment variables are those of MicroDCS (wire contract §7), so an
+//! existing deployment keeps working unchanged; a few of our own follow the
+//! same `APP_{SECTION}_{KEY}` pattern. An empty environment variable counts
+//! as unset (deployment templates often render unset values as `""`).
+//!
+//! | file key | environment variable | default |
+//! |---|---|---|
+//! | `instance.id` | `POD_ID` | hostname, else random |
+//! | `instance.is_processor_instance` | `APP_IS_PROCESSOR_INSTANCE` | `true` |
+//! | `instance.is_publisher_instance` | `APP_IS_PUBLISHER_INSTANCE` | `true` |
+//! | `mqtt.host` | `APP_MQTT_HOSTNAME` | `localhost` |
+//! | `mqtt.port` | `APP_MQTT_PORT` | `1883` |
+//! | `mqtt.identifier` | `APP_MQTT_IDENTIFIER` | `microdcs` (client id *prefix*) |
+//! | `mqtt.client_id` | `APP_MQTT_CLIENT_ID` | `{identifier}-{instance id}` |
+//! | `mqtt.username`, `mqtt.password` | `APP_MQTT_USERNAME`, `APP_MQTT_PASSWORD` | unset |
+//! | `mqtt.keep_alive` (s) | `APP_MQTT_KEEP_ALIVE` | `30` |
+//! | `mqtt.session_expiry` (s) | `APP_MQTT_SESSION_EXPIRY` | `3600` |
+//! | `mqtt.max_payload_size` (bytes) | `APP_MQTT_MAX_PAYLOAD_SIZE` | `1048576` |
+//! | `mqtt.max_inflight` | `APP_MQTT_MAX_INFLIGHT` | `100` |
+//! | `mqtt.tcp_nodelay` | `APP_MQTT_TCP_NODELAY` | `true` |
+//! | `mqtt.dedupe_ttl_seconds` | `APP_MQTT_DEDUPE_TTL_SECONDS` | `600` |
+//! | `mqtt.events_qos` | `APP_MQTT_EVENTS_QOS` | `1` |
+//! | `mqtt.dead_letter_topic` | `APP_MQTT_DEAD_LETTER_TOPIC` | `microdcs/dead-letter` |
+//! | `redis.host` | `APP_REDIS_HOSTNAME` | `localhost` |
+//! | `redis.port` | `APP_REDIS_PORT` | `6379` |
+//! | `redis.username`, `redis.password` | `APP_REDIS_USERNAME`, `APP_REDIS_PASSWORD` | unset |
+//! | `redis.key_prefix` | `APP_REDIS_KEY_PREFIX` | `microdcs` |
+//! | `redis.db` | `APP_REDIS_DB` | `0` |
+//! | `processing.cloudevent_source` | `APP_PROCESSING_CLOUDEVENT_SOURCE` | `microdcs` |
+//! | `processing.message_expiry_interval` (s) | `APP_PROCESSING_MESSAGE_EXPIRY_INTERVAL` | unset |
+//! | `processing.shared_subscription_name` | `APP_PROCESSING_SHARED_SUBSCRIPTION_NAME` | unset |
+//! | `processing.shutdown_grace_period` (s) | `APP_PROCESSING_SHUTDOWN_GRACE_PERIOD` | `10` |
+//! | `processors.{name}.prefix` | `APP_PROCESSING_TOPIC_PREFIXES` (`name:prefix,…`) | the processor's |
+//! | `processors.{name}.wildcard_levels` | `APP_PROCESSING_TOPIC_WILDCARD_LEVELS` (`name:N,…`) | the processor's |
+//! | `processors.{name}.discriminator` | `APP_PROCESSING_TOPIC_DISCRIMINATORS` (`name:disc,…`) | the processor's |
+//! | `processors.{name}.response_topic` | `APP_PROCESSING_RESPONSE_TOPICS` (`name:topic,…`) | the processor's |
+//! | `processors.{name}.shared_group` | — | `processing.shared_subscription_name` |
+//! | `publisher.retained_ttl_seconds` | `APP_PUBLISHER_RETAINED_TTL_SECONDS` | `172800` |
+//! | `jobs.check_equipment`, `jobs.check_material_class`, `jobs.check_material_definition`, `jobs.check_personnel`, `jobs.check_physical_asset`, `jobs.check_work_master`, `jobs.check_job_limit` | `APP_JOBS_CHECK_EQUIPMENT`, … (same suffixes) | `true` |
+//! | `jobs.max_downloadable_job_orders` | `APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS` | `0` (unlimited) |
+//! | `jobs.retention_seconds` | `APP_JOBS_RETENTION_SECONDS` | `86400` |
+//! | `msgpack.host` | `APP_MSGPACK_HOSTNAME` | `localhost` |
+//! | `msgpack.port` | `APP_MSGPACK_PORT` | `8888` |
+//! | `msgpack.max_concurrent_requests` | `APP_MSGPACK_MAX_CONCURRENT_REQUESTS` | `10` |
+//! | `log.level` | `APP_LOG_LEVEL` | `info` (`RUST_LOG` syntax) |
+//! | `log.format` | `APP_LOG_FORMAT` | `text` (`text` or `json`) |
+//!
+//! Booleans in the environment accept `true`/`false`/`1`/`0`/`yes`/`no`, in
+//! any case. In the `name:value` lists the value is everything after the
+//! *first* `:` (topics contain `/` and may contain `:`).
+//!
+//! # MQTT client id
+//!
+//! MicroDCS uses `APP_MQTT_IDENTIFIER` as the client id itself, so every
+//! replica of a deployment connects with the same id and the broker keeps
+//! disconnecting one for the other. Here the identifier is a **prefix**: the
+//! client id is `{identifier}-{instance id}`, unique per replica as long as
+//! the instance ids are. `mqtt.client_id` sets the exact id instead, for a
+//! broker whose ACLs are keyed on it; never put it in a template shared by
+//! several replicas.
+//!
+//! # Instance id
+//!
+//! `POD_ID`, else `instance.id`, else the host name (`HOSTNAME`, or the
+//! system's), else a random id. The instance id names the instance's response
+//! topic and MQTT client, and a stable one lets the broker resume the MQTT
+//! session after a restart, so set it when two instances share a host.
+//!
+//! # Example
+//!
+//! ```
+//! use microdcs::config::Config;
+//! use microdcs::TopicBinding;
+//!
+//! let file = r#"
+//!     [mqtt]
+//!     host = "broker.local"
+//!
+//!     [processors.machinery-jobs]
+//!     prefix = "app/jobs"
+//! "#;
+//! let env = [
+//!     ("POD_ID", "station-1-0"),
+//!     ("APP_PROCESSING_RESPONSE_TOPICS", "machinery-jobs:app/jobs/responses"),
+//! ];
+//! let config = Config::from_sources(Some(file), env)?;
+//! assert_eq!(config.mqtt_client_id(), "microdcs-station-1-0");
+//! let binding = config.topic_binding("machinery-jobs", TopicBinding::new("jobs"));
+//! assert_eq!(binding.prefix, "app/jobs");
+//! assert_eq!(
+//!     binding.response_topic(config.instance_id()).as_deref(),
+//!     Some("app/jobs/responses/station-1-0")
+//! );
+//! # Ok::<(), microdcs::config::ConfigError>(())
+//! ```
+
+mod error;
+mod keys;
+mod load;
+mod render;
+mod secret;
+mod value;
+
+pub use error::{ConfigError, Origin, Problem};
+pub use secret::Secret;
+
+use crate::telemetry::LogFormat;
+use crate::transport::mqtt::MqttSettings;
+use crate::transport::TopicBinding;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The whole station configuration. Build it with [`Config::load`] (file and
+/// process environment) or [`Config::from_sources`] (for tests and
+/// embedding); both validate everything before returning.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[instance]`: who this process is and which roles it plays.
+    pub instance: InstanceConfig,
+    /// `[mqtt]`: the broker connection.
+    pub mqtt: MqttConfig,
+    /// `[redis]`: the coordination store.
+    pub redis: RedisConfig,
+    /// `[processing]`: settings shared by all processors.
+    pub processing: ProcessingConfig,
+    /// `[processors.{name}]`: per-processor topics, by processor name
+    /// (`machinery-jobs` is the built-in job management processor).
+    pub processors: BTreeMap<String, ProcessorTopics>,
+    /// `[publisher]`: the MES publisher of retained topics.
+    pub publisher: PublisherConfig,
+    /// `[jobs]`: job management (acceptance checks, retention).
+    pub jobs: JobsConfig,
+    /// `[msgpack]`: the MessagePack-RPC sidecar server.
+    pub msgpack: MsgpackConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+    /// Where each explicitly set value came from, by dotted key.
+    origins: BTreeMap<String, Origin>,
+    /// `APP_*` variables in the environment that no setting reads.
+    unrecognised_env: Vec<String>,
+}
+
+/// `[instance]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceConfig {
+    /// This instance's id (response topic, MQTT client id). Never empty and
+    /// usable as one MQTT topic level.
+    pub id: String,
+    /// Where [`InstanceConfig::id`] came from.
+    pub id_source: InstanceIdSource,
+    /// Whether this instance runs processors (`APP_IS_PROCESSOR_INSTANCE`).
+    pub is_processor_instance: bool,
+    /// Whether this instance runs the MES publisher
+    /// (`APP_IS_PUBLISHER_INSTANCE`).
+    pub is_publisher_instance: bool,
+}
+
+/// Where the instance id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceIdSource {
+    /// The `POD_ID` environment variable.
+    PodId,
+    /// `instance.id` in the configuration file.
+    File,
+    /// The host name (`HOSTNAME` or the system's).
+    Hostname,
+    /// Generated at start: differs on every restart, so the broker cannot
+    /// resume this instance's MQTT session.
+    Random,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Client id prefix: the client id is `{identifier}-{instance id}`.
+    pub identifier: String,
+    /// Exact client id, replacing the `{identifier}-{instance id}` scheme.
+    /// Must be unique per instance.
+    pub client_id: Option<String>,
+    /// User name.
+    pub username: Option<String>,
+    /// Password (needs a user name).
+    pub password: Option<Secret>,
+    /// Keep-alive interval (file: whole seconds).
+    pub keep_alive: Duration,
+    /// How long the broker keeps our session while we are away (file: whole
+    /// seconds; 0 = clean session on every connect).
+    pub session_expiry: Duration,
+    /// Largest payload processed, in bytes.
+    pub max_payload_size: usize,
+    /// Messages processed concurrently (also MQTT Receive Maximum).
+    pub max_inflight: u16,
+    /// Disable Nagle's algorithm.
+    pub tcp_nodelay: bool,
+    /// Dedupe window for (`source`, `id`) pairs, in seconds.
+    pub dedupe_ttl_seconds: u64,
+    /// QoS of emitted events (0 or 1).
+    pub events_qos: u8,
+    /// Topic for messages that could not be processed.
+    pub dead_letter_topic: String,
+}
+
+/// `[redis]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Redis host.
+    pub host: String,
+    /// Redis port.
+    pub port: u16,
+    /// ACL user name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<Secret>,
+    /// Prefix of every key this station writes.
+    pub key_prefix: String,
+    /// Database number.
+    pub db: u32,
+}
+
+/// `[processing]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessingConfig {
+    /// CloudEvent `source` of replies and events.
+    pub cloudevent_source: String,
+    /// Message Expiry Interval of outgoing commands and events that carry
+    /// none of their own (file: whole seconds); unset = they never expire.
+    pub message_expiry_interval: Option<Duration>,
+    /// Shared subscription group (`$share/{group}/…`) of every processor
+    /// binding, unless [`ProcessorTopics::shared_group`] overrides it.
+    pub shared_subscription_name: Option<String>,
+    /// How long shutdown waits for in-flight work (file: whole seconds).
+    pub shutdown_grace_period: Duration,
+}
+
+/// `[processors.{name}]`: topics of one processor. Unset fields keep the
+/// processor's own defaults (see [`Config::topic_binding`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessorTopics {
+    /// Topic prefix, e.g. `app/jobs`.
+    pub prefix: Option<String>,
+    /// Single-level wildcards subscribed below the prefix.
+    pub wildcard_levels: Option<u8>,
+    /// Discriminator segment before the intent, e.g. `v2`.
+    pub discriminator: Option<String>,
+    /// Base of the instance response topic (`{response_topic}/{instance id}`).
+    pub response_topic: Option<String>,
+    /// Shared subscription group of this processor, overriding
+    /// `processing.shared_subscription_name`.
+    pub shared_group: Option<String>,
+}
+
+/// `[publisher]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublisherConfig {
+    /// Message Expiry Interval of retained MES topics, in seconds.
+    pub retained_ttl_seconds: u64,
+}
+
+/// `[jobs]`: the `machinery-jobs` processor's job acceptance and
+/// retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobsConfig {
+    /// Check `EquipmentRequirements[].ID` against the scope's configuration.
+    pub check_equipment: bool,
+    /// Check `MaterialRequirements[].MaterialClassID`.
+    pub check_material_class: bool,
+    /// Check `MaterialRequirements[].MaterialDefinitionID`.
+    pub check_material_definition: bool,
+    /// Check `PersonnelRequirements[].ID`.
+    pub check_personnel: bool,
+    /// Check `PhysicalAssetRequirements[].ID`.
+    pub check_physical_asset: bool,
+    /// Check `WorkMasterID[].ID` against the stored work masters.
+    pub check_work_master: bool,
+    /// Apply the live-job limit (`max_downloadable_job_orders`).
+    pub check_job_limit: bool,
+    /// Live-job limit of scopes that set none by `config.jobacceptance`
+    /// (0: unlimited).
+    pub max_downloadable_job_orders: u64,
+    /// How long EndState jobs are kept before they are removed, in seconds.
+    pub retention_seconds: u64,
+}
+
+/// `[msgpack]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsgpackConfig {
+    /// Address the MessagePack-RPC server listens on.
+    pub host: String,
+    /// Port the MessagePack-RPC server listens on.
+    pub port: u16,
+    /// Requests processed concurrently per connection before the server
+    /// stops reading (back-pressure).
+    pub max_concurrent_requests: u32,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Filter in `RUST_LOG` syntax, e.g. `info` or `info,microdcs=debug`.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// The client id prefix used when `mqtt.identifier` is not set.
+pub const DEFAULT_MQTT_IDENTIFIER: &str = "microdcs";
+
+impl Config {
+    /// This instance's id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance.id
+    }
+
+    /// The MQTT client id: `mqtt.client_id` if set, else
+    /// `{mqtt.identifier}-{instance id}`.
+    pub fn mqtt_client_id(&self) -> String {
+        match &self.mqtt.client_id {
+            Some(id) => id.clone(),
+            None => format!("{}-{}", self.mqtt.identifier, self.instance.id),
+        }
+    }
+
+    /// Settings for the MQTT transport.
+    pub fn mqtt_settings(&self) -> MqttSettings {
+        let mut s = MqttSettings::new(
+            self.mqtt.host.clone(),
+            self.mqtt.port,
+            self.instance.id.clone(),
+        );
+        s.client_id = self.mqtt_client_id();
+        s.username = self.mqtt.username.clone();
+        s.password = self.mqtt.password.as_ref().map(|p| p.expose().to_owned());
+        s.keep_alive = self.mqtt.keep_alive;
+        s.session_expiry = self.mqtt.session_expiry;
+        s.max_payload_size = self.mqtt.max_payload_size;
+        s.max_inflight = self.mqtt.max_inflight;
+        s.tcp_nodelay = self.mqtt.tcp_nodelay;
+        s.dead_letter_topic = self.mqtt.dead_letter_topic.clone();
+        s.source = self.processing.cloudevent_source.clone();
+        s.events_qos = self.mqtt.events_qos;
+        s.shutdown_grace = self.processing.shutdown_grace_period;
+        s.message_expiry = self.processing.message_expiry_interval;
+        s
+    }
+
+    /// The Redis connection URL, `redis://[user[:password]@]host:port/db`,
+    /// with user and password percent-encoded. It contains the password:
+    /// never log it.
+    pub fn redis_url(&self) -> String {
+        let r = &self.redis;
+        let mut url = String::from("redis://");
+        let password = r.password.as_ref().map(Secret::expose);
+        if r.username.is_some() || password.is_some() {
+            if let Some(u) = &r.username {
+                value::percent_encode_into(&mut url, u);
+            }
+            if let Some(p) = password {
+                url.push(':');
+                value::percent_encode_into(&mut url, p);
+            }
+            url.push('@');
+        }
+        if r.host.contains(':') && !r.host.starts_with('[') {
+            url.push('[');
+            url.push_str(&r.host);
+            url.push(']');
+        } else {
+            url.push_str(&r.host);
+        }
+        url.push_str(&format!(":{}/{}", r.port, r.db));
+        url
+    }
+
+    /// The topics of processor `name`: `default` with every field the
+    /// configuration sets for `name` replaced, and the shared group set from
+    /// `processors.{name}.shared_group`, else
+    /// `processing.shared_subscription_name`, else `default`'s.
+    pub fn topic_binding(&self, name: &str, default: TopicBinding) -> TopicBinding {
+        let mut b = default;
+        let p = self.processors.get(name);
+        if let Some(p) = p {
+            if let Some(prefix) = &p.prefix {
+                b.prefix = prefix.clone();
+            }
+            if let Some(levels) = p.wildcard_levels {
+                b.wildcard_levels = levels;
+            }
+            if let Some(d) = &p.discriminator {
+                b.discriminator = Some(d.clone());
+            }
+            if let Some(r) = &p.response_topic {
+                b.response_base = Some(r.clone());
+            }
+        }
+        if let Some(group) = p
+            .and_then(|p| p.shared_group.as_ref())
+            .or(self.processing.shared_subscription_name.as_ref())
+        {
+            b.shared_group = Some(group.clone());
+        }
+        b
+    }
+
+    /// The log output format.
+    pub fn log_format(&self) -> LogFormat {
+        self.log.format
+    }
+
+    /// Where an explicitly set value came from, by dotted key (`mqtt.port`,
+    /// `processors.machinery-jobs.prefix`); `None` for a default.
+    pub fn origin(&self, key: &str) -> Option<&Origin> {
+        self.origins.get(key)
+    }
+
+    /// Environment variables starting with `APP_` that no setting reads:
+    /// usually a typo, or a MicroDCS setting this runtime does not have.
+    pub fn unrecognised_env(&self) -> &[String] {
+        &self.unrecognised_env
+    }
+
+    /// The effective configuration as TOML, every setting included, with
+    /// passwords replaced by `"***"`. Values set by the environment are
+    /// annotated with the variable's name. Feeding the output back to
+    /// [`Config::from_sources`] yields the same settings, apart from the
+    /// passwords.
+    pub fn redacted_toml(&self) -> String {
+        render::redacted_toml(self)
+    }
+}

@@ -1,0 +1,17 @@
+//! The CloudEvent envelope: attributes, extension attributes, custom metadata
+//! and the payload, independent of any transport.
+//!
+//! The MQTT mapping lives in [`crate::binding`]; this module only knows the
+//! CloudEvents 1.0 model plus the extension attributes of the wire contract.
+
+mod codec;
+mod correlation;
+mod event;
+mod event_type;
+mod time;
+
+pub use codec::{ContentType, DecodeError};
+pub use correlation::CorrelationId;
+pub use event::{is_attribute_name, CloudEvent, ATTRIBUTE_NAMES};
+pub use event_type::{EventType, MethodCall};
+pub use time::{format_time, parse_time};

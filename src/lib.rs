@@ -1,0 +1,50 @@
+//! # microdcs
+//!
+//! Distributed sequence control for manufacturing stations (ISA-95 level 2):
+//! job orders from an MES over MQTT v5 as CloudEvents, the OPC UA Machinery
+//! Jobs state machine, SFC recipes executed by every replica through Redis,
+//! and equipment behind southbound processors.
+//!
+//! # Layout
+//!
+//! The modules follow a message from the wire inwards:
+//!
+//! - [`envelope`]: the CloudEvent value type, its extension attributes, payload
+//!   codecs (JSON, MessagePack) and the [`EventType`] link between a Rust
+//!   payload type and its CloudEvent `type`/`dataschema`.
+//! - [`binding`]: how a CloudEvent maps onto an MQTT v5 PUBLISH (binary mode
+//!   out, binary and structured mode in). Pure, no I/O.
+//! - [`transport`]: topics (§2 of the wire contract) and the MQTT transport
+//!   on rumqttc: subscriptions, manual acknowledgements, replies, dead
+//!   letters, reconnects, graceful shutdown.
+//! - [`dedupe`]: exactly-once effects per (`source`, `id`) in Redis.
+//! - [`processor`]: handlers as plain async functions, extractors, routing by
+//!   type, emitting events.
+//! - [`app`]: wires processors, transports, background tasks and shutdown.
+//! - [`config`]: TOML file plus environment (MicroDCS-compatible `APP_*`).
+//! - [`models`]: types generated at build time from the OPC UA NodeSets in
+//!   `companion-specs/` and the JSON Schemas in `schemas/`.
+//! - [`metrics`], [`error`]: counters and the wire error kinds.
+//! - [`devenv`]: local Mosquitto/Redis child processes for demos and tests.
+
+pub mod app;
+pub mod binding;
+pub mod config;
+pub mod dedupe;
+pub mod devenv;
+pub mod envelope;
+pub mod error;
+pub mod metrics;
+pub mod models;
+pub mod processor;
+pub mod telemetry;
+pub mod transport;
+
+pub use app::{App, AppBuilder, AppError, Shutdown};
+pub use envelope::{CloudEvent, ContentType, CorrelationId, EventType, MethodCall};
+pub use error::{ErrorKind, HandlerError};
+pub use processor::{
+    Emit, Emitter, FromContext, Handler, IntoOutcome, Meta, Outcome, Processor, ProcessorBuilder,
+    Scope, State,
+};
+pub use transport::{Direction, Intent, TopicBinding};

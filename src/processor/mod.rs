@@ -1,0 +1,362 @@
+//! Processors: named sets of handlers with a direction, routed by CloudEvent
+//! `type`.
+//!
+//! ```
+//! use microdcs::{Processor, Scope, HandlerError};
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Ping { n: u32 }
+//! # impl microdcs::EventType for Ping { const TYPE: &'static str = "x.ping.v1"; const DATASCHEMA: &'static str = "urn:ping"; }
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Pong { n: u32 }
+//! # impl microdcs::EventType for Pong { const TYPE: &'static str = "x.ping.v1"; const DATASCHEMA: &'static str = "urn:pong"; }
+//! async fn ping(p: Ping, scope: Scope) -> Result<Pong, HandlerError> {
+//!     Ok(Pong { n: p.n + 1 })
+//! }
+//! let processor = Processor::northbound("pinger").handle(ping).build();
+//! assert_eq!(processor.handled_types(), ["x.ping.v1"]);
+//! ```
+
+mod emitter;
+mod extract;
+mod handler;
+mod outcome;
+
+pub(crate) use emitter::Bound;
+pub use emitter::Emitter;
+pub use extract::{FromContext, Meta, Scope, State};
+pub use handler::{Handler, Payload};
+pub use outcome::{Emit, IntoOutcome, Outcome};
+
+use crate::envelope::CloudEvent;
+use crate::error::{ErrorKind, HandlerError};
+use crate::transport::Direction;
+use handler::{erase, ErasedHandler};
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// What a handler sees besides its payload; extractors read from it.
+pub struct RequestContext {
+    pub(crate) event: CloudEvent,
+    pub(crate) topic: String,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl RequestContext {
+    /// The incoming event (with data).
+    pub fn event(&self) -> &CloudEvent {
+        &self.event
+    }
+
+    /// The topic it arrived on.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) direction: Direction,
+    pub(crate) states: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    pub(crate) emitter: Emitter,
+}
+
+impl Shared {
+    fn state<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.states
+            .get(&TypeId::of::<T>())
+            .and_then(|s| s.clone().downcast::<T>().ok())
+    }
+}
+
+/// A named set of handlers, routed by CloudEvent `type`. Cheap to clone.
+#[derive(Clone)]
+pub struct Processor {
+    pub(crate) shared: Arc<Shared>,
+    handlers: Arc<BTreeMap<String, ErasedHandler>>,
+    fallback: Option<ErasedHandler>,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor")
+            .field("name", &self.shared.name)
+            .field("direction", &self.shared.direction)
+            .field("types", &self.handled_types())
+            .finish()
+    }
+}
+
+impl Processor {
+    /// Starts a processor facing the MES: it receives `commands` and sends
+    /// `events`, `data` and `metadata`.
+    pub fn northbound(name: impl Into<String>) -> ProcessorBuilder {
+        ProcessorBuilder::new(name.into(), Direction::Northbound)
+    }
+
+    /// Starts a processor facing equipment: it receives `events`, `data` and
+    /// `metadata` and sends `commands`.
+    pub fn southbound(name: impl Into<String>) -> ProcessorBuilder {
+        ProcessorBuilder::new(name.into(), Direction::Southbound)
+    }
+
+    /// The processor's name (the key in the `APP_PROCESSING_*` lists).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Its direction.
+    pub fn direction(&self) -> Direction {
+        self.shared.direction
+    }
+
+    /// The CloudEvent types with a handler, sorted.
+    pub fn handled_types(&self) -> Vec<&str> {
+        self.handlers.keys().map(String::as_str).collect()
+    }
+
+    /// Whether a message of type `ty` would find a handler.
+    pub fn handles(&self, ty: &str) -> bool {
+        self.fallback.is_some() || self.handlers.contains_key(ty)
+    }
+
+    /// The emitter, for sending events outside a request (timers, tasks).
+    pub fn emitter(&self) -> Emitter {
+        self.shared.emitter.clone()
+    }
+
+    /// Runs the handler for `event`.
+    ///
+    /// # Errors
+    /// `UNKNOWN_PAYLOAD_TYPE` when no handler takes the type, otherwise the
+    /// handler's (or its extractors') error.
+    pub async fn dispatch(&self, event: CloudEvent, topic: &str) -> Result<Outcome, HandlerError> {
+        let handler = self
+            .handlers
+            .get(&event.ty)
+            .or(self.fallback.as_ref())
+            .cloned();
+        let Some(h) = handler else {
+            return Err(HandlerError::terminal(
+                ErrorKind::UnknownPayloadType,
+                format!(
+                    "processor '{}' has no handler for type '{}'",
+                    self.shared.name, event.ty
+                ),
+            ));
+        };
+        let ctx = Arc::new(RequestContext {
+            event,
+            topic: topic.to_owned(),
+            shared: self.shared.clone(),
+        });
+        h(ctx).await
+    }
+}
+
+/// Builds a [`Processor`].
+#[must_use = "a processor builder does nothing until `build` is called"]
+pub struct ProcessorBuilder {
+    name: String,
+    direction: Direction,
+    handlers: BTreeMap<String, ErasedHandler>,
+    fallback: Option<ErasedHandler>,
+    states: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+}
+
+impl ProcessorBuilder {
+    fn new(name: String, direction: Direction) -> Self {
+        ProcessorBuilder {
+            name,
+            direction,
+            handlers: BTreeMap::new(),
+            fallback: None,
+            states: HashMap::new(),
+        }
+    }
+
+    /// Adds a handler. Its payload type decides which CloudEvent `type` it
+    /// receives; a handler taking a raw `CloudEvent` is the fallback.
+    ///
+    /// # Panics
+    /// When two handlers claim the same type: a wiring bug, caught at start-up.
+    pub fn handle<H: Handler<Args>, Args>(mut self, h: H) -> Self {
+        match <H::Payload as Payload>::ROUTE {
+            Some(ty) => {
+                let previous = self.handlers.insert(ty.to_owned(), erase(h));
+                assert!(
+                    previous.is_none(),
+                    "processor '{}': two handlers for type '{ty}'",
+                    self.name
+                );
+            }
+            None => {
+                assert!(
+                    self.fallback.is_none(),
+                    "processor '{}': two fallback handlers",
+                    self.name
+                );
+                self.fallback = Some(erase(h));
+            }
+        }
+        self
+    }
+
+    /// Registers shared state, available to handlers as [`State<T>`].
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
+    /// Registers shared state you keep a handle to.
+    pub fn state_arc<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.states.insert(TypeId::of::<T>(), value);
+        self
+    }
+
+    /// Finishes the processor.
+    pub fn build(self) -> Processor {
+        let emitter = Emitter::new(&self.name, self.direction);
+        Processor {
+            shared: Arc::new(Shared {
+                name: self.name,
+                direction: self.direction,
+                states: self.states,
+                emitter,
+            }),
+            handlers: Arc::new(self.handlers),
+            fallback: self.fallback,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{ContentType, EventType};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct Cmd {
+        #[serde(rename = "N")]
+        n: u32,
+    }
+    impl EventType for Cmd {
+        const TYPE: &'static str = "t.cmd.v1";
+        const DATASCHEMA: &'static str = "urn:cmd";
+    }
+
+    async fn double(c: Cmd, scope: Scope, factor: State<u32>) -> Cmd {
+        let _ = scope;
+        Cmd { n: c.n * *factor }
+    }
+
+    async fn anything(e: CloudEvent) -> Result<(), HandlerError> {
+        if e.ty == "t.fail.v1" {
+            return Err(HandlerError::terminal(ErrorKind::StateInvalid, "no"));
+        }
+        Ok(())
+    }
+
+    fn event(ty: &str, subject: Option<&str>, body: &str) -> CloudEvent {
+        let mut e = CloudEvent::new(ty, "test");
+        e.subject = subject.map(str::to_owned);
+        e.datacontenttype = Some(ContentType::Json.header().into());
+        e.data = Some(bytes::Bytes::from(body.to_owned()));
+        e
+    }
+
+    fn reply_n(o: &Outcome) -> u32 {
+        let body = o.reply.as_ref().unwrap();
+        assert_eq!(body.dataschema.as_deref(), Some("urn:cmd"));
+        serde_json::from_slice::<Cmd>(body.data.as_ref().unwrap())
+            .unwrap()
+            .n
+    }
+
+    #[tokio::test]
+    async fn routes_by_payload_type_and_runs_extractors() {
+        let p = Processor::northbound("p")
+            .handle(double)
+            .state(3u32)
+            .build();
+        let o = p
+            .dispatch(
+                event("t.cmd.v1", Some("cell/1"), r#"{"N":2}"#),
+                "x/commands",
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply_n(&o), 6);
+    }
+
+    #[tokio::test]
+    async fn errors_name_what_is_wrong() {
+        let p = Processor::northbound("p").handle(double).build();
+        let kind = |r: Result<Outcome, HandlerError>| r.unwrap_err().kind;
+        assert_eq!(
+            kind(p.dispatch(event("t.other.v1", Some("s"), "{}"), "t").await),
+            ErrorKind::UnknownPayloadType
+        );
+        assert_eq!(
+            kind(
+                p.dispatch(event("t.cmd.v1", Some("s"), r#"{"M":1}"#), "t")
+                    .await
+            ),
+            ErrorKind::PayloadInvalid
+        );
+        assert_eq!(
+            kind(p.dispatch(event("t.cmd.v1", None, r#"{"N":1}"#), "t").await),
+            ErrorKind::MissingUserProperty
+        );
+        let missing_state = p
+            .dispatch(event("t.cmd.v1", Some("s"), r#"{"N":1}"#), "t")
+            .await
+            .unwrap_err();
+        assert_eq!(missing_state.kind, ErrorKind::InternalLogicError);
+        assert!(
+            missing_state.message.contains("u32"),
+            "{}",
+            missing_state.message
+        );
+        let mut bad_ct = event("t.cmd.v1", Some("s"), "{}");
+        bad_ct.datacontenttype = Some("text/csv".into());
+        assert_eq!(
+            kind(p.dispatch(bad_ct, "t").await),
+            ErrorKind::UnsupportedContentType
+        );
+    }
+
+    #[tokio::test]
+    async fn raw_event_handler_is_the_fallback() {
+        let p = Processor::southbound("eq")
+            .handle(double)
+            .handle(anything)
+            .state(1u32)
+            .build();
+        assert!(p.handles("t.whatever.v1"));
+        assert!(p
+            .dispatch(event("t.whatever.v1", None, ""), "t")
+            .await
+            .is_ok());
+        assert_eq!(
+            p.dispatch(event("t.fail.v1", None, ""), "t")
+                .await
+                .unwrap_err()
+                .kind,
+            ErrorKind::StateInvalid
+        );
+        assert_eq!(
+            reply_n(
+                &p.dispatch(event("t.cmd.v1", Some("s"), r#"{"N":5}"#), "t")
+                    .await
+                    .unwrap()
+            ),
+            5
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "two handlers for type 't.cmd.v1'")]
+    fn two_handlers_for_one_type_are_a_startup_error() {
+        let _ = Processor::northbound("p").handle(double).handle(double);
+    }
+}
