@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs the demo: installs mosquitto/redis-server if missing,
+# Runs the station demo: installs mosquitto/redis-server if missing,
 # then starts a station with its own local mosquitto and redis-server child
 # processes (free loopback ports, removed on exit) and a scripted MES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo run --quiet --example greeter -- --demo "$@"
+exec cargo run --quiet --example station_demo "$@"

@@ -34,9 +34,13 @@ pub mod dedupe;
 pub mod devenv;
 pub mod envelope;
 pub mod error;
+pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod processor;
+pub mod publisher;
+pub mod singleton;
+pub mod station;
 pub mod telemetry;
 pub mod transport;
 

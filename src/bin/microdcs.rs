@@ -1,6 +1,7 @@
 //! The `microdcs` command line.
 //!
 //! ```text
+//! microdcs run [--config FILE]            run a station
 //! microdcs config check [--config FILE]   validate, print the effective configuration
 //! microdcs --help | --version
 //! ```
@@ -18,10 +19,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Commands shown by `--help`: (usage, description).
-const COMMANDS: &[(&str, &str)] = &[(
-    "config check [--config FILE]",
-    "Validate the configuration and print the effective settings as TOML",
-)];
+const COMMANDS: &[(&str, &str)] = &[
+    (
+        "run [--config FILE]",
+        "Run a station: the machinery-jobs processor and/or the MES publisher",
+    ),
+    (
+        "config check [--config FILE]",
+        "Validate the configuration and print the effective settings as TOML",
+    ),
+];
 
 const ABOUT: &str = "microdcs: distributed sequence control for manufacturing stations \
 (OPC UA Machinery Jobs over CloudEvents/MQTT v5, coordinated through Redis)";
@@ -40,6 +47,8 @@ enum Command {
     Version,
     /// `config check`.
     ConfigCheck { config: Option<PathBuf> },
+    /// `run`.
+    Run { config: Option<PathBuf> },
 }
 
 /// A command line that cannot be understood; printed with a usage hint.
@@ -82,6 +91,7 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
                 format!("unknown subcommand `config {other}`"),
             )),
         },
+        Some("run") => parse_config_file(args, &["run"], |config| Command::Run { config }),
         Some(other) => Err(usage_error(&[], format!("unknown command `{other}`"))),
     }
 }
@@ -148,6 +158,15 @@ fn help(path: &[&str]) -> String {
              Options:\n  -c, --config FILE  TOML configuration file\n  -h, --help         Print this help\n\n\
              {CONFIG_SOURCES}\n"
         ),
+        ["run"] => format!(
+            "Usage: microdcs run [--config FILE]\n\n\
+             Runs a station from its configuration: the machinery-jobs processor\n\
+             (APP_IS_PROCESSOR_INSTANCE) and the MES publisher of retained topics\n\
+             (APP_IS_PUBLISHER_INSTANCE), until SIGTERM or SIGINT, then shuts down\n\
+             gracefully within processing.shutdown_grace_period.\n\n\
+             Options:\n  -c, --config FILE  TOML configuration file\n  -h, --help         Print this help\n\n\
+             {CONFIG_SOURCES}\n"
+        ),
         ["config"] => {
             let mut s = String::from("Usage: microdcs config <subcommand>\n\nSubcommands:\n");
             for (usage, about) in COMMANDS {
@@ -191,6 +210,35 @@ fn execute(command: Command) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::ConfigCheck { config } => config_check(config.as_deref()),
+        Command::Run { config } => run(config.as_deref()),
+    }
+}
+
+fn run(path: Option<&Path>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    microdcs::telemetry::init_logging(config.log_format(), &config.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(microdcs::station::run(&config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! them mid-test.
 #![allow(dead_code, missing_docs, unreachable_pub)]
 
+pub mod jobs;
 pub mod mqtt_client;
 pub mod station;
 

@@ -1,0 +1,48 @@
+-- Applies one job command atomically, with a version check (compare and
+-- swap): the caller read the job at version ARGV[1], computed the new state
+-- in Rust, and this script writes it only if nobody changed the job since.
+-- Every key shares the scope's hash tag, so it runs on Redis Cluster too.
+--
+-- KEYS[1] job hash          KEYS[2] live-jobs set     KEYS[3] old state set
+-- KEYS[4] new state set     KEYS[5] ended zset        KEYS[6] change stream
+-- ARGV[1] expected version (0: the job must not exist)
+-- ARGV[2] job order JSON ('' keeps the stored one)
+-- ARGV[3] new state key     ARGV[4] 1 if the new state is live, else 0
+-- ARGV[5] job response JSON ('' keeps the stored one)
+-- ARGV[6] cause (source, id of the command)   ARGV[7] now (ms)
+-- ARGV[8] retention (ms) for an EndState job
+-- ARGV[9] live-job limit for a new job (0: none)
+-- ARGV[10] change stream max length   ARGV[11] job id   ARGV[12] kind
+-- Returns {'OK', version} | {'VERSION', current version} | {'LIMIT', live}
+local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if current ~= tonumber(ARGV[1]) then
+  return {'VERSION', current}
+end
+local limit = tonumber(ARGV[9])
+if current == 0 and limit > 0 then
+  local live = redis.call('SCARD', KEYS[2])
+  if live >= limit then
+    return {'LIMIT', live}
+  end
+end
+local v = current + 1
+redis.call('HSET', KEYS[1], 'v', v, 'state', ARGV[3], 'cause', ARGV[6], 'updated', ARGV[7])
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'order', ARGV[2])
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'resp', ARGV[5])
+end
+if current > 0 then
+  redis.call('SREM', KEYS[3], ARGV[11])
+end
+redis.call('SADD', KEYS[4], ARGV[11])
+if ARGV[4] == '1' then
+  redis.call('SADD', KEYS[2], ARGV[11])
+else
+  redis.call('SREM', KEYS[2], ARGV[11])
+  redis.call('ZADD', KEYS[5], tonumber(ARGV[7]) + tonumber(ARGV[8]), ARGV[11])
+end
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*',
+  'job', ARGV[11], 'state', ARGV[3], 'v', v, 'kind', ARGV[12])
+return {'OK', v}

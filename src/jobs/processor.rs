@@ -1,0 +1,453 @@
+//! The built-in `machinery-jobs` northbound processor, written with the
+//! public processor API: one handler per OPC UA method, the station
+//! configuration events, and the two queries.
+
+use super::machine::Method;
+use super::manager::{Effect, JobManager};
+use super::state::JobState;
+use super::status::ReturnStatus;
+use super::store::ResourceKind;
+use super::wire::*;
+use crate::envelope::EventType;
+use crate::error::{ErrorKind, HandlerError};
+use crate::models::jobcontrol_config::{
+    ConfigEquipment, ConfigJobAcceptance, ConfigMaterialClass, ConfigMaterialDefinition,
+    ConfigPersonnel, ConfigPhysicalAsset, ConfigWorkMaster,
+};
+use crate::processor::{Emit, Meta, Outcome, Processor, Scope, State};
+use crate::transport::Intent;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{info, warn};
+
+/// The processor's name in the `APP_PROCESSING_*` lists.
+pub const NAME: &str = "machinery-jobs";
+
+/// Builds the `machinery-jobs` processor around `manager`.
+pub fn processor(manager: &JobManager) -> Processor {
+    let p = Processor::northbound(NAME)
+        .handle(store)
+        .handle(store_and_start)
+        .handle(update)
+        .handle(start)
+        .handle(revoke_start)
+        .handle(pause)
+        .handle(resume)
+        .handle(stop)
+        .handle(abort)
+        .handle(cancel)
+        .handle(clear)
+        .handle(by_id)
+        .handle(by_state)
+        .handle(config_equipment)
+        .handle(config_material_class)
+        .handle(config_material_definition)
+        .handle(config_personnel)
+        .handle(config_physical_asset)
+        .handle(config_work_master)
+        .handle(config_job_acceptance)
+        .state(manager.clone())
+        .build();
+    manager.set_emitter(p.emitter());
+    p
+}
+
+/// `source` and `id` of a command: what makes it the same command when
+/// the broker delivers it again.
+fn cause(meta: &Meta) -> String {
+    format!("{}\u{1f}{}", meta.event.source, meta.event.id)
+}
+
+fn outcome<R: EventType>(
+    scope: &str,
+    meta: &Meta,
+    effect: &Effect,
+    reply: impl FnOnce(u64) -> R,
+) -> Outcome {
+    if let Some(reason) = &effect.reason {
+        info!(scope, id = %meta.event.id, ty = %meta.event.ty, status = effect.status.value(), reason, "job command refused");
+    }
+    let mut out = Outcome::reply(&reply(effect.status.value()));
+    if let Some(ev) = &effect.event {
+        out = out.emit(Emit::new(ev).subject(scope));
+    }
+    out
+}
+
+fn invalid<R: EventType>(meta: &Meta, why: &str, reply: impl FnOnce(u64) -> R) -> Outcome {
+    info!(id = %meta.event.id, ty = %meta.event.ty, reason = why, "invalid job request");
+    Outcome::reply(&reply(ReturnStatus::InvalidRequest.value()))
+}
+
+/// Checks and normalises a job order (PascalCase out, snake_case accepted).
+fn normalise(order: Value) -> Result<Value, HandlerError> {
+    super::normalise_order(order)
+        .map_err(|e| HandlerError::terminal(ErrorKind::PayloadInvalid, format!("JobOrder: {e}")))
+}
+
+#[derive(Clone, Copy)]
+enum OrderOp {
+    Store,
+    StoreAndStart,
+    Update,
+}
+
+/// Store, StoreAndStart and Update: validate, normalise, apply.
+async fn order_command<R: EventType>(
+    op: OrderOp,
+    order: Option<Value>,
+    scope: Option<Scope>,
+    meta: Meta,
+    m: &JobManager,
+    reply: fn(u64) -> R,
+) -> Result<Outcome, HandlerError> {
+    let Some(scope) = scope else {
+        return Ok(invalid(&meta, "no subject", reply));
+    };
+    let Some(order) = order else {
+        return Ok(invalid(&meta, "no JobOrder", reply));
+    };
+    let has_id = ["JobOrderID", "job_order_id"].iter().any(|k| {
+        order
+            .get(k)
+            .is_some_and(|v| !v.is_null() && v.as_str() != Some(""))
+    });
+    if !has_id {
+        return Ok(invalid(&meta, "no JobOrderID", reply));
+    }
+    let order = normalise(order)?;
+    let cause = cause(&meta);
+    let effect = match op {
+        OrderOp::Store => m.store_order(&scope, &order, false, &cause).await?,
+        OrderOp::StoreAndStart => m.store_order(&scope, &order, true, &cause).await?,
+        OrderOp::Update => m.update_order(&scope, &order, &cause).await?,
+    };
+    Ok(outcome(&scope, &meta, &effect, reply))
+}
+
+async fn store(
+    req: StoreRequest,
+    scope: Option<Scope>,
+    meta: Meta,
+    State(m): State<JobManager>,
+) -> Result<Outcome, HandlerError> {
+    order_command(OrderOp::Store, req.job_order, scope, meta, &m, |s| {
+        StoreResponse { return_status: s }
+    })
+    .await
+}
+
+async fn store_and_start(
+    req: StoreAndStartRequest,
+    scope: Option<Scope>,
+    meta: Meta,
+    State(m): State<JobManager>,
+) -> Result<Outcome, HandlerError> {
+    order_command(
+        OrderOp::StoreAndStart,
+        req.job_order,
+        scope,
+        meta,
+        &m,
+        |s| StoreAndStartResponse { return_status: s },
+    )
+    .await
+}
+
+async fn update(
+    req: UpdateRequest,
+    scope: Option<Scope>,
+    meta: Meta,
+    State(m): State<JobManager>,
+) -> Result<Outcome, HandlerError> {
+    order_command(OrderOp::Update, req.job_order, scope, meta, &m, |s| {
+        UpdateResponse { return_status: s }
+    })
+    .await
+}
+
+macro_rules! id_handler {
+    ($fn:ident, $req:ident, $resp:ident, $method:expr) => {
+        async fn $fn(
+            req: $req,
+            scope: Option<Scope>,
+            meta: Meta,
+            State(m): State<JobManager>,
+        ) -> Result<Outcome, HandlerError> {
+            let reply = |s| $resp { return_status: s };
+            let Some(scope) = scope else {
+                return Ok(invalid(&meta, "no subject", reply));
+            };
+            let Some(id) = req.job_order_id.filter(|i| !i.is_empty()) else {
+                return Ok(invalid(&meta, "no JobOrderID", reply));
+            };
+            let effect = m.call(&scope, &id, $method, &cause(&meta)).await?;
+            Ok(outcome(&scope, &meta, &effect, reply))
+        }
+    };
+}
+
+id_handler!(start, StartRequest, StartResponse, Method::Start);
+id_handler!(
+    revoke_start,
+    RevokeStartRequest,
+    RevokeStartResponse,
+    Method::RevokeStart
+);
+id_handler!(pause, PauseRequest, PauseResponse, Method::Pause);
+id_handler!(resume, ResumeRequest, ResumeResponse, Method::Resume);
+id_handler!(stop, StopRequest, StopResponse, Method::Stop);
+id_handler!(abort, AbortRequest, AbortResponse, Method::Abort);
+id_handler!(cancel, CancelRequest, CancelResponse, Method::Cancel);
+id_handler!(clear, ClearRequest, ClearResponse, Method::Clear);
+
+async fn by_id(
+    req: ByIdRequest,
+    scope: Option<Scope>,
+    State(m): State<JobManager>,
+) -> Result<ByIdResponse, HandlerError> {
+    let reply = |s: ReturnStatus, r| ByIdResponse {
+        job_response: r,
+        return_status: s.value(),
+    };
+    let (Some(scope), Some(id)) = (scope, req.job_order_id.filter(|i| !i.is_empty())) else {
+        return Ok(reply(ReturnStatus::InvalidRequest, None));
+    };
+    Ok(match m.response(&scope, &id).await? {
+        Some(r) => reply(ReturnStatus::NoError, Some(r)),
+        None => reply(ReturnStatus::UnknownJobOrderId, None),
+    })
+}
+
+async fn by_state(
+    req: ByStateRequest,
+    scope: Option<Scope>,
+    State(m): State<JobManager>,
+) -> Result<ByStateResponse, HandlerError> {
+    let reply = |s: ReturnStatus, r| ByStateResponse {
+        job_responses: r,
+        return_status: s.value(),
+    };
+    let (Some(scope), Some(list)) = (scope, req.job_order_state.filter(|l| !l.is_empty())) else {
+        return Ok(reply(ReturnStatus::InvalidRequest, Vec::new()));
+    };
+    let state = match JobState::from_wire(&list) {
+        Ok(s) => s,
+        Err(e) => {
+            info!(reason = %e, "RequestJobResponseByJobOrderState with an unknown state");
+            return Ok(reply(ReturnStatus::InvalidRequest, Vec::new()));
+        }
+    };
+    Ok(reply(
+        ReturnStatus::NoError,
+        m.responses_in_state(&scope, state).await?,
+    ))
+}
+
+// --- station configuration (no reply) -------------------------------------
+
+/// Whether a configuration event removes (`DELETE`) rather than upserts
+/// (`PUT` or no `method`).
+fn is_delete(meta: &Meta) -> Result<bool, HandlerError> {
+    match meta
+        .event
+        .method
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None | Some("PUT") => Ok(false),
+        Some("DELETE") => Ok(true),
+        Some(other) => Err(HandlerError::terminal(
+            ErrorKind::UserPropertyInvalid,
+            format!("method '{other}' is neither PUT nor DELETE"),
+        )),
+    }
+}
+
+fn require_scope(scope: Option<Scope>) -> Result<Scope, HandlerError> {
+    scope.ok_or_else(|| {
+        HandlerError::terminal(
+            ErrorKind::MissingUserProperty,
+            "configuration events need a 'subject' (the scope)",
+        )
+    })
+}
+
+fn require_id(id: Option<String>, field: &str) -> Result<String, HandlerError> {
+    id.filter(|i| !i.is_empty()).ok_or_else(|| {
+        HandlerError::terminal(ErrorKind::PayloadInvalid, format!("'{field}' is missing"))
+    })
+}
+
+macro_rules! resource_handler {
+    ($fn:ident, $ty:ident, $kind:expr, $field:literal, |$cfg:ident| $id:expr) => {
+        async fn $fn($cfg: $ty, scope: Option<Scope>, meta: Meta, State(m): State<JobManager>) -> Result<(), HandlerError> {
+            let scope = require_scope(scope)?;
+            let delete = is_delete(&meta)?;
+            let id = require_id($id, $field)?;
+            m.store().register_scope(&scope).await?;
+            m.store().set_resource(&scope, $kind, &id, !delete).await?;
+            info!(scope = %*scope, kind = $kind.as_str(), id, delete, "station configuration changed");
+            Ok(())
+        }
+    };
+}
+
+resource_handler!(
+    config_equipment,
+    ConfigEquipment,
+    ResourceKind::Equipment,
+    "ID",
+    |c| Some(c.0.id)
+);
+resource_handler!(
+    config_material_class,
+    ConfigMaterialClass,
+    ResourceKind::MaterialClass,
+    "MaterialClassID",
+    |c| c.0.material_class_id
+);
+resource_handler!(
+    config_material_definition,
+    ConfigMaterialDefinition,
+    ResourceKind::MaterialDefinition,
+    "MaterialDefinitionID",
+    |c| c.0.material_definition_id
+);
+resource_handler!(
+    config_personnel,
+    ConfigPersonnel,
+    ResourceKind::Personnel,
+    "ID",
+    |c| Some(c.0.id)
+);
+resource_handler!(
+    config_physical_asset,
+    ConfigPhysicalAsset,
+    ResourceKind::PhysicalAsset,
+    "ID",
+    |c| Some(c.0.id)
+);
+
+async fn config_work_master(
+    cfg: ConfigWorkMaster,
+    scope: Option<Scope>,
+    meta: Meta,
+    State(m): State<JobManager>,
+) -> Result<(), HandlerError> {
+    let scope = require_scope(scope)?;
+    let delete = is_delete(&meta)?;
+    let id = require_id(Some(cfg.id.clone()), "ID")?;
+    m.store().register_scope(&scope).await?;
+    if delete {
+        m.store().set_work_master(&scope, &id, None).await?;
+        info!(scope = %*scope, work_master = id, "work master deleted");
+        return Ok(());
+    }
+    if let (Some(schema), Some(data)) = (&cfg.dataschema, &cfg.data) {
+        for (s, validate) in &m.settings().validators {
+            if s == schema {
+                validate(data).map_err(|e| {
+                    HandlerError::terminal(
+                        ErrorKind::PayloadInvalid,
+                        format!("work master '{id}': {e}"),
+                    )
+                    .context("work_master", id.clone())
+                })?;
+            }
+        }
+    }
+    let doc = serde_json::to_string(&cfg)
+        .map_err(|e| HandlerError::terminal(ErrorKind::PayloadInvalid, e.to_string()))?;
+    m.store().set_work_master(&scope, &id, Some(&doc)).await?;
+    info!(scope = %*scope, work_master = id, "work master stored");
+    Ok(())
+}
+
+/// `config.jobacceptance` payload (snake_case on the wire). Read leniently
+/// (a `DELETE` needs no body), with the generated `ConfigJobAcceptance`'s
+/// CloudEvent type and schema.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobAcceptanceConfig {
+    /// The scope's live-job limit (0: unlimited).
+    #[serde(
+        alias = "MaxDownloadableJobOrders",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_downloadable_job_orders: Option<u64>,
+}
+super::wire::typed_as!(JobAcceptanceConfig, ConfigJobAcceptance);
+
+async fn config_job_acceptance(
+    cfg: JobAcceptanceConfig,
+    scope: Option<Scope>,
+    meta: Meta,
+    State(m): State<JobManager>,
+) -> Result<(), HandlerError> {
+    let scope = require_scope(scope)?;
+    let limit = if is_delete(&meta)? {
+        None
+    } else {
+        Some(cfg.max_downloadable_job_orders.ok_or_else(|| {
+            HandlerError::terminal(
+                ErrorKind::PayloadInvalid,
+                "'max_downloadable_job_orders' is missing",
+            )
+        })?)
+    };
+    m.store().register_scope(&scope).await?;
+    m.store().set_limit(&scope, limit).await?;
+    info!(scope = %*scope, ?limit, "job acceptance limit changed");
+    Ok(())
+}
+
+/// The retained self-description published on `{prefix}/metadata`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessorMetadata {
+    /// Model URIs with version and publication date.
+    pub models: Vec<ModelInfo>,
+    /// CloudEvent types this processor accepts.
+    pub commands: Vec<String>,
+    /// CloudEvent types it emits.
+    pub events: Vec<String>,
+}
+
+/// One information model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Model URI.
+    pub uri: String,
+    /// Version.
+    pub version: String,
+    /// Publication date.
+    pub publication_date: String,
+}
+
+impl EventType for ProcessorMetadata {
+    const TYPE: &'static str = "com.github.aschamberger.microdcs.processor.metadata.v1";
+    const DATASCHEMA: &'static str =
+        "https://aschamberger.github.io/schemas/microdcs/metadata/v1.0.0/";
+}
+
+/// Publishes the retained metadata event of the processor.
+///
+/// # Errors
+/// The transport is closed.
+pub async fn publish_metadata(processor: &Processor) -> Result<(), HandlerError> {
+    let meta = ProcessorMetadata {
+        models: super::models_info(),
+        commands: processor
+            .handled_types()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        events: vec![StatusEvent::TYPE.to_owned()],
+    };
+    processor
+        .emitter()
+        .emit(Emit::new(&meta).intent(Intent::Metadata).retain(true))
+        .await
+        .inspect_err(|e| warn!(error = %e, "metadata not published"))
+}

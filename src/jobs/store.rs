@@ -1,0 +1,568 @@
+//! Job persistence on plain Redis 7 (no modules).
+//!
+//! Key schema (`P` = the configured key prefix, `S` = the scope; `{S}` is a
+//! Redis Cluster hash tag, so every key one script touches lives in the same
+//! slot):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:scopes` | set | every scope that ever had a job or configuration |
+//! | `P:{S}:job:{id}` | hash | `v` version, `order` JobOrder JSON, `state` state key, `resp` JobResponse JSON, `cause` last command, `updated` ms |
+//! | `P:{S}:live` | set | ids of live jobs (not EndState): acceptance limit, state index |
+//! | `P:{S}:st:{state}` | set | ids per state key (`2.2` = AllowedToStart/Ready): queries by state |
+//! | `P:{S}:ended` | zset | EndState ids scored by the time they may be purged |
+//! | `P:{S}:changes` | stream | one entry per applied change (`job`, `state`, `v`, `kind`) for the publisher |
+//! | `P:{S}:cfg:{kind}` | set | known equipment, material classes/definitions, personnel, physical assets |
+//! | `P:{S}:cfg:workmaster` | hash | work master id → extended work master JSON |
+//! | `P:{S}:cfg:limit` | string | max downloadable job orders (absent: the default) |
+//!
+//! Every change to a job goes through `apply.lua`, a compare-and-swap on the
+//! job's version that writes the document, the indexes and the change entry
+//! in one step: concurrent commands for one job from several replicas are
+//! serialised, none is lost and none is applied to a stale state.
+
+use super::state::{JobState, MainState, StateError};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/apply.lua")));
+static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis is unreachable or failed: try again later.
+    #[error("redis unavailable: {0}")]
+    Unavailable(#[from] redis::RedisError),
+    /// A stored value cannot be read back (written by something else, or an
+    /// incompatible version).
+    #[error("stored job '{job}' in scope '{scope}' is unreadable: {reason}")]
+    Corrupt {
+        /// Scope.
+        scope: String,
+        /// Job id.
+        job: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<StoreError> for crate::HandlerError {
+    fn from(e: StoreError) -> Self {
+        use crate::ErrorKind;
+        match e {
+            StoreError::Unavailable(e) => e.into(),
+            e @ StoreError::Corrupt { .. } => {
+                crate::HandlerError::terminal(ErrorKind::InternalLogicError, e.to_string())
+            }
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct StoredJob {
+    /// The job order id.
+    pub id: String,
+    /// Version, incremented by every change (the compare-and-swap token).
+    pub version: u64,
+    /// The job order, exactly as last stored (JSON).
+    pub order: Box<RawValue>,
+    /// Its state.
+    pub state: JobState,
+    /// The job response, once one exists (JSON).
+    pub response: Option<Box<RawValue>>,
+    /// `source` and `id` of the command that made the last change.
+    pub cause: Option<String>,
+}
+
+/// A change to write with [`JobStore::apply`].
+#[derive(Debug, Clone)]
+pub struct Change<'a> {
+    /// The job order id.
+    pub id: &'a str,
+    /// The version read (0 for a new job).
+    pub expected_version: u64,
+    /// The state before (ignored for a new job).
+    pub from: JobState,
+    /// The state after.
+    pub to: JobState,
+    /// A new job order document, or `None` to keep the stored one.
+    pub order: Option<&'a RawValue>,
+    /// A new job response, or `None` to keep the stored one.
+    pub response: Option<&'a RawValue>,
+    /// The causing command (`source` and `id`), for idempotent replays.
+    pub cause: &'a str,
+    /// For a new job: the live-job limit of the scope (0: none).
+    pub limit: u64,
+    /// What happened (`store`, `update`, `transition`, `response`), for the
+    /// change stream.
+    pub kind: &'a str,
+}
+
+/// The answer of [`JobStore::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Written; the job's new version.
+    Ok(u64),
+    /// The job changed since it was read (its version now), or, for a new
+    /// job, it already exists.
+    Conflict(u64),
+    /// A new job was refused: the scope has this many live jobs.
+    Limit(u64),
+}
+
+/// Station configuration kinds held as sets of ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceKind {
+    /// `EquipmentRequirements[].ID`.
+    Equipment,
+    /// `MaterialRequirements[].MaterialClassID`.
+    MaterialClass,
+    /// `MaterialRequirements[].MaterialDefinitionID`.
+    MaterialDefinition,
+    /// `PersonnelRequirements[].ID`.
+    Personnel,
+    /// `PhysicalAssetRequirements[].ID`.
+    PhysicalAsset,
+    /// `WorkMasterID[].ID` (the work masters themselves are in a hash).
+    WorkMaster,
+}
+
+impl ResourceKind {
+    /// All kinds.
+    pub const ALL: [ResourceKind; 6] = [
+        ResourceKind::Equipment,
+        ResourceKind::MaterialClass,
+        ResourceKind::MaterialDefinition,
+        ResourceKind::Personnel,
+        ResourceKind::PhysicalAsset,
+        ResourceKind::WorkMaster,
+    ];
+
+    /// The key segment (also the `config.*` type segment).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Equipment => "equipment",
+            ResourceKind::MaterialClass => "materialclass",
+            ResourceKind::MaterialDefinition => "materialdefinition",
+            ResourceKind::Personnel => "personnel",
+            ResourceKind::PhysicalAsset => "physicalasset",
+            ResourceKind::WorkMaster => "workmaster",
+        }
+    }
+}
+
+/// The Redis job store. Cheap to clone.
+#[derive(Clone)]
+pub struct JobStore {
+    conn: ConnectionManager,
+    prefix: String,
+    retention: Duration,
+    stream_len: u64,
+}
+
+impl std::fmt::Debug for JobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobStore")
+            .field("prefix", &self.prefix)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl JobStore {
+    /// A store under `prefix`, keeping EndState jobs for `retention`.
+    pub fn new(conn: ConnectionManager, prefix: impl Into<String>, retention: Duration) -> Self {
+        JobStore {
+            conn,
+            prefix: prefix.into(),
+            retention,
+            stream_len: 10_000,
+        }
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The connection (for components that share it, like the publisher).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// `P:{S}:` — every key of a scope starts with it.
+    pub fn scope_prefix(&self, scope: &str) -> String {
+        format!("{}:{{{scope}}}:", self.prefix)
+    }
+
+    fn key(&self, scope: &str, rest: &str) -> String {
+        let mut k = self.scope_prefix(scope);
+        k.push_str(rest);
+        k
+    }
+
+    /// The change stream of a scope.
+    pub fn changes_key(&self, scope: &str) -> String {
+        self.key(scope, "changes")
+    }
+
+    /// The set of all scopes.
+    pub fn scopes_key(&self) -> String {
+        format!("{}:scopes", self.prefix)
+    }
+
+    /// Records that `scope` exists (idempotent; outside the scope's hash
+    /// slot, so not part of the atomic scripts).
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn register_scope(&self, scope: &str) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: i64 = c.sadd(self.scopes_key(), scope).await?;
+        Ok(())
+    }
+
+    /// Every scope known.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn scopes(&self) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn.clone();
+        let mut s: Vec<String> = c.smembers(self.scopes_key()).await?;
+        s.sort();
+        Ok(s)
+    }
+
+    /// Reads one job.
+    ///
+    /// # Errors
+    /// Redis is unavailable, or the stored job is unreadable.
+    pub async fn get(&self, scope: &str, id: &str) -> Result<Option<StoredJob>, StoreError> {
+        let mut c = self.conn.clone();
+        let h: HashMap<String, String> = c.hgetall(self.key(scope, &format!("job:{id}"))).await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        parse_job(scope, id, h).map(Some)
+    }
+
+    /// Writes a change atomically if the job is still at
+    /// `change.expected_version`.
+    ///
+    /// # Errors
+    /// Redis is unavailable or answered unexpectedly.
+    pub async fn apply(&self, scope: &str, change: &Change<'_>) -> Result<Applied, StoreError> {
+        let mut c = self.conn.clone();
+        let (tag, n): (String, u64) = APPLY
+            .key(self.key(scope, &format!("job:{}", change.id)))
+            .key(self.key(scope, "live"))
+            .key(self.key(scope, &format!("st:{}", change.from.key())))
+            .key(self.key(scope, &format!("st:{}", change.to.key())))
+            .key(self.key(scope, "ended"))
+            .key(self.changes_key(scope))
+            .arg(change.expected_version)
+            .arg(change.order.map_or("", RawValue::get))
+            .arg(change.to.key())
+            .arg(if change.to.main.is_live() { "1" } else { "0" })
+            .arg(change.response.map_or("", RawValue::get))
+            .arg(change.cause)
+            .arg(now_ms())
+            .arg(self.retention.as_millis() as u64)
+            .arg(change.limit)
+            .arg(self.stream_len)
+            .arg(change.id)
+            .arg(change.kind)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(match tag.as_str() {
+            "OK" => Applied::Ok(n),
+            "LIMIT" => Applied::Limit(n),
+            _ => Applied::Conflict(n),
+        })
+    }
+
+    /// The ids of the scope's jobs in `state`.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn ids_in_state(
+        &self,
+        scope: &str,
+        state: JobState,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn.clone();
+        let mut ids: Vec<String> = c
+            .smembers(self.key(scope, &format!("st:{}", state.key())))
+            .await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The ids of the scope's live jobs.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn live_ids(&self, scope: &str) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn.clone();
+        let mut ids: Vec<String> = c.smembers(self.key(scope, "live")).await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Reads many jobs in one round trip (missing ones are skipped).
+    ///
+    /// # Errors
+    /// Redis is unavailable, or a stored job is unreadable.
+    pub async fn get_many(
+        &self,
+        scope: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredJob>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(self.key(scope, &format!("job:{id}")));
+        }
+        let mut c = self.conn.clone();
+        let hs: Vec<HashMap<String, String>> = pipe.query_async(&mut c).await?;
+        ids.iter()
+            .zip(hs)
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(id, h)| parse_job(scope, id, h))
+            .collect()
+    }
+
+    /// Removes EndState jobs of `scope` whose retention has passed, at most
+    /// `batch` per call; returns how many were removed.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn purge_expired(&self, scope: &str, batch: u32) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        let n: u64 = PURGE
+            .key(self.key(scope, "ended"))
+            .key(self.changes_key(scope))
+            .arg(now_ms())
+            .arg(batch)
+            .arg(self.scope_prefix(scope))
+            .arg(self.stream_len)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n)
+    }
+
+    // --- station configuration --------------------------------------------
+
+    /// Adds (`present`) or removes a resource id of the scope.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn set_resource(
+        &self,
+        scope: &str,
+        kind: ResourceKind,
+        id: &str,
+        present: bool,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.key(scope, &format!("cfg:{}", kind.as_str()));
+        let _: i64 = if present {
+            c.sadd(key, id).await?
+        } else {
+            c.srem(key, id).await?
+        };
+        Ok(())
+    }
+
+    /// Which of `ids` are unknown in the scope, per kind; one round trip.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn unknown_resources(
+        &self,
+        scope: &str,
+        wanted: &[(ResourceKind, String)],
+    ) -> Result<Vec<(ResourceKind, String)>, StoreError> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (kind, id) in wanted {
+            match kind {
+                ResourceKind::WorkMaster => pipe.hexists(self.key(scope, "cfg:workmaster"), id),
+                k => pipe.sismember(self.key(scope, &format!("cfg:{}", k.as_str())), id),
+            };
+        }
+        let mut c = self.conn.clone();
+        let found: Vec<bool> = pipe.query_async(&mut c).await?;
+        Ok(wanted
+            .iter()
+            .zip(found)
+            .filter(|(_, f)| !f)
+            .map(|(w, _)| w.clone())
+            .collect())
+    }
+
+    /// Stores (`Some`) or deletes a work master.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn set_work_master(
+        &self,
+        scope: &str,
+        id: &str,
+        doc: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.key(scope, "cfg:workmaster");
+        let _: i64 = match doc {
+            Some(d) => c.hset(key, id, d).await?,
+            None => c.hdel(key, id).await?,
+        };
+        Ok(())
+    }
+
+    /// A stored work master (the extended work master JSON).
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn work_master(&self, scope: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn.clone();
+        Ok(c.hget(self.key(scope, "cfg:workmaster"), id).await?)
+    }
+
+    /// Sets (`Some`) or clears the scope's live-job limit.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn set_limit(&self, scope: &str, limit: Option<u64>) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.key(scope, "cfg:limit");
+        match limit {
+            Some(n) => c.set::<_, _, ()>(key, n).await?,
+            None => c.del::<_, ()>(key).await?,
+        }
+        Ok(())
+    }
+
+    /// The scope's live-job limit, if one was set.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn limit(&self, scope: &str) -> Result<Option<u64>, StoreError> {
+        let mut c = self.conn.clone();
+        Ok(c.get(self.key(scope, "cfg:limit")).await?)
+    }
+}
+
+fn parse_job(
+    scope: &str,
+    id: &str,
+    mut h: HashMap<String, String>,
+) -> Result<StoredJob, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        scope: scope.to_owned(),
+        job: id.to_owned(),
+        reason,
+    };
+    let version = h
+        .get("v")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| corrupt("no version".into()))?;
+    let state = h
+        .get("state")
+        .ok_or_else(|| corrupt("no state".into()))
+        .and_then(|k| parse_state_key(k).map_err(|e| corrupt(e.to_string())))?;
+    let raw = |s: String, what: &str| {
+        RawValue::from_string(s).map_err(|e| corrupt(format!("{what}: {e}")))
+    };
+    let order = raw(
+        h.remove("order")
+            .ok_or_else(|| corrupt("no job order".into()))?,
+        "job order",
+    )?;
+    let response = h
+        .remove("resp")
+        .map(|r| raw(r, "job response"))
+        .transpose()?;
+    Ok(StoredJob {
+        id: id.to_owned(),
+        version,
+        order,
+        state,
+        response,
+        cause: h.remove("cause"),
+    })
+}
+
+/// Reads a [`JobState::key`] back.
+///
+/// # Errors
+/// Not a key that `JobState::key` produces.
+pub fn parse_state_key(k: &str) -> Result<JobState, StateError> {
+    let (main, sub) = match k.split_once('.') {
+        Some((m, s)) => (m, Some(s)),
+        None => (k, None),
+    };
+    let num = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| StateError::UnknownNumber(u32::MAX))
+    };
+    let main_n = num(main)?;
+    let main = MainState::from_number(main_n).ok_or(StateError::UnknownNumber(main_n))?;
+    let sub = match sub {
+        None => None,
+        Some(s) => {
+            let n = num(s)?;
+            Some(
+                main.substates()
+                    .iter()
+                    .copied()
+                    .find(|x| x.number() == n)
+                    .ok_or(StateError::UnknownSubstate {
+                        main: main.name(),
+                        number: n,
+                    })?,
+            )
+        }
+    };
+    Ok(JobState::new(main, sub))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_keys_round_trip() {
+        for main in MainState::ALL {
+            let mut all = vec![JobState::new(main, None)];
+            all.extend(
+                main.substates()
+                    .iter()
+                    .map(|s| JobState::new(main, Some(*s))),
+            );
+            for s in all {
+                assert_eq!(parse_state_key(&s.key()).unwrap(), s);
+            }
+        }
+        assert!(parse_state_key("9").is_err());
+        assert!(parse_state_key("3.1").is_err());
+        assert!(parse_state_key("x").is_err());
+    }
+}

@@ -1,0 +1,386 @@
+//! The MES publisher: retained topics from which an MES that was offline
+//! resynchronises (wire contract §4). One instance publishes (a
+//! [`SingletonLock`](crate::singleton::SingletonLock)); it follows every
+//! scope's change stream in Redis, so it sees the changes of all replicas.
+//!
+//! Per scope, for each batch of changes:
+//!
+//! 1. `{prefix}/{scope}/order/{id}` = `{"JobOrder":…,"State":[…]}` for every
+//!    changed job, a zero-byte retained message when it reached EndState or
+//!    was purged; `{prefix}/{scope}/result/{id}` = the job response when the
+//!    job is Ended or Aborted and has one (zero bytes on EndState).
+//! 2. `{prefix}/{scope}/state-index` with `seq` incremented in Redis
+//!    (`INCR`, so it survives restarts and never goes backwards).
+//! 3. The stream cursor is stored only after the publishes were queued: a
+//!    crash replays the batch (retained publishes are idempotent) and the
+//!    next index simply gets the next `seq`.
+//!
+//! A publisher that (re)starts first republishes every scope's index, then
+//! continues after the stored cursors. New scopes are picked up on every
+//! poll.
+
+use crate::app::Shutdown;
+use crate::envelope::{CloudEvent, ContentType};
+use crate::jobs::state::{JobState, MainState};
+use crate::jobs::store::{parse_state_key, JobStore, StoreError};
+use crate::transport::{Outgoing, Publisher};
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// CloudEvent `type` of state-index messages.
+pub const STATE_INDEX_TYPE: &str = "com.github.aschamberger.microdcs.mes.state-index.v1";
+/// CloudEvent `type` of order messages.
+pub const ORDER_TYPE: &str = "com.github.aschamberger.microdcs.mes.order.v1";
+/// CloudEvent `type` of result messages.
+pub const RESULT_TYPE: &str = "com.github.aschamberger.microdcs.mes.result.v1";
+
+/// Publisher settings.
+#[derive(Debug, Clone)]
+pub struct PublisherSettings {
+    /// Topic prefix (the `machinery-jobs` binding's prefix, e.g. `app/jobs`).
+    pub prefix: String,
+    /// Message Expiry Interval of every retained message.
+    pub retained_ttl: Duration,
+    /// CloudEvent `source`.
+    pub source: String,
+    /// Longest wait for new changes before the scope list is refreshed.
+    pub poll: Duration,
+    /// Changes read per scope and batch.
+    pub batch: usize,
+}
+
+impl PublisherSettings {
+    /// Defaults for `prefix`: 172800 s retained TTL, 1 s poll, batches of 500.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        PublisherSettings {
+            prefix: prefix.into(),
+            retained_ttl: Duration::from_secs(172_800),
+            source: "microdcs".into(),
+            poll: Duration::from_secs(1),
+            batch: 500,
+        }
+    }
+}
+
+/// Publisher failures (the loop logs them and retries).
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Redis failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// MQTT failed.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+}
+
+use crate::models::mes_publishing::StateIndex;
+/// One job in a state index (generated from `schemas/`).
+pub use crate::models::mes_publishing::StateIndexEntry as IndexEntry;
+
+#[derive(Serialize)]
+struct OrderTopic<'a> {
+    #[serde(rename = "JobOrder")]
+    job_order: &'a RawValue,
+    #[serde(rename = "State")]
+    state: Vec<crate::jobs::state::StateEntry>,
+}
+
+/// The MES publisher.
+pub struct MesPublisher {
+    store: JobStore,
+    out: Arc<dyn Publisher>,
+    client: redis::Client,
+    settings: PublisherSettings,
+    cursors: BTreeMap<String, String>,
+}
+
+impl MesPublisher {
+    /// A publisher reading `store`, publishing through `out`; `client` opens
+    /// the dedicated connection for blocking stream reads (a blocking read
+    /// would stall a shared multiplexed connection).
+    pub fn new(
+        store: JobStore,
+        client: redis::Client,
+        out: Arc<dyn Publisher>,
+        settings: PublisherSettings,
+    ) -> Self {
+        MesPublisher {
+            store,
+            out,
+            client,
+            settings,
+            cursors: BTreeMap::new(),
+        }
+    }
+
+    fn key(&self, scope: &str, what: &str) -> String {
+        format!("{}pub:{what}", self.store.scope_prefix(scope))
+    }
+
+    /// Runs until shutdown: republishes every scope's index, then follows
+    /// the change streams. Redis or broker failures are logged and retried
+    /// with backoff; nothing is skipped (the cursor only moves after a
+    /// batch was published).
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let r = tokio::select! {
+                r = self.session() => r,
+                _ = shutdown.wait() => return,
+            };
+            if let Err(e) = r {
+                warn!(error = %e, retry_in = ?backoff, "MES publisher interrupted");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+
+    /// One connected session: start-up republish, then the follow loop.
+    async fn session(&mut self) -> Result<(), PublishError> {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(None);
+        let mut blocking = self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
+        self.cursors.clear();
+        for scope in self.store.scopes().await? {
+            self.adopt_scope(&scope).await?;
+        }
+        info!(
+            scopes = self.cursors.len(),
+            "MES publisher republished every state index"
+        );
+        loop {
+            for scope in self.store.scopes().await? {
+                if !self.cursors.contains_key(&scope) {
+                    self.adopt_scope(&scope).await?;
+                }
+            }
+            if self.cursors.is_empty() {
+                tokio::time::sleep(self.settings.poll).await;
+                continue;
+            }
+            let keys: Vec<String> = self
+                .cursors
+                .keys()
+                .map(|s| self.store.changes_key(s))
+                .collect();
+            let ids: Vec<&String> = self.cursors.values().collect();
+            let opts = StreamReadOptions::default()
+                .count(self.settings.batch)
+                .block(self.settings.poll.as_millis() as usize);
+            let reply: Option<StreamReadReply> = blocking.xread_options(&keys, &ids, &opts).await?;
+            let Some(reply) = reply else { continue };
+            for sk in reply.keys {
+                let Some(scope) = self
+                    .cursors
+                    .keys()
+                    .find(|s| self.store.changes_key(s) == sk.key)
+                    .cloned()
+                else {
+                    continue;
+                };
+                let Some(last) = sk.ids.last().map(|e| e.id.clone()) else {
+                    continue;
+                };
+                let mut changed = BTreeSet::new();
+                for entry in &sk.ids {
+                    if let Some(redis::Value::BulkString(job)) = entry.map.get("job") {
+                        changed.insert(String::from_utf8_lossy(job).into_owned());
+                    }
+                }
+                self.publish_batch(&scope, &changed.into_iter().collect::<Vec<_>>())
+                    .await?;
+                self.publish_index(&scope).await?;
+                let mut c = self.store.connection();
+                let _: () = c.set(self.key(&scope, "cursor"), &last).await?;
+                self.cursors.insert(scope, last);
+            }
+        }
+    }
+
+    /// First sight of a scope in this session: catch up from its stored
+    /// cursor, then (re)publish its index.
+    async fn adopt_scope(&mut self, scope: &str) -> Result<(), PublishError> {
+        let mut c = self.store.connection();
+        let mut cursor: String = c
+            .get::<_, Option<String>>(self.key(scope, "cursor"))
+            .await?
+            .unwrap_or_else(|| "0".into());
+        loop {
+            let opts = StreamReadOptions::default().count(self.settings.batch);
+            let reply: Option<StreamReadReply> = c
+                .xread_options(&[self.store.changes_key(scope)], &[&cursor], &opts)
+                .await?;
+            let entries = reply
+                .and_then(|r| r.keys.into_iter().next())
+                .map(|k| k.ids)
+                .unwrap_or_default();
+            let Some(last) = entries.last().map(|e| e.id.clone()) else {
+                break;
+            };
+            let changed: BTreeSet<String> = entries
+                .iter()
+                .filter_map(|e| match e.map.get("job") {
+                    Some(redis::Value::BulkString(b)) => {
+                        Some(String::from_utf8_lossy(b).into_owned())
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.publish_batch(scope, &changed.into_iter().collect::<Vec<_>>())
+                .await?;
+            let _: () = c.set(self.key(scope, "cursor"), &last).await?;
+            cursor = last;
+        }
+        self.publish_index(scope).await?;
+        self.cursors.insert(scope.to_owned(), cursor);
+        Ok(())
+    }
+
+    fn topic(&self, scope: &str, rest: &str) -> String {
+        format!("{}/{scope}/{rest}", self.settings.prefix)
+    }
+
+    async fn retained(
+        &self,
+        topic: String,
+        ty: &str,
+        scope: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(), PublishError> {
+        let mut e = CloudEvent::new(ty, self.settings.source.clone());
+        e.subject = Some(scope.to_owned());
+        e.expiryinterval = Some(self.settings.retained_ttl.as_secs().min(u32::MAX as u64) as u32);
+        if let Some(b) = body {
+            e.datacontenttype = Some(ContentType::Json.header().to_owned());
+            e.data = Some(b.into());
+        }
+        let mut msg = Outgoing::new(topic, e);
+        msg.retain = true;
+        self.out.publish(msg).await?;
+        Ok(())
+    }
+
+    async fn publish_batch(&self, scope: &str, ids: &[String]) -> Result<(), PublishError> {
+        let jobs = self.store.get_many(scope, ids).await?;
+        for id in ids {
+            let order_topic = self.topic(scope, &format!("order/{id}"));
+            let result_topic = self.topic(scope, &format!("result/{id}"));
+            match jobs.iter().find(|j| &j.id == id) {
+                Some(j) if j.state.main != MainState::EndState => {
+                    let body = serde_json::to_vec(&OrderTopic {
+                        job_order: &j.order,
+                        state: j.state.to_wire(),
+                    })
+                    .unwrap_or_default();
+                    self.retained(order_topic, ORDER_TYPE, scope, Some(body))
+                        .await?;
+                    if matches!(j.state.main, MainState::Ended | MainState::Aborted) {
+                        if let Some(r) = &j.response {
+                            self.retained(
+                                result_topic,
+                                RESULT_TYPE,
+                                scope,
+                                Some(r.get().as_bytes().to_vec()),
+                            )
+                            .await?;
+                        }
+                    }
+                }
+                _ => {
+                    // EndState or purged: clear both retained topics.
+                    self.retained(order_topic, ORDER_TYPE, scope, None).await?;
+                    self.retained(result_topic, RESULT_TYPE, scope, None)
+                        .await?;
+                }
+            }
+        }
+        debug!(scope, jobs = ids.len(), "published order/result topics");
+        Ok(())
+    }
+
+    async fn publish_index(&self, scope: &str) -> Result<(), PublishError> {
+        let jobs = index_entries(&self.store, scope).await?;
+        let mut c = self.store.connection();
+        let seq: u64 = c.incr(self.key(scope, "seq"), 1).await?;
+        let body = serde_json::to_vec(&StateIndex {
+            seq,
+            scope: scope.to_owned(),
+            published_at: chrono::Utc::now(),
+            jobs,
+        })
+        .unwrap_or_default();
+        self.retained(
+            self.topic(scope, "state-index"),
+            STATE_INDEX_TYPE,
+            scope,
+            Some(body),
+        )
+        .await?;
+        debug!(scope, seq, "published state index");
+        Ok(())
+    }
+}
+
+/// The live jobs of a scope with their states and whether they have a
+/// result, in two Redis round trips whatever the number of jobs.
+///
+/// # Errors
+/// Redis is unavailable or a stored state is unreadable.
+pub async fn index_entries(store: &JobStore, scope: &str) -> Result<Vec<IndexEntry>, StoreError> {
+    let ids = store.live_ids(scope).await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let prefix = store.scope_prefix(scope);
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        let k = format!("{prefix}job:{id}");
+        pipe.hget(&k, "state").hexists(&k, "resp");
+    }
+    let mut c = store.connection();
+    let rows: Vec<(Option<String>, bool)> = {
+        let flat: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+        flat.chunks_exact(2)
+            .map(|pair| {
+                let state = redis::from_redis_value::<Option<String>>(pair[0].clone())
+                    .ok()
+                    .flatten();
+                let has = redis::from_redis_value::<bool>(pair[1].clone()).unwrap_or(false);
+                (state, has)
+            })
+            .collect()
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for (id, (state, has_result)) in ids.into_iter().zip(rows) {
+        // A job purged between the two reads is simply not listed.
+        let Some(state) = state else { continue };
+        let state: JobState = parse_state_key(&state).map_err(|e| StoreError::Corrupt {
+            scope: scope.to_owned(),
+            job: id.clone(),
+            reason: e.to_string(),
+        })?;
+        out.push(IndexEntry {
+            job_order_id: id,
+            state: state.to_wire(),
+            has_result,
+        });
+    }
+    Ok(out)
+}

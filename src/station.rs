@@ -1,0 +1,187 @@
+//! A complete station from configuration alone: what `microdcs run` starts.
+//!
+//! - the `machinery-jobs` northbound processor (when
+//!   `APP_IS_PROCESSOR_INSTANCE`), with its retained metadata event and the
+//!   purge of EndState jobs past their retention;
+//! - the MES publisher (when `APP_IS_PUBLISHER_INSTANCE`), on one replica at
+//!   a time through a Redis lock.
+
+use crate::app::{App, AppError, Redis};
+use crate::config::Config;
+use crate::jobs::acceptance::Checks;
+use crate::jobs::{processor as jobs_processor, JobManager, JobSettings, JobStore};
+use crate::publisher::{MesPublisher, PublisherSettings};
+use crate::singleton::SingletonLock;
+use crate::transport::{Publisher, TopicBinding};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// The topics of `machinery-jobs` when the configuration names none:
+/// `app/jobs/commands` and one wildcard level (`app/jobs/+/commands`).
+pub fn default_jobs_binding() -> TopicBinding {
+    let mut b = TopicBinding::new("app/jobs");
+    b.wildcard_levels = 1;
+    b
+}
+
+/// Job management settings from the `[jobs]` section.
+pub fn job_settings(config: &Config) -> JobSettings {
+    let j = &config.jobs;
+    JobSettings {
+        checks: Checks {
+            equipment: j.check_equipment,
+            material_class: j.check_material_class,
+            material_definition: j.check_material_definition,
+            personnel: j.check_personnel,
+            physical_asset: j.check_physical_asset,
+            work_master: j.check_work_master,
+            limit: j.check_job_limit,
+        },
+        default_limit: j.max_downloadable_job_orders,
+        retention: Duration::from_secs(j.retention_seconds),
+        validators: Vec::new(),
+    }
+}
+
+/// The parts of a built station, for embedding and tests.
+pub struct Station {
+    /// The application, ready to run.
+    pub app: App,
+    /// The job manager (the API the SFC engine and hand-written processors
+    /// use for internal transitions), when this is a processor instance.
+    pub jobs: Option<JobManager>,
+}
+
+impl std::fmt::Debug for Station {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Station")
+            .field("jobs", &self.jobs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the station `config` describes.
+///
+/// # Errors
+/// An invalid Redis URL or an inconsistent app (see [`AppError`]).
+pub async fn build(config: &Config) -> Result<Station, AppError> {
+    build_with(config, job_settings(config)).await
+}
+
+/// Like [`build`], with job settings of your own (extra work master
+/// validators, for instance).
+///
+/// # Errors
+/// As [`build`].
+pub async fn build_with(config: &Config, settings: JobSettings) -> Result<Station, AppError> {
+    let redis = Redis::open(&config.redis_url())?;
+    let prefix = config.redis.key_prefix.clone();
+    let retention = settings.retention;
+    let store = JobStore::new(redis.conn.clone(), prefix.clone(), retention);
+    let binding = config.topic_binding(jobs_processor::NAME, default_jobs_binding());
+    let mut builder = App::builder()
+        .from_config(config)
+        .redis_shared(redis.clone(), prefix.clone());
+    let mut jobs = None;
+    let mut processor = None;
+    if config.instance.is_processor_instance {
+        let manager = JobManager::new(store.clone(), settings);
+        let p = jobs_processor::processor(&manager);
+        builder = builder.processor(p.clone(), binding.clone());
+        jobs = Some(manager);
+        processor = Some(p);
+    }
+    let mut app = builder.build().await?;
+    if let Some(p) = processor {
+        app = app.task("metadata", move |_| async move {
+            // Queued even while the broker is still connecting.
+            let _ = jobs_processor::publish_metadata(&p).await;
+            Ok(())
+        });
+        let store = store.clone();
+        app = app.task("purge", move |mut shutdown| async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30).min(retention));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.wait() => return Ok(()),
+                }
+                purge_all(&store).await;
+            }
+        });
+    }
+    if config.instance.is_publisher_instance {
+        let Some(transport) = app.transports().first().cloned() else {
+            return Err(AppError::Config(
+                "the publisher needs an MQTT transport".into(),
+            ));
+        };
+        let out: Arc<dyn Publisher> = transport;
+        let mut settings = PublisherSettings::new(binding.prefix.clone());
+        settings.retained_ttl = Duration::from_secs(config.publisher.retained_ttl_seconds);
+        settings.source = config.processing.cloudevent_source.clone();
+        let lock = SingletonLock::new(
+            redis.conn.clone(),
+            format!("{prefix}:publisher:lock"),
+            config.instance_id().to_owned(),
+            Duration::from_secs(15),
+        );
+        let client = redis.client.clone();
+        app = app.task("mes-publisher", move |shutdown| async move {
+            lock.run(shutdown, |sd| {
+                MesPublisher::new(store.clone(), client.clone(), out.clone(), settings.clone())
+                    .run(sd)
+            })
+            .await;
+            Ok(())
+        });
+    }
+    info!(
+        instance = config.instance_id(),
+        processor = config.instance.is_processor_instance,
+        publisher = config.instance.is_publisher_instance,
+        prefix = %binding.prefix,
+        "station built"
+    );
+    Ok(Station { app, jobs })
+}
+
+async fn purge_all(store: &JobStore) {
+    let scopes = match store.scopes().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "purge: cannot list scopes");
+            return;
+        }
+    };
+    for scope in scopes {
+        loop {
+            match store.purge_expired(&scope, 200).await {
+                Ok(n) if n >= 200 => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        info!(
+                            scope,
+                            removed = n,
+                            "purged EndState jobs past their retention"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    warn!(scope, error = %e, "purge failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Builds and runs the station until SIGTERM/SIGINT.
+///
+/// # Errors
+/// As [`build`], or a background task failed.
+pub async fn run(config: &Config) -> Result<(), AppError> {
+    build(config).await?.app.run().await
+}

@@ -1,0 +1,359 @@
+//! The MES publisher's retained topics as an MES subscriber sees them
+//! (wire contract §4), against real Mosquitto and Redis.
+
+mod common;
+
+use common::jobs::{self, order, state_texts, JobStation, Mes, PREFIX};
+use common::mqtt_client::{user_prop, TestClient};
+use common::{init_tracing, Mosquitto, Redis};
+use microdcs::jobs::Internal;
+use rumqttc::v5::mqttbytes::v5::Publish;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The latest retained view per topic, as an MES keeps it.
+#[derive(Default)]
+struct View {
+    topics: BTreeMap<String, Vec<u8>>,
+    seqs: Vec<(String, u64)>,
+}
+
+impl View {
+    fn absorb(&mut self, ps: Vec<Publish>) {
+        for p in ps {
+            let topic = String::from_utf8_lossy(&p.topic).into_owned();
+            if topic.ends_with("/state-index") && !p.payload.is_empty() {
+                let v: Value = serde_json::from_slice(&p.payload).expect("index JSON");
+                self.seqs
+                    .push((topic.clone(), v["seq"].as_u64().expect("seq")));
+            }
+            self.topics.insert(topic, p.payload.to_vec());
+        }
+    }
+
+    fn json(&self, topic: &str) -> Option<Value> {
+        self.topics
+            .get(&format!("{PREFIX}/{topic}"))
+            .filter(|b| !b.is_empty())
+            .map(|b| serde_json::from_slice(b).expect("JSON"))
+    }
+
+    fn cleared(&self, topic: &str) -> bool {
+        self.topics
+            .get(&format!("{PREFIX}/{topic}"))
+            .is_some_and(|b| b.is_empty())
+    }
+
+    /// `seq` of one scope's index, in arrival order.
+    fn seq_of(&self, scope: &str) -> Vec<u64> {
+        let t = format!("{PREFIX}/{scope}/state-index");
+        self.seqs
+            .iter()
+            .filter(|(x, _)| *x == t)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+}
+
+/// Absorbs messages until `done` holds for the view or `timeout` passes.
+async fn until(
+    sub: &mut TestClient,
+    view: &mut View,
+    timeout: Duration,
+    done: impl Fn(&View) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done(view) && tokio::time::Instant::now() < deadline {
+        view.absorb(sub.drain(Duration::from_millis(200)).await);
+    }
+}
+
+async fn subscriber(port: u16, name: &str) -> TestClient {
+    let mut c = TestClient::connect(port, name).await;
+    for f in ["+/state-index", "+/order/+", "+/result/+"] {
+        c.subscribe(&format!("{PREFIX}/{f}")).await;
+    }
+    c
+}
+
+async fn complete(station: &JobStation, scope: &str, job: &str) {
+    let m = station.jobs.clone().expect("processor");
+    let (scope, job) = (scope.to_string(), job.to_string());
+    station
+        .on_runtime(async move {
+            m.internal(&scope, &job, Internal::Begin, None, &format!("begin-{job}")).await.unwrap();
+            let resp = serde_json::value::to_raw_value(&json!({"JobResponseID": format!("r-{job}"), "JobOrderID": job, "JobState": [{"StateText": {"Text": "Ended"}, "StateNumber": 5}]})).unwrap();
+            m.internal(&scope, &job, Internal::Complete, Some(&resp), &format!("done-{job}")).await.unwrap();
+        })
+        .await;
+}
+
+fn ids(index: &Value) -> Vec<String> {
+    index["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_order_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mes_sees_state_index_order_and_result_topics() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let station = jobs::start(jobs::env(m.port(), r.0.port(), "p1")).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    let mut sub = subscriber(m.port(), "mes-view").await;
+    let mut view = View::default();
+
+    assert_eq!(
+        mes.status("Store", "line-1", json!({"JobOrder": order("a")}))
+            .await,
+        1
+    );
+    assert_eq!(
+        mes.status("StoreAndStart", "line-1", json!({"JobOrder": order("b")}))
+            .await,
+        1
+    );
+    complete(&station, "line-1", "b").await;
+    view.absorb(sub.drain(Duration::from_millis(1500)).await);
+
+    let index = view.json("line-1/state-index").expect("state index");
+    assert_eq!(index["scope"], "line-1");
+    assert!(index["published_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(ids(&index), ["a", "b"]);
+    let b = &index["jobs"][1];
+    assert_eq!(state_texts(&b["state"]), ["Ended", "Completed"]);
+    assert_eq!(b["has_result"], true);
+    assert_eq!(index["jobs"][0]["has_result"], false);
+    let seqs = view.seq_of("line-1");
+    assert!(
+        seqs.windows(2).all(|w| w[1] > w[0]),
+        "seq strictly increasing: {seqs:?}"
+    );
+
+    // The order topic follows every state change (not only Store/Update).
+    let order_b = view.json("line-1/order/b").expect("order topic");
+    assert_eq!(order_b["JobOrder"]["JobOrderID"], "b");
+    assert_eq!(state_texts(&order_b["State"]), ["Ended", "Completed"]);
+    assert_eq!(
+        view.json("line-1/result/b").expect("result")["JobResponseID"],
+        "r-b"
+    );
+    assert!(view.json("line-1/result/a").is_none());
+
+    // Cancel and Clear: zero-byte retained messages, dropped from the index.
+    assert_eq!(
+        mes.status("Cancel", "line-1", json!({"JobOrderID": "a"}))
+            .await,
+        1
+    );
+    assert_eq!(
+        mes.status("Clear", "line-1", json!({"JobOrderID": "b"}))
+            .await,
+        1
+    );
+    view.absorb(sub.drain(Duration::from_millis(1500)).await);
+    assert!(view.cleared("line-1/order/a") && view.cleared("line-1/order/b"));
+    assert!(view.cleared("line-1/result/b"));
+    assert!(ids(&view.json("line-1/state-index").unwrap()).is_empty());
+
+    // An MES that connects now sees only the retained truth.
+    let mut late = subscriber(m.port(), "late-mes").await;
+    let mut late_view = View::default();
+    late_view.absorb(late.drain(Duration::from_millis(800)).await);
+    assert!(
+        late_view.json("line-1/order/a").is_none() && late_view.json("line-1/order/b").is_none()
+    );
+    assert_eq!(
+        late_view.json("line-1/state-index").unwrap()["seq"],
+        *view.seq_of("line-1").last().unwrap()
+    );
+
+    // Retained messages carry the retained TTL as Message Expiry Interval.
+    let p = late_view_expiry(&mut subscriber(m.port(), "ttl").await).await;
+    let ttl = p.expect("Message Expiry Interval");
+    assert!((172_700..=172_800).contains(&ttl), "{ttl}");
+    station.stop().await;
+}
+
+async fn late_view_expiry(c: &mut TestClient) -> Option<u32> {
+    let p = c.recv(Duration::from_secs(5)).await?;
+    assert!(user_prop(&p, "type").is_some());
+    p.properties.as_ref()?.message_expiry_interval
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_restart_republishes_and_seq_never_goes_back() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let station = jobs::start(jobs::env(m.port(), r.0.port(), "p1")).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    let mut sub = subscriber(m.port(), "view").await;
+    let mut view = View::default();
+    for j in ["x", "y"] {
+        assert_eq!(
+            mes.status("Store", "cell", json!({"JobOrder": order(j)}))
+                .await,
+            1
+        );
+    }
+    view.absorb(sub.drain(Duration::from_millis(1000)).await);
+    let before = *view.seq_of("cell").last().expect("an index");
+    station.crash();
+
+    // While no publisher runs, a processor-only instance keeps changing jobs.
+    let mut env = jobs::env(m.port(), r.0.port(), "proc-only");
+    jobs::set(&mut env, "APP_IS_PUBLISHER_INSTANCE", "false");
+    let processor = jobs::start(env).await;
+    assert_eq!(
+        mes.status("Start", "cell", json!({"JobOrderID": "x"}))
+            .await,
+        1
+    );
+    assert_eq!(
+        mes.status("Store", "new-scope", json!({"JobOrder": order("z")}))
+            .await,
+        1
+    );
+    let quiet = sub.drain(Duration::from_millis(800)).await;
+    let topics: Vec<_> = quiet
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.topic).into_owned())
+        .collect();
+    assert!(
+        quiet.is_empty(),
+        "a processor-only instance publishes no retained topics: {topics:?}"
+    );
+
+    // A publisher-only instance catches up: republishes the index, then the
+    // missed changes, and finds the new scope.
+    let mut env = jobs::env(m.port(), r.0.port(), "pub-only");
+    jobs::set(&mut env, "APP_IS_PROCESSOR_INSTANCE", "false");
+    let publisher = jobs::start(env).await;
+    assert!(publisher.jobs.is_none());
+    // The crashed publisher's lock expires first (15 s at most).
+    until(&mut sub, &mut view, Duration::from_secs(25), |v| {
+        v.json("new-scope/state-index").is_some() && v.seq_of("cell").last() > Some(&before)
+    })
+    .await;
+    view.absorb(sub.drain(Duration::from_millis(500)).await);
+    let seqs = view.seq_of("cell");
+    assert!(
+        seqs.windows(2).all(|w| w[1] > w[0]),
+        "seq strictly increasing across restarts: {seqs:?}"
+    );
+    assert!(*seqs.last().unwrap() > before);
+    let order_x = view.json("cell/order/x").expect("order x");
+    assert_eq!(state_texts(&order_x["State"]), ["AllowedToStart", "Ready"]);
+    assert_eq!(
+        ids(&view.json("new-scope/state-index").expect("new scope index")),
+        ["z"]
+    );
+
+    // Later changes keep flowing.
+    assert_eq!(
+        mes.status("Abort", "cell", json!({"JobOrderID": "y"}))
+            .await,
+        1
+    );
+    view.absorb(sub.drain(Duration::from_millis(1000)).await);
+    assert_eq!(
+        state_texts(&view.json("cell/order/y").unwrap()["State"]),
+        ["Aborted"]
+    );
+    processor.stop().await;
+    publisher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_of_two_publishers_publishes_and_the_other_takes_over() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let a = jobs::start(jobs::env(m.port(), r.0.port(), "pa")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = jobs::start(jobs::env(m.port(), r.0.port(), "pb")).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    let mut sub = subscriber(m.port(), "view").await;
+    let mut view = View::default();
+    assert_eq!(
+        mes.status("Store", "s", json!({"JobOrder": order("one")}))
+            .await,
+        1
+    );
+    view.absorb(sub.drain(Duration::from_millis(1000)).await);
+    // One change, one index: a second publisher would double it.
+    assert_eq!(view.seq_of("s").len(), 1, "{:?}", view.seq_of("s"));
+    let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
+    let owner: String = redis::cmd("GET")
+        .arg("t:publisher:lock")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(owner, "pa");
+
+    // The owner dies; the lock expires and the other takes over.
+    a.crash();
+    assert_eq!(
+        mes.status("Store", "s", json!({"JobOrder": order("two")}))
+            .await,
+        1
+    );
+    until(&mut sub, &mut view, Duration::from_secs(25), |v| {
+        v.json("s/state-index").is_some_and(|i| ids(&i).len() == 2)
+    })
+    .await;
+    assert_eq!(
+        ids(&view.json("s/state-index").expect("index")),
+        ["one", "two"]
+    );
+    let seqs = view.seq_of("s");
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
+    let owner: String = redis::cmd("GET")
+        .arg("t:publisher:lock")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(owner, "pb");
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_topics_survive_a_broker_restart() {
+    init_tracing();
+    let mut m = Mosquitto::start();
+    let r = Redis::start();
+    let station = jobs::start(jobs::env(m.port(), r.0.port(), "p1")).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    assert_eq!(
+        mes.status("Store", "s", json!({"JobOrder": order("keep")}))
+            .await,
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    m.restart();
+    // The station reconnects by itself and keeps publishing.
+    let mut mes = Mes::connect(m.port(), "mes2").await;
+    let mut sub = subscriber(m.port(), "after-restart").await;
+    let mut view = View::default();
+    view.absorb(sub.drain(Duration::from_millis(800)).await);
+    assert_eq!(
+        ids(&view.json("s/state-index").expect("retained index survived")),
+        ["keep"]
+    );
+    assert!(view.json("s/order/keep").is_some());
+    let seq_before = *view.seq_of("s").last().unwrap();
+    assert_eq!(
+        mes.status("Start", "s", json!({"JobOrderID": "keep"}))
+            .await,
+        1
+    );
+    view.absorb(sub.drain(Duration::from_millis(1000)).await);
+    assert!(*view.seq_of("s").last().unwrap() > seq_before);
+    station.stop().await;
+}
