@@ -20,11 +20,15 @@
 //! - [`dedupe`]: exactly-once effects per (`source`, `id`) in Redis.
 //! - [`processor`]: handlers as plain async functions, extractors, routing by
 //!   type, emitting events.
+//! - [`sfc`]: SFC recipes: parsing, validation, transition conditions (CEL)
+//!   and Mermaid graphs.
 //! - [`app`]: wires processors, transports, background tasks and shutdown.
 //! - [`config`]: TOML file plus environment (MicroDCS-compatible `APP_*`).
 //! - [`models`]: types generated at build time from the OPC UA NodeSets in
 //!   `companion-specs/` and the JSON Schemas in `schemas/`.
 //! - [`metrics`], [`error`]: counters and the wire error kinds.
+//! - [`sim`]: an equipment simulator answering southbound commands by
+//!   seeded rules (demo, tests, benchmark).
 //! - [`devenv`]: local Mosquitto/Redis child processes for demos and tests.
 
 pub mod app;
@@ -39,6 +43,8 @@ pub mod metrics;
 pub mod models;
 pub mod processor;
 pub mod publisher;
+pub mod sfc;
+pub mod sim;
 pub mod singleton;
 pub mod station;
 pub mod telemetry;

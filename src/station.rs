@@ -3,6 +3,9 @@
 //! - the `machinery-jobs` northbound processor (when
 //!   `APP_IS_PROCESSOR_INSTANCE`), with its retained metadata event and the
 //!   purge of EndState jobs past their retention;
+//! - the SFC engine with the generic `equipment` southbound processor (with
+//!   the processor), which runs the jobs whose work master carries an SFC
+//!   recipe;
 //! - the MES publisher (when `APP_IS_PUBLISHER_INSTANCE`), on one replica at
 //!   a time through a Redis lock.
 
@@ -11,6 +14,7 @@ use crate::config::Config;
 use crate::jobs::acceptance::Checks;
 use crate::jobs::{processor as jobs_processor, JobManager, JobSettings, JobStore};
 use crate::publisher::{MesPublisher, PublisherSettings};
+use crate::sfc::engine::{Engine, EngineSettings, EQUIPMENT};
 use crate::singleton::SingletonLock;
 use crate::transport::{Publisher, TopicBinding};
 use std::sync::Arc;
@@ -21,6 +25,16 @@ use tracing::{info, warn};
 /// `app/jobs/commands` and one wildcard level (`app/jobs/+/commands`).
 pub fn default_jobs_binding() -> TopicBinding {
     let mut b = TopicBinding::new("app/jobs");
+    b.wildcard_levels = 1;
+    b
+}
+
+/// The topics of the `equipment` processor when the configuration names
+/// none: `app/equipment/…/events|data|metadata` with one wildcard level,
+/// commands to `app/equipment/{equipment}/commands`, results on the shared
+/// response topic `app/equipment/responses`.
+pub fn default_equipment_binding() -> TopicBinding {
+    let mut b = TopicBinding::new("app/equipment");
     b.wildcard_levels = 1;
     b
 }
@@ -40,7 +54,7 @@ pub fn job_settings(config: &Config) -> JobSettings {
         },
         default_limit: j.max_downloadable_job_orders,
         retention: Duration::from_secs(j.retention_seconds),
-        validators: Vec::new(),
+        validators: vec![crate::sfc::engine::recipe_validator()],
     }
 }
 
@@ -85,12 +99,30 @@ pub async fn build_with(config: &Config, settings: JobSettings) -> Result<Statio
         .redis_shared(redis.clone(), prefix.clone());
     let mut jobs = None;
     let mut processor = None;
+    let mut engine = None;
     if config.instance.is_processor_instance {
         let manager = JobManager::new(store.clone(), settings);
         let p = jobs_processor::processor(&manager);
         builder = builder.processor(p.clone(), binding.clone());
+        // The SFC engine and its equipment processor run beside the jobs.
+        let e = Engine::new(
+            manager.clone(),
+            redis.client.clone(),
+            config.instance_id(),
+            EngineSettings::default(),
+        );
+        let mut eb = config.topic_binding(EQUIPMENT, default_equipment_binding());
+        // The configured response topic of `equipment` is shared by every
+        // replica: results are processed by whoever is alive.
+        let shared = eb
+            .response_base
+            .take()
+            .unwrap_or_else(|| format!("{}/responses", eb.prefix));
+        eb.shared_response_topic = Some(shared);
+        builder = builder.processor(e.equipment_processor(), eb);
         jobs = Some(manager);
         processor = Some(p);
+        engine = Some(e);
     }
     let mut app = builder.build().await?;
     if let Some(p) = processor {
@@ -109,6 +141,12 @@ pub async fn build_with(config: &Config, settings: JobSettings) -> Result<Statio
                 }
                 purge_all(&store).await;
             }
+        });
+    }
+    if let Some(e) = engine {
+        app = app.task("sfc-engine", move |shutdown| async move {
+            e.run(shutdown).await;
+            Ok(())
         });
     }
     if config.instance.is_publisher_instance {

@@ -145,6 +145,12 @@ impl JobManager {
         &self.inner.settings
     }
 
+    /// The `machinery-jobs` processor's emitter, once the processor exists
+    /// (for other northbound events about jobs, like SFC progress).
+    pub fn emitter(&self) -> Option<Emitter> {
+        self.inner.emitter.get().cloned()
+    }
+
     /// Sets the emitter used for status events of internal transitions
     /// (the `machinery-jobs` processor's). Only the first call counts.
     pub fn set_emitter(&self, emitter: Emitter) {

@@ -162,6 +162,9 @@ impl Emitter {
                 let mut msg = Outgoing::new(topic, event.clone());
                 msg.qos = qos;
                 msg.retain = e.retain;
+                if e.shared_response {
+                    msg.response_topic = b.binding.shared_response_topic.clone();
+                }
                 (b.publisher, msg)
             })
             .collect())

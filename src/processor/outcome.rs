@@ -18,6 +18,7 @@ pub struct Emit {
     pub(crate) intent: Intent,
     pub(crate) retain: bool,
     pub(crate) qos: Option<u8>,
+    pub(crate) shared_response: bool,
 }
 
 impl Emit {
@@ -29,6 +30,7 @@ impl Emit {
             intent: Intent::Events,
             retain: false,
             qos: None,
+            shared_response: false,
         }
     }
 
@@ -39,6 +41,7 @@ impl Emit {
             intent: Intent::Events,
             retain: false,
             qos: None,
+            shared_response: false,
         }
     }
 
@@ -69,6 +72,17 @@ impl Emit {
     #[must_use]
     pub fn qos(mut self, qos: u8) -> Self {
         self.qos = Some(qos.min(1));
+        self
+    }
+
+    /// Asks the receiver to reply to the binding's
+    /// [`shared_response_topic`](crate::TopicBinding::shared_response_topic)
+    /// (which every replica receives) instead of not replying: for commands
+    /// whose result any replica may process. Without such a topic on the
+    /// binding nothing changes.
+    #[must_use]
+    pub fn shared_response(mut self) -> Self {
+        self.shared_response = true;
         self
     }
 

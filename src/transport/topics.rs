@@ -71,6 +71,11 @@ pub struct TopicBinding {
     pub shared_group: Option<String>,
     /// Base of this instance's response topic (`{base}/{instance-id}`).
     pub response_base: Option<String>,
+    /// A response topic every replica receives, through the shared group
+    /// when one is set: replies to requests sent with it reach whichever
+    /// replica is alive, not only the sender (the SFC engine's equipment
+    /// commands). Messages on it go to this binding's processor.
+    pub shared_response_topic: Option<String>,
 }
 
 impl TopicBinding {
@@ -82,6 +87,7 @@ impl TopicBinding {
             wildcard_levels: 0,
             shared_group: None,
             response_base: None,
+            shared_response_topic: None,
         }
     }
 
@@ -90,6 +96,12 @@ impl TopicBinding {
     /// ([`TopicBinding::response_topic`]) and never shared.
     pub fn subscriptions(&self, direction: Direction) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some(t) = &self.shared_response_topic {
+            out.push(match &self.shared_group {
+                Some(g) => format!("$share/{g}/{t}"),
+                None => t.clone(),
+            });
+        }
         for intent in direction.subscribed() {
             for levels in 0..=self.wildcard_levels {
                 let mut t = self.prefix.clone();

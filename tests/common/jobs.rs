@@ -235,10 +235,15 @@ impl Mes {
             .await;
     }
 
-    /// The next status event (topic, payload).
+    /// The next status event (topic, payload); other events on the same
+    /// topics (SFC progress) are skipped.
     pub async fn next_event(&mut self) -> Option<(String, Value)> {
-        let p = self.events.recv(Duration::from_secs(10)).await?;
-        assert_eq!(user_prop(&p, "type"), Some(STATUS));
+        let p = loop {
+            let p = self.events.recv(Duration::from_secs(10)).await?;
+            if user_prop(&p, "type") == Some(STATUS) {
+                break p;
+            }
+        };
         Some((
             String::from_utf8_lossy(&p.topic).into_owned(),
             serde_json::from_slice(&p.payload).expect("event JSON"),

@@ -3,6 +3,7 @@
 //! them mid-test.
 #![allow(dead_code, missing_docs, unreachable_pub)]
 
+pub mod equipment;
 pub mod jobs;
 pub mod mqtt_client;
 pub mod station;
@@ -72,5 +73,8 @@ pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool
 }
 
 pub fn init_tracing() {
-    microdcs::telemetry::init_logging(microdcs::telemetry::LogFormat::Text, "warn");
+    microdcs::telemetry::init_logging(
+        microdcs::telemetry::LogFormat::Text,
+        &std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
 }

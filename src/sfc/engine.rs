@@ -1,0 +1,1110 @@
+//! The SFC engine runtime: runs on every replica, coordinated through
+//! Redis. It performs what the pure evolution ([`super::exec`])
+//! decides.
+//!
+//! - Job state changes come from the job manager's per-scope change stream
+//!   (`P:{S}:changes`), read through the consumer group `sfc-engine`: a job
+//!   entering AllowedToStart is started, Interrupted pauses, Running
+//!   resumes, Ended/Aborted stop. Durable: an entry is acknowledged only
+//!   after its effect is committed, and a dead replica's entries are
+//!   reclaimed (`XAUTOCLAIM`) by a live one.
+//! - Each evolution is one compare-and-swap (`lua/exec_apply.lua`) on the
+//!   job's execution state that also schedules its timers (`P:{S}:timers`)
+//!   and enqueues its effects as work items (`P:{S}:work`: dispatch,
+//!   progress, finished, timer). Whoever loses a race re-reads and
+//!   re-decides; stream entries are signals, the state is the truth.
+//! - Work items are read through the same consumer group; a dispatch is
+//!   sent with the action's stable command id, so a re-delivered item
+//!   re-sends the same command. Due timers are moved into the work stream
+//!   atomically (`lua/timers_due.lua`), so each fires once.
+//! - Results and events reach the `equipment` processor on any replica (the
+//!   command's Response Topic is shared); they are applied as inputs.
+
+use super::exec::{self, Ctx, Effect, Exec, Input, Status};
+use super::net::Net;
+use super::recipe::{Interaction, Recipe};
+use crate::app::Shutdown;
+use crate::envelope::{CloudEvent, ContentType, CorrelationId};
+use crate::error::{ErrorKind, HandlerError};
+use crate::jobs::store::{parse_state_key, StoreError};
+use crate::jobs::{Internal, JobManager, JobState, MainState, SubState};
+use crate::processor::{Emit, Emitter, Meta, Processor, State};
+use crate::transport::Intent;
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
+};
+use redis::{AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
+
+static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/exec_apply.lua")));
+static EARLY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/early_push.lua")));
+static TIMERS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/timers_due.lua")));
+
+/// The `dataschema` of work masters whose `data` is an SFC recipe.
+pub const SFC_RECIPE_SCHEMA: &str =
+    "https://aschamberger.github.io/schemas/microdcs/sfc-recipe/v1.0.0/";
+/// The consumer group of the engine on every stream it reads.
+pub const GROUP: &str = "sfc-engine";
+/// The name of the generic equipment processor.
+pub const EQUIPMENT: &str = "equipment";
+/// CloudEvent type of step progress events.
+pub const PROGRESS_TYPE: &str = "com.github.aschamberger.microdcs.sfc.progress.v1";
+
+/// Engine failures (logged; the work item stays pending and is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The job store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stored execution state cannot be read.
+    #[error("execution state of job '{job}' in scope '{scope}': {reason}")]
+    Corrupt {
+        /// Scope.
+        scope: String,
+        /// Job.
+        job: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Sending failed.
+    #[error("{0}")]
+    Send(String),
+}
+
+impl From<EngineError> for HandlerError {
+    fn from(e: EngineError) -> Self {
+        HandlerError::retryable(ErrorKind::ServiceUnavailable, e.to_string())
+    }
+}
+
+/// A follow-up work item (stream entry field `item`, JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum WorkItem {
+    Dispatch {
+        job: String,
+        command_id: String,
+        action: String,
+        type_id: String,
+        equipment: Option<String>,
+        parameters: Map<String, Value>,
+        attempt: u32,
+    },
+    Progress {
+        job: String,
+        step: String,
+        activation: u32,
+        entered: bool,
+    },
+    Finished {
+        job: String,
+    },
+    Timer {
+        job: String,
+        key: String,
+    },
+}
+
+/// Early events kept per scope at most, before any job waits for them.
+pub const SCOPE_EARLY_EVENTS: usize = 256;
+
+/// An event kept at scope level until its job runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ScopeEarly {
+    type_id: String,
+    job: Option<String>,
+    data: Value,
+    at_ms: u64,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Longest blocking read (new scopes and due timers are looked at
+    /// least this often).
+    pub poll: Duration,
+    /// Entries pending this long at a consumer are taken over.
+    pub claim_idle: Duration,
+    /// Entries read per stream and round.
+    pub batch: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            poll: Duration::from_millis(200),
+            claim_idle: Duration::from_secs(3),
+            batch: 256,
+        }
+    }
+}
+
+struct Compiled {
+    recipe: Recipe,
+    net: Net,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: JobManager,
+    client: redis::Client,
+    consumer: String,
+    settings: EngineSettings,
+    equipment: OnceLock<Emitter>,
+    cache: Mutex<HashMap<u64, Arc<Compiled>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("consumer", &self.inner.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn rfc3339(ms: u64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The pull event types a job's execution waits for right now.
+fn waiting_types(e: &Exec, recipe: &Recipe) -> BTreeSet<String> {
+    if e.is_finished() {
+        return BTreeSet::new();
+    }
+    recipe
+        .actions
+        .iter()
+        .filter(|a| {
+            a.interaction == Interaction::PullEvent
+                && e.actions
+                    .get(&a.name)
+                    .is_some_and(|r| r.state == exec::ActionState::Running)
+        })
+        .map(|a| a.type_id.clone())
+        .collect()
+}
+
+impl Engine {
+    /// An engine using `jobs` for job state and the Redis `client` for its
+    /// own (blocking) connection; `consumer` names this replica in the
+    /// consumer groups (its instance id).
+    pub fn new(
+        jobs: JobManager,
+        client: redis::Client,
+        consumer: impl Into<String>,
+        settings: EngineSettings,
+    ) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                jobs,
+                client,
+                consumer: consumer.into(),
+                settings,
+                equipment: OnceLock::new(),
+                cache: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The generic `equipment` southbound processor: sends the engine's
+    /// commands and receives results and events for it. Bind it with a
+    /// [`TopicBinding`](crate::TopicBinding) whose `shared_response_topic` is
+    /// set (every replica must receive the results) and a shared group.
+    pub fn equipment_processor(&self) -> Processor {
+        let p = Processor::southbound(EQUIPMENT)
+            .handle(on_equipment_message)
+            .state(self.clone())
+            .build();
+        let _ = self.inner.equipment.set(p.emitter());
+        p
+    }
+
+    fn key(&self, scope: &str, rest: &str) -> String {
+        format!("{}{rest}", self.inner.jobs.store().scope_prefix(scope))
+    }
+
+    fn conn(&self) -> redis::aio::ConnectionManager {
+        self.inner.jobs.store().connection()
+    }
+
+    fn compiled(&self, recipe_json: &str) -> Result<Arc<Compiled>, String> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        recipe_json.hash(&mut h);
+        let k = h.finish();
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(&k) {
+            return Ok(c.clone());
+        }
+        let value: Value = serde_json::from_str(recipe_json).map_err(|e| e.to_string())?;
+        let recipe = Recipe::parse(&value).map_err(|e| e.to_string())?;
+        let net = Net::compile(&recipe).map_err(|e| e.to_string())?;
+        let c = Arc::new(Compiled { recipe, net });
+        if cache.len() > 1000 {
+            cache.clear();
+        }
+        cache.insert(k, c.clone());
+        Ok(c)
+    }
+
+    async fn load(
+        &self,
+        scope: &str,
+        job: &str,
+    ) -> Result<Option<(u64, Exec, String)>, EngineError> {
+        let mut c = self.conn();
+        let h: HashMap<String, String> = c.hgetall(self.key(scope, &format!("exec:{job}"))).await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = |reason: String| EngineError::Corrupt {
+            scope: scope.to_owned(),
+            job: job.to_owned(),
+            reason,
+        };
+        let v = h
+            .get("v")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| corrupt("no version".into()))?;
+        let doc: Exec = serde_json::from_str(h.get("doc").map_or("", String::as_str))
+            .map_err(|e| corrupt(e.to_string()))?;
+        let recipe = h
+            .get("recipe")
+            .cloned()
+            .ok_or_else(|| corrupt("no recipe".into()))?;
+        Ok(Some((v, doc, recipe)))
+    }
+
+    /// The compare-and-swap write of a new state with its effects.
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &self,
+        scope: &str,
+        expected: u64,
+        exec: &Exec,
+        recipe: Option<&str>,
+        effects: &[Effect],
+        waiting_before: &BTreeSet<String>,
+        waiting_after: &BTreeSet<String>,
+    ) -> Result<bool, EngineError> {
+        let job = &exec.job;
+        let doc = serde_json::to_string(exec).map_err(|e| EngineError::Send(e.to_string()))?;
+        let mut inv = APPLY.prepare_invoke();
+        inv.key(self.key(scope, &format!("exec:{job}")))
+            .key(self.key(scope, "timers"))
+            .key(self.key(scope, "work"));
+        let mut waiting_ops = Vec::new();
+        for t in waiting_after.difference(waiting_before) {
+            waiting_ops.push((t, "add"));
+        }
+        for t in waiting_before.difference(waiting_after) {
+            waiting_ops.push((t, "rem"));
+        }
+        for (t, _) in &waiting_ops {
+            inv.key(self.key(scope, &format!("waiting:{t}")));
+        }
+        inv.arg(expected)
+            .arg(doc)
+            .arg(recipe.unwrap_or(""))
+            .arg(job);
+        let timers: Vec<(&String, u64)> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Timer { key, at_ms } => Some((key, *at_ms)),
+                _ => None,
+            })
+            .collect();
+        inv.arg(timers.len());
+        for (k, at) in timers {
+            inv.arg(k).arg(at);
+        }
+        let mut items = Vec::new();
+        for e in effects {
+            let item = match e {
+                Effect::Dispatch {
+                    command_id,
+                    action,
+                    type_id,
+                    equipment,
+                    parameters,
+                    attempt,
+                } => WorkItem::Dispatch {
+                    job: job.clone(),
+                    command_id: command_id.clone(),
+                    action: action.clone(),
+                    type_id: type_id.clone(),
+                    equipment: equipment.clone(),
+                    parameters: parameters.clone(),
+                    attempt: *attempt,
+                },
+                Effect::StepEntered { step, activation }
+                | Effect::StepLeft { step, activation } => WorkItem::Progress {
+                    job: job.clone(),
+                    step: step.clone(),
+                    activation: *activation,
+                    entered: matches!(e, Effect::StepEntered { .. }),
+                },
+                Effect::Finished(_) => WorkItem::Finished { job: job.clone() },
+                Effect::Timer { .. } => continue,
+            };
+            items.push(serde_json::to_string(&item).map_err(|e| EngineError::Send(e.to_string()))?);
+        }
+        inv.arg(items.len());
+        for i in items {
+            inv.arg(i);
+        }
+        for (_, op) in &waiting_ops {
+            inv.arg(*op).arg(exec.started_ms);
+        }
+        let mut c = self.conn();
+        let (tag, _v): (String, u64) = inv.invoke_async(&mut c).await?;
+        Ok(tag == "OK")
+    }
+
+    /// Applies an input to a job's execution (a result, an event, a timer,
+    /// job control), retrying on concurrent changes. Unknown or finished
+    /// executions ignore it.
+    ///
+    /// # Errors
+    /// Redis is unavailable or the stored state is unreadable.
+    pub async fn apply(&self, scope: &str, job: &str, input: Input) -> Result<(), EngineError> {
+        for _ in 0..50 {
+            let Some((v, mut e, recipe_json)) = self.load(scope, job).await? else {
+                debug!(
+                    scope,
+                    job,
+                    ?input,
+                    "no execution for this job; input ignored"
+                );
+                return Ok(());
+            };
+            if e.is_finished() {
+                return Ok(());
+            }
+            let c = self
+                .compiled(&recipe_json)
+                .map_err(|reason| EngineError::Corrupt {
+                    scope: scope.to_owned(),
+                    job: job.to_owned(),
+                    reason,
+                })?;
+            let before_state = e.clone();
+            let waiting_before = waiting_types(&e, &c.recipe);
+            let effects = e.apply(
+                input.clone(),
+                Ctx {
+                    recipe: &c.recipe,
+                    net: &c.net,
+                    now_ms: now_ms(),
+                },
+            );
+            if effects.is_empty() && e == before_state {
+                return Ok(());
+            }
+            let waiting_after = waiting_types(&e, &c.recipe);
+            if self
+                .write(
+                    scope,
+                    v,
+                    &e,
+                    None,
+                    &effects,
+                    &waiting_before,
+                    &waiting_after,
+                )
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(EngineError::Send(format!(
+            "job '{job}' changed concurrently too often"
+        )))
+    }
+
+    /// Starts a job that entered AllowedToStart, if its work master carries
+    /// an SFC recipe: Running first, then the execution state (both steps
+    /// idempotent, so a crash in between is repaired by the redelivered
+    /// change).
+    async fn start(&self, scope: &str, id: &str) -> Result<(), EngineError> {
+        let store = self.inner.jobs.store();
+        let Some(job) = store.get(scope, id).await? else {
+            return Ok(());
+        };
+        let allowed = job.state.main == MainState::AllowedToStart;
+        let running = job.state.main == MainState::Running;
+        if !allowed && !running {
+            return Ok(());
+        }
+        if self.load(scope, id).await?.is_some() {
+            return Ok(());
+        }
+        let order: Value = serde_json::from_str(job.order.get()).unwrap_or(Value::Null);
+        let Some(wm_id) = order["WorkMasterID"][0]["ID"].as_str() else {
+            return Ok(()); // no work master: a hand-written executor's job
+        };
+        let Some(wm) = store.work_master(scope, wm_id).await? else {
+            return Ok(());
+        };
+        let wm: Value = serde_json::from_str(&wm).unwrap_or(Value::Null);
+        if wm["dataschema"].as_str() != Some(SFC_RECIPE_SCHEMA) {
+            return Ok(()); // not an SFC recipe: left alone
+        }
+        let recipe_json = wm["data"].to_string();
+        if allowed {
+            let e = self
+                .inner
+                .jobs
+                .internal(
+                    scope,
+                    id,
+                    Internal::Begin,
+                    None,
+                    &format!("sfc/begin/{id}/{}", job.version),
+                )
+                .await?;
+            if e.status != crate::jobs::ReturnStatus::NoError {
+                return Ok(()); // someone else moved it
+            }
+        }
+        let compiled = match self.compiled(&recipe_json) {
+            Ok(c) => c,
+            Err(reason) => {
+                // Stored before validation existed, or edited by hand.
+                warn!(scope, job = id, %reason, "recipe invalid; failing the job");
+                let response = response_json(
+                    id,
+                    &failed_exec(id, scope, &reason),
+                    &JobState::new(MainState::Aborted, None),
+                );
+                let raw = serde_json::value::to_raw_value(&response)
+                    .map_err(|e| EngineError::Send(e.to_string()))?;
+                self.inner
+                    .jobs
+                    .internal(
+                        scope,
+                        id,
+                        Internal::Fail,
+                        Some(&raw),
+                        &format!("sfc/invalid/{id}"),
+                    )
+                    .await?;
+                return Ok(());
+            }
+        };
+        let mut params = Map::new();
+        if let Some(list) = order["JobOrderParameters"].as_array() {
+            for p in list {
+                if let Some(k) = p["ID"].as_str() {
+                    params.insert(k.to_owned(), p["Value"].clone());
+                }
+            }
+        }
+        let ctx = Ctx {
+            recipe: &compiled.recipe,
+            net: &compiled.net,
+            now_ms: now_ms(),
+        };
+        let (e, effects) = Exec::start(id, scope, params, ctx);
+        let waiting = waiting_types(&e, &compiled.recipe);
+        if !self
+            .write(
+                scope,
+                0,
+                &e,
+                Some(&recipe_json),
+                &effects,
+                &BTreeSet::new(),
+                &waiting,
+            )
+            .await?
+        {
+            return Ok(()); // another replica created it
+        }
+        info!(
+            scope,
+            job = id,
+            steps = compiled.recipe.steps.len(),
+            "recipe started"
+        );
+        // Events kept before the job ran: those naming it, and unaddressed
+        // ones of a type it waits for (the execution exists now, so no new
+        // event for it can be kept any more; see `early_push.lua`).
+        let types: BTreeSet<String> = compiled
+            .recipe
+            .actions
+            .iter()
+            .filter(|a| a.interaction == Interaction::PullEvent)
+            .map(|a| a.type_id.clone())
+            .collect();
+        self.adopt_early(scope, id, |ev| match &ev.job {
+            Some(j) => j == id,
+            None => types.contains(&ev.type_id),
+        })
+        .await
+    }
+
+    /// Takes the scope's kept events that `wanted` selects (each claimed with
+    /// `LREM`, so only one job gets it) and applies them to `job`.
+    async fn adopt_early(
+        &self,
+        scope: &str,
+        job: &str,
+        wanted: impl Fn(&ScopeEarly) -> bool,
+    ) -> Result<(), EngineError> {
+        for (raw, ev) in self.early_events(scope).await? {
+            if !wanted(&ev) {
+                continue;
+            }
+            let mut c = self.conn();
+            let claimed: i64 = c.lrem(self.key(scope, "early"), 1, &raw).await?;
+            if claimed == 1 {
+                Box::pin(self.apply(
+                    scope,
+                    job,
+                    Input::Event {
+                        type_id: ev.type_id,
+                        data: ev.data,
+                    },
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The scope's kept early events (not yet expired), with their raw
+    /// list entries.
+    async fn early_events(&self, scope: &str) -> Result<Vec<(String, ScopeEarly)>, EngineError> {
+        let mut c = self.conn();
+        let raw: Vec<String> = c.lrange(self.key(scope, "early"), 0, -1).await?;
+        let now = now_ms();
+        Ok(raw
+            .into_iter()
+            .filter_map(|r| {
+                let ev: ScopeEarly = serde_json::from_str(&r).ok()?;
+                (now.saturating_sub(ev.at_ms) < exec::EARLY_EVENT_TTL_MS).then_some((r, ev))
+            })
+            .collect())
+    }
+
+    /// One entry of a scope's job change stream.
+    async fn on_change(&self, scope: &str, job: &str, state: &str) -> Result<(), EngineError> {
+        let Ok(state) = parse_state_key(state) else {
+            return Ok(()); // purge entries carry no state
+        };
+        match state.main {
+            MainState::AllowedToStart => self.start(scope, job).await,
+            MainState::Running => {
+                self.start(scope, job).await?; // repairs a crash after Begin
+                self.apply(scope, job, Input::Resume).await
+            }
+            MainState::Interrupted => self.apply(scope, job, Input::Pause).await,
+            MainState::Ended => self.apply(scope, job, Input::Stop).await,
+            MainState::Aborted => self.apply(scope, job, Input::Abort).await,
+            MainState::EndState => {
+                let mut c = self.conn();
+                let _: () = c.del(self.key(scope, &format!("exec:{job}"))).await?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn on_work(&self, scope: &str, item: WorkItem) -> Result<(), EngineError> {
+        match item {
+            WorkItem::Timer { job, key } => self.apply(scope, &job, Input::Timer { key }).await,
+            WorkItem::Dispatch {
+                job,
+                command_id,
+                action,
+                type_id,
+                equipment,
+                parameters,
+                attempt,
+            } => {
+                let Some(emitter) = self.inner.equipment.get() else {
+                    return Err(EngineError::Send("no equipment processor is bound".into()));
+                };
+                let mut ev = CloudEvent::new(type_id, "");
+                ev.id.clone_from(&command_id);
+                ev.subject = Some(equipment.unwrap_or_else(|| scope.to_owned()));
+                ev.correlationid = Some(CorrelationId::from_text(command_id.clone()));
+                ev.custom.insert("jobid".into(), job.clone());
+                ev.set_data(ContentType::Json, &Value::Object(parameters))
+                    .map_err(EngineError::Send)?;
+                emitter
+                    .emit(Emit::raw(ev).intent(Intent::Commands).shared_response())
+                    .await
+                    .map_err(|e| EngineError::Send(e.to_string()))?;
+                debug!(scope, job, action, command_id, attempt, "command sent");
+                Ok(())
+            }
+            WorkItem::Progress {
+                job,
+                step,
+                activation,
+                entered,
+            } => {
+                if let Some(emitter) = self.inner.jobs.emitter() {
+                    let mut ev = CloudEvent::new(PROGRESS_TYPE, "");
+                    ev.subject = Some(job.clone());
+                    ev.set_data(
+                        ContentType::Json,
+                        &json!({"Scope": scope, "JobOrderID": job, "Step": step, "Activation": activation,
+                                "Event": if entered { "entered" } else { "left" }}),
+                    )
+                    .map_err(EngineError::Send)?;
+                    if let Err(e) = emitter.emit(Emit::raw(ev)).await {
+                        warn!(scope, job, error = %e, "progress event not sent");
+                    }
+                }
+                Ok(())
+            }
+            WorkItem::Finished { job } => self.report_finished(scope, &job).await,
+        }
+    }
+
+    async fn report_finished(&self, scope: &str, id: &str) -> Result<(), EngineError> {
+        let Some((_, e, _)) = self.load(scope, id).await? else {
+            return Ok(());
+        };
+        let jobs = &self.inner.jobs;
+        let (what, final_state) = match &e.status {
+            Status::Completed => (
+                Some(Internal::Complete),
+                JobState::new(MainState::Ended, Some(SubState::Completed)),
+            ),
+            Status::Failed(_) => (
+                Some(Internal::Fail),
+                JobState::new(MainState::Aborted, None),
+            ),
+            Status::Stopped => (
+                None,
+                JobState::new(MainState::Ended, Some(SubState::Completed)),
+            ),
+            Status::Aborted => (None, JobState::new(MainState::Aborted, None)),
+            Status::Running => return Ok(()),
+        };
+        let response = response_json(id, &e, &final_state);
+        let raw = serde_json::value::to_raw_value(&response)
+            .map_err(|e| EngineError::Send(e.to_string()))?;
+        let cause = format!("sfc/finished/{id}");
+        match what {
+            Some(internal) => {
+                let r = jobs
+                    .internal(scope, id, internal, Some(&raw), &cause)
+                    .await?;
+                info!(scope, job = id, status = ?e.status, outcome = r.status.value(), "recipe finished");
+            }
+            None => {
+                jobs.set_response(scope, id, &raw, &cause).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the engine until shutdown: follows the change and work streams
+    /// of every scope through the consumer group, moves due timers, takes
+    /// over entries of dead replicas. Errors are logged and retried.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let r = tokio::select! {
+                r = self.session() => r,
+                _ = shutdown.wait() => return,
+            };
+            if let Err(e) = r {
+                warn!(error = %e, retry_in = ?backoff, "SFC engine interrupted");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    async fn session(&self) -> Result<(), EngineError> {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(None);
+        let mut blocking = self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
+        let mut known: BTreeSet<String> = BTreeSet::new();
+        let mut last_claim = std::time::Instant::now();
+        loop {
+            for scope in self.inner.jobs.store().scopes().await? {
+                if !known.contains(&scope) {
+                    for stream in ["changes", "work"] {
+                        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+                            .arg("CREATE")
+                            .arg(self.key(&scope, stream))
+                            .arg(GROUP)
+                            .arg("0")
+                            .arg("MKSTREAM")
+                            .query_async(&mut self.conn())
+                            .await;
+                        if let Err(e) = r {
+                            if e.code() != Some("BUSYGROUP") {
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                    known.insert(scope);
+                }
+            }
+            if known.is_empty() {
+                tokio::time::sleep(self.inner.settings.poll).await;
+                continue;
+            }
+            let next_timer = self.move_due_timers(&known).await?;
+            if last_claim.elapsed() >= self.inner.settings.claim_idle / 2 {
+                self.reclaim(&known).await?;
+                last_claim = std::time::Instant::now();
+            }
+            let block = next_timer
+                .map_or(self.inner.settings.poll, |due| {
+                    Duration::from_millis(due.saturating_sub(now_ms()))
+                        .min(self.inner.settings.poll)
+                })
+                .max(Duration::from_millis(1));
+            let mut keys = Vec::new();
+            for s in &known {
+                keys.push(self.key(s, "changes"));
+                keys.push(self.key(s, "work"));
+            }
+            let ids: Vec<&str> = keys.iter().map(|_| ">").collect();
+            let opts = StreamReadOptions::default()
+                .group(GROUP, &self.inner.consumer)
+                .count(self.inner.settings.batch)
+                .block(block.as_millis() as usize);
+            let reply: Option<StreamReadReply> = blocking.xread_options(&keys, &ids, &opts).await?;
+            if let Some(reply) = reply {
+                for sk in reply.keys {
+                    for entry in sk.ids {
+                        self.handle_entry(&known, &sk.key, &entry.id, &entry.map)
+                            .await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one stream entry and acknowledges it; an entry whose effect
+    /// failed stays pending and is retried (by us or, after `claim_idle`,
+    /// another replica).
+    async fn handle_entry(
+        &self,
+        scopes: &BTreeSet<String>,
+        stream: &str,
+        id: &str,
+        map: &HashMap<String, redis::Value>,
+    ) -> Result<(), EngineError> {
+        let Some(scope) = scopes
+            .iter()
+            .find(|s| stream == self.key(s, "changes") || stream == self.key(s, "work"))
+        else {
+            return Ok(());
+        };
+        let field = |k: &str| match map.get(k) {
+            Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        };
+        let is_work = stream == self.key(scope, "work");
+        let result = if !is_work {
+            match (field("job"), field("state")) {
+                (Some(job), Some(state)) => self.on_change(scope, &job, &state).await,
+                _ => Ok(()),
+            }
+        } else {
+            match field("item").map(|i| serde_json::from_str::<WorkItem>(&i)) {
+                Some(Ok(item)) => self.on_work(scope, item).await,
+                Some(Err(e)) => {
+                    warn!(scope, entry = id, error = %e, "unreadable work item dropped");
+                    Ok(())
+                }
+                None => Ok(()),
+            }
+        };
+        match result {
+            Ok(()) => {
+                let mut c = self.conn();
+                let mut pipe = redis::pipe();
+                pipe.xack(stream, GROUP, &[id]).ignore();
+                if is_work {
+                    // Work items are ours alone: drop them once done. The
+                    // change stream is shared with the publisher and capped
+                    // by the job store instead.
+                    pipe.cmd("XDEL").arg(stream).arg(id).ignore();
+                }
+                let _: () = pipe.query_async(&mut c).await?;
+                Ok(())
+            }
+            Err(e @ EngineError::Corrupt { .. }) => {
+                warn!(scope, entry = id, error = %e, "entry cannot be processed; acknowledged");
+                let mut c = self.conn();
+                let _: i64 = c.xack(stream, GROUP, &[id]).await?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves due timers into the work streams; returns the next due time.
+    async fn move_due_timers(&self, scopes: &BTreeSet<String>) -> Result<Option<u64>, EngineError> {
+        let now = now_ms();
+        let mut next: Option<u64> = None;
+        let mut c = self.conn();
+        for s in scopes {
+            let _: i64 = TIMERS
+                .key(self.key(s, "timers"))
+                .key(self.key(s, "work"))
+                .arg(now)
+                .arg(500)
+                .invoke_async(&mut c)
+                .await?;
+            let first: Vec<(String, f64)> =
+                c.zrange_withscores(self.key(s, "timers"), 0, 0).await?;
+            if let Some((_, due)) = first.first() {
+                let due = *due as u64;
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        Ok(next)
+    }
+
+    /// Takes over entries another consumer left pending too long.
+    async fn reclaim(&self, scopes: &BTreeSet<String>) -> Result<(), EngineError> {
+        let mut c = self.conn();
+        let idle = self.inner.settings.claim_idle.as_millis() as usize;
+        for s in scopes {
+            for stream in ["changes", "work"] {
+                let key = self.key(s, stream);
+                let reply: StreamAutoClaimReply = c
+                    .xautoclaim_options(
+                        &key,
+                        GROUP,
+                        &self.inner.consumer,
+                        idle,
+                        "0-0",
+                        StreamAutoClaimOptions::default().count(self.inner.settings.batch),
+                    )
+                    .await?;
+                for entry in reply.claimed {
+                    debug!(scope = %s, stream, entry = %entry.id, "taking over a pending entry");
+                    self.handle_entry(scopes, &key, &entry.id, &entry.map)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes a result or event from equipment to its job.
+    async fn route(&self, ev: &CloudEvent) -> Result<(), EngineError> {
+        let correlation = ev.correlationid.as_ref().map(|c| c.as_str().to_owned());
+        if let Some((scope, job, _, _)) = correlation.as_deref().and_then(exec::parse_command_id) {
+            let outcome = match &ev.mdcserrorkind {
+                Some(kind) => Err(format!(
+                    "{kind}: {}",
+                    ev.mdcserrormessage.as_deref().unwrap_or("")
+                )),
+                None => Ok(ev.data_as::<Value>().unwrap_or(Value::Null)),
+            };
+            return self
+                .apply(
+                    &scope,
+                    &job,
+                    Input::Result {
+                        command_id: correlation.unwrap_or_default(),
+                        outcome,
+                    },
+                )
+                .await;
+        }
+        let Some(scope) = ev.scope().map(str::to_owned) else {
+            debug!(ty = %ev.ty, "equipment event without subject ignored");
+            return Ok(());
+        };
+        let data = ev.data_as::<Value>().unwrap_or(Value::Null);
+        // The job named by the correlation id if it runs, else the oldest
+        // job of the scope waiting for this type, else keep it.
+        let named = correlation.clone().unwrap_or_default();
+        let early = ScopeEarly {
+            type_id: ev.ty.clone(),
+            job: correlation.clone(),
+            data: data.clone(),
+            at_ms: now_ms(),
+        };
+        let text = serde_json::to_string(&early).map_err(|e| EngineError::Send(e.to_string()))?;
+        let mut c = self.conn();
+        let verdict: String = EARLY
+            .key(self.key(&scope, &format!("exec:{named}")))
+            .key(self.key(&scope, &format!("waiting:{}", ev.ty)))
+            .key(self.key(&scope, "early"))
+            .arg(text)
+            .arg(SCOPE_EARLY_EVENTS)
+            .invoke_async(&mut c)
+            .await?;
+        let job = match verdict.as_str() {
+            "EXEC" => named,
+            "WAITING" => {
+                let oldest: Vec<String> = c
+                    .zrange(self.key(&scope, &format!("waiting:{}", ev.ty)), 0, 0)
+                    .await?;
+                match oldest.into_iter().next() {
+                    Some(j) => j,
+                    None => return Ok(()),
+                }
+            }
+            _ => {
+                debug!(scope, ty = %ev.ty, "event kept until a job waits for it");
+                return Ok(());
+            }
+        };
+        self.apply(
+            &scope,
+            &job,
+            Input::Event {
+                type_id: ev.ty.clone(),
+                data,
+            },
+        )
+        .await
+    }
+}
+
+/// The `equipment` processor's only handler: every result and event.
+async fn on_equipment_message(
+    ev: CloudEvent,
+    _meta: Meta,
+    State(engine): State<Engine>,
+) -> Result<(), HandlerError> {
+    engine.route(&ev).await.map_err(HandlerError::from)
+}
+
+fn failed_exec(job: &str, scope: &str, reason: &str) -> Exec {
+    let now = now_ms();
+    Exec {
+        job: job.to_owned(),
+        scope: scope.to_owned(),
+        status: Status::Failed(reason.to_owned()),
+        paused_at_ms: None,
+        started_ms: now,
+        ended_ms: Some(now),
+        active: Default::default(),
+        activations: Default::default(),
+        actions: Default::default(),
+        results: Map::new(),
+        params: Map::new(),
+        early: Vec::new(),
+        history: Vec::new(),
+    }
+}
+
+/// The job response of a finished execution (`ISA95JobResponseDataType`):
+/// the action results as `JobResponseData`, the step history, start and end
+/// times, and the failure reason as `Description`.
+fn response_json(job: &str, e: &Exec, state: &JobState) -> Value {
+    let data: Vec<Value> = e
+        .results
+        .iter()
+        .map(|(k, v)| json!({"ID": k, "Value": v}))
+        .chain(std::iter::once(json!({
+            "ID": "steps",
+            "Value": e.history.iter().map(|h| json!({
+                "Step": h.step, "Activation": h.activation,
+                "Entered": rfc3339(h.entered_ms), "Left": h.left_ms.map(rfc3339)
+            })).collect::<Vec<_>>()
+        })))
+        .collect();
+    let mut r = json!({
+        "JobResponseID": format!("{job}-response"),
+        "JobOrderID": job,
+        "StartTime": rfc3339(e.started_ms),
+        "EndTime": rfc3339(e.ended_ms.unwrap_or(e.started_ms)),
+        "JobState": state.to_wire(),
+        "JobResponseData": data,
+    });
+    if let Status::Failed(reason) = &e.status {
+        r["Description"] = json!({"Locale": "en", "Text": reason});
+    }
+    r
+}
+
+/// Registers the recipe check for work masters whose `dataschema` is the
+/// SFC recipe schema: invalid recipes are refused before they are stored.
+pub fn recipe_validator() -> (String, crate::jobs::manager::WorkMasterValidator) {
+    (
+        SFC_RECIPE_SCHEMA.to_owned(),
+        Arc::new(|data: &Value| Recipe::parse(data).map(|_| ()).map_err(|e| e.to_string())),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::EventType;
+
+    #[test]
+    fn work_items_round_trip() {
+        let i = WorkItem::Timer {
+            job: "j".into(),
+            key: "a/1/timeout:1/x".into(),
+        };
+        let t = serde_json::to_string(&i).unwrap();
+        assert!(t.contains("\"kind\":\"timer\""));
+        assert_eq!(serde_json::from_str::<WorkItem>(&t).unwrap(), i);
+        // The Lua timer script writes this shape.
+        let lua = r#"{"kind":"timer","job":"j","key":"k"}"#;
+        assert!(matches!(
+            serde_json::from_str::<WorkItem>(lua).unwrap(),
+            WorkItem::Timer { .. }
+        ));
+    }
+
+    #[test]
+    fn responses_carry_results_history_and_reason() {
+        let e = failed_exec("j", "s", "boom");
+        let r = response_json("j", &e, &JobState::new(MainState::Aborted, None));
+        assert_eq!(r["Description"]["Text"], "boom");
+        assert_eq!(r["JobOrderID"], "j");
+        let typed: crate::models::isa95_jobcontrol::ISA95JobResponseDataType =
+            serde_json::from_value(r).unwrap();
+        assert_eq!(typed.job_order_id, "j");
+    }
+
+    #[test]
+    fn event_types_are_the_engines() {
+        assert_eq!(
+            <crate::models::sfc_recipe::SfcRecipe as EventType>::DATASCHEMA,
+            SFC_RECIPE_SCHEMA
+        );
+    }
+}

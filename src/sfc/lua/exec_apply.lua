@@ -1,0 +1,43 @@
+-- Writes a job's new execution state with a version check (compare and
+-- swap) and, in the same atomic step, schedules its timers, enqueues its
+-- follow-up work items and updates the index of jobs waiting for event
+-- types. All keys share the scope's hash tag.
+--
+-- KEYS[1] exec hash   KEYS[2] timers zset   KEYS[3] work stream
+-- KEYS[4..] waiting-for-type zsets, one per entry of the waiting list
+-- ARGV[1] expected version (0: must not exist)   ARGV[2] state JSON
+-- ARGV[3] recipe JSON ('' keeps the stored one)   ARGV[4] job id
+-- ARGV[5] number of timers T, then T pairs (key, due ms)
+-- then the number of work items W, then W JSON items
+-- then for each waiting zset (same order as KEYS[4..]): op ('add'|'rem'), score
+-- Returns {'OK', version} | {'VERSION', current version}
+local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if current ~= tonumber(ARGV[1]) then
+  return {'VERSION', current}
+end
+local v = current + 1
+redis.call('HSET', KEYS[1], 'v', v, 'doc', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'recipe', ARGV[3])
+end
+local job = ARGV[4]
+local i = 5
+local timers = tonumber(ARGV[i]); i = i + 1
+for _ = 1, timers do
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[i + 1]), job .. '\31' .. ARGV[i])
+  i = i + 2
+end
+local items = tonumber(ARGV[i]); i = i + 1
+for _ = 1, items do
+  redis.call('XADD', KEYS[3], '*', 'item', ARGV[i])
+  i = i + 1
+end
+for k = 4, #KEYS do
+  if ARGV[i] == 'add' then
+    redis.call('ZADD', KEYS[k], tonumber(ARGV[i + 1]), job)
+  else
+    redis.call('ZREM', KEYS[k], job)
+  end
+  i = i + 2
+end
+return {'OK', v}

@@ -1,0 +1,439 @@
+//! The SFC engine against real Mosquitto and Redis: an MES stores a work
+//! master with a recipe and a job order; the station runs it on test
+//! equipment that speaks CloudEvents.
+
+mod common;
+
+use common::equipment::{Answer, Equipment};
+use common::jobs::{self, order, state_texts, Mes, PREFIX};
+use common::mqtt_client::{user_prop, TestClient};
+use common::{init_tracing, Mosquitto, Redis};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const SFC: &str = "https://aschamberger.github.io/schemas/microdcs/sfc-recipe/v1.0.0/";
+const INSPECTED: &str = "com.example.axle.inspected.v1";
+
+fn push(name: &str, step: &str) -> Value {
+    json!({"Name": name, "Step": step, "Qualifier": "N", "Interaction": "push_command",
+           "TypeId": format!("com.example.axle.{name}.v1"), "TimeoutSeconds": 0,
+           "Parameters": {"station": "axle-1"}})
+}
+
+/// Load, press both bearings at once, tighten (condition on its result),
+/// wait for the inspection event.
+fn rear_axle() -> Value {
+    json!({
+        "Version": "1.0.0",
+        "Steps": [{"Name": "load", "Initial": true}, {"Name": "press_left"}, {"Name": "press_right"},
+                  {"Name": "tighten"}, {"Name": "inspect"}],
+        "Transitions": [
+            {"Source": "load", "Target": "presses", "Condition": "always"},
+            {"Source": "presses", "Target": "tighten", "Condition": "always"},
+            {"Source": "tighten", "Target": "inspect", "Condition": "results.tighten.torque_nm >= 40.0"}
+        ],
+        "Branches": [{"Name": "presses", "Type": "simultaneous", "Branches": [["press_left"], ["press_right"]]}],
+        "Actions": [
+            push("clamp", "load"), push("press_l", "press_left"), push("press_r", "press_right"),
+            push("tighten", "tighten"),
+            {"Name": "inspection", "Step": "inspect", "Qualifier": "N", "Interaction": "pull_event",
+             "TypeId": INSPECTED, "TimeoutSeconds": 30}
+        ]
+    })
+}
+
+fn answer_all() -> Answer {
+    Arc::new(|ty: &str, _: &Value| {
+        Some(Ok(match ty {
+            t if t.contains("tighten") => json!({"torque_nm": 42.5, "torque_ok": true}),
+            t if t.contains("press") => json!({"force_kn": 12.0}),
+            _ => json!({"ok": true}),
+        }))
+    })
+}
+
+struct Setup {
+    _m: Mosquitto,
+    _r: Redis,
+    station: jobs::JobStation,
+    mes: Mes,
+}
+
+async fn setup(answer: Answer) -> (Setup, Equipment) {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let mut env = jobs::env(m.port(), r.0.port(), "sfc-1");
+    jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
+    let station = jobs::start(env).await;
+    let equipment = Equipment::start(m.port(), answer).await;
+    let mes = Mes::connect(m.port(), "mes").await;
+    (
+        Setup {
+            _m: m,
+            _r: r,
+            station,
+            mes,
+        },
+        equipment,
+    )
+}
+
+async fn store_recipe(mes: &mut Mes, scope: &str, recipe: Value) {
+    mes.configure(
+        "workmaster",
+        scope,
+        json!({"ID": "wm-axle", "data": recipe, "dataschema": SFC}),
+        false,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// Status events until the job reaches one of `states` (its main state).
+async fn until_state(mes: &mut Mes, job: &str, states: &[&str]) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if let Some((_, ev)) = mes.next_event().await {
+            let s = state_texts(&ev["JobState"]);
+            if ev["JobOrder"]["JobOrderID"] == job && states.contains(&s[0].as_str()) {
+                return ev;
+            }
+        }
+    }
+    panic!("job {job} did not reach {states:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipe_runs_on_equipment_to_ended_completed_with_its_results() {
+    let (mut s, eq) = setup(answer_all()).await;
+    store_recipe(&mut s.mes, "axle", rear_axle()).await;
+    // The inspection event arrives before its step is active: it is kept.
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("a1"))
+        .await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("a1")}))
+            .await,
+        1
+    );
+    let running = until_state(&mut s.mes, "a1", &["Running"]).await;
+    assert_eq!(state_texts(&running["JobState"]), ["Running"]);
+    let ended = until_state(&mut s.mes, "a1", &["Ended", "Aborted"]).await;
+    assert_eq!(
+        state_texts(&ended["JobState"]),
+        ["Ended", "Completed"],
+        "{ended}"
+    );
+    let data = ended["JobResponse"]["JobResponseData"].as_array().unwrap();
+    let value = |id: &str| {
+        data.iter()
+            .find(|d| d["ID"] == id)
+            .map(|d| d["Value"].clone())
+    };
+    assert_eq!(value("tighten").unwrap()["torque_nm"], 42.5);
+    assert_eq!(value("inspection").unwrap()["passed"], true);
+    assert!(ended["JobResponse"]["StartTime"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    // Commands: stable ids, the job id as metadata, the scope as subject,
+    // the action's parameters as data; both presses in parallel.
+    let cmds = eq.commands();
+    let types: Vec<&str> = cmds.iter().map(|c| c.1.as_str()).collect();
+    assert_eq!(types.len(), 4, "{types:?}");
+    assert_eq!(types[0], "com.example.axle.clamp.v1");
+    assert!(
+        types[1..3].contains(&"com.example.axle.press_l.v1")
+            && types[1..3].contains(&"com.example.axle.press_r.v1")
+    );
+    assert_eq!(cmds[0].0, "axle/a1/clamp/1");
+    assert_eq!(cmds[0].2, "axle");
+    assert_eq!(cmds[0].3["station"], "axle-1");
+    assert_eq!(cmds[0].4, "a1");
+    // The query sees the same response.
+    let r = s
+        .mes
+        .call(
+            "RequestJobResponseByJobOrderID",
+            "axle",
+            json!({"JobOrderID": "a1"}),
+        )
+        .await;
+    assert_eq!(r["ReturnStatus"], 1);
+    s.station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_events_follow_the_steps() {
+    let (mut s, eq) = setup(answer_all()).await;
+    let mut hmi = TestClient::connect(s._m.port(), "hmi").await;
+    hmi.subscribe(&format!("{PREFIX}/+/events")).await;
+    store_recipe(&mut s.mes, "axle", rear_axle()).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("p1")}))
+            .await,
+        1
+    );
+    until_state(&mut s.mes, "p1", &["Running"]).await;
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("p1"))
+        .await;
+    until_state(&mut s.mes, "p1", &["Ended", "Aborted"]).await;
+    let mut steps = Vec::new();
+    for p in hmi.drain(Duration::from_millis(500)).await {
+        if user_prop(&p, "type") == Some("com.github.aschamberger.microdcs.sfc.progress.v1") {
+            let v: Value = serde_json::from_slice(&p.payload).unwrap();
+            if v["Event"] == "entered" {
+                steps.push(v["Step"].as_str().unwrap().to_string());
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&p.topic),
+                format!("{PREFIX}/p1/events")
+            );
+        }
+    }
+    assert_eq!(steps.len(), 5, "{steps:?}");
+    assert_eq!(steps[0], "load");
+    assert_eq!(steps[3..], ["tighten", "inspect"]);
+    s.station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_recipe_is_refused_before_it_is_stored() {
+    let (mut s, _eq) = setup(answer_all()).await;
+    let mut bad = rear_axle();
+    bad["Transitions"][2]["Condition"] = json!("results.tighten.torque_nm >=");
+    bad["Steps"][0]["Initial"] = json!(false);
+    let p = s
+        .mes
+        .call_with(
+            "com.github.aschamberger.ISA95-JOBCONTROL_V2.config.workmaster.v1",
+            "bad-wm",
+            Some("axle"),
+            &json!({"ID": "wm-axle", "data": bad, "dataschema": SFC}),
+        )
+        .await
+        .expect("an error reply");
+    assert_eq!(user_prop(&p, "mdcserrorkind"), Some("PAYLOAD_INVALID"));
+    let msg = user_prop(&p, "mdcserrormessage").unwrap();
+    assert!(
+        msg.contains("Condition") && msg.contains("initial"),
+        "{msg}"
+    );
+    // Nothing was stored: the work master is unknown to acceptance.
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("x")}))
+            .await,
+        16
+    );
+    s.station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_a_recipe_is_left_for_someone_else() {
+    let (mut s, eq) = setup(answer_all()).await;
+    s.mes
+        .configure(
+            "workmaster",
+            "axle",
+            json!({"ID": "wm-axle", "Description": {"Text": "manual"}}),
+            false,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("m1")}))
+            .await,
+        1
+    );
+    assert_eq!(s.mes.next_state().await, ["AllowedToStart", "Ready"]);
+    assert!(
+        s.mes
+            .events
+            .drain(Duration::from_millis(800))
+            .await
+            .is_empty(),
+        "not started"
+    );
+    assert!(eq.commands().is_empty());
+    s.station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equipment_error_aborts_the_job_with_a_response() {
+    let answer: Answer = Arc::new(|ty: &str, _: &Value| {
+        Some(if ty.contains("press_r") {
+            Err("COMMUNICATION_ERROR".into())
+        } else {
+            Ok(json!({"ok": true}))
+        })
+    });
+    let (mut s, _eq) = setup(answer).await;
+    store_recipe(&mut s.mes, "axle", rear_axle()).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("e1")}))
+            .await,
+        1
+    );
+    let ev = until_state(&mut s.mes, "e1", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Aborted"]);
+    let why = ev["JobResponse"]["Description"]["Text"].as_str().unwrap();
+    assert!(
+        why.contains("press_r") && why.contains("COMMUNICATION_ERROR"),
+        "{why}"
+    );
+    s.station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_command_is_resent_with_the_same_id_after_its_timeout() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = calls.clone();
+    let answer: Answer = Arc::new(move |ty: &str, _: &Value| {
+        // The first clamp command is lost.
+        if ty.contains("clamp") && c2.fetch_add(1, Ordering::SeqCst) == 0 {
+            return None;
+        }
+        Some(Ok(json!({"torque_nm": 45.0})))
+    });
+    let (mut s, eq) = setup(answer).await;
+    let mut r = rear_axle();
+    r["Actions"][0]["TimeoutSeconds"] = json!(1);
+    r["Actions"][0]["Retry"] = json!({"MaxAttempts": 3, "BackoffSeconds": 0.2});
+    store_recipe(&mut s.mes, "axle", r).await;
+    eq.event("axle", INSPECTED, json!({}), Some("t1")).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("t1")}))
+            .await,
+        1
+    );
+    let ev = until_state(&mut s.mes, "t1", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"]);
+    let clamps: Vec<String> = eq
+        .commands()
+        .into_iter()
+        .filter(|c| c.1.contains("clamp"))
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(
+        clamps,
+        ["axle/t1/clamp/1", "axle/t1/clamp/1"],
+        "re-sent with the same id"
+    );
+    s.station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_event_that_never_comes_fails_the_job_at_its_timeout() {
+    let (mut s, _eq) = setup(answer_all()).await;
+    let mut r = rear_axle();
+    r["Actions"][4]["TimeoutSeconds"] = json!(1);
+    store_recipe(&mut s.mes, "axle", r).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("w1")}))
+            .await,
+        1
+    );
+    let ev = until_state(&mut s.mes, "w1", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Aborted"]);
+    assert!(ev["JobResponse"]["Description"]["Text"]
+        .as_str()
+        .unwrap()
+        .contains("inspection"));
+    s.station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_stop_control_a_running_recipe() {
+    let (mut s, eq) = setup(answer_all()).await;
+    store_recipe(&mut s.mes, "axle", rear_axle()).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("c1")}))
+            .await,
+        1
+    );
+    until_state(&mut s.mes, "c1", &["Running"]).await;
+    // The recipe now waits in `inspect` for the event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while eq.commands().len() < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        s.mes
+            .status("Pause", "axle", json!({"JobOrderID": "c1"}))
+            .await,
+        1
+    );
+    until_state(&mut s.mes, "c1", &["Interrupted"]).await;
+    // While paused the event is recorded but the recipe does not end.
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("c1"))
+        .await;
+    assert!(
+        s.mes
+            .events
+            .drain(Duration::from_millis(700))
+            .await
+            .iter()
+            .all(|p| {
+                let v: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                state_texts(&v["JobState"]).first().map(String::as_str) != Some("Ended")
+            }),
+        "no completion while paused"
+    );
+    assert_eq!(
+        s.mes
+            .status("Resume", "axle", json!({"JobOrderID": "c1"}))
+            .await,
+        1
+    );
+    let ev = until_state(&mut s.mes, "c1", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"]);
+
+    // Stop mid-recipe: Ended, outstanding actions cancelled, the response
+    // holds what was done so far.
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("c2")}))
+            .await,
+        1
+    );
+    until_state(&mut s.mes, "c2", &["Running"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.mes
+            .status("Stop", "axle", json!({"JobOrderID": "c2"}))
+            .await,
+        1
+    );
+    until_state(&mut s.mes, "c2", &["Ended"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s
+            .mes
+            .call(
+                "RequestJobResponseByJobOrderID",
+                "axle",
+                json!({"JobOrderID": "c2"}),
+            )
+            .await;
+        if r["ReturnStatus"] == 1 {
+            assert_eq!(r["JobResponse"]["JobOrderID"], "c2");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a response after Stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.station.stop().await;
+}

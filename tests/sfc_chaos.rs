@@ -1,0 +1,199 @@
+//! Three replicas run 200 jobs while replicas are killed (every task and
+//! socket dropped at once, like SIGKILL) and restarted: every job completes,
+//! no step is skipped, and every command is one dispatch (re-sends carry the
+//! same id).
+
+mod common;
+
+use common::jobs::{self, order, Mes};
+use common::mqtt_client::TestClient;
+use common::{init_tracing, Mosquitto, Redis};
+use microdcs::binding::mqtt as binding;
+use microdcs::sim::{Delay, EmitSpec, Rule, SimConfig, Simulator};
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const SFC: &str = "https://aschamberger.github.io/schemas/microdcs/sfc-recipe/v1.0.0/";
+const JOBS: usize = 200;
+
+fn recipe() -> Value {
+    json!({
+        "Steps": [{"Name": "pick", "Initial": true}, {"Name": "place"}, {"Name": "confirm"}],
+        "Transitions": [
+            {"Source": "pick", "Target": "place", "Condition": "always"},
+            {"Source": "place", "Target": "confirm", "Condition": "results.place.ok == true"}
+        ],
+        "Actions": [
+            {"Name": "pick", "Step": "pick", "Qualifier": "N", "Interaction": "push_command",
+             "TypeId": "com.example.cell.pick.v1", "TimeoutSeconds": 5, "Retry": {"MaxAttempts": 20}},
+            {"Name": "place", "Step": "place", "Qualifier": "N", "Interaction": "push_command",
+             "TypeId": "com.example.cell.place.v1", "TimeoutSeconds": 5, "Retry": {"MaxAttempts": 20}},
+            {"Name": "confirm", "Step": "confirm", "Qualifier": "N", "Interaction": "pull_event",
+             "TypeId": "com.example.cell.confirmed.v1", "TimeoutSeconds": 120}
+        ]
+    })
+}
+
+fn env(m: &Mosquitto, r: &Redis, id: &str) -> Vec<(String, String)> {
+    let mut e = jobs::env(m.port(), r.0.port(), id);
+    jobs::set(&mut e, "APP_PROCESSING_SHARED_SUBSCRIPTION_NAME", "cell");
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_killed_mid_recipe_lose_no_job_and_skip_no_step() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let ids = ["rep-0", "rep-1", "rep-2"];
+    let mut replicas = Vec::new();
+    for id in ids {
+        replicas.push(Some(jobs::start(env(&m, &r, id)).await));
+    }
+    // Equipment: answers at once; `place` also reports the confirmation
+    // event for the job.
+    let sim = Simulator::new(
+        SimConfig::new("127.0.0.1", m.port())
+            .rule(
+                Rule::new("com.example.cell.pick.v1")
+                    .delay(Delay::range(20, 200))
+                    .result(json!({"ok": true})),
+            )
+            .rule(
+                Rule::new("com.example.cell.place.v1")
+                    .delay(Delay::range(20, 200))
+                    .result(json!({"ok": true}))
+                    .emit(
+                        EmitSpec::new("com.example.cell.confirmed.v1")
+                            .delay(Delay::fixed(5))
+                            .data(json!({"done": true})),
+                    ),
+            ),
+    )
+    .expect("simulator");
+    let sim_handle = sim.handle();
+    let sim_task = tokio::spawn(sim.run(std::future::pending()));
+    sim_handle.ready().await;
+    // Every command the equipment gets.
+    let mut spy = TestClient::connect(m.port(), "spy").await;
+    spy.subscribe("app/equipment/+/commands").await;
+
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    mes.configure(
+        "workmaster",
+        "cell",
+        json!({"ID": "wm-axle", "data": recipe(), "dataschema": SFC}),
+        false,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Jobs arrive over ~10 s (bursts of 10), so replicas die mid-recipe.
+    let feeder = mes.client.client.clone();
+    let feed = tokio::spawn(async move {
+        for i in 0..JOBS {
+            let body = json!({"JobOrder": order(&format!("job-{i:03}"))});
+            let props = common::mqtt_client::ce_props(
+                &format!("{}StoreAndStart.v2", jobs::S),
+                &format!("store-{i}"),
+                Some("cell"),
+                None,
+                None,
+            );
+            feeder
+                .publish_with_properties(
+                    "app/jobs/commands",
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    serde_json::to_vec(&body).unwrap(),
+                    props,
+                )
+                .await
+                .unwrap();
+            if i % 10 == 9 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+
+    // Chaos: kill one replica every 2 s and bring it back half a second
+    // later, until every job has ended (or the deadline passes).
+    let redis = r.client();
+    let mut c = redis.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut next_kill = Instant::now() + Duration::from_millis(700);
+    let mut victim = 0;
+    let mut kills = 0;
+    let ended = loop {
+        let n: usize = c.scard("t:{cell}:st:5.1").await.unwrap();
+        let aborted: usize = c.scard("t:{cell}:st:6").await.unwrap();
+        assert_eq!(aborted, 0, "no job may fail");
+        if n == JOBS || Instant::now() > deadline {
+            break n;
+        }
+        if Instant::now() >= next_kill && kills < 12 {
+            if let Some(st) = replicas[victim].take() {
+                st.crash();
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            replicas[victim] = Some(jobs::start(env(&m, &r, ids[victim])).await);
+            kills += 1;
+            victim = (victim + 1) % 3;
+            next_kill = Instant::now() + Duration::from_millis(1500);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    feed.await.unwrap();
+    assert!(kills >= 4, "the test killed replicas mid-run ({kills})");
+    assert_eq!(ended, JOBS, "every job reaches Ended/Completed");
+
+    // No step skipped, no step run twice: each job's response lists pick,
+    // place, confirm once each, in order.
+    for i in 0..JOBS {
+        let resp: String = c
+            .hget(format!("t:{{cell}}:job:job-{i:03}"), "resp")
+            .await
+            .unwrap();
+        let resp: Value = serde_json::from_str(&resp).unwrap();
+        let steps = resp["JobResponseData"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["ID"] == "steps")
+            .map(|d| {
+                d["Value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["Step"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        assert_eq!(steps, ["pick", "place", "confirm"], "job-{i:03}");
+    }
+    // One logical dispatch per (job, action): every command the equipment
+    // saw for it carries the same id (activation 1).
+    let mut by_action: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for p in spy.drain(Duration::from_millis(500)).await {
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let Ok(i) = binding::decode(&topic, p.payload.clone(), p.properties.as_ref()) else {
+            continue;
+        };
+        let job = i.event.custom.get("jobid").cloned().unwrap_or_default();
+        by_action
+            .entry((job, i.event.ty.clone()))
+            .or_default()
+            .insert(i.event.id.clone());
+    }
+    assert_eq!(by_action.len(), JOBS * 2, "a pick and a place per job");
+    for ((job, ty), ids) in &by_action {
+        assert_eq!(ids.len(), 1, "{job} {ty}: {ids:?}");
+        assert!(ids.iter().all(|id| id.ends_with("/1")), "{ids:?}");
+    }
+    for st in replicas.into_iter().flatten() {
+        st.stop().await;
+    }
+    sim_handle.shutdown();
+    let _ = sim_task.await;
+}
