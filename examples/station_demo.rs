@@ -1,10 +1,13 @@
-//! The station demo: a complete station (`microdcs::station`) on local
-//! Mosquitto and Redis child processes, driven by a scripted MES that speaks
-//! only the wire contract, with a small hand-written executor running the
-//! released jobs through the job manager's API.
+//! The station demo: a complete station (`microdcs::station`: job
+//! management, SFC engine, MES publisher) on local Mosquitto and Redis child
+//! processes. A scripted MES stores a rear-axle work master with an SFC
+//! recipe (`examples/recipes/rear-axle.json`: a pull event, a simultaneous
+//! branch, a condition on a result with a rework loop) and job orders; the
+//! simulated equipment (`microdcs::sim`) answers the commands. The terminal
+//! shows each job's steps as they advance and its final job response.
 //!
 //! ```sh
-//! cargo run --example station_demo
+//! cargo run --example station_demo            # or ./scripts/demo.sh
 //! ```
 //!
 //! With `MQTT_PORT`/`REDIS_PORT` set it uses brokers already running on
@@ -13,21 +16,27 @@
 use microdcs::binding::mqtt as binding;
 use microdcs::config::Config;
 use microdcs::devenv::{LocalMosquitto, LocalRedis};
-use microdcs::jobs::{Internal, JobManager, JobState, MainState, SubState};
+use microdcs::sim::{Delay, EmitSpec, Rule, SimConfig, Simulator};
 use microdcs::{CloudEvent, CorrelationId};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 const PREFIX: &str = "app/jobs";
 const SCOPE: &str = "axle-line";
+const RECIPE: &str = include_str!("recipes/rear-axle.json");
+const SFC: &str = "https://aschamberger.github.io/schemas/microdcs/sfc-recipe/v1.0.0/";
+const STATUS: &str = "org.opcfoundation.ISA95-JOBCONTROL_V2.ISA95JobOrderStatusEventType.v2";
+const PROGRESS: &str = "com.github.aschamberger.microdcs.sfc.progress.v1";
+const JOBS: [&str; 3] = ["axle-001", "axle-002", "axle-003"];
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     microdcs::telemetry::init_logging(microdcs::telemetry::LogFormat::Text, "warn");
-    // Local servers unless the environment points at running ones.
     let (_mosquitto, mqtt_port) = match std::env::var("MQTT_PORT").ok().and_then(|p| p.parse().ok())
     {
         Some(p) => (None, p),
@@ -50,6 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("mosquitto on 127.0.0.1:{mqtt_port}, redis-server on 127.0.0.1:{redis_port}\n");
 
+    // The station, from configuration alone (as `microdcs run` does).
     let env = [
         ("APP_MQTT_HOSTNAME", "127.0.0.1".to_string()),
         ("APP_MQTT_PORT", mqtt_port.to_string()),
@@ -73,149 +83,215 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let config = Config::from_sources(None, env.iter().map(|(k, v)| (k.to_string(), v.clone())))?;
     let station = microdcs::station::build(&config).await?;
-    let jobs = station
-        .jobs
-        .clone()
-        .ok_or("the demo station runs the processor")?;
     let transport = station.app.transports()[0].clone();
     let stop = station.app.shutdown_handle();
     let running = tokio::spawn(station.app.run());
     transport.ready().await;
-    let executor = tokio::spawn(execute_released_jobs(jobs));
 
-    let mes = Mes::connect(mqtt_port).await?;
+    // Simulated equipment: fixture, presses, nutrunner (torque varies, so
+    // some parts go through the rework loop), camera, conveyor.
+    let sim = Simulator::new(
+        SimConfig::new("127.0.0.1", mqtt_port)
+            .rule(
+                Rule::new("com.example.axle.clamp.v1")
+                    .delay(Delay::range(100, 200))
+                    .result(json!({"clamped": true})),
+            )
+            .rule(Rule::new("com.example.axle.work-light.v1").result(json!({"on": true})))
+            .rule(
+                Rule::new("com.example.axle.press-bearing.v1")
+                    .delay(Delay::range(200, 500))
+                    .result(json!({"side": "{{param.Side}}", "force_kn": "{{random.f64 34 36}}"})),
+            )
+            .rule(
+                Rule::new("com.example.axle.tighten.v1")
+                    .delay(Delay::range(200, 400))
+                    .result(json!({"torque_nm": "{{random.f64 37 47}}"}))
+                    .emit(
+                        EmitSpec::new("com.example.axle.inspection.v1")
+                            .delay(Delay::fixed(300))
+                            .data(json!({"ok": true, "camera": "cam-2"})),
+                    ),
+            )
+            .rule(
+                Rule::new("com.example.axle.loosen.v1")
+                    .delay(Delay::fixed(150))
+                    .result(json!({})),
+            )
+            .rule(
+                Rule::new("com.example.axle.*")
+                    .delay(Delay::fixed(100))
+                    .result(json!({"done": true})),
+            ),
+    )?;
+    let sim_handle = sim.handle();
+    let sim_task = tokio::spawn(sim.run(std::future::pending()));
+    sim_handle.ready().await;
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, CloudEvent)>();
+    let mes = Mes::connect(mqtt_port, tx).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    println!("MES configures the station (scope '{SCOPE}'):");
-    mes.send("config.equipment.v1", json!({"ID": "press-1"}), false)
-        .await?;
-    mes.send(
-        "config.materialclass.v1",
-        json!({"MaterialClassID": "steel"}),
-        false,
-    )
-    .await?;
-    mes.send(
-        "config.materialdefinition.v1",
-        json!({"MaterialDefinitionID": "axle-blank"}),
-        false,
-    )
-    .await?;
+    println!("MES configures scope '{SCOPE}' and stores the rear-axle work master (SFC recipe):");
+    for (kind, body) in [
+        ("config.equipment.v1", json!({"ID": "axle-cell"})),
+        (
+            "config.materialclass.v1",
+            json!({"MaterialClassID": "axle"}),
+        ),
+        (
+            "config.materialdefinition.v1",
+            json!({"MaterialDefinitionID": "rear-axle-7"}),
+        ),
+    ] {
+        mes.send(kind, body, false).await?;
+    }
+    let recipe: Value = serde_json::from_str(RECIPE)?;
     mes.send(
         "config.workmaster.v1",
-        json!({"ID": "wm-axle", "Description": [{"Locale": "en", "Text": "rear axle"}]}),
-        false,
-    )
-    .await?;
-    mes.send(
-        "config.jobacceptance.v1",
-        json!({"max_downloadable_job_orders": 5}),
+        json!({"ID": "wm-rear-axle", "Description": {"Locale": "en", "Text": "rear axle assembly"},
+               "data": recipe, "dataschema": SFC}),
         false,
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    println!("\nMES sends job orders:");
-    mes.send(
-        "StoreAndStart.v2",
-        json!({"JobOrder": order("axle-001", "press-1")}),
-        true,
-    )
-    .await?;
-    mes.send(
-        "Store.v2",
-        json!({"JobOrder": order("axle-002", "press-1")}),
-        true,
-    )
-    .await?;
-    mes.send(
-        "Store.v2",
-        json!({"JobOrder": order("axle-003", "press-9")}),
-        true,
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    mes.send("Start.v2", json!({"JobOrderID": "axle-002"}), true)
+    println!("\nMES sends job orders, the conveyor reports each part:");
+    for job in JOBS {
+        mes.send("StoreAndStart.v2", json!({"JobOrder": order(job)}), true)
+            .await?;
+    }
+    // An order for equipment this scope does not have: refused with 16.
+    mes.send("StoreAndStart.v2", json!({"JobOrder": {"JobOrderID": "axle-999", "WorkMasterID": [{"ID": "wm-rear-axle"}], "EquipmentRequirements": [{"ID": "press-9"}]}}), true)
         .await?;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
 
-    println!("\nMES queries:");
-    mes.send_machinery(
-        "RequestJobResponseByJobOrderID",
-        json!({"JobOrderID": "axle-001"}),
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    mes.send("Clear.v2", json!({"JobOrderID": "axle-001"}), true)
-        .await?;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut ended: BTreeMap<String, Value> = BTreeMap::new();
+    let mut reported = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ended.len() < JOBS.len() && tokio::time::Instant::now() < deadline {
+        let Ok(Some((topic, e))) =
+            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+        else {
+            continue;
+        };
+        let body: Value = e
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_slice(d).ok())
+            .unwrap_or(Value::Null);
+        if e.ty == PROGRESS {
+            if body["Event"] == "entered" {
+                println!(
+                    "  {:<9} ▸ {}",
+                    body["JobOrderID"].as_str().unwrap_or("?"),
+                    body["Step"].as_str().unwrap_or("?")
+                );
+            }
+        } else if e.ty == STATUS {
+            let job = body["JobOrder"]["JobOrderID"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string();
+            let state = states(&body["JobState"]);
+            println!("  {job:<9} ● {state}");
+            if state == "Running" && reported < JOBS.len() {
+                // The conveyor reports the part for the job (the recipe's first
+                // step waits for it).
+                mes.part_present(&job).await?;
+                reported += 1;
+            }
+            if state.starts_with("Ended") || state.starts_with("Aborted") {
+                ended.insert(job, body);
+            }
+        } else if let Some(kind) = &e.mdcserrorkind {
+            println!(
+                "  <- error {kind}: {}",
+                e.mdcserrormessage.as_deref().unwrap_or("")
+            );
+        } else if topic == "mes/replies" {
+            let method = e.ty.rsplit('.').nth(1).unwrap_or(&e.ty);
+            println!("  <- {method} reply {body}");
+        }
+    }
 
-    println!("\nretained topics an MES sees when it (re)connects:");
-    mes.show_retained(mqtt_port).await?;
+    println!("\njob responses:");
+    for (job, ev) in &ended {
+        let r = &ev["JobResponse"];
+        let data = r["JobResponseData"].as_array().cloned().unwrap_or_default();
+        let value = |id: &str| {
+            data.iter()
+                .find(|d| d["ID"] == id)
+                .map(|d| d["Value"].clone())
+                .unwrap_or(Value::Null)
+        };
+        let steps: Vec<String> = value("steps")
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s["Step"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "  {job}: {} — torque {:.1} Nm, camera {}, {} → {}",
+            states(&ev["JobState"]),
+            value("tighten")["torque_nm"].as_f64().unwrap_or(f64::NAN),
+            value("inspection")["camera"].as_str().unwrap_or("-"),
+            r["StartTime"].as_str().unwrap_or("?"),
+            r["EndTime"].as_str().unwrap_or("?"),
+        );
+        println!("      steps: {}", steps.join(" → "));
+    }
+    if ended.len() < JOBS.len() {
+        println!(
+            "  (only {} of {} jobs ended within 60 s)",
+            ended.len(),
+            JOBS.len()
+        );
+    }
+
+    println!("\nretained state index an MES sees when it (re)connects:");
+    mes.show_state_index(mqtt_port).await?;
+    println!("\nsimulated equipment: {}", sim_handle.stats());
 
     stop.shutdown();
     running.await??;
-    executor.abort();
+    sim_handle.shutdown();
+    let _ = sim_task.await;
     Ok(())
 }
 
-/// A hand-written executor: runs every released job for a moment, then
-/// completes it with a job response. (Jobs with an SFC recipe are run by
-/// the SFC engine; this is what a station without one does.)
-async fn execute_released_jobs(jobs: JobManager) {
-    let released = JobState::new(MainState::AllowedToStart, Some(SubState::Ready));
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(ids) = jobs.store().ids_in_state(SCOPE, released).await else {
-            continue;
-        };
-        for id in ids {
-            let cause = format!("demo-executor/{id}");
-            if jobs
-                .internal(SCOPE, &id, Internal::Begin, None, &format!("{cause}/begin"))
-                .await
-                .is_err()
-            {
-                continue;
-            }
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            let response = json!({
-                "JobResponseID": format!("{id}-response"),
-                "JobOrderID": id,
-                "JobState": JobState::new(MainState::Ended, Some(SubState::Completed)).to_wire(),
-                "JobResponseData": [{"ID": "torque_nm", "Value": {"Type": "Double", "Body": 41.7}}]
-            });
-            if let Ok(raw) = serde_json::value::to_raw_value(&response) {
-                let _ = jobs
-                    .internal(
-                        SCOPE,
-                        &id,
-                        Internal::Complete,
-                        Some(&raw),
-                        &format!("{cause}/done"),
-                    )
-                    .await;
-            }
-        }
-    }
-}
-
-fn order(id: &str, equipment: &str) -> Value {
+fn order(id: &str) -> Value {
     json!({
         "JobOrderID": id,
-        "WorkMasterID": [{"ID": "wm-axle"}],
-        "EquipmentRequirements": [{"ID": equipment}],
-        "MaterialRequirements": [{"MaterialClassID": "steel", "MaterialDefinitionID": "axle-blank", "Quantity": "1"}]
+        "WorkMasterID": [{"ID": "wm-rear-axle"}],
+        "EquipmentRequirements": [{"ID": "axle-cell"}],
+        "MaterialRequirements": [{"MaterialClassID": "axle", "MaterialDefinitionID": "rear-axle-7", "Quantity": "1"}],
+        "JobOrderParameters": [{"ID": "variant", "Value": "RA-7"}]
     })
 }
 
-/// The MES: a plain MQTT v5 client that prints what it receives.
+fn states(list: &Value) -> String {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["StateText"]["Text"].as_str())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .unwrap_or_default()
+}
+
+/// The MES: a plain MQTT v5 client; everything it receives goes to `tx`.
 struct Mes {
     client: AsyncClient,
 }
 
 impl Mes {
-    async fn connect(port: u16) -> Result<Self, Box<dyn std::error::Error>> {
+    async fn connect(
+        port: u16,
+        tx: mpsc::UnboundedSender<(String, CloudEvent)>,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let mut o = MqttOptions::new("demo-mes", "127.0.0.1", port);
         o.set_max_packet_size(Some(1 << 20));
         let (client, mut el) = AsyncClient::new(o, 100);
@@ -231,7 +307,7 @@ impl Mes {
                     let topic = String::from_utf8_lossy(&p.topic).into_owned();
                     if let Ok(i) = binding::decode(&topic, p.payload.clone(), p.properties.as_ref())
                     {
-                        print_incoming(&topic, &i.event);
+                        let _ = tx.send((topic, i.event));
                     }
                 }
             }
@@ -239,31 +315,21 @@ impl Mes {
         Ok(Mes { client })
     }
 
-    async fn publish(&self, e: CloudEvent, reply: bool) -> Result<(), Box<dyn std::error::Error>> {
+    async fn publish(
+        &self,
+        topic: String,
+        e: CloudEvent,
+        reply: bool,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let out = binding::encode(&e, None);
         let mut props = out.properties;
         if reply {
             props.response_topic = Some("mes/replies".into());
         }
         self.client
-            .publish_with_properties(
-                format!("{PREFIX}/commands"),
-                QoS::AtLeastOnce,
-                false,
-                out.payload,
-                props,
-            )
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, out.payload, props)
             .await?;
         Ok(())
-    }
-
-    fn event(ty: String, body: &Value) -> CloudEvent {
-        let mut e = CloudEvent::new(ty, "demo-mes");
-        e.subject = Some(SCOPE.into());
-        e.datacontenttype = Some("application/json".into());
-        e.data = Some(bytes::Bytes::from(body.to_string()));
-        e.correlationid = Some(CorrelationId::new_uuid());
-        e
     }
 
     /// `kind` is `config.…` (no reply) or a job method (`Store.v2`).
@@ -278,90 +344,57 @@ impl Mes {
         } else {
             format!("org.opcfoundation.ISA95-JOBCONTROL_V2.{kind}")
         };
-        println!("  -> {kind:<28} {body}");
-        self.publish(Self::event(ty, &body), reply).await
+        let mut e = CloudEvent::new(ty, "demo-mes");
+        e.subject = Some(SCOPE.into());
+        e.datacontenttype = Some("application/json".into());
+        e.data = Some(bytes::Bytes::from(body.to_string()));
+        e.correlationid = Some(CorrelationId::new_uuid());
+        let shown = match (kind, body["JobOrder"]["JobOrderID"].as_str()) {
+            ("config.workmaster.v1", _) => {
+                "{ID: wm-rear-axle, data: <SFC recipe>, dataschema: …}".to_string()
+            }
+            (_, Some(id)) => format!("JobOrder {id}"),
+            _ => body.to_string(),
+        };
+        println!("  -> {kind:<28} {shown}");
+        self.publish(format!("{PREFIX}/commands"), e, reply).await
     }
 
-    async fn send_machinery(
-        &self,
-        method: &str,
-        body: Value,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        println!("  -> {method} {body}");
-        self.publish(
-            Self::event(
-                format!("org.opcfoundation.Machinery.Jobs.{method}.v1"),
-                &body,
-            ),
-            true,
-        )
-        .await
+    /// The conveyor's event for a job (what the recipe's first step waits for).
+    async fn part_present(&self, job: &str) -> Result<(), Box<dyn std::error::Error>> {
+        let mut e = CloudEvent::new("com.example.axle.part-present.v1", "demo-conveyor");
+        e.subject = Some(format!("{SCOPE}/conveyor"));
+        e.datacontenttype = Some("application/json".into());
+        e.data = Some(bytes::Bytes::from(
+            json!({"present": true, "carrier": format!("C-{job}")}).to_string(),
+        ));
+        e.correlationid = Some(CorrelationId::from_text(job.to_string()));
+        self.publish(format!("app/equipment/{SCOPE}/conveyor/events"), e, false)
+            .await
     }
 
-    async fn show_retained(&self, port: u16) -> Result<(), Box<dyn std::error::Error>> {
+    async fn show_state_index(&self, port: u16) -> Result<(), Box<dyn std::error::Error>> {
         let mut o = MqttOptions::new("demo-late-mes", "127.0.0.1", port);
         o.set_max_packet_size(Some(1 << 20));
         let (client, mut el) = AsyncClient::new(o, 100);
         client
-            .subscribe_many([
-                Filter::new(format!("{PREFIX}/+/state-index"), QoS::AtLeastOnce),
-                Filter::new(format!("{PREFIX}/+/order/+"), QoS::AtLeastOnce),
-                Filter::new(format!("{PREFIX}/+/result/+"), QoS::AtLeastOnce),
-            ])
+            .subscribe(format!("{PREFIX}/+/state-index"), QoS::AtLeastOnce)
             .await?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
         while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, el.poll()).await {
             if let Event::Incoming(Packet::Publish(p)) = ev {
-                let body = String::from_utf8_lossy(&p.payload);
-                println!(
-                    "  {} = {}",
-                    String::from_utf8_lossy(&p.topic),
-                    shorten(&body, 150)
-                );
+                let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                println!("  {} seq {}:", String::from_utf8_lossy(&p.topic), v["seq"]);
+                for j in v["jobs"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "    {} {} result={}",
+                        j["job_order_id"].as_str().unwrap_or("?"),
+                        states(&j["state"]),
+                        j["has_result"]
+                    );
+                }
             }
         }
         Ok(())
-    }
-}
-
-fn print_incoming(topic: &str, e: &CloudEvent) {
-    let body: Value = e
-        .data
-        .as_deref()
-        .and_then(|d| serde_json::from_slice(d).ok())
-        .unwrap_or(Value::Null);
-    if let Some(kind) = &e.mdcserrorkind {
-        println!(
-            "  <- error {kind}: {}",
-            e.mdcserrormessage.as_deref().unwrap_or("")
-        );
-    } else if topic.ends_with("/events") {
-        let states: Vec<&str> = body["JobState"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s["StateText"]["Text"].as_str())
-                    .collect()
-            })
-            .unwrap_or_default();
-        println!(
-            "  <- status event  {:<10} {}",
-            body["JobOrder"]["JobOrderID"].as_str().unwrap_or("?"),
-            states.join("/")
-        );
-    } else {
-        let method = e.ty.rsplit('.').nth(1).unwrap_or(&e.ty);
-        println!(
-            "  <- reply {method:<24} {}",
-            shorten(&body.to_string(), 120)
-        );
-    }
-}
-
-fn shorten(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n).collect::<String>())
     }
 }

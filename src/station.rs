@@ -9,7 +9,7 @@
 //! - the MES publisher (when `APP_IS_PUBLISHER_INSTANCE`), on one replica at
 //!   a time through a Redis lock.
 
-use crate::app::{App, AppError, Redis};
+use crate::app::{App, AppBuilder, AppError, Redis};
 use crate::config::Config;
 use crate::jobs::acceptance::Checks;
 use crate::jobs::{processor as jobs_processor, JobManager, JobSettings, JobStore};
@@ -30,12 +30,13 @@ pub fn default_jobs_binding() -> TopicBinding {
 }
 
 /// The topics of the `equipment` processor when the configuration names
-/// none: `app/equipment/…/events|data|metadata` with one wildcard level,
-/// commands to `app/equipment/{equipment}/commands`, results on the shared
+/// none: `app/equipment/…/events|data|metadata` with two wildcard levels
+/// (`{scope}/{equipment}`), commands to
+/// `app/equipment/{scope}[/{equipment}]/commands`, results on the shared
 /// response topic `app/equipment/responses`.
 pub fn default_equipment_binding() -> TopicBinding {
     let mut b = TopicBinding::new("app/equipment");
-    b.wildcard_levels = 1;
+    b.wildcard_levels = 2;
     b
 }
 
@@ -62,6 +63,9 @@ pub fn job_settings(config: &Config) -> JobSettings {
 pub struct Station {
     /// The application, ready to run.
     pub app: App,
+    /// The SFC engine, when this is a processor instance (to let
+    /// hand-written processors take over command types).
+    pub engine: Option<Engine>,
     /// The job manager (the API the SFC engine and hand-written processors
     /// use for internal transitions), when this is a processor instance.
     pub jobs: Option<JobManager>,
@@ -89,6 +93,21 @@ pub async fn build(config: &Config) -> Result<Station, AppError> {
 /// # Errors
 /// As [`build`].
 pub async fn build_with(config: &Config, settings: JobSettings) -> Result<Station, AppError> {
+    build_extended(config, settings, |b, _| b).await
+}
+
+/// Like [`build_with`], and `extend` may add processors and tasks of your
+/// own before the app is built, with the SFC engine at hand (to
+/// [`take_over`](Engine::take_over) command types with a hand-written
+/// southbound processor; see `examples/torque_tool.rs`).
+///
+/// # Errors
+/// As [`build`].
+pub async fn build_extended(
+    config: &Config,
+    settings: JobSettings,
+    extend: impl FnOnce(AppBuilder, Option<&Engine>) -> AppBuilder,
+) -> Result<Station, AppError> {
     let redis = Redis::open(&config.redis_url())?;
     let prefix = config.redis.key_prefix.clone();
     let retention = settings.retention;
@@ -124,6 +143,7 @@ pub async fn build_with(config: &Config, settings: JobSettings) -> Result<Statio
         processor = Some(p);
         engine = Some(e);
     }
+    builder = extend(builder, engine.as_ref());
     let mut app = builder.build().await?;
     if let Some(p) = processor {
         app = app.task("metadata", move |_| async move {
@@ -143,7 +163,7 @@ pub async fn build_with(config: &Config, settings: JobSettings) -> Result<Statio
             }
         });
     }
-    if let Some(e) = engine {
+    if let Some(e) = engine.clone() {
         app = app.task("sfc-engine", move |shutdown| async move {
             e.run(shutdown).await;
             Ok(())
@@ -182,7 +202,7 @@ pub async fn build_with(config: &Config, settings: JobSettings) -> Result<Statio
         prefix = %binding.prefix,
         "station built"
     );
-    Ok(Station { app, jobs })
+    Ok(Station { app, jobs, engine })
 }
 
 async fn purge_all(store: &JobStore) {

@@ -437,3 +437,108 @@ async fn pause_resume_and_stop_control_a_running_recipe() {
     }
     s.station.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_written_processor_takes_over_a_command_type() {
+    use microdcs::sfc::engine::Engine;
+    use microdcs::{CloudEvent, Emit, HandlerError, Processor, State, TopicBinding};
+
+    async fn on_tool(mut ev: CloudEvent, State(engine): State<Engine>) -> Result<(), HandlerError> {
+        let native: Value = ev.data_as().unwrap_or_default();
+        if let Some(t) = native["FinalTorque"].as_f64() {
+            ev.set_data(microdcs::ContentType::Json, &json!({"torque_nm": t}))
+                .unwrap();
+        }
+        engine.deliver(&ev).await.map_err(HandlerError::from)
+    }
+
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let station = jobs::start_extended(jobs::env(m.port(), r.0.port(), "tool-1"), |b, engine| {
+        let engine = engine.expect("processor instance").clone();
+        let tool = Processor::southbound("torque-tool")
+            .handle(on_tool)
+            .state(engine.clone())
+            .build();
+        engine.take_over("com.example.axle.tighten.v1", &tool, |cmd| {
+            let mut ev = CloudEvent::new("com.example.nutrunner.Tighten.v1", "");
+            ev.set_data(
+                microdcs::ContentType::Json,
+                &json!({"Program": 7, "TargetNm": cmd.parameters["station"]}),
+            )?;
+            Ok(Emit::raw(ev))
+        });
+        let mut binding = TopicBinding::new("app/tools");
+        binding.wildcard_levels = 1;
+        binding.shared_response_topic = Some("app/tools/responses".into());
+        b.processor(tool, binding)
+    })
+    .await;
+    // The generic equipment gets everything else; the tool answers natively.
+    let eq = Equipment::start(m.port(), answer_all()).await;
+    let mut tool = TestClient::connect(m.port(), "nutrunner").await;
+    tool.subscribe("app/tools/+/commands").await;
+    let tool_task = tokio::spawn(async move {
+        while let Some(p) = tool.recv(Duration::from_secs(60)).await {
+            let topic = String::from_utf8_lossy(&p.topic).into_owned();
+            let cmd =
+                microdcs::binding::mqtt::decode(&topic, p.payload.clone(), p.properties.as_ref())
+                    .unwrap()
+                    .event;
+            assert_eq!(cmd.ty, "com.example.nutrunner.Tighten.v1");
+            assert_eq!(cmd.data_as::<Value>().unwrap()["Program"], 7);
+            assert_eq!(cmd.id, "axle/h1/tighten/1");
+            let mut reply = CloudEvent::new(cmd.ty.clone(), "nutrunner");
+            reply.correlationid = cmd.correlationid.clone();
+            reply.datacontenttype = Some("application/json".into());
+            reply.data = Some(
+                serde_json::to_vec(&json!({"FinalTorque": 44.0}))
+                    .unwrap()
+                    .into(),
+            );
+            let out = microdcs::binding::mqtt::encode(&reply, None);
+            let mut props = out.properties;
+            props.correlation_data = p
+                .properties
+                .as_ref()
+                .and_then(|x| x.correlation_data.clone());
+            let to = p
+                .properties
+                .as_ref()
+                .and_then(|x| x.response_topic.clone())
+                .unwrap();
+            assert_eq!(to, "app/tools/responses");
+            tool.client
+                .publish_with_properties(
+                    to,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    out.payload,
+                    props,
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    store_recipe(&mut mes, "axle", rear_axle()).await;
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("h1"))
+        .await;
+    assert_eq!(
+        mes.status("StoreAndStart", "axle", json!({"JobOrder": order("h1")}))
+            .await,
+        1
+    );
+    let ev = until_state(&mut mes, "h1", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
+    let data = ev["JobResponse"]["JobResponseData"].as_array().unwrap();
+    let tighten = data.iter().find(|d| d["ID"] == "tighten").unwrap();
+    assert_eq!(tighten["Value"]["torque_nm"], 44.0);
+    assert!(
+        eq.commands().iter().all(|c| !c.1.contains("tighten")),
+        "the generic processor sent no tighten"
+    );
+    tool_task.abort();
+    station.stop().await;
+}

@@ -164,7 +164,39 @@ struct Inner {
     consumer: String,
     settings: EngineSettings,
     equipment: OnceLock<Emitter>,
+    takeovers: std::sync::RwLock<HashMap<String, TakeOver>>,
     cache: Mutex<HashMap<u64, Arc<Compiled>>>,
+}
+
+/// A command as the engine is about to send it, for a hand-written
+/// processor that shapes it ([`Engine::take_over`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    /// Stable id of this dispatch (also its correlation id).
+    pub command_id: String,
+    /// The job order id.
+    pub job: String,
+    /// The job's scope.
+    pub scope: String,
+    /// The recipe action.
+    pub action: String,
+    /// The action's `TypeId`.
+    pub type_id: String,
+    /// Subject (equipment) the command addresses.
+    pub subject: String,
+    /// The action's `Parameters`.
+    pub parameters: Map<String, Value>,
+    /// Which send this is (1: first).
+    pub attempt: u32,
+}
+
+/// Shapes the CloudEvent of a command (its payload, type, extra metadata).
+pub type Shaper = Arc<dyn Fn(&Command) -> Result<Emit, String> + Send + Sync>;
+
+#[derive(Clone)]
+struct TakeOver {
+    emitter: Emitter,
+    shape: Shaper,
 }
 
 impl std::fmt::Debug for Engine {
@@ -223,6 +255,7 @@ impl Engine {
                 consumer: consumer.into(),
                 settings,
                 equipment: OnceLock::new(),
+                takeovers: std::sync::RwLock::new(HashMap::new()),
                 cache: Mutex::new(HashMap::new()),
             }),
         }
@@ -239,6 +272,44 @@ impl Engine {
             .build();
         let _ = self.inner.equipment.set(p.emitter());
         p
+    }
+
+    /// Lets a hand-written southbound processor send the commands of
+    /// `type_id`: `shape` builds the CloudEvent (payload, type, extensions)
+    /// from the recipe action, and it goes out through `via`'s topics. The
+    /// engine still sets the command id, correlation, job id and (if the
+    /// shaper left it empty) the subject, and asks for the reply on `via`'s
+    /// shared response topic; `via`'s handlers pass results and events back
+    /// with [`Engine::deliver`].
+    pub fn take_over(
+        &self,
+        type_id: impl Into<String>,
+        via: &Processor,
+        shape: impl Fn(&Command) -> Result<Emit, String> + Send + Sync + 'static,
+    ) {
+        let mut t = self
+            .inner
+            .takeovers
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        t.insert(
+            type_id.into(),
+            TakeOver {
+                emitter: via.emitter(),
+                shape: Arc::new(shape),
+            },
+        );
+    }
+
+    /// Hands a result (a reply carrying a command's correlation) or an
+    /// equipment event to the job it belongs to, as the built-in
+    /// `equipment` processor does with everything it receives. For
+    /// hand-written southbound processors.
+    ///
+    /// # Errors
+    /// Redis is unavailable (the caller should answer retryable).
+    pub async fn deliver(&self, ev: &CloudEvent) -> Result<(), EngineError> {
+        self.route(ev).await
     }
 
     fn key(&self, scope: &str, rest: &str) -> String {
@@ -645,18 +716,59 @@ impl Engine {
                 parameters,
                 attempt,
             } => {
-                let Some(emitter) = self.inner.equipment.get() else {
-                    return Err(EngineError::Send("no equipment processor is bound".into()));
+                let subject = command_subject(scope, equipment.as_deref());
+                let taken = self
+                    .inner
+                    .takeovers
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&type_id)
+                    .cloned();
+                let (emitter, emit) = match taken {
+                    // A hand-written processor shapes this type's commands.
+                    Some(t) => {
+                        let cmd = Command {
+                            command_id: command_id.clone(),
+                            job: job.clone(),
+                            scope: scope.to_owned(),
+                            action: action.clone(),
+                            type_id: type_id.clone(),
+                            subject: subject.clone(),
+                            parameters,
+                            attempt,
+                        };
+                        (
+                            t.emitter.clone(),
+                            (t.shape)(&cmd).map_err(EngineError::Send)?,
+                        )
+                    }
+                    None => {
+                        let Some(emitter) = self.inner.equipment.get() else {
+                            return Err(EngineError::Send(
+                                "no equipment processor is bound".into(),
+                            ));
+                        };
+                        let mut ev = CloudEvent::new(type_id.clone(), "");
+                        ev.set_data(ContentType::Json, &Value::Object(parameters))
+                            .map_err(EngineError::Send)?;
+                        (emitter.clone(), Emit::raw(ev))
+                    }
                 };
-                let mut ev = CloudEvent::new(type_id, "");
-                ev.id.clone_from(&command_id);
-                ev.subject = Some(equipment.unwrap_or_else(|| scope.to_owned()));
-                ev.correlationid = Some(CorrelationId::from_text(command_id.clone()));
-                ev.custom.insert("jobid".into(), job.clone());
-                ev.set_data(ContentType::Json, &Value::Object(parameters))
-                    .map_err(EngineError::Send)?;
+                // Whoever shaped it, the identity is the engine's: the stable
+                // command id, its correlation, the job, the subject.
+                let emit = emit
+                    .map_event(|ev| {
+                        ev.id.clone_from(&command_id);
+                        if ev.subject.is_none() {
+                            ev.subject = Some(subject.clone());
+                        }
+                        ev.correlationid = Some(CorrelationId::from_text(command_id.clone()));
+                        ev.custom.insert("jobid".into(), job.clone());
+                    })
+                    .intent(Intent::Commands)
+                    .shared_response();
                 emitter
-                    .emit(Emit::raw(ev).intent(Intent::Commands).shared_response())
+                    .emit(emit)
                     .await
                     .map_err(|e| EngineError::Send(e.to_string()))?;
                 debug!(scope, job, action, command_id, attempt, "command sent");
@@ -1000,6 +1112,18 @@ impl Engine {
     }
 }
 
+/// The subject (and topic levels) of a command: the job's scope, or the
+/// action's `Equipment` below the scope (`line-1/press`), so that events
+/// from that equipment carry the scope as the first subject segment. An
+/// `Equipment` that already contains a `/` is taken as it is.
+pub fn command_subject(scope: &str, equipment: Option<&str>) -> String {
+    match equipment {
+        Some(e) if e.contains('/') => e.to_owned(),
+        Some(e) => format!("{scope}/{e}"),
+        None => scope.to_owned(),
+    }
+}
+
 /// The `equipment` processor's only handler: every result and event.
 async fn on_equipment_message(
     ev: CloudEvent,
@@ -1071,6 +1195,13 @@ pub fn recipe_validator() -> (String, crate::jobs::manager::WorkMasterValidator)
 mod tests {
     use super::*;
     use crate::envelope::EventType;
+
+    #[test]
+    fn equipment_is_addressed_below_the_scope() {
+        assert_eq!(command_subject("line-1", None), "line-1");
+        assert_eq!(command_subject("line-1", Some("press")), "line-1/press");
+        assert_eq!(command_subject("line-1", Some("hall/press")), "hall/press");
+    }
 
     #[test]
     fn work_items_round_trip() {

@@ -65,6 +65,17 @@ pub struct JobStation {
 }
 
 pub async fn start(env: Vec<(String, String)>) -> JobStation {
+    start_extended(env, |b, _| b).await
+}
+
+/// A station with processors of the test's own (see
+/// `microdcs::station::build_extended`).
+pub async fn start_extended(
+    env: Vec<(String, String)>,
+    extend: impl FnOnce(microdcs::AppBuilder, Option<&microdcs::sfc::engine::Engine>) -> microdcs::AppBuilder
+        + Send
+        + 'static,
+) -> JobStation {
     let config = Config::from_sources(None, env).expect("valid test configuration");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -74,7 +85,8 @@ pub async fn start(env: Vec<(String, String)>) -> JobStation {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (done_tx, done) = tokio::sync::oneshot::channel();
     rt.spawn(async move {
-        let station = microdcs::station::build(&config)
+        let settings = microdcs::station::job_settings(&config);
+        let station = microdcs::station::build_extended(&config, settings, extend)
             .await
             .expect("build station");
         let transport = station.app.transports()[0].clone();
