@@ -542,3 +542,170 @@ async fn a_hand_written_processor_takes_over_a_command_type() {
     tool_task.abort();
     station.stop().await;
 }
+
+fn act(name: &str, step: &str, q: &str) -> Value {
+    json!({"Name": name, "Step": step, "Qualifier": q, "Interaction": "push_command",
+           "TypeId": format!("com.example.q.{name}.v1"), "TimeoutSeconds": 0})
+}
+
+/// Every qualifier, a selection nested in a simultaneous branch and a loop,
+/// through Redis and MQTT.
+fn everything() -> Value {
+    let mut d = act("delayed", "left", "D");
+    d["DelaySeconds"] = json!(0.3);
+    let mut l = act("blow", "prep", "L");
+    l["DurationSeconds"] = json!(0.3);
+    let mut reset = act("stop_light", "done", "R");
+    reset["TypeId"] = json!("light");
+    json!({
+        "Steps": [{"Name": "prep", "Initial": true}, {"Name": "left"}, {"Name": "right_a"}, {"Name": "right_b"},
+                  {"Name": "check"}, {"Name": "done"}],
+        "Transitions": [
+            {"Source": "prep", "Target": "both", "Condition": "always"},
+            {"Source": "choose", "Target": "right_a", "Condition": "results.prep_n.variant == 'a'"},
+            {"Source": "choose", "Target": "right_b", "Condition": "results.prep_n.variant != 'a'"},
+            {"Source": "both", "Target": "check", "Condition": "always"},
+            {"Source": "check", "Target": "prep", "Condition": "results.measure.round < 2", "Priority": 1},
+            {"Source": "check", "Target": "done", "Condition": "results.measure.round >= 2", "Priority": 2}
+        ],
+        "Branches": [
+            {"Name": "both", "Type": "simultaneous", "Branches": [["left"], ["choose"]]},
+            {"Name": "choose", "Type": "selection", "Branches": [["right_a"], ["right_b"]]}
+        ],
+        "Actions": [
+            act("prep_n", "prep", "N"), act("pulse", "prep", "P1"), act("bye", "prep", "P0"), l,
+            act("light", "prep", "S"),
+            act("left", "left", "N"), act("right_a", "right_a", "N"), act("right_b", "right_b", "N"),
+            act("measure", "check", "N"), d,
+            reset, act("unload", "done", "N")
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qualifiers_nested_branches_and_a_loop_run_end_to_end() {
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let r2 = rounds.clone();
+    let answer: Answer = Arc::new(move |ty: &str, _: &Value| {
+        if ty.contains(".blow.") || ty.contains(".light.") {
+            return None; // L runs into its limit; S keeps running until reset
+        }
+        Some(Ok(match ty {
+            t if t.contains(".prep_n.") => json!({"variant": "b"}),
+            t if t.contains(".measure.") => json!({"round": r2.fetch_add(1, Ordering::SeqCst) + 1}),
+            _ => json!({"ok": true}),
+        }))
+    });
+    let (mut s, eq) = setup(answer).await;
+    store_recipe(&mut s.mes, "q", everything()).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "q", json!({"JobOrder": order("q1")}))
+            .await,
+        1
+    );
+    let ev = until_state(&mut s.mes, "q1", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
+    let sent: Vec<String> = eq.commands().into_iter().map(|c| c.0).collect();
+    let count = |a: &str| {
+        sent.iter()
+            .filter(|id| id.contains(&format!("/{a}/")))
+            .count()
+    };
+    // Two rounds of the loop: prep's actions twice (new ids), the selection
+    // took right_b both times, D fired in `left` (it holds the step), P0 on
+    // each exit of prep, the S light was started twice and reset at the end.
+    assert_eq!(count("prep_n"), 2);
+    assert!(sent.contains(&"q/q1/prep_n/2".to_string()), "{sent:?}");
+    assert_eq!(count("pulse"), 2);
+    assert_eq!(count("bye"), 2);
+    assert_eq!(count("blow"), 2);
+    assert_eq!(count("right_b"), 2);
+    assert_eq!(count("right_a"), 0);
+    assert_eq!(count("left"), 2);
+    assert_eq!(count("delayed"), 2, "{sent:?}");
+    assert_eq!(count("measure"), 2);
+    assert_eq!(count("unload"), 1);
+    assert_eq!(count("stop_light"), 0, "R sends nothing");
+    let steps: Vec<String> = ev["JobResponse"]["JobResponseData"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["ID"] == "steps")
+        .unwrap()["Value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Step"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        steps.iter().filter(|s| *s == "prep").count(),
+        2,
+        "{steps:?}"
+    );
+    assert_eq!(steps.last().map(String::as_str), Some("done"));
+    assert_eq!(rounds.load(Ordering::SeqCst), 2);
+    s.station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_keeps_its_recipe_when_the_work_master_changes_and_abort_ends_it() {
+    let (mut s, eq) = setup(answer_all()).await;
+    store_recipe(&mut s.mes, "axle", rear_axle()).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("old")}))
+            .await,
+        1
+    );
+    until_state(&mut s.mes, "old", &["Running"]).await;
+    // The job now waits for its inspection event. A new recipe version
+    // (a single step with another command) replaces the work master.
+    let new = json!({
+        "Steps": [{"Name": "only", "Initial": true}],
+        "Transitions": [],
+        "Actions": [push("engrave", "only")]
+    });
+    store_recipe(&mut s.mes, "axle", new).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("new")}))
+            .await,
+        1
+    );
+    let ev = until_state(&mut s.mes, "new", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"]);
+    // The old job still runs the old recipe: its inspection completes it.
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("old"))
+        .await;
+    let ev = until_state(&mut s.mes, "old", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"]);
+    let types: Vec<String> = eq
+        .commands()
+        .into_iter()
+        .filter(|c| c.4 == "old")
+        .map(|c| c.1)
+        .collect();
+    assert!(!types.iter().any(|t| t.contains("engrave")), "{types:?}");
+
+    // Abort mid-recipe: Aborted, nothing more is sent for it.
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("ab")}))
+            .await,
+        1
+    );
+    until_state(&mut s.mes, "ab", &["Running"]).await;
+    assert_eq!(
+        s.mes
+            .status("Abort", "axle", json!({"JobOrderID": "ab"}))
+            .await,
+        1
+    );
+    until_state(&mut s.mes, "ab", &["Aborted"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = eq.commands().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(eq.commands().len(), before, "no dispatch after Abort");
+    s.station.stop().await;
+}
