@@ -114,7 +114,12 @@ async fn an_mes_drives_a_job_through_its_whole_lifecycle() {
 async fn snapshot(r: &Redis) -> HashMap<String, String> {
     let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = c.keys("t:{*").await.unwrap();
-    let keys = keys.into_iter().filter(|k| !k.contains(":pub:"));
+    // The engine's own keys (work stream, timers) and the consumer-group
+    // bookkeeping of readers change on their own; what a command stores is
+    // the job documents, indexes and the entries of the change stream.
+    let keys = keys
+        .into_iter()
+        .filter(|k| !k.contains(":pub:") && !k.ends_with(":work") && !k.ends_with(":timers"));
     let mut out = HashMap::new();
     for k in keys {
         let ty: String = redis::cmd("TYPE")
@@ -122,11 +127,35 @@ async fn snapshot(r: &Redis) -> HashMap<String, String> {
             .query_async(&mut c)
             .await
             .unwrap();
-        let dump: Option<Vec<u8>> = redis::cmd("DUMP")
-            .arg(&k)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        // Content in a canonical form (DUMP of a hash table is not: its
+        // iteration order changes with incremental rehashing).
+        let cmd = match ty.as_str() {
+            "hash" => vec!["HGETALL"],
+            "set" => vec!["SMEMBERS"],
+            "zset" => vec!["ZRANGE", "0", "-1", "WITHSCORES"],
+            "stream" => vec!["XRANGE", "-", "+"],
+            "list" => vec!["LRANGE", "0", "-1"],
+            _ => vec!["GET"],
+        };
+        let mut q = redis::cmd(cmd[0]);
+        q.arg(&k);
+        for a in &cmd[1..] {
+            q.arg(*a);
+        }
+        let value: redis::Value = q.query_async(&mut c).await.unwrap();
+        let mut dump = match (ty.as_str(), value) {
+            ("hash", redis::Value::Map(m)) => {
+                m.iter().map(|kv| format!("{kv:?}")).collect::<Vec<_>>()
+            }
+            ("hash", redis::Value::Array(a)) => a.chunks(2).map(|kv| format!("{kv:?}")).collect(),
+            ("set", redis::Value::Array(a)) | (_, redis::Value::Set(a)) => {
+                a.iter().map(|v| format!("{v:?}")).collect()
+            }
+            (_, v) => vec![format!("{v:?}")],
+        };
+        if matches!(ty.as_str(), "hash" | "set") {
+            dump.sort();
+        }
         out.insert(format!("{k} ({ty})"), format!("{:?}", dump));
     }
     out

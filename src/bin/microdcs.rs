@@ -27,7 +27,7 @@ use std::process::ExitCode;
 const COMMANDS: &[(&str, &str)] = &[
     (
         "run [--config FILE]",
-        "Run a station: the machinery-jobs processor and/or the MES publisher",
+        "Run a station: job management, the SFC engine and/or the MES publisher",
     ),
     (
         "sim [--config FILE] [--host H] [--port P] [--seed N]",
@@ -276,6 +276,7 @@ fn help(path: &[&str]) -> String {
         ["run"] => format!(
             "Usage: microdcs run [--config FILE]\n\n\
              Runs a station from its configuration: the machinery-jobs processor\n\
+             with the SFC engine and the equipment processor\n\
              (APP_IS_PROCESSOR_INSTANCE) and the MES publisher of retained topics\n\
              (APP_IS_PUBLISHER_INSTANCE), until SIGTERM or SIGINT, then shuts down\n\
              gracefully within processing.shutdown_grace_period.\n\n\
