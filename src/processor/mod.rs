@@ -57,6 +57,7 @@ pub(crate) struct Shared {
     pub(crate) direction: Direction,
     pub(crate) states: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     pub(crate) emitter: Emitter,
+    pub(crate) dedupe: bool,
 }
 
 impl Shared {
@@ -118,6 +119,12 @@ impl Processor {
         self.fallback.is_some() || self.handlers.contains_key(ty)
     }
 
+    /// Whether its messages are deduplicated by (`source`, `id`) (see
+    /// [`ProcessorBuilder::idempotent`]).
+    pub fn dedupes(&self) -> bool {
+        self.shared.dedupe
+    }
+
     /// The emitter, for sending events outside a request (timers, tasks).
     pub fn emitter(&self) -> Emitter {
         self.shared.emitter.clone()
@@ -160,6 +167,7 @@ pub struct ProcessorBuilder {
     handlers: BTreeMap<String, ErasedHandler>,
     fallback: Option<ErasedHandler>,
     states: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    dedupe: bool,
 }
 
 impl ProcessorBuilder {
@@ -170,7 +178,18 @@ impl ProcessorBuilder {
             handlers: BTreeMap::new(),
             fallback: None,
             states: HashMap::new(),
+            dedupe: true,
         }
+    }
+
+    /// Skips the (`source`, `id`) deduplication for this processor's
+    /// messages: for handlers that are idempotent by themselves (the SFC
+    /// engine's equipment processor, whose every input is a compare-and-swap
+    /// that ignores what it already applied), saving two Redis round trips
+    /// per message.
+    pub fn idempotent(mut self) -> Self {
+        self.dedupe = false;
+        self
     }
 
     /// Adds a handler. Its payload type decides which CloudEvent `type` it
@@ -221,6 +240,7 @@ impl ProcessorBuilder {
                 direction: self.direction,
                 states: self.states,
                 emitter,
+                dedupe: self.dedupe,
             }),
             handlers: Arc::new(self.handlers),
             fallback: self.fallback,

@@ -36,7 +36,7 @@ use redis::streams::{
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
@@ -113,6 +113,9 @@ enum WorkItem {
     },
 }
 
+/// A stream entry read: (stream key, entry id, fields).
+type StreamEntry = (String, String, HashMap<String, redis::Value>);
+
 /// Early events kept per scope at most, before any job waits for them.
 pub const SCOPE_EARLY_EVENTS: usize = 256;
 
@@ -123,6 +126,13 @@ struct ScopeEarly {
     job: Option<String>,
     data: Value,
     at_ms: u64,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// `source` and `id` of an event: what makes a redelivery the same event.
+fn event_identity(ev: &CloudEvent) -> String {
+    format!("{}\u{1f}{}", ev.source, ev.id)
 }
 
 /// Engine settings.
@@ -267,6 +277,9 @@ impl Engine {
     /// set (every replica must receive the results) and a shared group.
     pub fn equipment_processor(&self) -> Processor {
         let p = Processor::southbound(EQUIPMENT)
+            // Every input is a compare-and-swap that ignores what it already
+            // applied: no dedupe round trips on the hot path.
+            .idempotent()
             .handle(on_equipment_message)
             .state(self.clone())
             .build();
@@ -658,6 +671,7 @@ impl Engine {
                     Input::Event {
                         type_id: ev.type_id,
                         data: ev.data,
+                        id: ev.id,
                     },
                 ))
                 .await?;
@@ -918,14 +932,61 @@ impl Engine {
                 .block(block.as_millis() as usize);
             let reply: Option<StreamReadReply> = blocking.xread_options(&keys, &ids, &opts).await?;
             if let Some(reply) = reply {
-                for sk in reply.keys {
-                    for entry in sk.ids {
-                        self.handle_entry(&known, &sk.key, &entry.id, &entry.map)
-                            .await?;
-                    }
+                let entries = reply
+                    .keys
+                    .into_iter()
+                    .flat_map(|sk| {
+                        sk.ids
+                            .into_iter()
+                            .map(move |e| (sk.key.clone(), e.id, e.map))
+                    })
+                    .collect();
+                self.handle_batch(&known, entries).await?;
+            }
+        }
+    }
+
+    /// Handles a batch of entries: the entries of one job in order, the
+    /// jobs concurrently (they only meet in Redis, through their own
+    /// compare-and-swap), so one slow job does not hold the others up.
+    async fn handle_batch(
+        &self,
+        scopes: &BTreeSet<String>,
+        entries: Vec<StreamEntry>,
+    ) -> Result<(), EngineError> {
+        let mut by_job: BTreeMap<String, Vec<StreamEntry>> = BTreeMap::new();
+        for (stream, id, map) in entries {
+            by_job
+                .entry(entry_job(&map))
+                .or_default()
+                .push((stream, id, map));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (_, group) in by_job {
+            let this = self.clone();
+            let scopes = scopes.clone();
+            tasks.spawn(async move {
+                for (stream, id, map) in group {
+                    this.handle_entry(&scopes, &stream, &id, &map).await?;
+                }
+                Ok::<(), EngineError>(())
+            });
+        }
+        let mut first_error = None;
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error
+                        .get_or_insert(EngineError::Send(format!("engine task failed: {e}")));
                 }
             }
         }
+        // A failed entry stays pending and is taken over later.
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Handles one stream entry and acknowledges it; an entry whose effect
@@ -1028,11 +1089,15 @@ impl Engine {
                         StreamAutoClaimOptions::default().count(self.inner.settings.batch),
                     )
                     .await?;
-                for entry in reply.claimed {
-                    debug!(scope = %s, stream, entry = %entry.id, "taking over a pending entry");
-                    self.handle_entry(scopes, &key, &entry.id, &entry.map)
-                        .await?;
+                if !reply.claimed.is_empty() {
+                    debug!(scope = %s, stream, entries = reply.claimed.len(), "taking over pending entries");
                 }
+                let entries = reply
+                    .claimed
+                    .into_iter()
+                    .map(|e| (key.clone(), e.id, e.map))
+                    .collect();
+                self.handle_batch(scopes, entries).await?;
             }
         }
         Ok(())
@@ -1073,6 +1138,7 @@ impl Engine {
             job: correlation.clone(),
             data: data.clone(),
             at_ms: now_ms(),
+            id: Some(event_identity(ev)),
         };
         let text = serde_json::to_string(&early).map_err(|e| EngineError::Send(e.to_string()))?;
         let mut c = self.conn();
@@ -1106,6 +1172,7 @@ impl Engine {
             Input::Event {
                 type_id: ev.ty.clone(),
                 data,
+                id: Some(event_identity(ev)),
             },
         )
         .await
@@ -1122,6 +1189,22 @@ pub fn command_subject(scope: &str, equipment: Option<&str>) -> String {
         Some(e) => format!("{scope}/{e}"),
         None => scope.to_owned(),
     }
+}
+
+/// The job a stream entry is about (change entries carry it as a field,
+/// work items inside their JSON), for grouping a batch by job.
+fn entry_job(map: &HashMap<String, redis::Value>) -> String {
+    let field = |k: &str| match map.get(k) {
+        Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    };
+    if let Some(job) = field("job") {
+        return job;
+    }
+    field("item")
+        .and_then(|i| serde_json::from_str::<Value>(&i).ok())
+        .and_then(|v| v["job"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// The `equipment` processor's only handler: every result and event.
@@ -1149,6 +1232,7 @@ fn failed_exec(job: &str, scope: &str, reason: &str) -> Exec {
         params: Map::new(),
         early: Vec::new(),
         history: Vec::new(),
+        seen_events: Vec::new(),
     }
 }
 

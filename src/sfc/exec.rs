@@ -41,6 +41,8 @@ pub const EARLY_EVENT_TTL_MS: u64 = 10 * 60 * 1000;
 /// Transitions fired in one evolution at most: more means the recipe loops
 /// without waiting for anything (a livelock), and the job fails.
 pub const MAX_FIRINGS: usize = 1000;
+/// Event identities remembered per job against redelivery.
+pub const SEEN_EVENTS: usize = 128;
 /// Re-evaluation period of conditions that use `elapsed`.
 pub const TICK_MS: u64 = 1000;
 
@@ -166,6 +168,10 @@ pub struct Exec {
     pub early: Vec<EarlyEvent>,
     /// Step activations in order.
     pub history: Vec<StepRecord>,
+    /// Identities of the latest events applied (bounded), so that a
+    /// redelivered event is not applied twice.
+    #[serde(default)]
+    pub seen_events: Vec<String>,
 }
 
 /// What can happen to a running job.
@@ -184,6 +190,9 @@ pub enum Input {
         type_id: String,
         /// Its data.
         data: Value,
+        /// Its identity (`source` and `id`), if known: a redelivered event
+        /// with an identity seen before is ignored.
+        id: Option<String>,
     },
     /// A timer is due.
     Timer {
@@ -289,6 +298,7 @@ impl Exec {
             params,
             early: Vec::new(),
             history: Vec::new(),
+            seen_events: Vec::new(),
         };
         let mut fx = Vec::new();
         let initial = ctx.net.steps[ctx.net.initial].clone();
@@ -327,7 +337,18 @@ impl Exec {
                 command_id,
                 outcome,
             } => self.on_result(&command_id, outcome, ctx, &mut fx),
-            Input::Event { type_id, data } => self.on_event(type_id, data, ctx),
+            Input::Event { type_id, data, id } => {
+                if let Some(id) = id {
+                    if self.seen_events.contains(&id) {
+                        return fx; // a redelivery
+                    }
+                    if self.seen_events.len() >= SEEN_EVENTS {
+                        self.seen_events.remove(0);
+                    }
+                    self.seen_events.push(id);
+                }
+                self.on_event(type_id, data, ctx);
+            }
             Input::Timer { key } => self.on_timer(&key, ctx, &mut fx),
             Input::Pause => {
                 if self.paused_at_ms.is_none() {
@@ -1051,6 +1072,7 @@ mod tests {
             Input::Event {
                 type_id: "com.example.inspected.v1".into(),
                 data: json!({"passed": true}),
+                id: None,
             },
             t.ctx(),
         );
@@ -1074,6 +1096,7 @@ mod tests {
             Input::Event {
                 type_id: "com.example.inspected.v1".into(),
                 data: json!({"passed": true}),
+                id: None,
             },
             t.ctx(),
         );
@@ -1088,6 +1111,22 @@ mod tests {
         );
         assert!(e.early.is_empty());
         assert_eq!(e.results["inspection"]["passed"], true);
+    }
+
+    #[test]
+    fn a_redelivered_event_is_applied_once() {
+        let t = T::new(sequence());
+        let (mut e, _) = t.start();
+        let ev = Input::Event {
+            type_id: "com.example.inspected.v1".into(),
+            data: json!({"n": 1}),
+            id: Some("camera\u{1f}e-1".into()),
+        };
+        e.apply(ev.clone(), t.ctx());
+        let before = e.clone();
+        assert!(e.apply(ev, t.ctx()).is_empty());
+        assert_eq!(e, before, "not kept a second time");
+        assert_eq!(e.early.len(), 1);
     }
 
     #[test]

@@ -538,7 +538,11 @@ impl MqttTransport {
     /// Runs the handler with dedupe and retries. Returns whether to ack.
     async fn process_routed(&self, route: &Route, inbound: &Inbound, original: &Publish) -> bool {
         let ev = &inbound.event;
-        let dedupe = read(&self.dedupe).clone();
+        let dedupe = if route.processor.dedupes() {
+            read(&self.dedupe).clone()
+        } else {
+            None
+        };
         let token = uuid::Uuid::new_v4().to_string();
         let mut shutdown = self.shutdown.subscribe();
         let mut delay = Duration::from_millis(50);

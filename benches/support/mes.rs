@@ -1,0 +1,193 @@
+//! The MES side: stores the work master, sends `StoreAndStart` job orders
+//! keeping a fixed number of jobs in flight, and waits for each job's
+//! Ended status event, speaking only the wire contract.
+
+use super::mqtt::{ce_props, user_prop, Client, Received};
+use super::BenchResult;
+use rumqttc::v5::mqttbytes::QoS;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// The scope (`subject`) of every job.
+pub(crate) const SCOPE: &str = "cell";
+/// The work master carrying the recipe.
+pub(crate) const WORK_MASTER: &str = "wm-bench";
+/// Job status events.
+pub(crate) const STATUS: &str =
+    "org.opcfoundation.ISA95-JOBCONTROL_V2.ISA95JobOrderStatusEventType.v2";
+const COMMANDS: &str = "app/jobs/commands";
+const REPLIES: &str = "mes/bench/replies";
+const STORE_AND_START: &str = "org.opcfoundation.ISA95-JOBCONTROL_V2.StoreAndStart.v2";
+const WORK_MASTER_CONFIG: &str = "com.github.aschamberger.ISA95-JOBCONTROL_V2.config.workmaster.v1";
+const SFC_RECIPE: &str = "https://aschamberger.github.io/schemas/microdcs/sfc-recipe/v1.0.0/";
+/// `ReturnStatus` NoError.
+const NO_ERROR: u64 = 1;
+
+/// One batch of jobs as the MES saw it.
+#[derive(Debug)]
+pub(crate) struct Phase {
+    /// When each job's `StoreAndStart` was published.
+    pub(crate) sent: HashMap<String, Instant>,
+    /// When each job's Ended status event arrived.
+    pub(crate) ended: HashMap<String, Instant>,
+    /// Jobs refused or aborted, with the reason.
+    pub(crate) failed: Vec<(String, String)>,
+    /// From the first order sent to the last job ended.
+    pub(crate) elapsed: Duration,
+}
+
+/// The MES client.
+pub(crate) struct Mes {
+    client: Client,
+    next: u64,
+}
+
+impl Mes {
+    /// Connects and subscribes its reply topic, the jobs' events and the
+    /// processors' metadata (which tells that a replica is up).
+    pub(crate) async fn connect(port: u16) -> BenchResult<Self> {
+        let mut client = Client::connect(port, "bench-mes").await?;
+        client
+            .subscribe(
+                &[REPLIES, "app/jobs/+/events", "app/jobs/metadata"],
+                QoS::AtLeastOnce,
+            )
+            .await?;
+        Ok(Mes { client, next: 0 })
+    }
+
+    /// The next message for the MES.
+    pub(crate) async fn recv(&mut self, timeout: Duration) -> Option<Received> {
+        self.client.recv(timeout).await
+    }
+
+    /// Sends the work master (a configuration event, no reply).
+    pub(crate) async fn store_work_master(&mut self, recipe: Value) -> BenchResult<()> {
+        let body = json!({"ID": WORK_MASTER, "data": recipe, "dataschema": SFC_RECIPE});
+        let id = self.id("cfg");
+        let props = ce_props(WORK_MASTER_CONFIG, &id, Some(SCOPE), None, None);
+        self.client
+            .publish(
+                COMMANDS,
+                serde_json::to_vec(&body).unwrap_or_default(),
+                props,
+            )
+            .await
+    }
+
+    fn id(&mut self, kind: &str) -> String {
+        self.next += 1;
+        format!("{kind}-{}", self.next)
+    }
+
+    /// Runs `count` jobs named `{prefix}-{n}`, `in_flight` at a time, until
+    /// all ended or failed. Gives up when no job finishes for `stall`.
+    pub(crate) async fn run_jobs(
+        &mut self,
+        prefix: &str,
+        count: usize,
+        in_flight: usize,
+        stall: Duration,
+    ) -> BenchResult<Phase> {
+        let mut phase = Phase {
+            sent: HashMap::with_capacity(count),
+            ended: HashMap::with_capacity(count),
+            failed: Vec::new(),
+            elapsed: Duration::ZERO,
+        };
+        let mut open: HashSet<String> = HashSet::with_capacity(in_flight);
+        let mut corr: HashMap<Vec<u8>, String> = HashMap::with_capacity(in_flight);
+        let mut next = 0;
+        let started = Instant::now();
+        while phase.ended.len() + phase.failed.len() < count {
+            while next < count && open.len() < in_flight {
+                let job = format!("{prefix}-{next:05}");
+                next += 1;
+                let c = uuid::Uuid::new_v4().as_bytes().to_vec();
+                let id = self.id("store");
+                let props = ce_props(
+                    STORE_AND_START,
+                    &id,
+                    Some(SCOPE),
+                    Some(REPLIES),
+                    Some(c.clone()),
+                );
+                let body = json!({"JobOrder": order(&job)});
+                corr.insert(c, job.clone());
+                open.insert(job.clone());
+                phase.sent.insert(job, Instant::now());
+                self.client
+                    .publish(
+                        COMMANDS,
+                        serde_json::to_vec(&body).unwrap_or_default(),
+                        props,
+                    )
+                    .await?;
+            }
+            let Some((at, p)) = self.client.recv(stall).await else {
+                return Err(format!(
+                    "jobs '{prefix}': no job finished for {} s ({} ended, {} failed of {count}; {} in flight)",
+                    stall.as_secs(),
+                    phase.ended.len(),
+                    phase.failed.len(),
+                    open.len()
+                ));
+            };
+            let topic = String::from_utf8_lossy(&p.topic);
+            if topic == REPLIES {
+                let job = p
+                    .properties
+                    .as_ref()
+                    .and_then(|pr| pr.correlation_data.as_ref())
+                    .and_then(|c| corr.remove(c.as_ref()));
+                let status = serde_json::from_slice::<Value>(&p.payload)
+                    .ok()
+                    .and_then(|v| v["ReturnStatus"].as_u64());
+                if let Some(job) = job {
+                    if status != Some(NO_ERROR) && open.remove(&job) {
+                        let why = user_prop(&p, "mdcserrormessage").unwrap_or("");
+                        phase
+                            .failed
+                            .push((job, format!("StoreAndStart answered {status:?} {why}")));
+                    }
+                }
+            } else if user_prop(&p, "type") == Some(STATUS) {
+                let Some((job, state)) = job_state(&p.payload) else {
+                    continue;
+                };
+                match state.as_str() {
+                    "Ended" if open.remove(&job) => {
+                        phase.ended.insert(job, at);
+                    }
+                    "Aborted" if open.remove(&job) => {
+                        phase.failed.push((job, "Aborted".into()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        phase.elapsed = started.elapsed();
+        Ok(phase)
+    }
+}
+
+/// The job id and main state text of a status event.
+pub(crate) fn job_state(payload: &[u8]) -> Option<(String, String)> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    let job = v["JobOrder"]["JobOrderID"].as_str()?.to_owned();
+    let state = v["JobState"][0]["StateText"]["Text"].as_str()?.to_owned();
+    Some((job, state))
+}
+
+/// A job order for the bench's work master.
+fn order(id: &str) -> Value {
+    json!({
+        "JobOrderID": id,
+        "Description": [{"Locale": "en", "Text": "benchmark job"}],
+        "WorkMasterID": [{"ID": WORK_MASTER}],
+        "Priority": 3,
+        "EquipmentRequirements": [{"ID": "cell-1"}],
+        "MaterialRequirements": [{"MaterialClassID": "steel", "MaterialDefinitionID": "s235"}]
+    })
+}

@@ -1,0 +1,53 @@
+//! The parts of the station benchmark: a minimal MQTT client, the floor
+//! (the same round trip without the station), the station's replicas as
+//! processes driven by an MES, and the statistics.
+
+pub(crate) mod floor;
+pub(crate) mod mes;
+pub(crate) mod mqtt;
+pub(crate) mod replicas;
+pub(crate) mod spy;
+pub(crate) mod station;
+pub(crate) mod stats;
+
+/// What the benchmark failed at, in words for the terminal.
+pub(crate) type BenchResult<T> = Result<T, String>;
+
+/// Sizes of one run: `--quick` or the full run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sizes {
+    /// Floor round trips one at a time.
+    pub(crate) floor_sequential: usize,
+    /// Floor round trips with [`Sizes::in_flight`] outstanding.
+    pub(crate) floor_loaded: usize,
+    /// Jobs run before measuring (not counted).
+    pub(crate) warmup_jobs: usize,
+    /// Jobs one at a time (step latency without queueing).
+    pub(crate) sequential_jobs: usize,
+    /// Jobs with [`Sizes::in_flight`] outstanding (throughput).
+    pub(crate) loaded_jobs: usize,
+    /// Requests or jobs kept outstanding in the loaded phases.
+    pub(crate) in_flight: usize,
+}
+
+impl Sizes {
+    /// `--quick`: a smoke run of well under a minute.
+    pub(crate) const QUICK: Sizes = Sizes {
+        floor_sequential: 500,
+        floor_loaded: 5_000,
+        warmup_jobs: 20,
+        sequential_jobs: 50,
+        loaded_jobs: 200,
+        in_flight: 100,
+    };
+
+    /// The full run.
+    pub(crate) const FULL: Sizes = Sizes {
+        floor_sequential: 2_000,
+        floor_loaded: 20_000,
+        warmup_jobs: 100,
+        sequential_jobs: 200,
+        loaded_jobs: 1_000,
+        in_flight: 100,
+    };
+}
