@@ -1,7 +1,6 @@
-//! Three replicas run 200 jobs while replicas are killed (every task and
-//! socket dropped at once, like SIGKILL) and restarted: every job completes,
-//! no step is skipped, and every command is one dispatch (re-sends carry the
-//! same id).
+//! Three `microdcs run` processes run 200 jobs while one after the other is
+//! killed with SIGKILL and restarted: every job completes, no step is
+//! skipped, and every command is one dispatch (re-sends carry the same id).
 
 mod common;
 
@@ -39,7 +38,37 @@ fn recipe() -> Value {
 fn env(m: &Mosquitto, r: &Redis, id: &str) -> Vec<(String, String)> {
     let mut e = jobs::env(m.port(), r.0.port(), id);
     jobs::set(&mut e, "APP_PROCESSING_SHARED_SUBSCRIPTION_NAME", "cell");
+    jobs::set(&mut e, "APP_LOG_LEVEL", "error");
     e
+}
+
+/// A replica: the real binary, killed with SIGKILL on drop.
+struct Replica(std::process::Child);
+
+impl Replica {
+    fn start(env: Vec<(String, String)>) -> Replica {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_microdcs"))
+            .arg("run")
+            .envs(env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start microdcs run");
+        Replica(child)
+    }
+
+    /// SIGKILL: no shutdown, no DISCONNECT, nothing acknowledged.
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,7 +79,7 @@ async fn replicas_killed_mid_recipe_lose_no_job_and_skip_no_step() {
     let ids = ["rep-0", "rep-1", "rep-2"];
     let mut replicas = Vec::new();
     for id in ids {
-        replicas.push(Some(jobs::start(env(&m, &r, id)).await));
+        replicas.push(Some(Replica::start(env(&m, &r, id))));
     }
     // Equipment: answers at once; `place` also reports the confirmation
     // event for the job.
@@ -81,6 +110,23 @@ async fn replicas_killed_mid_recipe_lose_no_job_and_skip_no_step() {
     spy.subscribe("app/equipment/+/commands").await;
 
     let mut mes = Mes::connect(m.port(), "mes").await;
+    // The replicas are up once one of them answers a query.
+    let ready = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = mes
+            .call_with(
+                "org.opcfoundation.Machinery.Jobs.RequestJobResponseByJobOrderID.v1",
+                &format!("probe-{}", uuid::Uuid::new_v4()),
+                Some("cell"),
+                &json!({"JobOrderID": "none"}),
+            )
+            .await;
+        if probe.is_some() {
+            break;
+        }
+        assert!(Instant::now() < ready, "the replicas did not come up");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // the others too
     mes.configure(
         "workmaster",
         "cell",
@@ -133,11 +179,11 @@ async fn replicas_killed_mid_recipe_lose_no_job_and_skip_no_step() {
             break n;
         }
         if Instant::now() >= next_kill && kills < 12 {
-            if let Some(st) = replicas[victim].take() {
-                st.crash();
+            if let Some(replica) = replicas[victim].take() {
+                replica.kill();
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            replicas[victim] = Some(jobs::start(env(&m, &r, ids[victim])).await);
+            replicas[victim] = Some(Replica::start(env(&m, &r, ids[victim])));
             kills += 1;
             victim = (victim + 1) % 3;
             next_kill = Instant::now() + Duration::from_millis(1500);
@@ -191,9 +237,7 @@ async fn replicas_killed_mid_recipe_lose_no_job_and_skip_no_step() {
         assert_eq!(ids.len(), 1, "{job} {ty}: {ids:?}");
         assert!(ids.iter().all(|id| id.ends_with("/1")), "{ids:?}");
     }
-    for st in replicas.into_iter().flatten() {
-        st.stop().await;
-    }
+    drop(replicas);
     sim_handle.shutdown();
     let _ = sim_task.await;
 }
