@@ -41,6 +41,8 @@ pub const EARLY_EVENT_TTL_MS: u64 = 10 * 60 * 1000;
 /// Transitions fired in one evolution at most: more means the recipe loops
 /// without waiting for anything (a livelock), and the job fails.
 pub const MAX_FIRINGS: usize = 1000;
+/// Step activations kept in a job's history (and its job response).
+pub const HISTORY: usize = 1000;
 /// Event identities remembered per job against redelivery.
 pub const SEEN_EVENTS: usize = 128;
 /// Re-evaluation period of conditions that use `elapsed`.
@@ -166,7 +168,7 @@ pub struct Exec {
     pub params: Map<String, Value>,
     /// Events that arrived early.
     pub early: Vec<EarlyEvent>,
-    /// Step activations in order.
+    /// Step activations in order (the latest [`HISTORY`]).
     pub history: Vec<StepRecord>,
     /// Identities of the latest events applied (bounded), so that a
     /// redelivered event is not applied twice.
@@ -608,6 +610,10 @@ impl Exec {
                 entered_ms: ctx.now_ms,
             },
         );
+        if self.history.len() >= HISTORY {
+            // A recipe that loops for a long time keeps its latest steps.
+            self.history.remove(0);
+        }
         self.history.push(StepRecord {
             step: step.to_owned(),
             activation,
