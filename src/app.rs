@@ -55,6 +55,41 @@ pub enum AppError {
     },
 }
 
+/// Exponential backoff between the sessions of a long-running task (the
+/// publisher, the SFC engine): after a failed session it waits, doubling
+/// up to a maximum; a session that ran for a while starts over from the
+/// minimum.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// Waits before the next session after one that failed after running
+    /// `ran`; `false` when shutdown came first.
+    pub(crate) async fn wait(&mut self, ran: Duration, shutdown: &mut Shutdown) -> bool {
+        if ran > self.max {
+            self.next = self.min;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = shutdown.wait() => false,
+        }
+    }
+}
+
 /// A shutdown signal handed to background tasks. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Shutdown {
@@ -133,6 +168,24 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
+    /// A connection of its own with no response timeout, for blocking
+    /// reads (`XREAD BLOCK`): on the shared multiplexed connection a
+    /// blocking read would stall every other command, and the default
+    /// response timeout would cut it short.
+    ///
+    /// # Errors
+    /// Redis cannot be reached.
+    pub async fn blocking_connection(
+        client: &redis::Client,
+    ) -> Result<redis::aio::MultiplexedConnection, redis::RedisError> {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(None);
+        client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+    }
+
     /// Opens Redis at `url` lazily: nothing connects until first use, and a
     /// Redis that is down is retried rather than fatal.
     ///

@@ -19,7 +19,7 @@
 //! continues after the stored cursors. New scopes are picked up on every
 //! poll.
 
-use crate::app::Shutdown;
+use crate::app::{Backoff, Redis, Shutdown};
 use crate::envelope::{CloudEvent, ContentType};
 use crate::jobs::state::{JobState, MainState};
 use crate::jobs::store::{parse_state_key, JobStore, StoreError};
@@ -131,32 +131,25 @@ impl MesPublisher {
     /// with backoff; nothing is skipped (the cursor only moves after a
     /// batch was published).
     pub async fn run(mut self, mut shutdown: Shutdown) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
+            let started = std::time::Instant::now();
             let r = tokio::select! {
                 r = self.session() => r,
                 _ = shutdown.wait() => return,
             };
             if let Err(e) = r {
-                warn!(error = %e, retry_in = ?backoff, "MES publisher interrupted");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait() => return,
+                warn!(error = %e, "MES publisher interrupted; reconnecting");
+                if !backoff.wait(started.elapsed(), &mut shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
 
     /// One connected session: start-up republish, then the follow loop.
     async fn session(&mut self) -> Result<(), PublishError> {
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(None);
-        let mut blocking = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
+        let mut blocking = Redis::blocking_connection(&self.client).await?;
         self.cursors.clear();
         for scope in self.store.scopes().await? {
             self.adopt_scope(&scope).await?;

@@ -23,7 +23,7 @@
 use super::exec::{self, Ctx, Effect, Exec, Input, Status};
 use super::net::Net;
 use super::recipe::{Interaction, Recipe};
-use crate::app::Shutdown;
+use crate::app::{Backoff, Redis, Shutdown};
 use crate::envelope::{CloudEvent, ContentType, CorrelationId};
 use crate::error::{ErrorKind, HandlerError};
 use crate::jobs::store::{parse_state_key, StoreError};
@@ -856,32 +856,24 @@ impl Engine {
     /// of every scope through the consumer group, moves due timers, takes
     /// over entries of dead replicas. Errors are logged and retried.
     pub async fn run(self, mut shutdown: Shutdown) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
+            let started = std::time::Instant::now();
             let r = tokio::select! {
                 r = self.session() => r,
                 _ = shutdown.wait() => return,
             };
             if let Err(e) = r {
-                warn!(error = %e, retry_in = ?backoff, "SFC engine interrupted");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait() => return,
+                warn!(error = %e, "SFC engine interrupted; reconnecting");
+                if !backoff.wait(started.elapsed(), &mut shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
 
     async fn session(&self) -> Result<(), EngineError> {
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(None);
-        let mut blocking = self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
+        let mut blocking = Redis::blocking_connection(&self.inner.client).await?;
         let mut known: BTreeSet<String> = BTreeSet::new();
         let mut last_claim = std::time::Instant::now();
         loop {
