@@ -709,3 +709,42 @@ async fn a_running_job_keeps_its_recipe_when_the_work_master_changes_and_abort_e
     assert_eq!(eq.commands().len(), before, "no dispatch after Abort");
     s.station.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unaddressed_event_is_kept_until_a_job_waits_for_its_type() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = calls.clone();
+    let answer: Answer = Arc::new(move |ty: &str, _: &Value| {
+        // The first clamp is lost: the job sits in `load` for a second.
+        if ty.contains("clamp") && c2.fetch_add(1, Ordering::SeqCst) == 0 {
+            return None;
+        }
+        Some(Ok(json!({"torque_nm": 45.0})))
+    });
+    let (mut s, eq) = setup(answer).await;
+    let mut r = rear_axle();
+    r["Actions"][0]["TimeoutSeconds"] = json!(1);
+    r["Actions"][0]["Retry"] = json!({"MaxAttempts": 2});
+    store_recipe(&mut s.mes, "axle", r).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("u1")}))
+            .await,
+        1
+    );
+    until_state(&mut s.mes, "u1", &["Running"]).await;
+    // No correlation id, and nobody waits for inspections yet: kept.
+    eq.event(
+        "axle",
+        INSPECTED,
+        json!({"passed": true, "by": "camera"}),
+        None,
+    )
+    .await;
+    let ev = until_state(&mut s.mes, "u1", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
+    let data = ev["JobResponse"]["JobResponseData"].as_array().unwrap();
+    let inspection = data.iter().find(|d| d["ID"] == "inspection").unwrap();
+    assert_eq!(inspection["Value"]["by"], "camera");
+    s.station.stop().await;
+}

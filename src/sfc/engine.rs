@@ -474,6 +474,16 @@ impl Engine {
     /// # Errors
     /// Redis is unavailable or the stored state is unreadable.
     pub async fn apply(&self, scope: &str, job: &str, input: Input) -> Result<(), EngineError> {
+        self.apply_if_running(scope, job, input).await.map(|_| ())
+    }
+
+    /// [`Engine::apply`], telling whether the job has an execution state.
+    async fn apply_if_running(
+        &self,
+        scope: &str,
+        job: &str,
+        input: Input,
+    ) -> Result<bool, EngineError> {
         for _ in 0..50 {
             let Some((v, mut e, recipe_json)) = self.load(scope, job).await? else {
                 debug!(
@@ -482,10 +492,10 @@ impl Engine {
                     ?input,
                     "no execution for this job; input ignored"
                 );
-                return Ok(());
+                return Ok(false);
             };
             if e.is_finished() {
-                return Ok(());
+                return Ok(true);
             }
             let c = self
                 .compiled(&recipe_json)
@@ -505,7 +515,7 @@ impl Engine {
                 },
             );
             if effects.is_empty() && e == before_state {
-                return Ok(());
+                return Ok(true);
             }
             let waiting_after = waiting_types(&e, &c.recipe);
             if self
@@ -520,7 +530,17 @@ impl Engine {
                 )
                 .await?
             {
-                return Ok(());
+                // It waits for new event types now: events of those types
+                // kept for no job in particular are its.
+                let new: BTreeSet<String> =
+                    waiting_after.difference(&waiting_before).cloned().collect();
+                if !new.is_empty() {
+                    self.adopt_early(scope, job, |ev| {
+                        ev.job.is_none() && new.contains(&ev.type_id)
+                    })
+                    .await?;
+                }
+                return Ok(true);
             }
         }
         Err(EngineError::Send(format!(
@@ -1122,8 +1142,19 @@ impl Engine {
             return Ok(());
         };
         let data = ev.data_as::<Value>().unwrap_or(Value::Null);
-        // The job named by the correlation id if it runs, else the oldest
-        // job of the scope waiting for this type, else keep it.
+        let input = Input::Event {
+            type_id: ev.ty.clone(),
+            data: data.clone(),
+            id: Some(event_identity(ev)),
+        };
+        // The job named by the correlation id if it runs (the common case,
+        // one read), else the oldest job of the scope waiting for this
+        // type, else keep it (atomically, see `early_push.lua`).
+        if let Some(named) = &correlation {
+            if self.apply_if_running(&scope, named, input.clone()).await? {
+                return Ok(());
+            }
+        }
         let named = correlation.clone().unwrap_or_default();
         let early = ScopeEarly {
             type_id: ev.ty.clone(),
