@@ -20,9 +20,16 @@
 //! - [`dedupe`]: exactly-once effects per (`source`, `id`) in Redis.
 //! - [`processor`]: handlers as plain async functions, extractors, routing by
 //!   type, emitting events.
-//! - [`sfc`]: SFC recipes: parsing, validation, transition conditions (CEL)
-//!   and Mermaid graphs.
-//! - [`app`]: wires processors, transports, background tasks and shutdown.
+//! - [`jobs`]: job management: the job order state machine (a pure function
+//!   built from the NodeSet), Redis persistence with compare-and-swap, the
+//!   built-in `machinery-jobs` processor.
+//! - [`sfc`]: SFC recipes: validation, conditions (CEL), Mermaid graphs, the
+//!   compiled net, the pure evolution and the Redis-coordinated engine with
+//!   its `equipment` processor.
+//! - [`publisher`]: the MES publisher of retained topics (state index,
+//!   orders, results), run on one replica through [`singleton`].
+//! - [`app`]: wires processors, transports, background tasks and shutdown;
+//!   [`station`] builds a whole station from configuration.
 //! - [`config`]: TOML file plus environment (MicroDCS-compatible `APP_*`).
 //! - [`models`]: types generated at build time from the OPC UA NodeSets in
 //!   `companion-specs/` and the JSON Schemas in `schemas/`.
