@@ -748,3 +748,57 @@ async fn an_unaddressed_event_is_kept_until_a_job_waits_for_its_type() {
     assert_eq!(inspection["Value"]["by"], "camera");
     s.station.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipe_survives_redis_going_away_mid_run() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let mut r = Redis::start_durable();
+    let station = jobs::start(jobs::env(m.port(), r.0.port(), "sfc-r")).await;
+    // The equipment answers everything but the tighten command, which it
+    // only answers after Redis came back (its retry re-sends it).
+    let redis_back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let back = redis_back.clone();
+    let answer: Answer = Arc::new(move |ty: &str, _: &Value| {
+        if ty.contains("tighten") && !back.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(Ok(json!({"torque_nm": 44.0})))
+    });
+    let eq = Equipment::start(m.port(), answer).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    let mut recipe = rear_axle();
+    recipe["Actions"][3]["TimeoutSeconds"] = json!(2);
+    recipe["Actions"][3]["Retry"] = json!({"MaxAttempts": 10});
+    store_recipe(&mut mes, "axle", recipe).await;
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("rr"))
+        .await;
+    assert_eq!(
+        mes.status("StoreAndStart", "axle", json!({"JobOrder": order("rr")}))
+            .await,
+        1
+    );
+    until_state(&mut mes, "rr", &["Running"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !eq.commands().iter().any(|c| c.1.contains("tighten")) {
+        assert!(tokio::time::Instant::now() < deadline, "tighten was sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    r.restart();
+    redis_back.store(true, Ordering::SeqCst);
+    let ev = until_state(&mut mes, "rr", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
+    let tightens: Vec<String> = eq
+        .commands()
+        .into_iter()
+        .filter(|c| c.1.contains("tighten"))
+        .map(|c| c.0)
+        .collect();
+    assert!(
+        tightens.iter().all(|id| id == "axle/rr/tighten/1"),
+        "re-sent with the same id: {tightens:?}"
+    );
+    station.stop().await;
+}
