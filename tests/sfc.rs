@@ -54,6 +54,18 @@ fn answer_all() -> Answer {
     })
 }
 
+/// Equipment that loses the first clamp command (the job waits in `load`
+/// until the command's timeout re-sends it) and answers everything else.
+fn first_clamp_lost() -> Answer {
+    let calls = Arc::new(AtomicUsize::new(0));
+    Arc::new(move |ty: &str, _: &Value| {
+        if ty.contains("clamp") && calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return None;
+        }
+        Some(Ok(json!({"torque_nm": 45.0})))
+    })
+}
+
 struct Setup {
     _m: Mosquitto,
     _r: Redis,
@@ -293,16 +305,7 @@ async fn an_equipment_error_aborts_the_job_with_a_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_command_is_resent_with_the_same_id_after_its_timeout() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c2 = calls.clone();
-    let answer: Answer = Arc::new(move |ty: &str, _: &Value| {
-        // The first clamp command is lost.
-        if ty.contains("clamp") && c2.fetch_add(1, Ordering::SeqCst) == 0 {
-            return None;
-        }
-        Some(Ok(json!({"torque_nm": 45.0})))
-    });
-    let (mut s, eq) = setup(answer).await;
+    let (mut s, eq) = setup(first_clamp_lost()).await;
     let mut r = rear_axle();
     r["Actions"][0]["TimeoutSeconds"] = json!(1);
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 3, "BackoffSeconds": 0.2});
@@ -712,16 +715,7 @@ async fn a_running_job_keeps_its_recipe_when_the_work_master_changes_and_abort_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unaddressed_event_is_kept_until_a_job_waits_for_its_type() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c2 = calls.clone();
-    let answer: Answer = Arc::new(move |ty: &str, _: &Value| {
-        // The first clamp is lost: the job sits in `load` for a second.
-        if ty.contains("clamp") && c2.fetch_add(1, Ordering::SeqCst) == 0 {
-            return None;
-        }
-        Some(Ok(json!({"torque_nm": 45.0})))
-    });
-    let (mut s, eq) = setup(answer).await;
+    let (mut s, eq) = setup(first_clamp_lost()).await;
     let mut r = rear_axle();
     r["Actions"][0]["TimeoutSeconds"] = json!(1);
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 2});
