@@ -169,9 +169,21 @@ impl HandlerError {
     }
 }
 
+/// Whether a Redis failure is unavailability (connection refused or dropped,
+/// timeout, loading, failover, cluster redirects): worth trying again. A
+/// refused command (a script error, a wrong type, a permission) is not: the
+/// same message would fail the same way forever.
+pub fn redis_is_retryable(e: &redis::RedisError) -> bool {
+    !matches!(e.retry_method(), redis::RetryMethod::NoRetry)
+}
+
 impl From<redis::RedisError> for HandlerError {
     fn from(e: redis::RedisError) -> Self {
-        HandlerError::retryable(ErrorKind::ServiceUnavailable, format!("redis: {e}"))
+        if redis_is_retryable(&e) {
+            HandlerError::retryable(ErrorKind::ServiceUnavailable, format!("redis: {e}"))
+        } else {
+            HandlerError::terminal(ErrorKind::InternalLogicError, format!("redis refused: {e}"))
+        }
     }
 }
 

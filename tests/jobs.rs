@@ -982,3 +982,189 @@ async fn microdcs_run_serves_the_wire_contract_and_stops_on_sigterm() {
         code.1
     );
 }
+
+/// Sends `Store` with the given Correlation Data and subject; returns every
+/// reply that arrives within `window` for that Correlation Data.
+async fn store_with(
+    mes: &mut Mes,
+    subject: &str,
+    job: &str,
+    correlation: &[u8],
+    window: Duration,
+) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+    let ty = format!("{}Store.v2", jobs::S);
+    let props = common::mqtt_client::ce_props(
+        &ty,
+        &format!("store-{job}-{}", correlation.len()),
+        Some(subject),
+        Some("mes/mes/replies"),
+        Some(correlation),
+    );
+    mes.client
+        .publish(
+            &format!("{PREFIX}/commands"),
+            serde_json::to_vec(&json!({"JobOrder": order(job)})).unwrap(),
+            props,
+        )
+        .await;
+    mes.client
+        .drain(window)
+        .await
+        .into_iter()
+        .filter(|p| {
+            p.properties
+                .as_ref()
+                .and_then(|pr| pr.correlation_data.as_deref())
+                == Some(correlation)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn correlation_data_that_is_not_text_is_echoed_and_the_station_keeps_answering() {
+    let (_m, _r, station, mut mes) = setup().await;
+    // An 8-byte counter and three control bytes: neither is valid text
+    // for an MQTT string.
+    for (i, corr) in [&[0u8, 0, 0, 0, 0, 0, 0, 0x2a][..], &[1, 2, 3]]
+        .iter()
+        .enumerate()
+    {
+        let replies = store_with(
+            &mut mes,
+            "line",
+            &format!("c{i}"),
+            corr,
+            Duration::from_secs(3),
+        )
+        .await;
+        assert_eq!(replies.len(), 1, "one reply for correlation {corr:?}");
+        let p = &replies[0];
+        let rendered = user_prop(p, "correlationid").expect("correlationid attribute");
+        assert!(rendered.starts_with("base64:"), "{rendered}");
+        assert!(microdcs::envelope::is_mqtt_string(rendered));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&p.payload).unwrap()["ReturnStatus"],
+            OK
+        );
+    }
+    assert_eq!(
+        user_prop(
+            &store_with(
+                &mut mes,
+                "line",
+                "c9",
+                &[0, 0, 0, 0, 0, 0, 0, 0x2a],
+                Duration::from_secs(2)
+            )
+            .await[0],
+            "correlationid"
+        ),
+        Some("base64:AAAAAAAAACo=")
+    );
+    // Still connected and answering ordinary requests.
+    assert_eq!(
+        mes.status("Store", "line", json!({"JobOrder": order("after")}))
+            .await,
+        OK
+    );
+    station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_that_cannot_be_a_topic_level_is_answered_once_and_nothing_is_stored() {
+    let (m, r, station, mut mes) = setup().await;
+    let mut dlq = TestClient::connect(m.port(), "dlq").await;
+    dlq.subscribe("microdcs/dead-letter").await;
+    for (i, subject) in ["cell+1", "cell#", "/leading-slash"].iter().enumerate() {
+        let corr = [0xc0, i as u8];
+        let replies = store_with(
+            &mut mes,
+            subject,
+            &format!("bad{i}"),
+            &corr,
+            Duration::from_secs(4),
+        )
+        .await;
+        assert_eq!(
+            replies.len(),
+            1,
+            "exactly one answer for subject {subject:?}"
+        );
+        assert_eq!(
+            user_prop(&replies[0], "mdcserrorkind"),
+            Some("PROPERTY_INVALID"),
+            "{subject}"
+        );
+        assert!(user_prop(&replies[0], "mdcserrormessage").is_some_and(|m| m.contains("subject")));
+        let dead = dlq.recv(Duration::from_secs(5)).await.expect("dead letter");
+        assert_eq!(
+            user_prop(&dead, "x-dead-letter-kind"),
+            Some("PROPERTY_INVALID")
+        );
+    }
+    let keys: Vec<String> = r
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+        .keys("*")
+        .await
+        .unwrap();
+    assert!(
+        keys.iter()
+            .all(|k| !k.contains("cell") && !k.contains("bad")),
+        "nothing stored: {keys:?}"
+    );
+    assert_eq!(
+        mes.status("Store", "line", json!({"JobOrder": order("fine")}))
+            .await,
+        OK
+    );
+    station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_order_ids_are_data_any_character_is_kept_and_length_is_bounded() {
+    let (_m, _r, station, mut mes) = setup().await;
+    for weird in ["PO#4711+a", "a/b", "tab\tand\u{1}bell", "%41"] {
+        assert_eq!(
+            mes.status("Store", "line", json!({"JobOrder": order(weird)}))
+                .await,
+            OK,
+            "{weird:?}"
+        );
+        assert_eq!(
+            mes.status("Start", "line", id(weird)).await,
+            OK,
+            "{weird:?}"
+        );
+        assert_eq!(
+            mes.status("Abort", "line", id(weird)).await,
+            OK,
+            "{weird:?}"
+        );
+        // Stored under exactly that id: a second Store of it is refused.
+        assert_eq!(
+            mes.status("Store", "line", json!({"JobOrder": order(weird)}))
+                .await,
+            UNABLE
+        );
+    }
+    let long = "x".repeat(257);
+    assert_eq!(
+        mes.status("Store", "line", json!({"JobOrder": order(&long)}))
+            .await,
+        INVALID
+    );
+    assert_eq!(mes.status("Abort", "line", id(&long)).await, INVALID);
+    assert_eq!(
+        mes.status(
+            "Store",
+            "line",
+            json!({"JobOrder": order(&"y".repeat(256))})
+        )
+        .await,
+        OK
+    );
+    station.stop().await;
+}

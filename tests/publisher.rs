@@ -357,3 +357,47 @@ async fn retained_topics_survive_a_broker_restart() {
     assert!(*view.seq_of("s").last().unwrap() > seq_before);
     station.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_order_ids_with_topic_wildcards_are_retained_under_encoded_levels() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let station = jobs::start(jobs::env(m.port(), r.0.port(), "st-1")).await;
+    let mut sub = subscriber(m.port(), "view").await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    // `#` in order numbers is common in plants; `+` and `/` too.
+    let weird = "PO#4711+a/b";
+    let level = "PO%234711%2Ba%2Fb";
+    let store = |id: &str| json!({ "JobOrder": order(id) });
+    assert_eq!(mes.status("Store", "line", store(weird)).await, 1);
+    // A later job proves the publisher did not stall on the first one.
+    assert_eq!(mes.status("Store", "line", store("PO-2")).await, 1);
+    let mut view = View::default();
+    until(&mut sub, &mut view, Duration::from_secs(15), |v| {
+        v.json("line/order/PO-2").is_some()
+            && v.json("line/state-index")
+                .is_some_and(|i| ids(&i).len() == 2)
+    })
+    .await;
+    let o = view
+        .json(&format!("line/order/{level}"))
+        .expect("order retained under the encoded level");
+    assert_eq!(o["JobOrder"]["JobOrderID"], weird, "payload keeps the id");
+    let index = view.json("line/state-index").expect("state index");
+    assert!(ids(&index).contains(&weird.to_string()), "{index}");
+    assert!(view.json("line/order/PO-2").is_some());
+
+    // Ending the job clears its encoded topics.
+    assert_eq!(
+        mes.status("Cancel", "line", json!({"JobOrderID": weird}))
+            .await,
+        1
+    );
+    until(&mut sub, &mut view, Duration::from_secs(15), |v| {
+        v.cleared(&format!("line/order/{level}"))
+    })
+    .await;
+    assert!(view.cleared(&format!("line/order/{level}")));
+    station.stop().await;
+}

@@ -796,3 +796,43 @@ async fn a_recipe_survives_redis_going_away_mid_run() {
     );
     station.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_echoes_only_the_correlation_data_completes_its_action() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let mut env = jobs::env(m.port(), r.0.port(), "sfc-1");
+    jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
+    let station = jobs::start(env).await;
+    let eq = Equipment::start_echoing_only_correlation_data(m.port(), answer_all()).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    // Scope `q7`, job `J-ab12`, action `pick`: the command id
+    // `q7/J-ab12/pick/1` is 16 bytes long, the length of a UUID.
+    let recipe = json!({
+        "Version": "1.0.0",
+        "Steps": [{"Name": "pick", "Initial": true}, {"Name": "place"}],
+        "Transitions": [{"Source": "pick", "Target": "place", "Condition": "always"}],
+        "Actions": [
+            {"Name": "pick", "Step": "pick", "Qualifier": "N", "Interaction": "push_command",
+             "TypeId": "com.example.pick.v1", "TimeoutSeconds": 0},
+            {"Name": "put", "Step": "place", "Qualifier": "N", "Interaction": "push_command",
+             "TypeId": "com.example.put.v1", "TimeoutSeconds": 0}
+        ]
+    });
+    store_recipe(&mut mes, "q7", recipe).await;
+    assert_eq!(
+        mes.status("StoreAndStart", "q7", json!({"JobOrder": order("J-ab12")}))
+            .await,
+        1
+    );
+    let ended = until_state(&mut mes, "J-ab12", &["Ended", "Aborted"]).await;
+    assert_eq!(
+        state_texts(&ended["JobState"]),
+        ["Ended", "Completed"],
+        "{ended}"
+    );
+    let ids: Vec<String> = eq.commands().into_iter().map(|c| c.0).collect();
+    assert_eq!(ids, ["q7/J-ab12/pick/1", "q7/J-ab12/put/1"]);
+    station.stop().await;
+}

@@ -9,8 +9,13 @@
 //! Outgoing: every attribute is a User Property, plus the MQTT properties that
 //! duplicate them.
 
-use crate::envelope::{is_attribute_name, CloudEvent, ContentType, CorrelationId};
+use crate::envelope::{
+    check_mqtt_string, check_topic_level, is_attribute_name, CloudEvent, ContentType,
+    CorrelationId, TextError,
+};
 use crate::error::ErrorKind;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde_json::Value;
@@ -70,10 +75,15 @@ pub fn decode(
     event.id.clear();
     event.specversion.clear();
     event.time = None;
+    // A Response Topic the station could never publish to is no address:
+    // the message is rejected below, without an error reply.
+    let bad_response_topic = props
+        .and_then(|p| p.response_topic.as_deref())
+        .and_then(|t| check_topic_name("Response Topic", t).err());
     let reply_to = props.and_then(|p| {
         p.response_topic
             .as_ref()
-            .filter(|t| !t.is_empty())
+            .filter(|t| !t.is_empty() && bad_response_topic.is_none())
             .map(|t| ReplyTo {
                 topic: t.clone(),
                 correlation_data: p.correlation_data.clone(),
@@ -97,6 +107,14 @@ pub fn decode(
     let mut bad_attribute = None;
     if let Some(p) = props {
         for (k, v) in &p.user_properties {
+            // Brokers check this already (Mosquitto does); one that does
+            // not must not make us echo a string that ends our connection.
+            if let Err(e) = check_mqtt_string("user property name", k).and_then(|()| {
+                check_mqtt_string(&format!("user property '{}'", k.escape_debug()), v)
+            }) {
+                bad_attribute.get_or_insert(e.to_string());
+                continue;
+            }
             if is_attribute_name(k) {
                 if let Err(e) = event.set_attribute(k, v) {
                     bad_attribute.get_or_insert(e);
@@ -108,6 +126,16 @@ pub fn decode(
     }
     if let Some(e) = bad_attribute {
         return Err(reject(ErrorKind::UserPropertyInvalid, e, &event));
+    }
+    if let Some(e) = bad_response_topic {
+        return Err(reject(ErrorKind::PropertyInvalid, e.to_string(), &event));
+    }
+    if let Some(e) = props
+        .and_then(|p| p.content_type.as_deref())
+        .and_then(|ct| check_mqtt_string("Content Type", ct).err())
+    {
+        event.datacontenttype = None;
+        return Err(reject(ErrorKind::PropertyInvalid, e.to_string(), &event));
     }
 
     let structured = event.datacontenttype.as_deref().is_some_and(|ct| {
@@ -143,6 +171,9 @@ pub fn decode(
                 &event,
             ));
         }
+    }
+    if let Err(e) = check_subject(&event) {
+        return Err(reject(ErrorKind::PropertyInvalid, e.to_string(), &event));
     }
     if event.specversion != "1.0" {
         return Err(reject(
@@ -199,6 +230,9 @@ fn read_structured(event: &mut CloudEvent, payload: &[u8]) -> Result<(), String>
                     Value::Null => continue,
                     other => other.to_string(),
                 };
+                check_mqtt_string(&format!("member '{}'", k.escape_debug()), &text)
+                    .and_then(|()| check_mqtt_string("member name", &k))
+                    .map_err(|e| e.to_string())?;
                 if is_attribute_name(&k) {
                     event.set_attribute(&k, &text)?;
                 } else {
@@ -211,24 +245,44 @@ fn read_structured(event: &mut CloudEvent, payload: &[u8]) -> Result<(), String>
 }
 
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| !c.is_ascii_whitespace()) {
-        if c == b'=' {
-            break;
-        }
-        let v = A.iter().position(|&a| a == c)? as u32;
-        buf = (buf << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-            buf &= (1 << bits) - 1;
-        }
+    let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    STANDARD.decode(compact).ok()
+}
+
+/// Checks the scope of an event's `subject` (the part before the first
+/// `/`): it becomes a topic level of status events and retained topics, so
+/// it must be one (wire contract §8).
+///
+/// # Errors
+/// The scope is empty or contains `+`, `#`, U+0000 or a control character.
+pub fn check_subject(event: &CloudEvent) -> Result<(), TextError> {
+    let Some(subject) = event.subject.as_deref() else {
+        return Ok(());
+    };
+    let scope = subject.split('/').next().unwrap_or(subject);
+    check_topic_level("subject", scope)
+}
+
+/// Checks a topic name the station would publish to: not empty, a valid
+/// MQTT string, no wildcard.
+///
+/// # Errors
+/// The first problem found.
+pub fn check_topic_name(what: &str, topic: &str) -> Result<(), TextError> {
+    if topic.is_empty() {
+        return Err(TextError::Empty {
+            what: what.to_owned(),
+        });
     }
-    Some(out)
+    check_mqtt_string(what, topic)?;
+    match topic.chars().find(|c| matches!(c, '+' | '#')) {
+        None => Ok(()),
+        Some(ch) => Err(TextError::Wildcard {
+            what: what.to_owned(),
+            text: topic.to_owned(),
+            ch,
+        }),
+    }
 }
 
 /// An encoded outgoing message: payload and properties.
@@ -271,6 +325,29 @@ pub fn encode(event: &CloudEvent, correlation_data: Option<Bytes>) -> Outbound {
         payload: event.data.clone().unwrap_or_default(),
         properties: props,
     }
+}
+
+/// Checks a PUBLISH the station is about to send against MQTT v5's string
+/// and topic rules (§1.5.4, §4.7): the topic name, every user property, the
+/// Content Type and the Response Topic. The last line of defence: values
+/// are checked where they enter, but a packet that slipped through must
+/// fail on its own instead of ending the connection for everyone.
+///
+/// # Errors
+/// The first string that MQTT does not allow, named.
+pub fn check_outbound(topic: &str, properties: &PublishProperties) -> Result<(), TextError> {
+    check_topic_name("topic", topic)?;
+    for (k, v) in &properties.user_properties {
+        check_mqtt_string("user property name", k)?;
+        check_mqtt_string(&format!("user property '{k}'"), v)?;
+    }
+    if let Some(ct) = &properties.content_type {
+        check_mqtt_string("Content Type", ct)?;
+    }
+    if let Some(rt) = &properties.response_topic {
+        check_topic_name("Response Topic", rt)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,10 +8,15 @@ mod codec;
 mod correlation;
 mod event;
 mod event_type;
+mod text;
 mod time;
 
 pub use codec::{ContentType, DecodeError};
 pub use correlation::CorrelationId;
 pub use event::{is_attribute_name, CloudEvent, ATTRIBUTE_NAMES};
 pub use event_type::{EventType, MethodCall};
+pub use text::{
+    check_mqtt_string, check_topic_level, check_topic_path, decode_level, encode_level,
+    escape_for_mqtt, is_mqtt_char, is_mqtt_string, TextError,
+};
 pub use time::{format_time, parse_time};

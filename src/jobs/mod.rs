@@ -27,6 +27,10 @@ pub use state::{JobState, MainState, SubState};
 pub use status::ReturnStatus;
 pub use store::JobStore;
 
+/// The longest JobOrderID accepted, in UTF-8 bytes (wire contract §8); a
+/// longer one is answered with `InvalidRequest`.
+pub const MAX_JOB_ORDER_ID_BYTES: usize = 256;
+
 use serde_json::Value;
 
 /// The main-state transitions of `ISA95JobOrderReceiverObjectType`, as

@@ -79,6 +79,19 @@ fn invalid<R: EventType>(meta: &Meta, why: &str, reply: impl FnOnce(u64) -> R) -
     Outcome::reply(&reply(ReturnStatus::InvalidRequest.value()))
 }
 
+/// Whether a JobOrderID can be stored and addressed (wire contract §8): not
+/// empty and at most [`MAX_JOB_ORDER_ID_BYTES`](super::MAX_JOB_ORDER_ID_BYTES)
+/// bytes. Every character is allowed: topic levels encode it.
+fn usable_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() {
+        Err("empty")
+    } else if id.len() > super::MAX_JOB_ORDER_ID_BYTES {
+        Err("JobOrderID longer than 256 bytes")
+    } else {
+        Ok(())
+    }
+}
+
 /// Checks and normalises a job order (PascalCase out, snake_case accepted).
 fn normalise(order: Value) -> Result<Value, HandlerError> {
     super::normalise_order(order)
@@ -107,13 +120,14 @@ async fn order_command<R: EventType>(
     let Some(order) = order else {
         return Ok(invalid(&meta, "no JobOrder", reply));
     };
-    let has_id = ["JobOrderID", "job_order_id"].iter().any(|k| {
-        order
-            .get(k)
-            .is_some_and(|v| !v.is_null() && v.as_str() != Some(""))
-    });
-    if !has_id {
-        return Ok(invalid(&meta, "no JobOrderID", reply));
+    let id = ["JobOrderID", "job_order_id"]
+        .iter()
+        .find_map(|k| order.get(k).filter(|v| !v.is_null()));
+    match id.map(|v| v.as_str().map(usable_id)) {
+        None | Some(Some(Err("empty"))) => return Ok(invalid(&meta, "no JobOrderID", reply)),
+        Some(Some(Err(why))) => return Ok(invalid(&meta, why, reply)),
+        // A non-string id is a payload error, reported by `normalise`.
+        Some(None) | Some(Some(Ok(()))) => {}
     }
     let order = normalise(order)?;
     let cause = cause(&meta);
@@ -181,6 +195,9 @@ macro_rules! id_handler {
             let Some(id) = req.job_order_id.filter(|i| !i.is_empty()) else {
                 return Ok(invalid(&meta, "no JobOrderID", reply));
             };
+            if let Err(why) = usable_id(&id) {
+                return Ok(invalid(&meta, why, reply));
+            }
             let effect = m.call(&scope, &id, $method, &cause(&meta)).await?;
             Ok(outcome(&scope, &meta, &effect, reply))
         }
@@ -210,7 +227,7 @@ async fn by_id(
         job_response: r,
         return_status: s.value(),
     };
-    let (Some(scope), Some(id)) = (scope, req.job_order_id.filter(|i| !i.is_empty())) else {
+    let (Some(scope), Some(id)) = (scope, req.job_order_id.filter(|i| usable_id(i).is_ok())) else {
         return Ok(reply(ReturnStatus::InvalidRequest, None));
     };
     Ok(match m.response(&scope, &id).await? {

@@ -192,11 +192,13 @@ impl<T: IntoOutcome, E: Into<HandlerError>> IntoOutcome for Result<T, E> {
 
 impl From<crate::transport::TransportError> for HandlerError {
     fn from(e: crate::transport::TransportError) -> Self {
+        use crate::transport::TransportError as T;
         match e {
-            crate::transport::TransportError::Timeout { .. } => {
-                HandlerError::terminal(ErrorKind::Timeout, e.to_string())
+            T::Timeout { .. } => HandlerError::terminal(ErrorKind::Timeout, e.to_string()),
+            T::Invalid { .. } => HandlerError::terminal(ErrorKind::PropertyInvalid, e.to_string()),
+            T::Closed(_) | T::Publish { .. } => {
+                HandlerError::retryable(ErrorKind::CommunicationError, e.to_string())
             }
-            _ => HandlerError::retryable(ErrorKind::CommunicationError, e.to_string()),
         }
     }
 }

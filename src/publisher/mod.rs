@@ -5,7 +5,8 @@
 //!
 //! Per scope, for each batch of changes:
 //!
-//! 1. `{prefix}/{scope}/order/{id}` = `{"JobOrder":…,"State":[…]}` for every
+//! 1. `{prefix}/{scope}/order/{id}` (the id percent-encoded for `%`, `/`,
+//!    `+`, `#` and control characters, wire contract §8) = `{"JobOrder":…,"State":[…]}` for every
 //!    changed job, a zero-byte retained message when it reached EndState or
 //!    was purged; `{prefix}/{scope}/result/{id}` = the job response when the
 //!    job is Ended or Aborted and has one (zero bytes on EndState).
@@ -20,7 +21,7 @@
 //! poll.
 
 use crate::app::{Backoff, Redis, Shutdown};
-use crate::envelope::{CloudEvent, ContentType};
+use crate::envelope::{encode_level, escape_for_mqtt, CloudEvent, ContentType};
 use crate::jobs::state::{JobState, MainState};
 use crate::jobs::store::{parse_state_key, JobStore, StoreError};
 use crate::transport::{Outgoing, Publisher};
@@ -266,15 +267,26 @@ impl MesPublisher {
         }
         let mut msg = Outgoing::new(topic, e);
         msg.retain = true;
-        self.out.publish(msg).await?;
-        Ok(())
+        match self.out.publish(msg).await {
+            // One topic that can never be published (a scope stored before
+            // scopes were checked) must not stop every other scope: it is
+            // skipped with a log line, the batch goes on.
+            Err(e) if !e.is_retryable() => {
+                warn!(scope = %escape_for_mqtt(scope), error = %e, "retained topic skipped: it can never be published");
+                Ok(())
+            }
+            r => r.map_err(PublishError::from),
+        }
     }
 
     async fn publish_batch(&self, scope: &str, ids: &[String]) -> Result<(), PublishError> {
         let jobs = self.store.get_many(scope, ids).await?;
         for id in ids {
-            let order_topic = self.topic(scope, &format!("order/{id}"));
-            let result_topic = self.topic(scope, &format!("result/{id}"));
+            // Ids are data, topic levels are addressing: `PO#4711` is
+            // retained under `order/PO%234711` (wire contract §8).
+            let level = encode_level(id);
+            let order_topic = self.topic(scope, &format!("order/{level}"));
+            let result_topic = self.topic(scope, &format!("result/{level}"));
             match jobs.iter().find(|j| &j.id == id) {
                 Some(j) if j.state.main != MainState::EndState => {
                     let body = serde_json::to_vec(&OrderTopic {

@@ -81,7 +81,16 @@ pub enum EngineError {
 
 impl From<EngineError> for HandlerError {
     fn from(e: EngineError) -> Self {
-        HandlerError::retryable(ErrorKind::ServiceUnavailable, e.to_string())
+        match e {
+            EngineError::Redis(e) => e.into(),
+            EngineError::Store(e) => e.into(),
+            e @ EngineError::Corrupt { .. } => {
+                HandlerError::terminal(ErrorKind::InternalLogicError, e.to_string())
+            }
+            e @ EngineError::Send(_) => {
+                HandlerError::retryable(ErrorKind::ServiceUnavailable, e.to_string())
+            }
+        }
     }
 }
 
@@ -1117,7 +1126,13 @@ impl Engine {
 
     /// Routes a result or event from equipment to its job.
     async fn route(&self, ev: &CloudEvent) -> Result<(), EngineError> {
-        let correlation = ev.correlationid.as_ref().map(|c| c.as_str().to_owned());
+        // Matched by the Correlation Data bytes the command carried, never
+        // by their rendering: a device may echo only the bytes, and a
+        // 16-byte command id then renders as a UUID (wire contract §8).
+        let correlation = ev
+            .correlationid
+            .as_ref()
+            .map(|c| c.bytes_as_str().unwrap_or(c.as_str()).to_owned());
         if let Some((scope, job, _, _)) = correlation.as_deref().and_then(exec::parse_command_id) {
             let outcome = match &ev.mdcserrorkind {
                 Some(kind) => Err(format!(

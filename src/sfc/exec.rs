@@ -315,8 +315,9 @@ impl Exec {
     }
 
     /// The stable command id of an action run:
-    /// `{scope}/{job}/{action}/{activation}`, each part with `%` and `/`
-    /// percent-encoded, so [`parse_command_id`] can take it apart again.
+    /// `{scope}/{job}/{action}/{activation}`, each part with `%`, `/`, `+`,
+    /// `#` and control characters percent-encoded, so [`parse_command_id`]
+    /// can take it apart again.
     pub fn command_id(&self, action: &str, activation: u32) -> String {
         format!(
             "{}/{}/{}/{activation}",
@@ -887,12 +888,15 @@ impl Exec {
     }
 }
 
+/// A command id part: `%`, `/`, `+`, `#` and control characters
+/// percent-encoded, so the id splits on `/` and is always a valid MQTT
+/// string, whatever the job id holds (wire contract §8).
 fn enc(s: &str) -> String {
-    s.replace('%', "%25").replace('/', "%2F")
+    crate::envelope::encode_level(s).into_owned()
 }
 
-fn dec(s: &str) -> String {
-    s.replace("%2F", "/").replace("%25", "%")
+fn dec(s: &str) -> Option<String> {
+    crate::envelope::decode_level(s)
 }
 
 /// Scope, job, action and activation of a command id made by
@@ -904,7 +908,12 @@ pub fn parse_command_id(id: &str) -> Option<(String, String, String, u32)> {
     if parts.next().is_some() || scope.is_empty() || job.is_empty() {
         return None;
     }
-    Some((dec(scope), dec(job), dec(action), activation.parse().ok()?))
+    Some((
+        dec(scope)?,
+        dec(job)?,
+        dec(action)?,
+        activation.parse().ok()?,
+    ))
 }
 
 fn limit_of(recipe: &Recipe, action: &str) -> Option<u64> {

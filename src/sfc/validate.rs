@@ -35,7 +35,8 @@
 //!   `TypeId` the `S` action it resets, which must exist. `D` needs
 //!   `DelaySeconds`, `L` needs `DurationSeconds` (> 0), and neither is
 //!   allowed on other qualifiers; times are finite and ≥ 0. `Retry` only on
-//!   `push_command`. `Equipment`, when given, is not empty.
+//!   `push_command`. `Equipment`, when given, is one or more `/`-separated
+//!   MQTT topic levels: none empty, none with `+`, `#` or a control character.
 
 use super::condition::{Condition, VARIABLES};
 use super::recipe::{
@@ -693,11 +694,19 @@ fn check_action(
         }
     }
 
-    if a.equipment.as_deref() == Some("") {
-        errors.push(
+    match a.equipment.as_deref() {
+        Some("") => errors.push(
             at("Equipment"),
             "Equipment is empty; omit it to address the job's scope",
-        );
+        ),
+        // Each level becomes a topic level and part of the command's
+        // subject (wire contract §8).
+        Some(eq) => {
+            if let Err(e) = crate::envelope::check_topic_path("Equipment", eq) {
+                errors.push(at("Equipment"), e.to_string());
+            }
+        }
+        None => {}
     }
 
     if errors.len() > before {

@@ -66,7 +66,17 @@ pub enum TransportError {
         /// How long we waited.
         after: Duration,
     },
-    /// The transport refused the message.
+    /// The message can never be sent as it is (a topic or string MQTT does
+    /// not allow): terminal for that message, never retried.
+    #[error("cannot publish to '{topic}': {reason}")]
+    Invalid {
+        /// Destination topic (with forbidden characters escaped).
+        topic: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The transport could not queue the message (its connection task
+    /// ended): may work later.
     #[error("cannot publish to '{topic}': {reason}")]
     Publish {
         /// Destination topic.
@@ -74,6 +84,18 @@ pub enum TransportError {
         /// Why.
         reason: String,
     },
+}
+
+impl TransportError {
+    /// Whether trying again may help: only unavailability is retryable (a
+    /// closed transport, a message that could not be queued); an invalid
+    /// message or a request that got no reply is not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Closed(_) | TransportError::Publish { .. }
+        )
+    }
 }
 
 /// What an [`Emitter`](crate::Emitter) needs from a transport.

@@ -12,7 +12,7 @@ use super::pending::Pending;
 use super::{BoxFuture, Outgoing, Publisher, TopicBinding, TransportError};
 use crate::binding::mqtt::{self as mb, Inbound, Rejected, ReplyTo};
 use crate::dedupe::{Claim, Dedupe};
-use crate::envelope::{CloudEvent, ContentType};
+use crate::envelope::{escape_for_mqtt, CloudEvent, ContentType};
 use crate::error::{ErrorKind, HandlerError};
 use crate::metrics::Metrics;
 use crate::processor::{Bound, Outcome, Processor};
@@ -102,6 +102,10 @@ impl MqttSettings {
         }
     }
 }
+
+/// The `type` of an error reply to a request that had no `type` of its own
+/// (a CloudEvent needs one, and an empty one would be refused as input).
+pub const ERROR_REPLY_TYPE: &str = "io.microdcs.error.v1";
 
 struct Route {
     processor: Processor,
@@ -690,9 +694,18 @@ impl MqttTransport {
         Ok(())
     }
 
+    /// The attributes every reply shares: the request's `type` (or
+    /// [`ERROR_REPLY_TYPE`] for a request that had none), its `id` as
+    /// `causationid` when it had one, its correlation, subject and trace
+    /// context. No attribute is ever empty.
     fn reply_skeleton(&self, req: &CloudEvent) -> CloudEvent {
-        let mut reply = CloudEvent::new(req.ty.clone(), self.settings.source.clone());
-        reply.causationid = Some(req.id.clone());
+        let ty = if req.ty.is_empty() {
+            ERROR_REPLY_TYPE.to_owned()
+        } else {
+            req.ty.clone()
+        };
+        let mut reply = CloudEvent::new(ty, self.settings.source.clone());
+        reply.causationid = Some(req.id.clone()).filter(|id| !id.is_empty());
         reply.correlationid = req.correlationid.clone();
         reply.subject = req.subject.clone();
         reply.traceparent = req.traceparent.clone();
@@ -711,9 +724,20 @@ impl MqttTransport {
     async fn send_error_reply(&self, req: &CloudEvent, to: Option<&ReplyTo>, e: &HandlerError) {
         let Some(to) = to else { return };
         let mut reply = self.reply_skeleton(req);
+        // Messages and context quote what the client sent (a job id, a
+        // property): escaped, so the reply is always a packet MQTT allows.
         reply.mdcserrorkind = Some(e.kind.as_str().to_owned());
-        reply.mdcserrormessage = Some(e.message.clone());
-        reply.mdcserrorcontext = e.context.clone();
+        reply.mdcserrormessage = Some(escape_for_mqtt(&e.message).into_owned());
+        reply.mdcserrorcontext = e
+            .context
+            .iter()
+            .map(|(k, v)| {
+                (
+                    escape_for_mqtt(k).into_owned(),
+                    escape_for_mqtt(v).into_owned(),
+                )
+            })
+            .collect();
         if let Err(err) = self.publish_reply(reply, to).await {
             warn!(error = %err, "cannot send error reply");
         }
@@ -769,20 +793,31 @@ impl MqttTransport {
         }
         props.topic_alias = None;
         props.subscription_identifiers.clear();
-        props
-            .user_properties
-            .push(("x-dead-letter-reason".into(), r.message.clone()));
+        props.user_properties.push((
+            "x-dead-letter-reason".into(),
+            escape_for_mqtt(&r.message).into_owned(),
+        ));
         props
             .user_properties
             .push(("x-dead-letter-kind".into(), r.kind.as_str().into()));
-        props
-            .user_properties
-            .push(("x-dead-letter-topic".into(), topic.to_owned()));
+        props.user_properties.push((
+            "x-dead-letter-topic".into(),
+            escape_for_mqtt(topic).into_owned(),
+        ));
         if let Some(pname) = processor {
             props
                 .user_properties
                 .push(("x-dead-letter-processor".into(), pname.to_owned()));
         }
+        // The original's strings are what a broker let through; one that
+        // MQTT forbids must not take the connection down with it.
+        for (k, v) in &mut props.user_properties {
+            *k = escape_for_mqtt(k).into_owned();
+            *v = escape_for_mqtt(v).into_owned();
+        }
+        props.content_type = props
+            .content_type
+            .map(|ct| escape_for_mqtt(&ct).into_owned());
         match self
             .client
             .publish_with_properties(
@@ -850,6 +885,13 @@ impl MqttTransport {
         let out = mb::encode(&msg.event, msg.correlation_data.clone());
         let mut props = out.properties;
         props.response_topic = msg.response_topic.clone();
+        if let Err(e) = mb::check_outbound(&msg.topic, &props) {
+            self.metrics.error(ErrorKind::PropertyInvalid);
+            return Err(TransportError::Invalid {
+                topic: crate::envelope::escape_for_mqtt(&msg.topic).into_owned(),
+                reason: e.to_string(),
+            });
+        }
         let qos = if msg.qos == 0 {
             QoS::AtMostOnce
         } else {

@@ -28,6 +28,16 @@ pub struct Equipment {
 
 impl Equipment {
     pub async fn start(port: u16, answer: Answer) -> Equipment {
+        Self::start_with(port, answer, false).await
+    }
+
+    /// Equipment as a plain MQTT v5 device: its replies echo the command's
+    /// Correlation Data but carry no `correlationid` user property.
+    pub async fn start_echoing_only_correlation_data(port: u16, answer: Answer) -> Equipment {
+        Self::start_with(port, answer, true).await
+    }
+
+    async fn start_with(port: u16, answer: Answer, bare: bool) -> Equipment {
         let mut c = TestClient::connect(port, "equipment").await;
         c.subscribe(&format!("{EQUIPMENT_PREFIX}/+/commands")).await;
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
@@ -60,7 +70,9 @@ impl Equipment {
                     continue;
                 };
                 let mut reply = CloudEvent::new(cmd.ty.clone(), "test-equipment");
-                reply.correlationid = cmd.correlationid.clone();
+                if !bare {
+                    reply.correlationid = cmd.correlationid.clone();
+                }
                 reply.causationid = Some(cmd.id.clone());
                 reply.subject = cmd.subject.clone();
                 match answer {
