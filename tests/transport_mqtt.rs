@@ -227,7 +227,7 @@ async fn reply_and_event_carry_attributes_and_events_go_to_the_scope_topic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_command_is_processed_once_and_acknowledged() {
+async fn duplicate_command_is_processed_once_acknowledged_and_answered_with_the_first_reply() {
     init_tracing();
     let m = Mosquitto::start();
     let r = Redis::start();
@@ -235,21 +235,50 @@ async fn duplicate_command_is_processed_once_and_acknowledged() {
     let st = station(&m, &r, "s1", seen.clone()).await;
     let mut mes = TestClient::connect(m.port(), "mes").await;
     mes.subscribe("mes/replies").await;
-    for _ in 0..3 {
+    mes.subscribe("mes/replies-2").await;
+    for i in 0..3u8 {
+        // An MES that re-sends because the first reply was lost, each time
+        // with its own Correlation Data (the last one to another topic).
+        let topic = if i == 2 {
+            "mes/replies-2"
+        } else {
+            "mes/replies"
+        };
         mes.publish(
             "app/test/commands",
             r#"{"N":1}"#,
-            ce_props("test.ping.v1", "same-id", None, Some("mes/replies"), None),
+            ce_props("test.ping.v1", "same-id", None, Some(topic), Some(&[i])),
         )
         .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A different source with the same id is a different message.
     let mut other = ce_props("test.ping.v1", "same-id", None, Some("mes/replies"), None);
     other.user_properties[2].1 = "other-mes".into();
     mes.publish("app/test/commands", r#"{"N":1}"#, other).await;
     let replies = mes.drain(Duration::from_secs(2)).await;
-    assert_eq!(replies.len(), 2, "duplicates get no second reply");
-    assert_eq!(seen.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(replies.len(), 4, "every delivery is answered");
+    assert_eq!(
+        seen.calls.load(Ordering::SeqCst),
+        2,
+        "duplicates are not processed again"
+    );
+    let first = &replies[0];
+    for (i, dup) in replies[..3].iter().enumerate() {
+        assert_eq!(dup.payload, first.payload, "the original reply");
+        assert_eq!(
+            user_prop(dup, "id"),
+            user_prop(first, "id"),
+            "the original reply id"
+        );
+        assert_eq!(user_prop(dup, "dataschema"), Some("urn:test:pong"));
+        assert_eq!(
+            dup.properties.as_ref().unwrap().correlation_data.as_deref(),
+            Some(&[i as u8][..]),
+            "each answer carries its own request's Correlation Data"
+        );
+    }
+    assert_eq!(&replies[2].topic[..], b"mes/replies-2");
     let metrics = st.transport.metrics().snapshot();
     assert_eq!(metrics.duplicates, 2);
     // Acknowledged: after a restart of the station with the same client id
@@ -855,4 +884,99 @@ async fn msgpack_payload_is_decoded() {
     let reply = mes.recv(WAIT).await.expect("reply");
     assert_eq!(&reply.payload[..], br#"{"N":8}"#);
     st.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_failing_retryably_is_dead_lettered_after_its_attempts() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    async fn flaky(_p: Ping) -> Result<Pong, HandlerError> {
+        Err(HandlerError::retryable(
+            microdcs::ErrorKind::ServiceUnavailable,
+            "backend \u{1} down",
+        ))
+    }
+    let p = Processor::northbound("flaky").handle(flaky).build();
+    let mut s = station::settings(m.port(), "s1");
+    s.max_attempts = 3;
+    let st = station::start(s, Some(r.url()), vec![(p, TopicBinding::new("app/flaky"))]).await;
+    let mut mes = TestClient::connect(m.port(), "mes").await;
+    mes.subscribe("mes/replies").await;
+    let mut dlq = TestClient::connect(m.port(), "dlq").await;
+    dlq.subscribe("microdcs/dead-letter").await;
+    mes.publish(
+        "app/flaky/commands",
+        r#"{"N":1}"#,
+        ce_props("test.ping.v1", "f1", None, Some("mes/replies"), Some(b"f")),
+    )
+    .await;
+    let dead = dlq
+        .recv(WAIT)
+        .await
+        .expect("dead-lettered, not retried forever");
+    assert_eq!(
+        user_prop(&dead, "x-dead-letter-kind"),
+        Some("SERVICE_UNAVAILABLE")
+    );
+    let reason = user_prop(&dead, "x-dead-letter-reason").unwrap();
+    assert!(reason.contains("gave up after 3 attempts"), "{reason}");
+    // One error reply when it first failed, one when it was given up.
+    let replies = mes.drain(Duration::from_secs(1)).await;
+    assert_eq!(replies.len(), 2);
+    assert!(replies
+        .iter()
+        .all(|p| user_prop(p, "mdcserrorkind") == Some("SERVICE_UNAVAILABLE")));
+    assert!(
+        user_prop(&replies[1], "mdcserrorcontext").is_some_and(|c| c.contains("attempts=3")),
+        "{:?}",
+        user_prop(&replies[1], "mdcserrorcontext")
+    );
+    // Acknowledged: nothing is redelivered to a restarted station.
+    assert!(dlq.recv(Duration::from_secs(2)).await.is_none());
+    st.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_reply_to_a_message_without_type_or_id_carries_no_empty_attribute() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let seen = Arc::new(Seen::default());
+    let st = station(&m, &r, "s1", seen.clone()).await;
+    let mut mes = TestClient::connect(m.port(), "mes").await;
+    mes.subscribe("mes/replies").await;
+    let mut props = ce_props("x", "y", None, Some("mes/replies"), Some(b"c"));
+    props
+        .user_properties
+        .retain(|(k, _)| k != "type" && k != "id");
+    mes.publish("app/test/commands", r#"{"N":1}"#, props).await;
+    let reply = mes.recv(WAIT).await.expect("error reply");
+    assert_eq!(
+        user_prop(&reply, "mdcserrorkind"),
+        Some("MISSING_USER_PROPERTY")
+    );
+    for (k, v) in &reply.properties.as_ref().unwrap().user_properties {
+        assert!(!v.is_empty(), "attribute '{k}' is empty");
+    }
+    assert!(user_prop(&reply, "type").is_some());
+    assert!(user_prop(&reply, "causationid").is_none());
+    st.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_one_client_id_back_off_instead_of_fighting() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let a = station(&m, &r, "same", Arc::new(Seen::default())).await;
+    let b = station(&m, &r, "same", Arc::new(Seen::default())).await;
+    // Each connection takes the session from the other; without backing
+    // off they would reconnect every 50-500 ms.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let reconnects =
+        a.transport.metrics().snapshot().reconnects + b.transport.metrics().snapshot().reconnects;
+    assert!(reconnects <= 6, "{reconnects} reconnects in 8 s");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
 }

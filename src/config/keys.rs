@@ -373,6 +373,19 @@ pub(super) static KEYS: &[Key] = &[
         },
         get: |c| secs(c.processing.shutdown_grace_period),
     },
+    Key {
+        section: "processing",
+        name: "max_attempts",
+        env: Some("APP_PROCESSING_MAX_ATTEMPTS"),
+        set: |c, v| {
+            let n = v.integer(1, 1_000_000).map_err(|e| {
+                format!("{e} (how often a message whose failures are retryable is tried before it is dead-lettered)")
+            })?;
+            c.processing.max_attempts = n as u32;
+            Ok(())
+        },
+        get: |c| Shown::Int(u64::from(c.processing.max_attempts)),
+    },
     // [publisher]
     Key {
         section: "publisher",

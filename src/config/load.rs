@@ -140,6 +140,7 @@ impl Config {
                 message_expiry_interval: t.message_expiry,
                 shared_subscription_name: None,
                 shutdown_grace_period: t.shutdown_grace,
+                max_attempts: t.max_attempts,
             },
             processors: BTreeMap::new(),
             publisher: PublisherConfig {

@@ -33,6 +33,7 @@
 //! | `processing.message_expiry_interval` (s) | `APP_PROCESSING_MESSAGE_EXPIRY_INTERVAL` | unset |
 //! | `processing.shared_subscription_name` | `APP_PROCESSING_SHARED_SUBSCRIPTION_NAME` | unset |
 //! | `processing.shutdown_grace_period` (s) | `APP_PROCESSING_SHUTDOWN_GRACE_PERIOD` | `10` |
+//! | `processing.max_attempts` | `APP_PROCESSING_MAX_ATTEMPTS` | `30` |
 //! | `processors.{name}.prefix` | `APP_PROCESSING_TOPIC_PREFIXES` (`name:prefix,…`) | the processor's |
 //! | `processors.{name}.wildcard_levels` | `APP_PROCESSING_TOPIC_WILDCARD_LEVELS` (`name:N,…`) | the processor's |
 //! | `processors.{name}.discriminator` | `APP_PROCESSING_TOPIC_DISCRIMINATORS` (`name:disc,…`) | the processor's |
@@ -237,6 +238,9 @@ pub struct ProcessingConfig {
     pub shared_subscription_name: Option<String>,
     /// How long shutdown waits for in-flight work (file: whole seconds).
     pub shutdown_grace_period: Duration,
+    /// Attempts at a message whose failures are retryable (Redis or the
+    /// broker unavailable) before it is dead-lettered with its history.
+    pub max_attempts: u32,
 }
 
 /// `[processors.{name}]`: topics of one processor. Unset fields keep the
@@ -347,6 +351,7 @@ impl Config {
         s.events_qos = self.mqtt.events_qos;
         s.shutdown_grace = self.processing.shutdown_grace_period;
         s.message_expiry = self.processing.message_expiry_interval;
+        s.max_attempts = self.processing.max_attempts;
         s
     }
 

@@ -5,7 +5,10 @@
 //! releases the claim, so the message is never marked as seen without being
 //! processed (MicroDCS marks before processing). Duplicates of a done
 //! message are acknowledged without running the handler (MicroDCS never
-//! acknowledges them, so the broker keeps resending).
+//! acknowledges them, so the broker keeps resending), and answered with the
+//! reply the first delivery got, kept with the done marker for the dedupe
+//! window: an MES that re-sends because the first reply was lost gets its
+//! answer (wire contract §1, Deduplication).
 
 use redis::aio::ConnectionManager;
 use redis::Script;
@@ -16,13 +19,30 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("clai
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("extend.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 
+/// The reply a processed message got, kept to answer its duplicates.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredReply {
+    /// The reply's `id`.
+    pub id: String,
+    /// Its `dataschema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<String>,
+    /// Its `datacontenttype`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    /// Its payload, standard base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
 /// The answer to a claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// This delivery may process the message.
     Claimed,
-    /// The message was processed before: acknowledge and skip.
-    Duplicate,
+    /// The message was processed before: acknowledge, skip, and answer with
+    /// the stored reply if there is one.
+    Duplicate(Option<StoredReply>),
     /// Another delivery of the same message is being processed: wait and ask again.
     Busy,
 }
@@ -62,29 +82,45 @@ impl Dedupe {
     pub async fn claim(&self, source: &str, id: &str, token: &str) -> redis::RedisResult<Claim> {
         let mut c = self.conn.clone();
         let lease = self.lease.as_millis().max(1) as u64;
-        let r: String = CLAIM
+        let r: Vec<String> = CLAIM
             .key(self.key(source, id))
             .arg(token)
             .arg(lease)
             .invoke_async(&mut c)
             .await?;
-        Ok(match r.as_str() {
-            "claimed" => Claim::Claimed,
-            "duplicate" => Claim::Duplicate,
+        Ok(match r.first().map(String::as_str) {
+            Some("claimed") => Claim::Claimed,
+            Some("duplicate") => Claim::Duplicate(
+                // A stored reply that does not parse (written by another
+                // version) still marks a duplicate; it just is not replayed.
+                r.get(1)
+                    .filter(|s| !s.is_empty())
+                    .and_then(|s| serde_json::from_str(s).ok()),
+            ),
             _ => Claim::Busy,
         })
     }
 
-    /// Marks the message as processed for the dedupe window.
+    /// Marks the message as processed for the dedupe window, keeping the
+    /// reply it got (if any) to answer duplicates.
     ///
     /// # Errors
     /// Redis is unreachable.
-    pub async fn commit(&self, source: &str, id: &str) -> redis::RedisResult<()> {
+    pub async fn commit(
+        &self,
+        source: &str,
+        id: &str,
+        reply: Option<&StoredReply>,
+    ) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let ttl = self.ttl.as_secs().max(1);
+        let value = match reply.and_then(|r| serde_json::to_string(r).ok()) {
+            Some(json) => format!("done:{json}"),
+            None => "done".to_owned(),
+        };
         redis::cmd("SET")
             .arg(self.key(source, id))
-            .arg("done")
+            .arg(value)
             .arg("EX")
             .arg(ttl)
             .query_async::<()>(&mut c)

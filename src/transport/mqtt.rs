@@ -11,11 +11,13 @@
 use super::pending::Pending;
 use super::{BoxFuture, Outgoing, Publisher, TopicBinding, TransportError};
 use crate::binding::mqtt::{self as mb, Inbound, Rejected, ReplyTo};
-use crate::dedupe::{Claim, Dedupe};
+use crate::dedupe::{Claim, Dedupe, StoredReply};
 use crate::envelope::{escape_for_mqtt, CloudEvent, ContentType};
 use crate::error::{ErrorKind, HandlerError};
 use crate::metrics::Metrics;
 use crate::processor::{Bound, Outcome, Processor};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use bytes::Bytes;
 use rand::Rng;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
@@ -69,6 +71,9 @@ pub struct MqttSettings {
     pub events_qos: u8,
     /// How long shutdown waits for in-flight work and outgoing acks.
     pub shutdown_grace: Duration,
+    /// Attempts at a message whose failures are retryable before it is
+    /// dead-lettered with the history of its errors.
+    pub max_attempts: u32,
     /// Message Expiry Interval given to outgoing commands and events that
     /// carry no `expiryinterval` of their own (replies and retained messages
     /// excepted).
@@ -98,10 +103,23 @@ impl MqttSettings {
             source: "microdcs".into(),
             events_qos: 1,
             shutdown_grace: Duration::from_secs(10),
+            max_attempts: 30,
             message_expiry: None,
         }
     }
 }
+
+/// How long a connection must have lasted for its loss to reset the
+/// reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
+/// Connections in a row that end within [`STABLE_CONNECTION`] before the
+/// transport assumes another process uses its client id.
+const FLAPS_BEFORE_BACKING_OFF: u32 = 3;
+
+/// The least delay before reconnecting after the broker handed our session
+/// to another connection with the same client id.
+const TAKEN_OVER_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The `type` of an error reply to a request that had no `type` of its own
 /// (a CloudEvent needs one, and an empty one would be refused as input).
@@ -127,6 +145,9 @@ pub struct MqttTransport {
     connected: watch::Sender<bool>,
     subscribed: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
+    /// Set when the broker said "session taken over" (another connection
+    /// with our client id); read by the reconnect loop.
+    taken_over: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for MqttTransport {
@@ -178,6 +199,7 @@ impl MqttTransport {
             connected: watch::channel(false).0,
             subscribed: watch::channel(false).0,
             shutdown: watch::channel(false).0,
+            taken_over: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -259,13 +281,18 @@ impl MqttTransport {
         let mut eventloop = lock(&self.eventloop)
             .take()
             .ok_or_else(|| TransportError::Closed(self.name.clone()))?;
-        let (tx, rx) = mpsc::unbounded_channel::<Publish>();
+        let (tx, rx) = mpsc::unbounded_channel::<Received>();
         let permits = Arc::new(Semaphore::new(self.settings.max_inflight.max(1) as usize));
         let dispatcher = tokio::spawn(self.clone().dispatch_loop(rx, permits.clone()));
         let mut shutdown = self.shutdown.subscribe();
         let mut backoff = self.settings.reconnect_min;
         let mut failures = 0u32;
         let mut pause: Option<Duration> = None;
+        // When the current connection was accepted: a connection that drops
+        // soon after (flapping) keeps growing the backoff instead of
+        // resetting it.
+        let mut connected_at: Option<tokio::time::Instant> = None;
+        let mut short_lived = 0u32;
         info!(transport = %self.name, host = %self.settings.host, port = self.settings.port, client_id = %self.settings.client_id, "mqtt transport starting");
         loop {
             tokio::select! {
@@ -278,15 +305,46 @@ impl MqttTransport {
                         }
                         if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
                             failures = 0;
-                            backoff = self.settings.reconnect_min;
+                            connected_at = Some(tokio::time::Instant::now());
                         }
                         self.on_event(ev, &tx);
                     }
                     Err(e) => {
                         self.connected.send_replace(false);
                         failures += 1;
+                        match connected_at.take().map(|t| t.elapsed() >= STABLE_CONNECTION) {
+                            Some(true) => {
+                                backoff = self.settings.reconnect_min;
+                                short_lived = 0;
+                            }
+                            Some(false) => short_lived += 1,
+                            None => {}
+                        }
+                        // rumqttc reports the broker's DISCONNECT as an
+                        // error; Mosquitto may also just close the socket
+                        // of the connection it replaced, so connections
+                        // dropped again and again right after they were
+                        // accepted count as the same signal.
+                        let taken_over = self.taken_over.swap(false, std::sync::atomic::Ordering::SeqCst)
+                            || short_lived >= FLAPS_BEFORE_BACKING_OFF
+                            || matches!(
+                                &e,
+                                rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
+                                    reason_code: rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver,
+                                    ..
+                                })
+                            );
+                        if taken_over {
+                            // Another process connected with our client id.
+                            // Reconnecting at once would take the session
+                            // back and start a fight many times a second.
+                            backoff = backoff.max(self.settings.reconnect_max).max(TAKEN_OVER_BACKOFF);
+                            error!(transport = %self.name, client_id = %self.settings.client_id, short_lived, retry_in_s = backoff.as_secs(), "the broker keeps ending this connection right after accepting it (session taken over): most likely another process uses client id '{}' (check POD_ID / mqtt.client_id); backing off", self.settings.client_id);
+                        }
                         let delay = jitter(backoff);
-                        warn!(transport = %self.name, error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost");
+                        if !taken_over {
+                            warn!(transport = %self.name, error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost");
+                        }
                         backoff = (backoff * 2).min(self.settings.reconnect_max);
                         pause = Some(delay);
                     }
@@ -303,7 +361,7 @@ impl MqttTransport {
         Ok(())
     }
 
-    fn on_event(self: &Arc<Self>, ev: Event, tx: &mpsc::UnboundedSender<Publish>) {
+    fn on_event(self: &Arc<Self>, ev: Event, tx: &mpsc::UnboundedSender<Received>) {
         match ev {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 info!(transport = %self.name, session_present = ack.session_present, "mqtt connected");
@@ -318,7 +376,7 @@ impl MqttTransport {
             }
             Event::Incoming(Packet::Publish(p)) => {
                 self.metrics.received();
-                if tx.send(p).is_err() {
+                if tx.send((p, tokio::time::Instant::now())).is_err() {
                     error!(transport = %self.name, "dispatcher stopped; message left unacknowledged for redelivery");
                 }
             }
@@ -338,7 +396,14 @@ impl MqttTransport {
                 }
             }
             Event::Incoming(Packet::Disconnect(d)) => {
-                warn!(transport = %self.name, reason = ?d.reason_code, "broker sent DISCONNECT");
+                if d.reason_code
+                    == rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver
+                {
+                    self.taken_over
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                } else {
+                    warn!(transport = %self.name, reason = ?d.reason_code, "broker sent DISCONNECT");
+                }
             }
             Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) if pkid != 0 => {
                 lock(&self.unacked_out).insert(pkid);
@@ -364,7 +429,7 @@ impl MqttTransport {
 
     async fn dispatch_loop(
         self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<Publish>,
+        mut rx: mpsc::UnboundedReceiver<Received>,
         permits: Arc<Semaphore>,
     ) {
         let mut shutdown = self.shutdown.subscribe();
@@ -381,7 +446,7 @@ impl MqttTransport {
             };
             let this = self.clone();
             tokio::spawn(async move {
-                this.process(p).await;
+                this.process(p.0, p.1).await;
                 drop(permit);
             });
         }
@@ -449,8 +514,31 @@ impl MqttTransport {
     }
 
     /// Handles one received message from decode to acknowledgement.
-    async fn process(&self, p: Publish) {
+    async fn process(&self, p: Publish, received_at: tokio::time::Instant) {
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        // The broker counts the Message Expiry Interval down while it holds
+        // the message; we count the time it waited in our queue.
+        let expiry = p
+            .properties
+            .as_ref()
+            .and_then(|pr| pr.message_expiry_interval);
+        if let Some(secs) = expiry {
+            if received_at.elapsed() >= Duration::from_secs(u64::from(secs)) {
+                let partial = mb::decode(&topic, Bytes::new(), p.properties.as_ref())
+                    .map(|i| i.event)
+                    .unwrap_or_else(|r| r.partial);
+                let rejected = Rejected {
+                    kind: ErrorKind::Timeout,
+                    message: format!(
+                        "the message expired ({secs} s Message Expiry Interval) while it waited to be processed"
+                    ),
+                    partial,
+                    reply_to: reply_to_of(p.properties.as_ref()),
+                };
+                self.reject(&p, &topic, &rejected, None).await;
+                return self.ack(&p).await;
+            }
+        }
         if p.payload.len() > self.settings.max_payload_size {
             let partial = mb::decode(&topic, Bytes::new(), p.properties.as_ref())
                 .map(|i| i.event)
@@ -540,6 +628,11 @@ impl MqttTransport {
     }
 
     /// Runs the handler with dedupe and retries. Returns whether to ack.
+    ///
+    /// A retryable failure is answered once with its error, then retried
+    /// with backoff while the message stays unacknowledged; after
+    /// `max_attempts` failed attempts it is dead-lettered with the history
+    /// of its errors and acknowledged: nothing is retried forever.
     async fn process_routed(&self, route: &Route, inbound: &Inbound, original: &Publish) -> bool {
         let ev = &inbound.event;
         let dedupe = if route.processor.dedupes() {
@@ -551,6 +644,7 @@ impl MqttTransport {
         let mut shutdown = self.shutdown.subscribe();
         let mut delay = Duration::from_millis(50);
         let mut replied_error = false;
+        let mut history: Vec<String> = Vec::new();
         loop {
             let attempt = async {
                 if let Some(d) = &dedupe {
@@ -560,14 +654,8 @@ impl MqttTransport {
                         .map_err(HandlerError::from)?
                     {
                         Claim::Claimed => {}
-                        Claim::Duplicate => return Ok(None),
-                        Claim::Busy => {
-                            return Err(HandlerError::retryable(
-                                ErrorKind::ResourceExhausted,
-                                "another delivery of this message is being processed",
-                            )
-                            .context("busy", "1"))
-                        }
+                        Claim::Duplicate(stored) => return Ok(Attempt::Duplicate(stored)),
+                        Claim::Busy => return Ok(Attempt::Busy),
                     }
                 }
                 let work = route.processor.dispatch(ev.clone(), &inbound.topic);
@@ -592,13 +680,13 @@ impl MqttTransport {
                     None => work.await,
                 };
                 let result = match result {
-                    Ok(outcome) => self.deliver(route, inbound, outcome).await.map(Some),
+                    Ok(outcome) => self.deliver(route, inbound, outcome).await,
                     Err(e) => Err(e),
                 };
                 if let Some(d) = &dedupe {
                     match &result {
-                        Ok(_) => d
-                            .commit(&ev.source, &ev.id)
+                        Ok(reply) => d
+                            .commit(&ev.source, &ev.id, reply.as_ref())
                             .await
                             .map_err(HandlerError::from)?,
                         Err(_) => {
@@ -608,23 +696,59 @@ impl MqttTransport {
                         }
                     }
                 }
-                result
+                result.map(|_| Attempt::Done)
             };
             match attempt.await {
-                Ok(Some(())) => {
+                Ok(Attempt::Done) => {
                     self.metrics.processed();
                     return true;
                 }
-                Ok(None) => {
-                    debug!(id = %ev.id, source = %ev.source, "duplicate acknowledged without processing");
+                Ok(Attempt::Duplicate(stored)) => {
+                    debug!(id = %ev.id, source = %ev.source, replayed = stored.is_some(), "duplicate acknowledged without processing");
                     self.metrics.duplicates();
+                    if let (Some(stored), Some(to)) = (stored, &inbound.reply_to) {
+                        self.replay_reply(ev, stored, to).await;
+                    }
                     return true;
                 }
+                Ok(Attempt::Busy) => {
+                    // The same message is being processed by another
+                    // delivery right now: wait for its outcome.
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(delay)) => {}
+                        _ = shutdown.wait_for(|s| *s) => return false,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
                 Err(e) if e.retryable => {
-                    let busy = e.context.iter().any(|(k, _)| k == "busy");
-                    if !busy && !replied_error {
+                    history.push(e.to_string());
+                    if history.len() >= self.settings.max_attempts.max(1) as usize {
+                        let r = Rejected {
+                            kind: e.kind,
+                            message: format!(
+                                "gave up after {} attempts; last error: {}",
+                                history.len(),
+                                e.message
+                            ),
+                            partial: ev.clone(),
+                            reply_to: inbound.reply_to.clone(),
+                        };
+                        let mut context = e.context.clone();
+                        context.push(("attempts".into(), history.len().to_string()));
+                        context.push(("history".into(), summarise(&history)));
+                        self.reject_with(
+                            Some((original.payload.clone(), original.properties.clone())),
+                            &inbound.topic,
+                            &r,
+                            Some(route.processor.name()),
+                            &context,
+                        )
+                        .await;
+                        return true;
+                    }
+                    if !replied_error {
                         // Tell the requester now; the message stays
-                        // unacknowledged and is retried until it succeeds.
+                        // unacknowledged and is retried.
                         self.metrics.error(e.kind);
                         warn!(processor = route.processor.name(), id = %ev.id, ty = %ev.ty, correlation_id = ?ev.correlationid.as_ref().map(|c| c.as_str().to_owned()), error = %e, "retryable failure; will retry");
                         self.send_error_reply(ev, inbound.reply_to.as_ref(), &e)
@@ -659,15 +783,17 @@ impl MqttTransport {
         }
     }
 
-    /// Sends the reply and the events of a successful outcome.
+    /// Sends the reply and the events of a successful outcome; returns the
+    /// reply to keep for duplicates.
     async fn deliver(
         &self,
         route: &Route,
         inbound: &Inbound,
         outcome: Outcome,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Option<StoredReply>, HandlerError> {
         let req = &inbound.event;
-        if let (Some(body), Some(reply_to)) = (outcome.reply, &inbound.reply_to) {
+        let mut kept = None;
+        if let Some(body) = outcome.reply {
             let data = body.data.map_err(|m| {
                 HandlerError::terminal(
                     ErrorKind::InternalLogicError,
@@ -678,7 +804,15 @@ impl MqttTransport {
             reply.dataschema = body.dataschema;
             reply.data = Some(data);
             reply.datacontenttype = Some(ContentType::DEFAULT_HEADER.into());
-            self.publish_reply(reply, reply_to).await?;
+            kept = Some(StoredReply {
+                id: reply.id.clone(),
+                dataschema: reply.dataschema.clone(),
+                datacontenttype: reply.datacontenttype.clone(),
+                data: reply.data.as_ref().map(|d| BASE64.encode(d)),
+            });
+            if let Some(reply_to) = &inbound.reply_to {
+                self.publish_reply(reply, reply_to).await?;
+            }
         }
         for e in outcome.events {
             let e = e.map_event(|ev| {
@@ -691,7 +825,24 @@ impl MqttTransport {
             });
             route.processor.emitter().emit(e).await?;
         }
-        Ok(())
+        Ok(kept)
+    }
+
+    /// Answers a duplicate with the reply its first delivery got: same
+    /// `id`, payload and schema, sent to the duplicate's Response Topic with
+    /// its Correlation Data.
+    async fn replay_reply(&self, req: &CloudEvent, stored: StoredReply, to: &ReplyTo) {
+        let mut reply = self.reply_skeleton(req);
+        reply.id = stored.id;
+        reply.dataschema = stored.dataschema;
+        reply.datacontenttype = stored.datacontenttype;
+        reply.data = stored
+            .data
+            .and_then(|d| BASE64.decode(d).ok())
+            .map(Bytes::from);
+        if let Err(e) = self.publish_reply(reply, to).await {
+            warn!(error = %e, "cannot replay the reply to a duplicate");
+        }
     }
 
     /// The attributes every reply shares: the request's `type` (or
@@ -966,6 +1117,31 @@ impl Publisher for MqttTransport {
     fn instance_id(&self) -> &str {
         &self.settings.instance_id
     }
+}
+
+/// A received PUBLISH and when it arrived.
+type Received = (Publish, tokio::time::Instant);
+
+/// What one attempt at a message came to.
+enum Attempt {
+    /// Processed: acknowledge.
+    Done,
+    /// Processed before: acknowledge, answer with the stored reply.
+    Duplicate(Option<StoredReply>),
+    /// Another delivery is processing it right now: wait and ask again.
+    Busy,
+}
+
+/// The distinct errors of a message's attempts, oldest first, for its
+/// dead letter.
+fn summarise(history: &[String]) -> String {
+    let mut distinct: Vec<&str> = Vec::new();
+    for h in history {
+        if !distinct.contains(&h.as_str()) {
+            distinct.push(h);
+        }
+    }
+    distinct.join(" | ")
 }
 
 fn rejection(i: &Inbound, kind: ErrorKind, message: String) -> Rejected {
