@@ -667,6 +667,94 @@ async fn no_command_follows_interrupted_and_resume_sends_what_pause_held_back() 
     s.station.stop().await;
 }
 
+/// Pretends another replica is sending a command of `job` right now: a
+/// dispatch lease expiring `ms` from now (Redis server time).
+async fn foreign_lease(r: &Redis, job: &str, ms: u64) -> String {
+    let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let member = format!("axle/{job}/clamp/1\u{1f}other-replica");
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("t:{{axle}}:lease:{job}"))
+        .arg(secs * 1000 + micros / 1000 + ms)
+        .arg(&member)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    member
+}
+
+/// Aborts `job` from a client of its own; resolves with the ReturnStatus.
+fn abort_in_background(port: u16, job: &str) -> tokio::task::JoinHandle<u64> {
+    let job = job.to_owned();
+    tokio::spawn(async move {
+        let mut mes = Mes::connect(port, &format!("mes-{job}")).await;
+        mes.status("Abort", "axle", json!({"JobOrderID": job}))
+            .await
+    })
+}
+
+/// No Aborted status event of `job` arrives within `window`.
+async fn not_aborted_within(mes: &mut Mes, job: &str, window: Duration) {
+    for p in mes.events.drain(window).await {
+        let v: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+        assert!(
+            !(v["JobOrder"]["JobOrderID"] == job
+                && state_texts(&v["JobState"]).first().map(String::as_str) == Some("Aborted")),
+            "Aborted published while a command of {job} was being sent"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_running_waits_for_a_command_being_sent_on_another_replica() {
+    let (mut s, _eq) = setup(silent()).await;
+    let port = s._m.port();
+    store_recipe(&mut s.mes, "axle", one_command()).await;
+    for job in ["l1", "l2"] {
+        assert_eq!(
+            s.mes
+                .status("StoreAndStart", "axle", json!({"JobOrder": order(job)}))
+                .await,
+            1
+        );
+        until_state(&mut s.mes, job, &["Running"]).await;
+    }
+    let mut c =
+        s._r.client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+
+    // The other replica finishes its send: Aborted follows at once.
+    let member = foreign_lease(&s._r, "l1", 20_000).await;
+    let abort = abort_in_background(port, "l1");
+    not_aborted_within(&mut s.mes, "l1", Duration::from_millis(800)).await;
+    let _: i64 = redis::cmd("ZREM")
+        .arg("t:{axle}:lease:l1")
+        .arg(&member)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let released = tokio::time::Instant::now();
+    until_state(&mut s.mes, "l1", &["Aborted"]).await;
+    assert!(released.elapsed() < Duration::from_secs(1));
+    assert_eq!(abort.await.unwrap(), 1);
+
+    // The other replica died mid-send: Aborted follows when its lease
+    // expires, not before.
+    foreign_lease(&s._r, "l2", 1_500).await;
+    let started = tokio::time::Instant::now();
+    let abort = abort_in_background(port, "l2");
+    until_state(&mut s.mes, "l2", &["Aborted"]).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(abort.await.unwrap(), 1);
+    s.station.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_written_processor_takes_over_a_command_type() {
     use microdcs::sfc::engine::Engine;

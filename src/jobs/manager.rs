@@ -423,7 +423,10 @@ impl JobManager {
             };
             match store.apply(scope, &change).await? {
                 Applied::Ok(version) => {
-                    if job.state.main == MainState::Running && stops_dispatch(to.main) {
+                    // Every status event showing the job not Running (the
+                    // transition, and a job response stored afterwards)
+                    // waits for the commands still being sent.
+                    if stops_dispatch(to.main) {
                         self.fence(scope, id).await?;
                     }
                     match trigger {

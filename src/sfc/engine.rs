@@ -15,7 +15,10 @@
 //!   re-decides; stream entries are signals, the state is the truth.
 //! - Work items are read through the same consumer group; a dispatch is
 //!   sent with the action's stable command id, so a re-delivered item
-//!   re-sends the same command. Due timers are moved into the work stream
+//!   re-sends the same command, and only while the job is Running: the
+//!   send is fenced against the job leaving Running (`super::fence`), so
+//!   no command follows an Aborted, Ended or Interrupted status event.
+//!   Due timers are moved into the work stream
 //!   atomically (`lua/timers_due.lua`), so each fires once.
 //! - Results and events reach the `equipment` processor on any replica (the
 //!   command's Response Topic is shared); they are applied as inputs.
