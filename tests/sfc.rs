@@ -6,9 +6,10 @@ mod common;
 
 use common::equipment::{Answer, Equipment};
 use common::jobs::{self, order, state_texts, Mes, PREFIX};
-use common::mqtt_client::{user_prop, TestClient};
+use common::mqtt_client::{ce_props, user_prop, TestClient};
 use common::{init_tracing, Mosquitto, Redis};
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -438,6 +439,319 @@ async fn pause_resume_and_stop_control_a_running_recipe() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    s.station.stop().await;
+}
+
+/// One step that pushes a command nobody answers: the job stays Running
+/// with its command out until the MES controls it.
+fn one_command() -> Value {
+    json!({
+        "Steps": [{"Name": "load", "Initial": true}],
+        "Transitions": [],
+        "Actions": [push("clamp", "load")]
+    })
+}
+
+/// Equipment that never answers.
+fn silent() -> Answer {
+    Arc::new(|_: &str, _: &Value| None)
+}
+
+/// What one client subscribed to both sides saw, in arrival order:
+/// `(job, Some(state))` for a status event, `(job, None)` for a command.
+type Seen = Vec<(String, Option<String>)>;
+
+/// Sends 100 pipelined pairs `StoreAndStart` + `control` (no waiting in
+/// between; a control that overtook its store, or met the job before it
+/// ran, is sent again at once), waits for the replies, and records every
+/// command sent to equipment and every status event until nothing more
+/// arrives. Returns the record and the recorder (to go on recording).
+async fn pipelined_pairs(s: &mut Setup, control: &str) -> (Seen, TestClient) {
+    let mut recorder = TestClient::connect(s._m.port(), "recorder").await;
+    recorder.subscribe("app/equipment/#").await;
+    recorder.subscribe(&format!("{PREFIX}/+/events")).await;
+    store_recipe(&mut s.mes, "axle", one_command()).await;
+    let replies = "mes/pipelined/replies";
+    s.mes.client.subscribe(replies).await;
+    let send = |method: &str, job: &str, n: u32| {
+        let body = if method == "StoreAndStart" {
+            json!({"JobOrder": order(job)})
+        } else {
+            json!({"JobOrderID": job})
+        };
+        let id = format!("{job}|{method}|{n}");
+        let props = ce_props(
+            &format!("{}{method}.v2", jobs::S),
+            &id,
+            Some("axle"),
+            Some(replies),
+            Some(id.as_bytes()),
+        );
+        (body, props)
+    };
+    for i in 0..100 {
+        let job = format!("{control}-{i}");
+        for method in ["StoreAndStart", control] {
+            let (body, props) = send(method, &job, 0);
+            s.mes
+                .client
+                .publish(
+                    &format!("{PREFIX}/commands"),
+                    serde_json::to_vec(&body).unwrap(),
+                    props,
+                )
+                .await;
+        }
+    }
+    let mut seen = Seen::new();
+    let mut running = BTreeSet::new();
+    // Controls refused because they overtook their job (2: not stored yet,
+    // 8: not Running yet), with how often: sent again as soon as the job
+    // runs, which is exactly when its first command is decided.
+    let mut waiting: BTreeMap<String, u32> = BTreeMap::new();
+    let mut open = 200;
+    while open > 0 {
+        let mut again = None;
+        tokio::select! {
+            p = s.mes.client.recv(Duration::from_secs(30)) => {
+                let p = p.expect("every command is answered");
+                if p.topic != replies.as_bytes() {
+                    continue;
+                }
+                let corr = p
+                    .properties
+                    .as_ref()
+                    .and_then(|pr| pr.correlation_data.clone())
+                    .unwrap_or_default();
+                let corr = String::from_utf8_lossy(&corr).into_owned();
+                let mut parts = corr.splitn(3, '|');
+                let (job, method, n) = (
+                    parts.next().unwrap().to_owned(),
+                    parts.next().unwrap().to_owned(),
+                    parts.next().unwrap().parse::<u32>().unwrap(),
+                );
+                let status = serde_json::from_slice::<Value>(&p.payload).unwrap()["ReturnStatus"].clone();
+                if method != "StoreAndStart" && (status == 2 || status == 8) && n < 1000 {
+                    if running.contains(&job) {
+                        again = Some((job, n + 1));
+                    } else {
+                        waiting.insert(job, n + 1);
+                    }
+                } else {
+                    open -= 1;
+                }
+            }
+            p = recorder.recv(Duration::from_secs(30)) => {
+                let p = p.expect("the station publishes");
+                if let Some((job, state)) = record(&p) {
+                    if state.as_deref() == Some("Running") {
+                        running.insert(job.clone());
+                        if let Some(n) = waiting.remove(&job) {
+                            again = Some((job.clone(), n));
+                        }
+                    }
+                    seen.push((job, state));
+                }
+            }
+        }
+        if let Some((job, n)) = again {
+            let (body, props) = send(control, &job, n);
+            s.mes
+                .client
+                .publish(
+                    &format!("{PREFIX}/commands"),
+                    serde_json::to_vec(&body).unwrap(),
+                    props,
+                )
+                .await;
+        }
+    }
+    // Until the station has been quiet for a while (late dispatches are
+    // exactly what this looks for).
+    while let Some(p) = recorder.recv(Duration::from_secs(2)).await {
+        seen.extend(record(&p));
+    }
+    (seen, recorder)
+}
+
+fn record(p: &rumqttc::v5::mqttbytes::v5::Publish) -> Option<(String, Option<String>)> {
+    let topic = String::from_utf8_lossy(&p.topic);
+    if topic.ends_with("/commands") && topic.starts_with("app/equipment/") {
+        return Some((user_prop(p, "jobid")?.to_owned(), None));
+    }
+    if user_prop(p, "type") != Some(jobs::STATUS) {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&p.payload).ok()?;
+    let state = state_texts(&v["JobState"]).into_iter().next()?;
+    Some((
+        v["JobOrder"]["JobOrderID"].as_str()?.to_owned(),
+        Some(state),
+    ))
+}
+
+/// The jobs that got a command after a status event in `stopped`, with
+/// how many jobs reached such a state at all.
+fn commands_after(seen: &Seen, stopped: &[&str]) -> (Vec<String>, usize) {
+    let mut stopped_jobs = BTreeSet::new();
+    let mut late = Vec::new();
+    for (job, state) in seen {
+        match state {
+            Some(st) if stopped.contains(&st.as_str()) => {
+                stopped_jobs.insert(job.clone());
+            }
+            Some(_) => {}
+            None if stopped_jobs.contains(job) => late.push(job.clone()),
+            None => {}
+        }
+    }
+    (late, stopped_jobs.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_command_follows_aborted_when_abort_is_pipelined_right_after_start() {
+    let (mut s, _eq) = setup(silent()).await;
+    let (seen, _recorder) = pipelined_pairs(&mut s, "Abort").await;
+    let (late, aborted) = commands_after(&seen, &["Aborted", "Ended"]);
+    assert!(aborted > 0, "some jobs were aborted: {seen:?}");
+    assert!(
+        late.is_empty(),
+        "{} of {aborted} aborted jobs got a command after their Aborted event: {late:?}",
+        late.len()
+    );
+    s.station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_command_follows_interrupted_and_resume_sends_what_pause_held_back() {
+    let (mut s, _eq) = setup(silent()).await;
+    let (mut seen, mut recorder) = pipelined_pairs(&mut s, "Pause").await;
+    let (late, paused) = commands_after(&seen, &["Interrupted"]);
+    assert!(paused > 0, "some jobs were paused: {seen:?}");
+    assert!(
+        late.is_empty(),
+        "{} of {paused} paused jobs got a command while Interrupted: {late:?}",
+        late.len()
+    );
+    // A dispatch held back by Pause is not lost: after Resume every job
+    // has had its command.
+    let interrupted: BTreeSet<String> = seen
+        .iter()
+        .filter(|(_, st)| st.as_deref() == Some("Interrupted"))
+        .map(|(j, _)| j.clone())
+        .collect();
+    for job in &interrupted {
+        assert_eq!(
+            s.mes
+                .status("Resume", "axle", json!({"JobOrderID": job}))
+                .await,
+            1
+        );
+    }
+    while let Some(p) = recorder.recv(Duration::from_secs(2)).await {
+        seen.extend(record(&p));
+    }
+    let commanded: BTreeSet<&String> = seen
+        .iter()
+        .filter(|(_, st)| st.is_none())
+        .map(|(j, _)| j)
+        .collect();
+    let missing: Vec<&String> = interrupted
+        .iter()
+        .filter(|j| !commanded.contains(j))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no command after Resume for {missing:?}"
+    );
+    s.station.stop().await;
+}
+
+/// Pretends another replica is sending a command of `job` right now: a
+/// dispatch lease expiring `ms` from now (Redis server time).
+async fn foreign_lease(r: &Redis, job: &str, ms: u64) -> String {
+    let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let member = format!("axle/{job}/clamp/1\u{1f}other-replica");
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("t:{{axle}}:lease:{job}"))
+        .arg(secs * 1000 + micros / 1000 + ms)
+        .arg(&member)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    member
+}
+
+/// Aborts `job` from a client of its own; resolves with the ReturnStatus.
+fn abort_in_background(port: u16, job: &str) -> tokio::task::JoinHandle<u64> {
+    let job = job.to_owned();
+    tokio::spawn(async move {
+        let mut mes = Mes::connect(port, &format!("mes-{job}")).await;
+        mes.status("Abort", "axle", json!({"JobOrderID": job}))
+            .await
+    })
+}
+
+/// No Aborted status event of `job` arrives within `window`.
+async fn not_aborted_within(mes: &mut Mes, job: &str, window: Duration) {
+    for p in mes.events.drain(window).await {
+        let v: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+        assert!(
+            !(v["JobOrder"]["JobOrderID"] == job
+                && state_texts(&v["JobState"]).first().map(String::as_str) == Some("Aborted")),
+            "Aborted published while a command of {job} was being sent"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_running_waits_for_a_command_being_sent_on_another_replica() {
+    let (mut s, _eq) = setup(silent()).await;
+    let port = s._m.port();
+    store_recipe(&mut s.mes, "axle", one_command()).await;
+    for job in ["l1", "l2"] {
+        assert_eq!(
+            s.mes
+                .status("StoreAndStart", "axle", json!({"JobOrder": order(job)}))
+                .await,
+            1
+        );
+        until_state(&mut s.mes, job, &["Running"]).await;
+    }
+    let mut c =
+        s._r.client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+
+    // The other replica finishes its send: Aborted follows at once.
+    let member = foreign_lease(&s._r, "l1", 20_000).await;
+    let abort = abort_in_background(port, "l1");
+    not_aborted_within(&mut s.mes, "l1", Duration::from_millis(800)).await;
+    let _: i64 = redis::cmd("ZREM")
+        .arg("t:{axle}:lease:l1")
+        .arg(&member)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let released = tokio::time::Instant::now();
+    until_state(&mut s.mes, "l1", &["Aborted"]).await;
+    assert!(released.elapsed() < Duration::from_secs(1));
+    assert_eq!(abort.await.unwrap(), 1);
+
+    // The other replica died mid-send: Aborted follows when its lease
+    // expires, not before.
+    foreign_lease(&s._r, "l2", 1_500).await;
+    let started = tokio::time::Instant::now();
+    let abort = abort_in_background(port, "l2");
+    until_state(&mut s.mes, "l2", &["Aborted"]).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(abort.await.unwrap(), 1);
     s.station.stop().await;
 }
 

@@ -4,7 +4,7 @@
 
 use super::acceptance::{self, Checks};
 use super::machine::{Internal, Machine, Method, Trigger};
-use super::state::JobState;
+use super::state::{JobState, MainState};
 use super::status::ReturnStatus;
 use super::store::{Applied, Change, JobStore, StoreError, StoredJob};
 use super::wire::StatusEvent;
@@ -386,7 +386,11 @@ impl JobManager {
             };
             if job.cause.as_deref() == Some(cause) {
                 // This very command was applied before (a redelivery after a
-                // crash between the write and the dedupe record).
+                // crash between the write and the dedupe record). Its first
+                // delivery may have failed while fencing: fence again.
+                if stops_dispatch(job.state.main) {
+                    self.fence(scope, id).await?;
+                }
                 return Ok(Effect::done(&job));
             }
             let next = match trigger {
@@ -419,6 +423,12 @@ impl JobManager {
             };
             match store.apply(scope, &change).await? {
                 Applied::Ok(version) => {
+                    // Every status event showing the job not Running (the
+                    // transition, and a job response stored afterwards)
+                    // waits for the commands still being sent.
+                    if stops_dispatch(to.main) {
+                        self.fence(scope, id).await?;
+                    }
                     match trigger {
                         Some(t) => {
                             info!(scope, job = id, from = %job.state, to = %to, trigger = %t, "job transition")
@@ -442,6 +452,21 @@ impl JobManager {
             }
         }
         Err(contention(scope, id))
+    }
+
+    /// Waits until no command decided while the job was Running is still
+    /// being sent, so that the status event of leaving Running is
+    /// published after every command of the job: "no command follows
+    /// Aborted". See [`JobStore::await_dispatches`].
+    async fn fence(&self, scope: &str, id: &str) -> Result<(), StoreError> {
+        if !self.inner.store.await_dispatches(scope, id).await? {
+            warn!(
+                scope,
+                job = id,
+                "dispatch leases outlived their expiry; status event sent anyway"
+            );
+        }
+        Ok(())
     }
 
     async fn check_resources(
@@ -496,6 +521,15 @@ impl JobManager {
             .filter_map(|j| j.response)
             .collect())
     }
+}
+
+/// The states in which no command may be sent for a job: it was paused
+/// (Interrupted), stopped or completed (Ended), or aborted.
+fn stops_dispatch(main: MainState) -> bool {
+    matches!(
+        main,
+        MainState::Interrupted | MainState::Ended | MainState::Aborted
+    )
 }
 
 fn contention(scope: &str, id: &str) -> StoreError {

@@ -15,6 +15,7 @@
 //! | `P:{S}:cfg:{kind}` | set | known equipment, material classes/definitions, personnel, physical assets |
 //! | `P:{S}:cfg:workmaster` | hash | work master id → extended work master JSON |
 //! | `P:{S}:cfg:limit` | string | max downloadable job orders (absent: the default) |
+//! | `P:{S}:lease:{id}` | zset | dispatch leases of a job: command being sent → expiry (ms, server time) |
 //!
 //! Every change to a job goes through `apply.lua`, a compare-and-swap on the
 //! job's version that writes the document, the indexes and the change entry
@@ -31,6 +32,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/apply.lua")));
 static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
+static LEASES: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/leases_live.lua")));
+
+/// How long a dispatch lease lives at most: the time an executor has to
+/// hand one command to its transport while the job is fenced against
+/// leaving Running unnoticed (see [`JobStore::await_dispatches`]). A
+/// replica that dies holding one delays the status event of its job's next
+/// transition out of Running by at most this long.
+pub const DISPATCH_LEASE: Duration = Duration::from_secs(5);
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +229,19 @@ impl JobStore {
         self.key(scope, "changes")
     }
 
+    /// The zset of a job's dispatch leases (`P:{S}:lease:{id}`): one member
+    /// per command being sent right now, scored by its expiry in ms of the
+    /// Redis server's clock. Taken only while the job is Running.
+    pub fn dispatch_lease_key(&self, scope: &str, id: &str) -> String {
+        self.key(scope, &format!("lease:{id}"))
+    }
+
+    /// The job hash (`P:{S}:job:{id}`), for scripts of other components
+    /// that check a job's state atomically with their own write.
+    pub fn job_key(&self, scope: &str, id: &str) -> String {
+        self.key(scope, &format!("job:{id}"))
+    }
+
     /// The set of all scopes.
     pub fn scopes_key(&self) -> String {
         format!("{}:scopes", self.prefix)
@@ -292,6 +315,36 @@ impl JobStore {
             "LIMIT" => Applied::Limit(n),
             _ => Applied::Conflict(n),
         })
+    }
+
+    /// Waits until job `id` has no unexpired dispatch lease, i.e. until
+    /// every command an executor decided to send while the job was Running
+    /// has been handed to its transport. Call it after a transition out of
+    /// Running and before publishing its status event: the job is no
+    /// longer Running, so no new lease can be taken, and whatever is
+    /// waited for is bounded by [`DISPATCH_LEASE`]. Returns `false` if
+    /// leases were still live after `DISPATCH_LEASE` (clocks or a stalled
+    /// Redis; the caller goes on).
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn await_dispatches(&self, scope: &str, id: &str) -> Result<bool, StoreError> {
+        let key = self.dispatch_lease_key(scope, id);
+        let deadline = tokio::time::Instant::now() + DISPATCH_LEASE + Duration::from_millis(500);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let mut c = self.conn.clone();
+            let live: u64 = LEASES.key(&key).invoke_async(&mut c).await?;
+            if live == 0 {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            // A send takes milliseconds: poll fast, then back off.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     }
 
     /// The ids of the scope's jobs in `state`.

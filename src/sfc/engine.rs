@@ -15,18 +15,22 @@
 //!   re-decides; stream entries are signals, the state is the truth.
 //! - Work items are read through the same consumer group; a dispatch is
 //!   sent with the action's stable command id, so a re-delivered item
-//!   re-sends the same command. Due timers are moved into the work stream
+//!   re-sends the same command, and only while the job is Running: the
+//!   send is fenced against the job leaving Running (`super::fence`), so
+//!   no command follows an Aborted, Ended or Interrupted status event.
+//!   Due timers are moved into the work stream
 //!   atomically (`lua/timers_due.lua`), so each fires once.
 //! - Results and events reach the `equipment` processor on any replica (the
 //!   command's Response Topic is shared); they are applied as inputs.
 
 use super::exec::{self, Ctx, Effect, Exec, Input, Status};
+use super::fence;
 use super::net::Net;
 use super::recipe::{Interaction, Recipe};
 use crate::app::{Backoff, Redis, Shutdown};
 use crate::envelope::{CloudEvent, ContentType, CorrelationId};
 use crate::error::{ErrorKind, HandlerError};
-use crate::jobs::store::{parse_state_key, StoreError};
+use crate::jobs::store::{parse_state_key, StoreError, DISPATCH_LEASE};
 use crate::jobs::{Internal, JobManager, JobState, MainState, SubState};
 use crate::processor::{Emit, Emitter, Meta, Processor, State};
 use crate::transport::Intent;
@@ -733,21 +737,43 @@ impl Engine {
             MainState::AllowedToStart => self.start(scope, job).await,
             MainState::Running => {
                 self.start(scope, job).await?; // repairs a crash after Begin
-                self.apply(scope, job, Input::Resume).await
+                self.apply(scope, job, Input::Resume).await?;
+                // Commands held back while it was Interrupted go out now.
+                let store = self.inner.jobs.store();
+                let n = fence::resume_held(store, scope, job, &self.key(scope, "work")).await?;
+                if n > 0 {
+                    debug!(scope, job, commands = n, "held commands released");
+                }
+                Ok(())
             }
             MainState::Interrupted => self.apply(scope, job, Input::Pause).await,
-            MainState::Ended => self.apply(scope, job, Input::Stop).await,
-            MainState::Aborted => self.apply(scope, job, Input::Abort).await,
+            MainState::Ended | MainState::Aborted => {
+                let input = if state.main == MainState::Ended {
+                    Input::Stop
+                } else {
+                    Input::Abort
+                };
+                self.apply(scope, job, input).await?;
+                // Held commands are never sent now.
+                Ok(fence::forget_held(self.inner.jobs.store(), scope, job).await?)
+            }
             MainState::EndState => {
                 let mut c = self.conn();
                 let _: () = c.del(self.key(scope, &format!("exec:{job}"))).await?;
-                Ok(())
+                Ok(fence::forget_held(self.inner.jobs.store(), scope, job).await?)
             }
             _ => Ok(()),
         }
     }
 
     async fn on_work(&self, scope: &str, item: WorkItem) -> Result<(), EngineError> {
+        // A dispatch met while its job is paused is kept as it is, for Resume.
+        let held = match &item {
+            WorkItem::Dispatch { .. } => {
+                serde_json::to_string(&item).map_err(|e| EngineError::Send(e.to_string()))?
+            }
+            _ => String::new(),
+        };
         match item {
             WorkItem::Timer { job, key } => self.apply(scope, &job, Input::Timer { key }).await,
             WorkItem::Dispatch {
@@ -810,10 +836,47 @@ impl Engine {
                     })
                     .intent(Intent::Commands)
                     .shared_response();
-                emitter
-                    .emit(emit)
-                    .await
-                    .map_err(|e| EngineError::Send(e.to_string()))?;
+                // Only while the job is Running, and never after its
+                // Aborted/Ended/Interrupted status event (see `fence`).
+                let store = self.inner.jobs.store();
+                let lease = match fence::take(store, scope, &job, &command_id, &held).await? {
+                    fence::Verdict::Leased(lease) => lease,
+                    fence::Verdict::Held => {
+                        debug!(
+                            scope,
+                            job,
+                            action,
+                            command_id,
+                            "job interrupted; command held until it resumes"
+                        );
+                        return Ok(());
+                    }
+                    fence::Verdict::Recalled => {
+                        debug!(
+                            scope,
+                            job, action, command_id, "job no longer running; command recalled"
+                        );
+                        return Ok(());
+                    }
+                };
+                // The lease must outlive the send: a send stuck in back
+                // pressure is given up (the item stays pending and is tried
+                // again) well before the lease could expire.
+                let sent = tokio::time::timeout(DISPATCH_LEASE / 2, emitter.emit(emit)).await;
+                if let Err(e) = fence::release(store, &lease).await {
+                    // It expires by itself; a transition out of Running
+                    // waits for it until then.
+                    warn!(scope, job, command_id, error = %e, "dispatch lease not released");
+                }
+                match sent {
+                    Ok(r) => r.map_err(|e| EngineError::Send(e.to_string()))?,
+                    Err(_) => {
+                        return Err(EngineError::Send(format!(
+                            "command '{command_id}' not handed to the transport within {:?}",
+                            DISPATCH_LEASE / 2
+                        )))
+                    }
+                }
                 debug!(scope, job, action, command_id, attempt, "command sent");
                 Ok(())
             }

@@ -16,12 +16,16 @@
 //!   input and output steps (branches become forks and joins).
 //! - [`engine`]: the runtime on every replica: Redis consumer groups,
 //!   compare-and-swap of execution states, timers, the `equipment` processor.
+//! - `fence`: the check in front of every command: it goes out only while
+//!   its job is Running, and never after the job's Aborted, Ended or
+//!   Interrupted status event.
 //! - [`exec`]: a job's execution state and its evolution as a pure
 //!   function (qualifiers, timers, retries, pause/resume, early events).
 
 pub mod condition;
 pub mod engine;
 pub mod exec;
+mod fence;
 pub mod graph;
 pub mod net;
 pub mod recipe;
