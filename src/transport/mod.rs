@@ -5,6 +5,7 @@
 //! talks to the [`Publisher`] trait below, so one processor can be bound to
 //! several transports.
 
+mod acks;
 pub mod mqtt;
 mod pending;
 pub mod topics;
@@ -103,9 +104,18 @@ pub trait Publisher: Send + Sync + 'static {
     /// The transport's name (for logs and errors).
     fn name(&self) -> &str;
 
-    /// Publishes one message. Resolves when the message is queued for
-    /// sending; QoS 1 delivery is then guaranteed by the transport across
-    /// reconnects. Waits (back-pressure) while the outgoing queue is full.
+    /// Publishes one message. Resolves when the broker has it: after its
+    /// PUBACK for QoS 1 (across reconnects: an unacknowledged publish is
+    /// re-sent with its packet id), once written for QoS 0. So whoever
+    /// acknowledges an input after publishing its effects acknowledges only
+    /// what is durable. Waits (back-pressure) while the outgoing queue is
+    /// full.
+    ///
+    /// # Errors
+    /// [`TransportError::Invalid`] when the message can never be sent (a
+    /// string or topic MQTT forbids, a PUBACK refusing it): terminal;
+    /// [`TransportError::Closed`] / [`TransportError::Publish`] when the
+    /// transport is gone: retryable.
     fn publish(&self, msg: Outgoing) -> BoxFuture<'_, Result<(), TransportError>>;
 
     /// Publishes a request with `response_topic` set and waits for the reply

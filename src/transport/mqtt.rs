@@ -8,6 +8,7 @@
 //! Maximum, so the broker itself stops sending when we are saturated), and
 //! each message is acknowledged only after it was processed.
 
+use super::acks::Acks;
 use super::pending::Pending;
 use super::{BoxFuture, Outgoing, Publisher, TopicBinding, TransportError};
 use crate::binding::mqtt::{self as mb, Inbound, Rejected, ReplyTo};
@@ -23,7 +24,6 @@ use rand::Rng;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -141,7 +141,10 @@ pub struct MqttTransport {
     pending: Pending,
     dedupe: RwLock<Option<Dedupe>>,
     metrics: Arc<Metrics>,
-    unacked_out: Mutex<HashSet<u16>>,
+    /// Waiters for the broker's PUBACKs of what we publish.
+    acks: Acks,
+    /// Held while a publish is queued, so waiters line up with requests.
+    submit: tokio::sync::Mutex<()>,
     connected: watch::Sender<bool>,
     subscribed: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
@@ -195,7 +198,8 @@ impl MqttTransport {
             pending: Pending::default(),
             dedupe: RwLock::new(None),
             metrics: Arc::new(Metrics::default()),
-            unacked_out: Mutex::new(HashSet::new()),
+            acks: Acks::default(),
+            submit: tokio::sync::Mutex::new(()),
             connected: watch::channel(false).0,
             subscribed: watch::channel(false).0,
             shutdown: watch::channel(false).0,
@@ -380,9 +384,7 @@ impl MqttTransport {
                     error!(transport = %self.name, "dispatcher stopped; message left unacknowledged for redelivery");
                 }
             }
-            Event::Incoming(Packet::PubAck(ack)) => {
-                lock(&self.unacked_out).remove(&ack.pkid);
-            }
+            Event::Incoming(Packet::PubAck(_)) => self.track(&ev),
             Event::Incoming(Packet::SubAck(ack)) => {
                 self.subscribed.send_replace(true);
                 for code in &ack.return_codes {
@@ -405,10 +407,61 @@ impl MqttTransport {
                     warn!(transport = %self.name, reason = ?d.reason_code, "broker sent DISCONNECT");
                 }
             }
-            Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) if pkid != 0 => {
-                lock(&self.unacked_out).insert(pkid);
+            Event::Outgoing(rumqttc::Outgoing::Publish(_)) => self.track(&ev),
+            _ => {}
+        }
+    }
+
+    /// Feeds publish and PUBACK events to the acknowledgement waiters.
+    fn track(&self, ev: &Event) {
+        use rumqttc::v5::mqttbytes::v5::PubAckReason;
+        match ev {
+            Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => {
+                self.acks.on_outgoing_publish(*pkid)
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                let refused = (!matches!(
+                    ack.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                ))
+                .then(|| format!("the broker refused it ({:?})", ack.reason));
+                self.acks.on_puback(ack.pkid, refused);
             }
             _ => {}
+        }
+    }
+
+    /// Queues one PUBLISH and waits until the broker has it: its PUBACK for
+    /// QoS 1, written for QoS 0. What a received message caused is safe
+    /// before that message is acknowledged.
+    async fn send(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Bytes,
+        props: PublishProperties,
+    ) -> Result<(), TransportError> {
+        let acked = {
+            let _order = self.submit.lock().await;
+            let acked = self.acks.queue();
+            if let Err(e) = self
+                .client
+                .publish_with_properties(topic.clone(), qos, retain, payload, props)
+                .await
+            {
+                self.acks.unqueue_last();
+                return Err(TransportError::Publish {
+                    topic,
+                    reason: e.to_string(),
+                });
+            }
+            acked
+        };
+        match acked.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(TransportError::Invalid { topic, reason }),
+            Err(_) => Err(TransportError::Closed(self.name.clone())),
         }
     }
 
@@ -467,7 +520,7 @@ impl MqttTransport {
         let idle = async {
             let _all_done = permits.acquire_many(all).await;
             loop {
-                if lock(&self.unacked_out).is_empty() {
+                if self.acks.is_idle() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -482,8 +535,8 @@ impl MqttTransport {
                     break;
                 }
                 ev = eventloop.poll() => {
-                    if let Ok(Event::Incoming(Packet::PubAck(ack))) = &ev {
-                        lock(&self.unacked_out).remove(&ack.pkid);
+                    if let Ok(ev) = &ev {
+                        self.track(ev);
                     }
                     if ev.is_err() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -970,8 +1023,7 @@ impl MqttTransport {
             .content_type
             .map(|ct| escape_for_mqtt(&ct).into_owned());
         match self
-            .client
-            .publish_with_properties(
+            .send(
                 self.settings.dead_letter_topic.clone(),
                 QoS::AtLeastOnce,
                 false,
@@ -1048,13 +1100,8 @@ impl MqttTransport {
         } else {
             QoS::AtLeastOnce
         };
-        self.client
-            .publish_with_properties(msg.topic.clone(), qos, msg.retain, out.payload, props)
+        self.send(msg.topic, qos, msg.retain, out.payload, props)
             .await
-            .map_err(|e| TransportError::Publish {
-                topic: msg.topic,
-                reason: e.to_string(),
-            })
     }
 }
 
