@@ -7,6 +7,7 @@
 
 pub mod mqtt;
 mod pending;
+pub mod takeover;
 pub mod topics;
 
 use crate::envelope::CloudEvent;

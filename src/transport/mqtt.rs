@@ -9,6 +9,7 @@
 //! each message is acknowledged only after it was processed.
 
 use super::pending::Pending;
+use super::takeover::{self, Signals};
 use super::{BoxFuture, Outgoing, Publisher, TopicBinding, TransportError};
 use crate::binding::mqtt::{self as mb, Inbound, Rejected, ReplyTo};
 use crate::dedupe::{Claim, Dedupe};
@@ -123,6 +124,9 @@ pub struct MqttTransport {
     connected: watch::Sender<bool>,
     subscribed: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
+    /// Serves a dead peer's session (see `takeover`): never subscribes.
+    takeover: bool,
+    signals: Signals,
 }
 
 impl std::fmt::Debug for MqttTransport {
@@ -137,6 +141,29 @@ impl std::fmt::Debug for MqttTransport {
 impl MqttTransport {
     /// Creates the transport (not yet connected: see [`MqttTransport::run`]).
     pub fn new(name: impl Into<String>, settings: MqttSettings) -> Arc<Self> {
+        Self::with_role(name.into(), settings, false)
+    }
+
+    /// A connection with a dead peer's client id that serves this
+    /// transport's processors (same routes and dedupe, emitters untouched)
+    /// and never subscribes: see [`takeover`](super::takeover).
+    pub(crate) fn takeover_of(
+        &self,
+        client_id: &str,
+        instance_id: &str,
+        session_expiry: Duration,
+    ) -> Arc<Self> {
+        let mut s = self.settings.clone();
+        s.client_id = client_id.to_owned();
+        s.instance_id = instance_id.to_owned();
+        s.session_expiry = session_expiry;
+        let t = Self::with_role(format!("{}/takeover:{client_id}", self.name), s, true);
+        *write(&t.routes) = read(&self.routes).clone();
+        *write(&t.dedupe) = read(&self.dedupe).clone();
+        t
+    }
+
+    fn with_role(name: String, settings: MqttSettings, takeover: bool) -> Arc<Self> {
         let mut o = MqttOptions::new(
             settings.client_id.clone(),
             settings.host.clone(),
@@ -162,7 +189,7 @@ impl MqttTransport {
         o.set_network_options(net);
         let (client, eventloop) = AsyncClient::new(o, settings.queue_capacity.max(1));
         Arc::new(MqttTransport {
-            name: name.into(),
+            name,
             settings,
             client,
             eventloop: Mutex::new(Some(eventloop)),
@@ -174,7 +201,23 @@ impl MqttTransport {
             connected: watch::channel(false).0,
             subscribed: watch::channel(false).0,
             shutdown: watch::channel(false).0,
+            takeover,
+            signals: Signals::default(),
         })
+    }
+
+    pub(crate) fn signals(&self) -> &Signals {
+        &self.signals
+    }
+
+    /// Unsubscribes `filters`, e.g. to leave a shared group.
+    pub(crate) async fn leave(&self, filters: &[String]) {
+        for f in filters {
+            if let Err(e) = self.client.unsubscribe(f.clone()).await {
+                warn!(transport = %self.name, filter = %f, error = %e, "cannot unsubscribe");
+            }
+        }
+        info!(transport = %self.name, filters = ?filters, "unsubscribed");
     }
 
     /// Binds a processor to this transport with its topics.
@@ -281,6 +324,22 @@ impl MqttTransport {
                     Err(e) => {
                         self.connected.send_replace(false);
                         failures += 1;
+                        if takeover::is_session_taken_over(&e) {
+                            self.signals.taken_over();
+                            if self.takeover {
+                                // The owner is back: it gets its session.
+                                info!(transport = %self.name, client_id = %self.settings.client_id, "owner reconnected; session takeover stops");
+                                dispatcher.abort();
+                                self.signals.stopped();
+                                return Ok(());
+                            }
+                            // Whoever took it may have left our group: subscribe
+                            // again on the next CONNACK. Back off instead of
+                            // kicking the other connection straight back.
+                            self.subscribed.send_replace(false);
+                            backoff = backoff.max(self.settings.reconnect_max);
+                            error!(transport = %self.name, client_id = %self.settings.client_id, "the broker gave this session to another connection with the same client id (session taken over): is the client id (POD_ID, APP_MQTT_CLIENT_ID) used by two processes? backing off");
+                        }
                         let delay = jitter(backoff);
                         warn!(transport = %self.name, error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost");
                         backoff = (backoff * 2).min(self.settings.reconnect_max);
@@ -303,8 +362,9 @@ impl MqttTransport {
         match ev {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 info!(transport = %self.name, session_present = ack.session_present, "mqtt connected");
+                self.signals.connected(ack.session_present);
                 self.connected.send_replace(true);
-                if !ack.session_present || !*self.subscribed.borrow() {
+                if !self.takeover && (!ack.session_present || !*self.subscribed.borrow()) {
                     // A new session has no subscriptions: make them again.
                     // Subscribing from another task, because the request
                     // channel may be full and this loop must keep polling.
@@ -314,6 +374,7 @@ impl MqttTransport {
             }
             Event::Incoming(Packet::Publish(p)) => {
                 self.metrics.received();
+                self.signals.received();
                 if tx.send(p).is_err() {
                     error!(transport = %self.name, "dispatcher stopped; message left unacknowledged for redelivery");
                 }
@@ -379,6 +440,7 @@ impl MqttTransport {
             tokio::spawn(async move {
                 this.process(p).await;
                 drop(permit);
+                this.signals.finished();
             });
         }
     }
@@ -391,6 +453,18 @@ impl MqttTransport {
     ) {
         info!(transport = %self.name, "shutting down: finishing in-flight messages");
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        if !self.takeover && !self.settings.session_expiry.is_zero() {
+            // Leave shared groups first, so the broker stops queueing their
+            // messages for a session that may never come back.
+            let shared: Vec<_> = self
+                .subscriptions()
+                .into_iter()
+                .filter(|f| f.starts_with("$share/"))
+                .collect();
+            for f in shared {
+                let _ = self.client.try_unsubscribe(f);
+            }
+        }
         let _ = dispatcher.await;
         let all = self.settings.max_inflight.max(1) as u32;
         // Keep polling the event loop: handlers' publishes and acks go
@@ -434,6 +508,7 @@ impl MqttTransport {
         })
         .await;
         self.connected.send_replace(false);
+        self.signals.stopped();
         let m = self.metrics.snapshot();
         info!(transport = %self.name, received = m.received, processed = m.processed, duplicates = m.duplicates, dead_lettered = m.dead_lettered, "mqtt transport stopped");
     }
