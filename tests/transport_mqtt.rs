@@ -856,3 +856,34 @@ async fn msgpack_payload_is_decoded() {
     assert_eq!(&reply.payload[..], br#"{"N":8}"#);
     st.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_one_client_id_back_off_instead_of_fighting() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let seen = Arc::new(Seen::default());
+    let twin = |instance: &str| {
+        let mut s = station::settings(m.port(), instance);
+        s.client_id = "microdcs-twin".into();
+        s.reconnect_max = Duration::from_secs(5);
+        s
+    };
+    let a = station::start(twin("a"), Some(r.url()), vec![processor(seen.clone())]).await;
+    // The second connection takes the session and the broker drops the
+    // first, which waits instead of taking it straight back.
+    let b = station::start(twin("b"), Some(r.url()), vec![processor(seen.clone())]).await;
+    let reconnects = |s: &Station| s.transport.metrics().snapshot().reconnects;
+    // Mosquitto 2.0 closes the old connection without telling why; either
+    // way the pair must settle into backing off within seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let start = reconnects(&a) + reconnects(&b);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let fights = reconnects(&a) + reconnects(&b) - start;
+    assert!(
+        fights <= 8,
+        "{fights} reconnects in 4 s: the two connections keep kicking each other off"
+    );
+    drop(a);
+    drop(b);
+}

@@ -210,6 +210,16 @@ impl MqttTransport {
         &self.signals
     }
 
+    /// Subscribes again now (if connected) or at the next CONNACK: a peer
+    /// that took our session over may have left our groups.
+    pub(crate) fn resubscribe(self: &Arc<Self>) {
+        self.subscribed.send_replace(false);
+        if *self.connected.borrow() {
+            let this = self.clone();
+            tokio::spawn(async move { this.subscribe_all().await });
+        }
+    }
+
     /// Unsubscribes `filters`, e.g. to leave a shared group.
     pub(crate) async fn leave(&self, filters: &[String]) {
         for f in filters {
@@ -305,6 +315,11 @@ impl MqttTransport {
         let mut backoff = self.settings.reconnect_min;
         let mut failures = 0u32;
         let mut pause: Option<Duration> = None;
+        // The backoff starts over only after a connection that lasted: a
+        // broker that closes every connection right after accepting it
+        // (another process with our client id) is not hammered.
+        let mut connected_at: Option<tokio::time::Instant> = None;
+        let mut brief = 0u32;
         info!(transport = %self.name, host = %self.settings.host, port = self.settings.port, client_id = %self.settings.client_id, "mqtt transport starting");
         loop {
             tokio::select! {
@@ -317,22 +332,37 @@ impl MqttTransport {
                         }
                         if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
                             failures = 0;
-                            backoff = self.settings.reconnect_min;
+                            connected_at = Some(tokio::time::Instant::now());
                         }
                         self.on_event(ev, &tx);
                     }
                     Err(e) => {
                         self.connected.send_replace(false);
                         failures += 1;
+                        let was_connected = connected_at.is_some();
+                        match connected_at.take().map(|t| t.elapsed() >= STABLE_CONNECTION) {
+                            Some(true) => {
+                                backoff = self.settings.reconnect_min;
+                                brief = 0;
+                            }
+                            Some(false) => brief += 1,
+                            None => {}
+                        }
+                        if brief == 3 {
+                            error!(transport = %self.name, client_id = %self.settings.client_id, "the broker keeps closing the connection right after accepting it: is the client id (POD_ID, APP_MQTT_CLIENT_ID) used by another process? backing off");
+                        }
+                        if self.takeover && was_connected {
+                            // Most likely the owner is back (Mosquitto 2.0
+                            // drops the old connection without saying why):
+                            // it gets its session; never fight for it.
+                            info!(transport = %self.name, client_id = %self.settings.client_id, error = %e, "session takeover lost its connection; it stops");
+                            self.signals.taken_over();
+                            dispatcher.abort();
+                            self.signals.stopped();
+                            return Ok(());
+                        }
                         if takeover::is_session_taken_over(&e) {
                             self.signals.taken_over();
-                            if self.takeover {
-                                // The owner is back: it gets its session.
-                                info!(transport = %self.name, client_id = %self.settings.client_id, "owner reconnected; session takeover stops");
-                                dispatcher.abort();
-                                self.signals.stopped();
-                                return Ok(());
-                            }
                             // Whoever took it may have left our group: subscribe
                             // again on the next CONNACK. Back off instead of
                             // kicking the other connection straight back.
@@ -1018,6 +1048,9 @@ fn reply_to_of(p: Option<&PublishProperties>) -> Option<ReplyTo> {
         })
     })
 }
+
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(5);
 
 /// Full jitter: a random delay between half of `d` and `d`.
 fn jitter(d: Duration) -> Duration {

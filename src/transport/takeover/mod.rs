@@ -151,21 +151,29 @@ impl SessionRegistry {
         format!("{}:{{mqtt}}:takeover:{client_id}", self.prefix)
     }
 
-    /// Records that the session of `client_id` is alive now.
+    /// Records that the session of `client_id` is alive now. Returns
+    /// whether the entry was new (a peer completed a takeover of it, or
+    /// this is the first heartbeat) and whether a peer is taking it over
+    /// right now; either way the session may have left its groups.
     ///
     /// # Errors
     /// Redis is unavailable.
-    pub async fn heartbeat(&self, client_id: &str, info: &SessionInfo) -> redis::RedisResult<()> {
+    pub async fn heartbeat(
+        &self,
+        client_id: &str,
+        info: &SessionInfo,
+    ) -> redis::RedisResult<(bool, bool)> {
         let json = serde_json::to_string(info).unwrap_or_default();
         let mut c = self.conn.clone();
-        HEARTBEAT
+        let (added, locked): (i64, i64) = HEARTBEAT
             .key(self.sessions_key())
             .key(self.info_key())
+            .key(self.lock_key(client_id))
             .arg(client_id)
             .arg(json)
-            .invoke_async::<i64>(&mut c)
-            .await
-            .map(|_| ())
+            .invoke_async(&mut c)
+            .await?;
+        Ok((added == 1, locked == 1))
     }
 
     /// Sessions without a heartbeat for `dead_after`, with what is known
@@ -371,6 +379,9 @@ impl SessionKeeper {
         };
         let running: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mut takeovers = JoinSet::new();
+        // `None` until the first heartbeat: a new entry then is just us
+        // starting.
+        let mut taken: Option<bool> = None;
         let mut tick = tokio::time::interval(self.settings.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -379,9 +390,22 @@ impl SessionKeeper {
                 _ = shutdown.wait() => break,
             }
             while takeovers.try_join_next().is_some() {}
-            if let Err(e) = self.registry.heartbeat(&own, &info).await {
-                warn!(client_id = %own, error = %e, "cannot renew the MQTT session heartbeat; peers may take the session over");
-                continue;
+            match self.registry.heartbeat(&own, &info).await {
+                Ok((added, locked)) => {
+                    let now = locked || (added && taken.is_some());
+                    // A peer took (or is taking) our session while we could
+                    // not heartbeat: it may have left our groups, so
+                    // subscribe again (when it starts and when it is over).
+                    if taken.is_some_and(|before| before != now) {
+                        warn!(client_id = %own, "a peer took over this session while its heartbeat was missing; subscribing again");
+                        self.transport.resubscribe();
+                    }
+                    taken = Some(now);
+                }
+                Err(e) => {
+                    warn!(client_id = %own, error = %e, "cannot renew the MQTT session heartbeat; peers may take the session over");
+                    continue;
+                }
             }
             let dead = match self.registry.dead(self.settings.dead_after).await {
                 Ok(d) => d,
