@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::processor::Processor;
 use crate::transport::mqtt::{MqttSettings, MqttTransport};
+use crate::transport::takeover::{SessionKeeper, SessionRegistry, TakeoverSettings};
 use crate::transport::{BoxFuture, TopicBinding};
 use std::future::Future;
 use std::sync::Arc;
@@ -133,6 +134,7 @@ pub struct AppBuilder {
     tasks: Vec<(String, Task)>,
     grace: Duration,
     config: Option<Config>,
+    takeover: Option<TakeoverSettings>,
 }
 
 /// A built application, ready to [`run`](App::run).
@@ -214,6 +216,7 @@ impl App {
             grace: Duration::from_secs(10),
             config: None,
             claim_lease: Duration::from_secs(30),
+            takeover: None,
         }
     }
 
@@ -383,6 +386,16 @@ impl AppBuilder {
         self
     }
 
+    /// Keeps every transport with a persistent session registered in Redis
+    /// with a heartbeat, and takes over the sessions of replicas that died
+    /// for good (see [`crate::transport::takeover`]); `None` turns it off
+    /// (the default, unless [`AppBuilder::from_config`] turns it on). Needs
+    /// Redis.
+    pub fn session_takeover(mut self, settings: Option<TakeoverSettings>) -> Self {
+        self.takeover = settings;
+        self
+    }
+
     /// Binds a processor to the default (first) transport.
     pub fn processor(mut self, processor: Processor, binding: TopicBinding) -> Self {
         self.bindings.push((None, processor, binding));
@@ -432,6 +445,10 @@ impl AppBuilder {
         self = self.mqtt("mqtt", config.mqtt_settings());
         self = self.redis_url(config.redis_url(), config.redis.key_prefix.clone());
         self = self.dedupe_window(Duration::from_secs(config.mqtt.dedupe_ttl_seconds));
+        self = self.session_takeover(config.mqtt.session_takeover.then_some(TakeoverSettings {
+            heartbeat_interval: config.mqtt.session_heartbeat_interval,
+            dead_after: config.mqtt.session_dead_after,
+        }));
         self.config = Some(config.clone());
         self
     }
@@ -462,19 +479,40 @@ impl AppBuilder {
             transport.bind(&p, b);
         }
         let mut redis = None;
+        let mut tasks = self.tasks;
         if let Some((source, prefix, ttl)) = self.redis {
             let r = match source {
                 RedisSource::Url(url) => Redis::open(&url)?,
                 RedisSource::Shared(r) => r,
             };
-            for (_, t) in &transports {
+            for (name, t) in &transports {
                 t.set_dedupe(Dedupe::new(r.conn.clone(), &prefix, ttl, self.claim_lease));
+                // A clean session queues nothing while away: nothing to
+                // take over.
+                let Some(settings) = self.takeover else {
+                    continue;
+                };
+                if t.settings().session_expiry.is_zero() {
+                    continue;
+                }
+                let keeper = SessionKeeper::new(
+                    t.clone(),
+                    SessionRegistry::new(r.conn.clone(), prefix.clone()),
+                    settings,
+                );
+                let task: Task = Box::new(move |sd| {
+                    Box::pin(async move {
+                        keeper.run(sd).await;
+                        Ok(())
+                    })
+                });
+                tasks.push((format!("mqtt-session:{name}"), task));
             }
             redis = Some(r);
         }
         Ok(App {
             transports: transports.into_iter().map(|(_, t)| t).collect(),
-            tasks: self.tasks,
+            tasks,
             grace: self.grace,
             shutdown: Arc::new(watch::channel(false).0),
             redis,

@@ -114,12 +114,16 @@ async fn an_mes_drives_a_job_through_its_whole_lifecycle() {
 async fn snapshot(r: &Redis) -> HashMap<String, String> {
     let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = c.keys("t:{*").await.unwrap();
-    // The engine's own keys (work stream, timers) and the consumer-group
-    // bookkeeping of readers change on their own; what a command stores is
-    // the job documents, indexes and the entries of the change stream.
-    let keys = keys
-        .into_iter()
-        .filter(|k| !k.contains(":pub:") && !k.ends_with(":work") && !k.ends_with(":timers"));
+    // The engine's own keys (work stream, timers), the consumer-group
+    // bookkeeping of readers and the MQTT session heartbeats change on
+    // their own; what a command stores is the job documents, indexes and
+    // the entries of the change stream.
+    let keys = keys.into_iter().filter(|k| {
+        !k.contains(":pub:")
+            && !k.starts_with("t:{mqtt}:")
+            && !k.ends_with(":work")
+            && !k.ends_with(":timers")
+    });
     let mut out = HashMap::new();
     for k in keys {
         let ty: String = redis::cmd("TYPE")

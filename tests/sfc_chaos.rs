@@ -241,3 +241,101 @@ async fn replicas_killed_mid_recipe_lose_no_job_and_skip_no_step() {
     sim_handle.shutdown();
     let _ = sim_task.await;
 }
+
+/// The reply sources of `n` queries sent at once, collected until `within`
+/// passes (a failure bound, not a performance target).
+async fn ask_all(mes: &mut Mes, n: usize, within: Duration) -> Vec<String> {
+    use common::mqtt_client::{ce_props, user_prop};
+    let mut waiting = BTreeSet::new();
+    for i in 0..n {
+        let corr = uuid::Uuid::new_v4();
+        let props = ce_props(
+            "org.opcfoundation.Machinery.Jobs.RequestJobResponseByJobOrderID.v1",
+            &format!("query-{corr}"),
+            Some("cell"),
+            Some("mes/mes/replies"),
+            Some(corr.as_bytes()),
+        );
+        let body = json!({"JobOrderID": format!("none-{i}")});
+        mes.client
+            .publish(
+                "app/jobs/commands",
+                serde_json::to_vec(&body).unwrap(),
+                props,
+            )
+            .await;
+        waiting.insert(corr.as_bytes().to_vec());
+    }
+    let deadline = Instant::now() + within;
+    let mut sources = Vec::new();
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(p) = mes.client.recv(left).await else {
+            break;
+        };
+        let corr = p
+            .properties
+            .as_ref()
+            .and_then(|pr| pr.correlation_data.as_ref())
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
+        if waiting.remove(&corr) {
+            sources.push(user_prop(&p, "source").unwrap_or_default().to_string());
+        }
+    }
+    sources
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_are_answered_after_a_replica_dies_for_good() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let ids = ["solo-0", "solo-1", "solo-2"];
+    // Faster than the defaults (2 s, 10 s: answers ~12 s after the crash)
+    // so that the 20 s bound holds on a loaded machine.
+    let env = |id: &str| {
+        let mut e = env(&m, &r, id);
+        jobs::set(&mut e, "APP_MQTT_SESSION_HEARTBEAT_INTERVAL", "1");
+        jobs::set(&mut e, "APP_MQTT_SESSION_DEAD_AFTER", "5");
+        e
+    };
+    let mut replicas: Vec<_> = ids.iter().map(|id| Some(Replica::start(env(id)))).collect();
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    // Every replica is in the group once each has answered a query.
+    let mut seen = BTreeSet::new();
+    let ready = Instant::now() + Duration::from_secs(60);
+    while seen.len() < ids.len() {
+        assert!(Instant::now() < ready, "replicas answering: {seen:?}");
+        seen.extend(ask_all(&mut mes, 6, Duration::from_secs(2)).await);
+    }
+    // Killed like a pod that Kubernetes replaces: a new pod gets a new
+    // POD_ID, so this client id never connects again.
+    replicas[1].take().expect("replica").kill();
+    let answered = ask_all(&mut mes, 10, Duration::from_secs(20)).await;
+    assert_eq!(
+        answered.len(),
+        10,
+        "every command is answered by the surviving replicas: {answered:?}"
+    );
+    assert!(
+        !answered.iter().any(|s| s == "station/solo-1"),
+        "the dead replica answered nothing: {answered:?}"
+    );
+    // The dead session was ended: it is gone from the registry while the
+    // survivors keep their heartbeats.
+    let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut sessions: Vec<String> = c.zrange("t:{mqtt}:sessions", 0, -1).await.unwrap();
+        sessions.sort();
+        if sessions == ["microdcs-solo-0", "microdcs-solo-2"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "registered sessions: {sessions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

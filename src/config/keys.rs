@@ -261,6 +261,37 @@ pub(super) static KEYS: &[Key] = &[
         },
         get: |c| Shown::Str(c.mqtt.dead_letter_topic.clone()),
     },
+    Key {
+        section: "mqtt",
+        name: "session_takeover",
+        env: Some("APP_MQTT_SESSION_TAKEOVER"),
+        set: |c, v| {
+            c.mqtt.session_takeover = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.mqtt.session_takeover),
+    },
+    Key {
+        section: "mqtt",
+        name: "session_heartbeat_interval",
+        env: Some("APP_MQTT_SESSION_HEARTBEAT_INTERVAL"),
+        set: |c, v| {
+            c.mqtt.session_heartbeat_interval =
+                Duration::from_secs(v.integer(1, MAX_GRACE_SECONDS)?);
+            Ok(())
+        },
+        get: |c| secs(c.mqtt.session_heartbeat_interval),
+    },
+    Key {
+        section: "mqtt",
+        name: "session_dead_after",
+        env: Some("APP_MQTT_SESSION_DEAD_AFTER"),
+        set: |c, v| {
+            c.mqtt.session_dead_after = Duration::from_secs(v.integer(2, MAX_GRACE_SECONDS)?);
+            Ok(())
+        },
+        get: |c| secs(c.mqtt.session_dead_after),
+    },
     // [redis]
     Key {
         section: "redis",

@@ -126,6 +126,9 @@ impl Config {
                 dedupe_ttl_seconds: 600,
                 events_qos: t.events_qos,
                 dead_letter_topic: t.dead_letter_topic,
+                session_takeover: true,
+                session_heartbeat_interval: crate::transport::takeover::DEFAULT_HEARTBEAT_INTERVAL,
+                session_dead_after: crate::transport::takeover::DEFAULT_DEAD_AFTER,
             },
             redis: RedisConfig {
                 host: "localhost".into(),
@@ -380,6 +383,20 @@ fn resolve_instance_id(c: &mut Config, hostname: Option<String>) {
 
 fn check_consistency(c: &Config, out: &mut Vec<Problem>) {
     let origin = |key: &str| c.origins.get(key).cloned();
+    if c.mqtt.session_dead_after < c.mqtt.session_heartbeat_interval * 2 {
+        let o =
+            origin("mqtt.session_dead_after").or_else(|| origin("mqtt.session_heartbeat_interval"));
+        if let Some(o) = o {
+            out.push(Problem {
+                origin: o,
+                message: format!(
+                    "a session is declared dead after {} s without a heartbeat, but heartbeats come every {} s: `mqtt.session_dead_after` must be at least twice `mqtt.session_heartbeat_interval`, or a live replica's session is taken over",
+                    c.mqtt.session_dead_after.as_secs(),
+                    c.mqtt.session_heartbeat_interval.as_secs()
+                ),
+            });
+        }
+    }
     if !c.instance.is_processor_instance && !c.instance.is_publisher_instance {
         if let Some(o) = origin("instance.is_processor_instance") {
             let other = origin("instance.is_publisher_instance")

@@ -24,6 +24,9 @@
 //! | `mqtt.dedupe_ttl_seconds` | `APP_MQTT_DEDUPE_TTL_SECONDS` | `600` |
 //! | `mqtt.events_qos` | `APP_MQTT_EVENTS_QOS` | `1` |
 //! | `mqtt.dead_letter_topic` | `APP_MQTT_DEAD_LETTER_TOPIC` | `microdcs/dead-letter` |
+//! | `mqtt.session_takeover` | `APP_MQTT_SESSION_TAKEOVER` | `true` |
+//! | `mqtt.session_heartbeat_interval` (s) | `APP_MQTT_SESSION_HEARTBEAT_INTERVAL` | `2` |
+//! | `mqtt.session_dead_after` (s) | `APP_MQTT_SESSION_DEAD_AFTER` | `10` (at least twice the heartbeat interval) |
 //! | `redis.host` | `APP_REDIS_HOSTNAME` | `localhost` |
 //! | `redis.port` | `APP_REDIS_PORT` | `6379` |
 //! | `redis.username`, `redis.password` | `APP_REDIS_USERNAME`, `APP_REDIS_PASSWORD` | unset |
@@ -62,6 +65,17 @@
 //! the instance ids are. `mqtt.client_id` sets the exact id instead, for a
 //! broker whose ACLs are keyed on it; never put it in a template shared by
 //! several replicas.
+//!
+//! # A replica that dies for good
+//!
+//! With a persistent session (`mqtt.session_expiry` > 0) the broker keeps
+//! queueing a shared group's messages for a replica that was killed and
+//! replaced by a pod with a new `POD_ID`. Every replica therefore renews a
+//! heartbeat of its session in Redis every `mqtt.session_heartbeat_interval`;
+//! when one goes `mqtt.session_dead_after` without one, a live peer connects
+//! with the dead client id, processes what was queued, leaves the group and
+//! lets the session end (`mqtt.session_takeover = false` turns this off).
+//! See [`crate::transport::takeover`].
 //!
 //! # Instance id
 //!
@@ -206,6 +220,15 @@ pub struct MqttConfig {
     pub events_qos: u8,
     /// Topic for messages that could not be processed.
     pub dead_letter_topic: String,
+    /// Whether live replicas take over the persistent MQTT session of a
+    /// replica that died (see [`crate::transport::takeover`]).
+    pub session_takeover: bool,
+    /// How often this replica renews its session heartbeat in Redis and
+    /// looks for dead peers (file: whole seconds).
+    pub session_heartbeat_interval: Duration,
+    /// How long a session may go without a heartbeat before a peer takes it
+    /// over (file: whole seconds).
+    pub session_dead_after: Duration,
 }
 
 /// `[redis]`.

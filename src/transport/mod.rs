@@ -8,6 +8,7 @@
 mod acks;
 pub mod mqtt;
 mod pending;
+pub mod takeover;
 pub mod topics;
 
 use crate::envelope::CloudEvent;

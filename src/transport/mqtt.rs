@@ -10,6 +10,7 @@
 
 use super::acks::Acks;
 use super::pending::Pending;
+use super::takeover::{self, Signals};
 use super::{BoxFuture, Outgoing, Publisher, TopicBinding, TransportError};
 use crate::binding::mqtt::{self as mb, Inbound, Rejected, ReplyTo};
 use crate::dedupe::{Claim, Dedupe, StoredReply};
@@ -151,6 +152,9 @@ pub struct MqttTransport {
     /// Set when the broker said "session taken over" (another connection
     /// with our client id); read by the reconnect loop.
     taken_over: std::sync::atomic::AtomicBool,
+    /// Serves a dead peer's session (see `takeover`): never subscribes.
+    takeover: bool,
+    signals: Signals,
 }
 
 impl std::fmt::Debug for MqttTransport {
@@ -165,6 +169,29 @@ impl std::fmt::Debug for MqttTransport {
 impl MqttTransport {
     /// Creates the transport (not yet connected: see [`MqttTransport::run`]).
     pub fn new(name: impl Into<String>, settings: MqttSettings) -> Arc<Self> {
+        Self::with_role(name.into(), settings, false)
+    }
+
+    /// A connection with a dead peer's client id that serves this
+    /// transport's processors (same routes and dedupe, emitters untouched)
+    /// and never subscribes: see [`takeover`](super::takeover).
+    pub(crate) fn takeover_of(
+        &self,
+        client_id: &str,
+        instance_id: &str,
+        session_expiry: Duration,
+    ) -> Arc<Self> {
+        let mut s = self.settings.clone();
+        s.client_id = client_id.to_owned();
+        s.instance_id = instance_id.to_owned();
+        s.session_expiry = session_expiry;
+        let t = Self::with_role(format!("{}/takeover:{client_id}", self.name), s, true);
+        *write(&t.routes) = read(&self.routes).clone();
+        *write(&t.dedupe) = read(&self.dedupe).clone();
+        t
+    }
+
+    fn with_role(name: String, settings: MqttSettings, takeover: bool) -> Arc<Self> {
         let mut o = MqttOptions::new(
             settings.client_id.clone(),
             settings.host.clone(),
@@ -190,7 +217,7 @@ impl MqttTransport {
         o.set_network_options(net);
         let (client, eventloop) = AsyncClient::new(o, settings.queue_capacity.max(1));
         Arc::new(MqttTransport {
-            name: name.into(),
+            name,
             settings,
             client,
             eventloop: Mutex::new(Some(eventloop)),
@@ -204,7 +231,33 @@ impl MqttTransport {
             subscribed: watch::channel(false).0,
             shutdown: watch::channel(false).0,
             taken_over: std::sync::atomic::AtomicBool::new(false),
+            takeover,
+            signals: Signals::default(),
         })
+    }
+
+    pub(crate) fn signals(&self) -> &Signals {
+        &self.signals
+    }
+
+    /// Subscribes again now (if connected) or at the next CONNACK: a peer
+    /// that took our session over may have left our groups.
+    pub(crate) fn resubscribe(self: &Arc<Self>) {
+        self.subscribed.send_replace(false);
+        if *self.connected.borrow() {
+            let this = self.clone();
+            tokio::spawn(async move { this.subscribe_all().await });
+        }
+    }
+
+    /// Unsubscribes `filters`, e.g. to leave a shared group.
+    pub(crate) async fn leave(&self, filters: &[String]) {
+        for f in filters {
+            if let Err(e) = self.client.unsubscribe(f.clone()).await {
+                warn!(transport = %self.name, filter = %f, error = %e, "cannot unsubscribe");
+            }
+        }
+        info!(transport = %self.name, filters = ?filters, "unsubscribed");
     }
 
     /// Binds a processor to this transport with its topics.
@@ -292,11 +345,11 @@ impl MqttTransport {
         let mut backoff = self.settings.reconnect_min;
         let mut failures = 0u32;
         let mut pause: Option<Duration> = None;
-        // When the current connection was accepted: a connection that drops
-        // soon after (flapping) keeps growing the backoff instead of
-        // resetting it.
+        // The backoff starts over only after a connection that lasted: a
+        // broker that closes every connection right after accepting it
+        // (another process with our client id) is not hammered.
         let mut connected_at: Option<tokio::time::Instant> = None;
-        let mut short_lived = 0u32;
+        let mut brief = 0u32;
         info!(transport = %self.name, host = %self.settings.host, port = self.settings.port, client_id = %self.settings.client_id, "mqtt transport starting");
         loop {
             tokio::select! {
@@ -316,34 +369,43 @@ impl MqttTransport {
                     Err(e) => {
                         self.connected.send_replace(false);
                         failures += 1;
+                        let was_connected = connected_at.is_some();
                         match connected_at.take().map(|t| t.elapsed() >= STABLE_CONNECTION) {
                             Some(true) => {
                                 backoff = self.settings.reconnect_min;
-                                short_lived = 0;
+                                brief = 0;
                             }
-                            Some(false) => short_lived += 1,
+                            Some(false) => brief += 1,
                             None => {}
                         }
-                        // rumqttc reports the broker's DISCONNECT as an
-                        // error; Mosquitto may also just close the socket
-                        // of the connection it replaced, so connections
-                        // dropped again and again right after they were
-                        // accepted count as the same signal.
-                        let taken_over = self.taken_over.swap(false, std::sync::atomic::Ordering::SeqCst)
-                            || short_lived >= FLAPS_BEFORE_BACKING_OFF
-                            || matches!(
-                                &e,
-                                rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
-                                    reason_code: rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver,
-                                    ..
-                                })
-                            );
+                        if self.takeover && was_connected {
+                            // Most likely the owner is back (Mosquitto 2.0
+                            // drops the old connection without saying why):
+                            // it gets its session; never fight for it.
+                            info!(transport = %self.name, client_id = %self.settings.client_id, error = %e, "session takeover lost its connection; it stops");
+                            self.signals.taken_over();
+                            dispatcher.abort();
+                            self.signals.stopped();
+                            return Ok(());
+                        }
+                        // rumqttc reports the broker's DISCONNECT (0x8E) as
+                        // an error; Mosquitto 2.0 just closes the replaced
+                        // connection, so connections dropped again and
+                        // again right after they were accepted count too.
+                        let said_taken_over = self.taken_over.swap(false, std::sync::atomic::Ordering::SeqCst)
+                            || takeover::is_session_taken_over(&e);
+                        let taken_over = said_taken_over || brief >= FLAPS_BEFORE_BACKING_OFF;
+                        if said_taken_over {
+                            self.signals.taken_over();
+                            // Whoever took it may have left our group:
+                            // subscribe again on the next CONNACK.
+                            self.subscribed.send_replace(false);
+                        }
                         if taken_over {
-                            // Another process connected with our client id.
                             // Reconnecting at once would take the session
                             // back and start a fight many times a second.
                             backoff = backoff.max(self.settings.reconnect_max).max(TAKEN_OVER_BACKOFF);
-                            error!(transport = %self.name, client_id = %self.settings.client_id, short_lived, retry_in_s = backoff.as_secs(), "the broker keeps ending this connection right after accepting it (session taken over): most likely another process uses client id '{}' (check POD_ID / mqtt.client_id); backing off", self.settings.client_id);
+                            error!(transport = %self.name, client_id = %self.settings.client_id, brief, retry_in_s = backoff.as_secs(), "the broker gave this session to another connection, or keeps closing it right after accepting it: is client id '{}' (POD_ID, APP_MQTT_CLIENT_ID) used by two processes? backing off", self.settings.client_id);
                         }
                         let delay = jitter(backoff);
                         if !taken_over {
@@ -369,8 +431,9 @@ impl MqttTransport {
         match ev {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 info!(transport = %self.name, session_present = ack.session_present, "mqtt connected");
+                self.signals.connected(ack.session_present);
                 self.connected.send_replace(true);
-                if !ack.session_present || !*self.subscribed.borrow() {
+                if !self.takeover && (!ack.session_present || !*self.subscribed.borrow()) {
                     // A new session has no subscriptions: make them again.
                     // Subscribing from another task, because the request
                     // channel may be full and this loop must keep polling.
@@ -380,6 +443,7 @@ impl MqttTransport {
             }
             Event::Incoming(Packet::Publish(p)) => {
                 self.metrics.received();
+                self.signals.received();
                 if tx.send((p, tokio::time::Instant::now())).is_err() {
                     error!(transport = %self.name, "dispatcher stopped; message left unacknowledged for redelivery");
                 }
@@ -501,6 +565,7 @@ impl MqttTransport {
             tokio::spawn(async move {
                 this.process(p.0, p.1).await;
                 drop(permit);
+                this.signals.finished();
             });
         }
     }
@@ -513,6 +578,18 @@ impl MqttTransport {
     ) {
         info!(transport = %self.name, "shutting down: finishing in-flight messages");
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        if !self.takeover && !self.settings.session_expiry.is_zero() {
+            // Leave shared groups first, so the broker stops queueing their
+            // messages for a session that may never come back.
+            let shared: Vec<_> = self
+                .subscriptions()
+                .into_iter()
+                .filter(|f| f.starts_with("$share/"))
+                .collect();
+            for f in shared {
+                let _ = self.client.try_unsubscribe(f);
+            }
+        }
         let _ = dispatcher.await;
         let all = self.settings.max_inflight.max(1) as u32;
         // Keep polling the event loop: handlers' publishes and acks go
@@ -556,6 +633,7 @@ impl MqttTransport {
         })
         .await;
         self.connected.send_replace(false);
+        self.signals.stopped();
         let m = self.metrics.snapshot();
         info!(transport = %self.name, received = m.received, processed = m.processed, duplicates = m.duplicates, dead_lettered = m.dead_lettered, "mqtt transport stopped");
     }
