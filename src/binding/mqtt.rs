@@ -502,4 +502,41 @@ mod tests {
             .1;
         assert!(t.ends_with('Z'), "{t}");
     }
+
+    proptest::proptest! {
+        /// Whatever a client sends, what the station builds from an accepted
+        /// message (a reply echoing its attributes and Correlation Data) is a
+        /// packet MQTT allows.
+        #[test]
+        fn every_packet_built_from_accepted_input_passes_mqtt_rules(
+            attrs in proptest::collection::vec(
+                (proptest::sample::select(crate::envelope::ATTRIBUTE_NAMES.to_vec()), ".{0,12}"),
+                0..8,
+            ),
+            custom in proptest::collection::vec(("[a-z]{1,6}", ".{0,12}"), 0..4),
+            corr in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            ct in proptest::option::of(".{0,20}"),
+        ) {
+            let mut p = props(&BASE);
+            for (k, v) in &attrs {
+                p.user_properties.push((k.to_string(), v.clone()));
+            }
+            p.user_properties.extend(custom);
+            p.correlation_data = Some(Bytes::from(corr.clone()));
+            p.content_type = ct;
+            p.response_topic = Some("mes/replies".into());
+            if let Ok(i) = decode("app/commands", Bytes::new(), Some(&p)) {
+                let mut reply = CloudEvent::new(i.event.ty.clone(), "station");
+                reply.subject = i.event.subject.clone();
+                reply.correlationid = i.event.correlationid.clone();
+                reply.causationid = Some(i.event.id.clone());
+                reply.traceparent = i.event.traceparent.clone();
+                reply.tracestate = i.event.tracestate.clone();
+                reply.custom = i.event.custom.clone();
+                let out = encode(&reply, i.reply_to.as_ref().and_then(|r| r.correlation_data.clone()));
+                proptest::prop_assert!(check_outbound("mes/replies", &out.properties).is_ok(), "{:?}", out.properties);
+                proptest::prop_assert_eq!(out.properties.correlation_data.as_deref(), Some(&corr[..]));
+            }
+        }
+    }
 }

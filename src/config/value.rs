@@ -152,6 +152,8 @@ pub(super) fn utf8_string(s: &str) -> Result<(), String> {
     if s.contains('\0') {
         return Err("must not contain a NUL character".into());
     }
+    // The broker closes the connection on these (wire contract §8).
+    crate::envelope::check_mqtt_string("the value", s).map_err(|e| e.to_string())?;
     if s.len() > u16::MAX as usize {
         return Err(format!(
             "is {} bytes long; MQTT allows at most 65535",
