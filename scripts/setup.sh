@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what microdcs needs on a fresh Debian/Ubuntu machine, skipping what
-# is already there: mosquitto (+ clients, used by tests) and redis-server.
+# is already there: mosquitto (+ clients, used by tests), redis-server and
+# faketime (a test runs a replica whose wall clock is a minute off).
 # The Rust toolchain itself is expected (rustup); cargo-nextest is optional.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/sbin/redis-server ] || need+=(redis-server)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

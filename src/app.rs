@@ -508,6 +508,24 @@ impl AppBuilder {
                 });
                 tasks.push((format!("mqtt-session:{name}"), task));
             }
+            // Deadlines written by one replica are judged by another: all
+            // judge them by Redis's clock. Measure once now (a Redis that is
+            // down is not fatal), then keep measuring.
+            let mut conn = r.conn.clone();
+            if let Ok(Err(e)) | Err(e) =
+                tokio::time::timeout(Duration::from_secs(2), crate::clock::sync(&mut conn))
+                    .await
+                    .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "timed out")))
+            {
+                warn!(error = %e, "cannot read the Redis clock at start; using the local clock until it can");
+            }
+            let task: Task = Box::new(move |mut sd| {
+                Box::pin(async move {
+                    crate::clock::keep_in_sync(conn, async move { sd.wait().await }).await;
+                    Ok(())
+                })
+            });
+            tasks.push(("redis-clock".into(), task));
             redis = Some(r);
         }
         Ok(App {

@@ -1150,3 +1150,62 @@ async fn a_device_that_echoes_only_the_correlation_data_completes_its_action() {
     assert_eq!(ids, ["q7/J-ab12/pick/1", "q7/J-ab12/put/1"]);
     station.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_clock_is_a_minute_ahead_fires_no_timeout_early() {
+    // A real `microdcs run` whose wall clock is 60 s ahead (libfaketime;
+    // monotonic time left alone), beside an in-process replica with the
+    // right time. Both move due timers.
+    let (mut s, eq) = setup(answer_all()).await;
+    let mut env = jobs::env(s._m.port(), s._r.0.port(), "skewed");
+    jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
+    let mut skewed = std::process::Command::new("faketime")
+        .args(["-f", "+60s", env!("CARGO_BIN_EXE_microdcs"), "run"])
+        .envs(env)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("faketime (scripts/setup.sh installs it)");
+    // Up once its session heartbeat is in Redis.
+    let mut c =
+        s._r.client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        let score: Option<f64> =
+            redis::AsyncCommands::zscore(&mut c, "t:{mqtt}:sessions", "microdcs-skewed")
+                .await
+                .unwrap_or(None);
+        if score.is_some() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "the skewed replica did not start");
+    // The inspection waits up to 30 s; the event comes after 3 s. Judged by
+    // its own clock, the skewed replica would see the deadline as passed.
+    store_recipe(&mut s.mes, "axle", rear_axle()).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("k1")}))
+            .await,
+        1
+    );
+    until_state(&mut s.mes, "k1", &["Running"]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("k1"))
+        .await;
+    let ended = until_state(&mut s.mes, "k1", &["Ended", "Aborted"]).await;
+    let _ = skewed.kill();
+    let _ = skewed.wait();
+    assert_eq!(
+        state_texts(&ended["JobState"]),
+        ["Ended", "Completed"],
+        "{ended}"
+    );
+    s.station.stop().await;
+}

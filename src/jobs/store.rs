@@ -28,7 +28,7 @@ use redis::{AsyncCommands, Script};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/apply.lua")));
 static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
@@ -185,11 +185,9 @@ impl std::fmt::Debug for JobStore {
     }
 }
 
+/// The shared clock (Redis's): deadlines and ages span replicas.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 impl JobStore {

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tracing::{debug, info, warn};
 
 static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/exec_apply.lua")));
@@ -230,11 +230,9 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// The shared clock (Redis's): deadlines and ages span replicas.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 fn rfc3339(ms: u64) -> String {

@@ -725,7 +725,7 @@ impl MqttTransport {
                 .await;
             return self.ack(&p).await;
         }
-        if inbound.event.is_expired(chrono::Utc::now()) {
+        if inbound.event.is_expired(crate::clock::now()) {
             let r = rejection(
                 &inbound,
                 ErrorKind::Timeout,
