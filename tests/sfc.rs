@@ -1209,3 +1209,30 @@ async fn a_replica_whose_clock_is_a_minute_ahead_fires_no_timeout_early() {
     );
     s.station.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_id_has_wildcards_slashes_and_control_characters_runs_its_recipe() {
+    let (mut s, eq) = setup(answer_all()).await;
+    store_recipe(&mut s.mes, "axle", rear_axle()).await;
+    let job = "PO#7/+\u{1}x";
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some(job))
+        .await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order(job)}))
+            .await,
+        1
+    );
+    let ended = until_state(&mut s.mes, job, &["Ended", "Aborted"]).await;
+    assert_eq!(
+        state_texts(&ended["JobState"]),
+        ["Ended", "Completed"],
+        "{ended}"
+    );
+    let cmds = eq.commands();
+    assert_eq!(cmds.len(), 4);
+    // The command id and the jobid metadata carry the id percent-encoded.
+    assert_eq!(cmds[0].0, "axle/PO%237%2F%2B%01x/clamp/1");
+    assert_eq!(cmds[0].4, "PO%237%2F%2B%01x");
+    s.station.stop().await;
+}

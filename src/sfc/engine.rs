@@ -830,7 +830,14 @@ impl Engine {
                             ev.subject = Some(subject.clone());
                         }
                         ev.correlationid = Some(CorrelationId::from_text(command_id.clone()));
-                        ev.custom.insert("jobid".into(), job.clone());
+                        // A user property: percent-encoded like a topic
+                        // level, so any job id is a valid MQTT string (ids
+                        // without `%`, `/`, `+`, `#` or control characters
+                        // are unchanged).
+                        ev.custom.insert(
+                            "jobid".into(),
+                            crate::envelope::encode_level(&job).into_owned(),
+                        );
                     })
                     .intent(Intent::Commands)
                     .shared_response();

@@ -390,7 +390,10 @@ impl Simulator {
             id: event.id.clone(),
             ty: event.ty.clone(),
             subject: subject.clone(),
-            jobid: event.custom.get(JOBID).cloned(),
+            jobid: event
+                .custom
+                .get(JOBID)
+                .map(|j| crate::envelope::decode_level(j).unwrap_or_else(|| j.clone())),
             params,
         };
         let decision = self.equipment.decide(&command);
