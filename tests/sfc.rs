@@ -1057,6 +1057,69 @@ async fn an_unaddressed_event_is_kept_until_a_job_waits_for_its_type() {
     s.station.stop().await;
 }
 
+const PART: &str = "com.example.axle.part_present.v1";
+
+/// Clamp, then two parallel paths each waiting for a part-present event
+/// from its own equipment (`press`, `camera`) of the scope.
+fn two_sensors() -> Value {
+    json!({
+        "Steps": [{"Name": "load", "Initial": true}, {"Name": "at_press"}, {"Name": "at_camera"}],
+        "Transitions": [
+            {"Source": "load", "Target": "sensors", "Condition": "always"}
+        ],
+        "Branches": [{"Name": "sensors", "Type": "simultaneous", "Branches": [["at_press"], ["at_camera"]]}],
+        "Actions": [
+            push("clamp", "load"),
+            {"Name": "press_part", "Step": "at_press", "Qualifier": "N", "Interaction": "pull_event",
+             "TypeId": PART, "TimeoutSeconds": 30, "Equipment": "press"},
+            {"Name": "camera_part", "Step": "at_camera", "Qualifier": "N", "Interaction": "pull_event",
+             "TypeId": PART, "TimeoutSeconds": 30, "Equipment": "camera"}
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_pull_actions_each_get_their_own_equipments_event() {
+    let (mut s, eq) = setup(answer_all()).await;
+    store_recipe(&mut s.mes, "axle", two_sensors()).await;
+    // Addressed to the job (correlation id), then unaddressed (routed by
+    // scope, type and equipment).
+    for (job, addressed) in [("e1", true), ("e2", false)] {
+        assert_eq!(
+            s.mes
+                .status("StoreAndStart", "axle", json!({"JobOrder": order(job)}))
+                .await,
+            1
+        );
+        until_state(&mut s.mes, job, &["Running"]).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !eq.commands().iter().any(|c| c.4 == job) {
+            assert!(tokio::time::Instant::now() < deadline, "no clamp for {job}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let to = addressed.then_some(job);
+        // The second path's equipment reports first.
+        eq.event(
+            "axle/camera",
+            PART,
+            json!({"from": "camera", "job": job}),
+            to,
+        )
+        .await;
+        eq.event("axle/press", PART, json!({"from": "press", "job": job}), to)
+            .await;
+        let ev = until_state(&mut s.mes, job, &["Ended", "Aborted"]).await;
+        assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
+        let data = ev["JobResponse"]["JobResponseData"].as_array().unwrap();
+        let value = |id: &str| data.iter().find(|d| d["ID"] == id).unwrap()["Value"].clone();
+        assert_eq!(value("press_part")["from"], "press", "{ev}");
+        assert_eq!(value("camera_part")["from"], "camera", "{ev}");
+        assert_eq!(value("press_part")["job"], job);
+        assert_eq!(value("camera_part")["job"], job);
+    }
+    s.station.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipe_survives_redis_going_away_mid_run() {
     init_tracing();

@@ -141,6 +141,65 @@ struct ScopeEarly {
     at_ms: u64,
     #[serde(default)]
     id: Option<String>,
+    /// Its subject below the scope ([`exec::equipment_of`]).
+    #[serde(default)]
+    equipment: Option<String>,
+    /// After this instant (ms) it completes nothing.
+    #[serde(default)]
+    expires_ms: Option<u64>,
+}
+
+impl ScopeEarly {
+    fn input(self) -> Input {
+        Input::Event {
+            type_id: self.type_id,
+            data: self.data,
+            id: self.id,
+            equipment: self.equipment,
+            expires_ms: self.expires_ms,
+        }
+    }
+}
+
+/// The deadline (ms) of a received message: the earlier of its
+/// `expirytime` and `now` plus its `expiryinterval` (the MQTT Message
+/// Expiry Interval, which the broker counts down while it holds the
+/// message, so it is the time left on arrival).
+fn deadline_of(ev: &CloudEvent, now: u64) -> Option<u64> {
+    let by_time = ev
+        .expirytime
+        .map(|t| u64::try_from(t.timestamp_millis()).unwrap_or(0));
+    let by_interval = ev
+        .expiryinterval
+        .map(|s| now.saturating_add(u64::from(s) * 1000));
+    match (by_time, by_interval) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether the recipe has a `pull_event` action that takes an event of
+/// `type_id` from `equipment`.
+fn recipe_wants(recipe: &Recipe, type_id: &str, equipment: Option<&str>) -> bool {
+    recipe.actions.iter().any(|a| {
+        a.interaction == Interaction::PullEvent
+            && a.type_id == type_id
+            && exec::selector_takes(a.equipment.as_deref(), equipment)
+    })
+}
+
+/// Whether the execution has a `pull_event` action waiting right now that
+/// takes an event of `type_id` from `equipment`.
+fn waits_for(e: &Exec, recipe: &Recipe, type_id: &str, equipment: Option<&str>) -> bool {
+    !e.is_finished()
+        && recipe.actions.iter().any(|a| {
+            a.interaction == Interaction::PullEvent
+                && a.type_id == type_id
+                && exec::selector_takes(a.equipment.as_deref(), equipment)
+                && e.actions
+                    .get(&a.name)
+                    .is_some_and(|r| r.state == exec::ActionState::Running)
+        })
 }
 
 /// `source` and `id` of an event: what makes a redelivery the same event.
@@ -549,7 +608,9 @@ impl Engine {
                     waiting_after.difference(&waiting_before).cloned().collect();
                 if !new.is_empty() {
                     self.adopt_early(scope, job, |ev| {
-                        ev.job.is_none() && new.contains(&ev.type_id)
+                        ev.job.is_none()
+                            && new.contains(&ev.type_id)
+                            && recipe_wants(&c.recipe, &ev.type_id, ev.equipment.as_deref())
                     })
                     .await?;
                 }
@@ -667,18 +728,12 @@ impl Engine {
             "recipe started"
         );
         // Events kept before the job ran: those naming it, and unaddressed
-        // ones of a type it waits for (the execution exists now, so no new
-        // event for it can be kept any more; see `early_push.lua`).
-        let types: BTreeSet<String> = compiled
-            .recipe
-            .actions
-            .iter()
-            .filter(|a| a.interaction == Interaction::PullEvent)
-            .map(|a| a.type_id.clone())
-            .collect();
+        // ones that one of its pull actions takes (type and equipment; the
+        // execution exists now, so no new event for it can be kept any
+        // more; see `early_push.lua`).
         self.adopt_early(scope, id, |ev| match &ev.job {
             Some(j) => j == id,
-            None => types.contains(&ev.type_id),
+            None => recipe_wants(&compiled.recipe, &ev.type_id, ev.equipment.as_deref()),
         })
         .await
     }
@@ -698,34 +753,40 @@ impl Engine {
             let mut c = self.conn();
             let claimed: i64 = c.lrem(self.key(scope, "early"), 1, &raw).await?;
             if claimed == 1 {
-                Box::pin(self.apply(
-                    scope,
-                    job,
-                    Input::Event {
-                        type_id: ev.type_id,
-                        data: ev.data,
-                        id: ev.id,
-                    },
-                ))
-                .await?;
+                Box::pin(self.apply(scope, job, ev.input())).await?;
             }
         }
         Ok(())
     }
 
     /// The scope's kept early events (not yet expired), with their raw
-    /// list entries.
+    /// list entries. Expired ones are dropped from the list: an expired
+    /// event completes nothing.
     async fn early_events(&self, scope: &str) -> Result<Vec<(String, ScopeEarly)>, EngineError> {
         let mut c = self.conn();
-        let raw: Vec<String> = c.lrange(self.key(scope, "early"), 0, -1).await?;
+        let key = self.key(scope, "early");
+        let raw: Vec<String> = c.lrange(&key, 0, -1).await?;
         let now = now_ms();
-        Ok(raw
-            .into_iter()
-            .filter_map(|r| {
-                let ev: ScopeEarly = serde_json::from_str(&r).ok()?;
-                (now.saturating_sub(ev.at_ms) < exec::EARLY_EVENT_TTL_MS).then_some((r, ev))
-            })
-            .collect())
+        let mut live = Vec::new();
+        let mut expired = redis::pipe();
+        let mut any_expired = false;
+        for r in raw {
+            let Ok(ev) = serde_json::from_str::<ScopeEarly>(&r) else {
+                continue;
+            };
+            if now.saturating_sub(ev.at_ms) < exec::EARLY_EVENT_TTL_MS
+                && ev.expires_ms.is_none_or(|x| x > now)
+            {
+                live.push((r, ev));
+            } else {
+                expired.lrem(&key, 1, r).ignore();
+                any_expired = true;
+            }
+        }
+        if any_expired {
+            let _: () = expired.query_async(&mut c).await?;
+        }
+        Ok(live)
     }
 
     /// One entry of a scope's job change stream.
@@ -1189,6 +1250,14 @@ impl Engine {
 
     /// Routes a result or event from equipment to its job.
     async fn route(&self, ev: &CloudEvent) -> Result<(), EngineError> {
+        let now = now_ms();
+        let expires_ms = deadline_of(ev, now);
+        if expires_ms.is_some_and(|x| x <= now) {
+            // The transport drops what expired before it was handled; this
+            // is for [`Engine::deliver`] callers and redelivered handling.
+            debug!(ty = %ev.ty, id = %ev.id, "expired result or event ignored");
+            return Ok(());
+        }
         // Matched by the Correlation Data bytes the command carried, never
         // by their rendering: a device may echo only the bytes, and a
         // 16-byte command id then renders as a UUID (wire contract §8).
@@ -1197,6 +1266,8 @@ impl Engine {
             .as_ref()
             .map(|c| c.bytes_as_str().unwrap_or(c.as_str()).to_owned());
         if let Some((scope, job, _, _)) = correlation.as_deref().and_then(exec::parse_command_id) {
+            // The command id names the action (and its activation): a
+            // result completes that action, whichever equipment sends it.
             let outcome = match &ev.mdcserrorkind {
                 Some(kind) => Err(format!(
                     "{kind}: {}",
@@ -1219,28 +1290,29 @@ impl Engine {
             debug!(ty = %ev.ty, "equipment event without subject ignored");
             return Ok(());
         };
-        let data = ev.data_as::<Value>().unwrap_or(Value::Null);
-        let input = Input::Event {
+        let equipment = exec::equipment_of(ev.subject.as_deref());
+        let early = ScopeEarly {
             type_id: ev.ty.clone(),
-            data: data.clone(),
+            job: correlation.clone(),
+            data: ev.data_as::<Value>().unwrap_or(Value::Null),
+            at_ms: now,
             id: Some(event_identity(ev)),
+            equipment: equipment.clone(),
+            expires_ms,
         };
         // The job named by the correlation id if it runs (the common case,
         // one read), else the oldest job of the scope waiting for this
-        // type, else keep it (atomically, see `early_push.lua`).
+        // type from this equipment, else keep it (atomically, see
+        // `early_push.lua`).
         if let Some(named) = &correlation {
-            if self.apply_if_running(&scope, named, input.clone()).await? {
+            if self
+                .apply_if_running(&scope, named, early.clone().input())
+                .await?
+            {
                 return Ok(());
             }
         }
         let named = correlation.clone().unwrap_or_default();
-        let early = ScopeEarly {
-            type_id: ev.ty.clone(),
-            job: correlation.clone(),
-            data: data.clone(),
-            at_ms: now_ms(),
-            id: Some(event_identity(ev)),
-        };
         let text = serde_json::to_string(&early).map_err(|e| EngineError::Send(e.to_string()))?;
         let mut c = self.conn();
         let verdict: String = EARLY
@@ -1253,40 +1325,63 @@ impl Engine {
             .await?;
         let job = match verdict.as_str() {
             "EXEC" => named,
-            "WAITING" => {
-                let oldest: Vec<String> = c
-                    .zrange(self.key(&scope, &format!("waiting:{}", ev.ty)), 0, 0)
-                    .await?;
-                match oldest.into_iter().next() {
-                    Some(j) => j,
-                    None => return Ok(()),
-                }
-            }
+            "WAITING" => match self
+                .waiting_job(&scope, &ev.ty, equipment.as_deref())
+                .await?
+            {
+                Some(j) => j,
+                None => return Ok(()),
+            },
             _ => {
                 debug!(scope, ty = %ev.ty, "event kept until a job waits for it");
                 return Ok(());
             }
         };
-        self.apply(
-            &scope,
-            &job,
-            Input::Event {
-                type_id: ev.ty.clone(),
-                data,
-                id: Some(event_identity(ev)),
-            },
-        )
-        .await
+        self.apply(&scope, &job, early.input()).await
+    }
+
+    /// Of the jobs waiting for events of `type_id` (oldest first), the
+    /// first with a pull action waiting right now whose `Equipment`
+    /// selector takes `equipment`; else the oldest, which keeps the event
+    /// with its own early events.
+    async fn waiting_job(
+        &self,
+        scope: &str,
+        type_id: &str,
+        equipment: Option<&str>,
+    ) -> Result<Option<String>, EngineError> {
+        /// Waiting jobs looked at at most per event.
+        const CANDIDATES: isize = 32;
+        let mut c = self.conn();
+        let jobs: Vec<String> = c
+            .zrange(
+                self.key(scope, &format!("waiting:{type_id}")),
+                0,
+                CANDIDATES - 1,
+            )
+            .await?;
+        for j in &jobs {
+            let Some((_, e, recipe_json)) = self.load(scope, j).await? else {
+                continue;
+            };
+            let Ok(compiled) = self.compiled(&recipe_json) else {
+                continue;
+            };
+            if waits_for(&e, &compiled.recipe, type_id, equipment) {
+                return Ok(Some(j.clone()));
+            }
+        }
+        Ok(jobs.into_iter().next())
     }
 }
 
 /// The subject (and topic levels) of a command: the job's scope, or the
-/// action's `Equipment` below the scope (`line-1/press`), so that events
-/// from that equipment carry the scope as the first subject segment. An
-/// `Equipment` that already contains a `/` is taken as it is.
+/// action's `Equipment` below the scope (`line-1/press` addresses
+/// `{scope}/line-1/press`), always below it: the same selector decides
+/// which events a `pull_event` takes (their subject below the scope, see
+/// [`exec::selector_takes`]), and a recipe never addresses another scope.
 pub fn command_subject(scope: &str, equipment: Option<&str>) -> String {
     match equipment {
-        Some(e) if e.contains('/') => e.to_owned(),
         Some(e) => format!("{scope}/{e}"),
         None => scope.to_owned(),
     }
@@ -1385,7 +1480,10 @@ mod tests {
     fn equipment_is_addressed_below_the_scope() {
         assert_eq!(command_subject("line-1", None), "line-1");
         assert_eq!(command_subject("line-1", Some("press")), "line-1/press");
-        assert_eq!(command_subject("line-1", Some("hall/press")), "hall/press");
+        assert_eq!(
+            command_subject("line-1", Some("hall/press")),
+            "line-1/hall/press"
+        );
     }
 
     #[test]
