@@ -29,7 +29,7 @@ use super::net::Net;
 use super::recipe::{Interaction, Recipe};
 use crate::app::{Backoff, Redis, Shutdown};
 use crate::envelope::{CloudEvent, ContentType, CorrelationId};
-use crate::error::{ErrorKind, HandlerError};
+use crate::error::{redis_is_retryable, ErrorKind, HandlerError};
 use crate::jobs::store::{parse_state_key, StoreError, DISPATCH_LEASE};
 use crate::jobs::{Internal, JobManager, JobState, MainState, SubState};
 use crate::processor::{Emit, Emitter, Meta, Processor, State};
@@ -78,9 +78,32 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
-    /// Sending failed.
+    /// Sending failed; trying again may help.
     #[error("{0}")]
     Send(String),
+    /// A command can never be sent as it is (the transport refuses it, or
+    /// its processor cannot shape it): terminal for that command.
+    #[error("{0}")]
+    Unsendable(String),
+}
+
+impl EngineError {
+    /// Why trying again cannot help, if it cannot: a command the transport
+    /// or its processor refuses, or a command Redis refuses (a script
+    /// error, a wrong type: the same request fails the same way forever).
+    /// `None` for unavailability, which is worth another attempt.
+    fn terminal_reason(&self) -> Option<String> {
+        match self {
+            EngineError::Unsendable(r) => Some(r.clone()),
+            EngineError::Redis(e) | EngineError::Store(StoreError::Unavailable(e))
+                if !redis_is_retryable(e) =>
+            {
+                Some(format!("redis refused: {e}"))
+            }
+            EngineError::Corrupt { .. } => Some(self.to_string()),
+            _ => None,
+        }
+    }
 }
 
 impl From<EngineError> for HandlerError {
@@ -93,6 +116,9 @@ impl From<EngineError> for HandlerError {
             }
             e @ EngineError::Send(_) => {
                 HandlerError::retryable(ErrorKind::ServiceUnavailable, e.to_string())
+            }
+            e @ EngineError::Unsendable(_) => {
+                HandlerError::terminal(ErrorKind::PropertyInvalid, e.to_string())
             }
         }
     }
@@ -217,6 +243,16 @@ pub struct EngineSettings {
     pub claim_idle: Duration,
     /// Entries read per stream and round.
     pub batch: usize,
+    /// The configured message expiry (`processing.message_expiry_interval`):
+    /// a dispatch work item older than this is not sent (its command would
+    /// be stale); the action counts it as a failed attempt
+    /// ([`Input::Unsent`]). A command sent is given what is left of it as
+    /// its Message Expiry Interval. `None`: commands never expire.
+    pub message_expiry: Option<Duration>,
+    /// Sends of one dispatch work item that failed retryably (transport or
+    /// Redis unavailable) before it is given up: its action fails with the
+    /// attempt history, and the job ends Aborted.
+    pub max_send_attempts: u32,
 }
 
 impl Default for EngineSettings {
@@ -225,8 +261,31 @@ impl Default for EngineSettings {
             poll: Duration::from_millis(200),
             claim_idle: Duration::from_secs(3),
             batch: 256,
+            message_expiry: None,
+            max_send_attempts: 20,
         }
     }
+}
+
+/// The creation time (ms, Redis server clock) of a stream entry, from its
+/// id (`{ms}-{seq}`).
+fn entry_ms(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+/// How long a dispatch work item created at `created_ms` may still be sent
+/// as a command, under message expiry `expiry`: `Some(ms left)`, at least a
+/// whole second (the Message Expiry Interval counts in seconds), or `None`
+/// when it is too old. No expiry: `Some(u64::MAX)`.
+fn send_window(created_ms: Option<u64>, now: u64, expiry: Option<Duration>) -> Option<u64> {
+    let Some(expiry) = expiry else {
+        return Some(u64::MAX);
+    };
+    let age = created_ms.map_or(0, |c| now.saturating_sub(c));
+    let left = u64::try_from(expiry.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_sub(age);
+    (left >= 1000).then_some(left)
 }
 
 struct Compiled {
@@ -827,120 +886,10 @@ impl Engine {
         }
     }
 
-    async fn on_work(&self, scope: &str, item: WorkItem) -> Result<(), EngineError> {
-        // A dispatch met while its job is paused is kept as it is, for Resume.
-        let held = match &item {
-            WorkItem::Dispatch { .. } => {
-                serde_json::to_string(&item).map_err(|e| EngineError::Send(e.to_string()))?
-            }
-            _ => String::new(),
-        };
+    async fn on_work(&self, scope: &str, entry: &str, item: WorkItem) -> Result<(), EngineError> {
         match item {
             WorkItem::Timer { job, key } => self.apply(scope, &job, Input::Timer { key }).await,
-            WorkItem::Dispatch {
-                job,
-                command_id,
-                action,
-                type_id,
-                equipment,
-                parameters,
-                attempt,
-            } => {
-                let subject = command_subject(scope, equipment.as_deref());
-                let taken = self
-                    .inner
-                    .takeovers
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&type_id)
-                    .cloned();
-                let (emitter, emit) = match taken {
-                    // A hand-written processor shapes this type's commands.
-                    Some(t) => {
-                        let cmd = Command {
-                            command_id: command_id.clone(),
-                            job: job.clone(),
-                            scope: scope.to_owned(),
-                            action: action.clone(),
-                            type_id: type_id.clone(),
-                            subject: subject.clone(),
-                            parameters,
-                            attempt,
-                        };
-                        (
-                            t.emitter.clone(),
-                            (t.shape)(&cmd).map_err(EngineError::Send)?,
-                        )
-                    }
-                    None => {
-                        let Some(emitter) = self.inner.equipment.get() else {
-                            return Err(EngineError::Send(
-                                "no equipment processor is bound".into(),
-                            ));
-                        };
-                        let mut ev = CloudEvent::new(type_id.clone(), "");
-                        ev.set_data(ContentType::Json, &Value::Object(parameters))
-                            .map_err(EngineError::Send)?;
-                        (emitter.clone(), Emit::raw(ev))
-                    }
-                };
-                // Whoever shaped it, the identity is the engine's: the stable
-                // command id, its correlation, the job, the subject.
-                let emit = emit
-                    .map_event(|ev| {
-                        ev.id.clone_from(&command_id);
-                        if ev.subject.is_none() {
-                            ev.subject = Some(subject.clone());
-                        }
-                        ev.correlationid = Some(CorrelationId::from_text(command_id.clone()));
-                        ev.custom.insert("jobid".into(), job.clone());
-                    })
-                    .intent(Intent::Commands)
-                    .shared_response();
-                // Only while the job is Running, and never after its
-                // Aborted/Ended/Interrupted status event (see `fence`).
-                let store = self.inner.jobs.store();
-                let lease = match fence::take(store, scope, &job, &command_id, &held).await? {
-                    fence::Verdict::Leased(lease) => lease,
-                    fence::Verdict::Held => {
-                        debug!(
-                            scope,
-                            job,
-                            action,
-                            command_id,
-                            "job interrupted; command held until it resumes"
-                        );
-                        return Ok(());
-                    }
-                    fence::Verdict::Recalled => {
-                        debug!(
-                            scope,
-                            job, action, command_id, "job no longer running; command recalled"
-                        );
-                        return Ok(());
-                    }
-                };
-                // The lease must outlive the send: a send stuck in back
-                // pressure is given up (the item stays pending and is tried
-                // again) well before the lease could expire.
-                let sent = tokio::time::timeout(DISPATCH_LEASE / 2, emitter.emit(emit)).await;
-                if let Err(e) = fence::release(store, &lease).await {
-                    // It expires by itself; a transition out of Running
-                    // waits for it until then.
-                    warn!(scope, job, command_id, error = %e, "dispatch lease not released");
-                }
-                match sent {
-                    Ok(r) => r.map_err(|e| EngineError::Send(e.to_string()))?,
-                    Err(_) => {
-                        return Err(EngineError::Send(format!(
-                            "command '{command_id}' not handed to the transport within {:?}",
-                            DISPATCH_LEASE / 2
-                        )))
-                    }
-                }
-                debug!(scope, job, action, command_id, attempt, "command sent");
-                Ok(())
-            }
+            WorkItem::Dispatch { .. } => self.on_dispatch(scope, entry, item).await,
             WorkItem::Progress {
                 job,
                 step,
@@ -964,6 +913,231 @@ impl Engine {
             }
             WorkItem::Finished { job } => self.report_finished(scope, &job).await,
         }
+    }
+
+    /// A dispatch work item: sent as a command, unless it is older than
+    /// the message expiry (then the action counts an unsent attempt). A
+    /// send that can never succeed, or failed retryably
+    /// `max_send_attempts` times, fails the action (and the job) with the
+    /// reason, like an error reply from the equipment would.
+    async fn on_dispatch(
+        &self,
+        scope: &str,
+        entry: &str,
+        item: WorkItem,
+    ) -> Result<(), EngineError> {
+        let WorkItem::Dispatch {
+            job,
+            command_id,
+            attempt,
+            ..
+        } = &item
+        else {
+            return Ok(());
+        };
+        let (job, command_id, attempt) = (job.clone(), command_id.clone(), *attempt);
+        let expiry = self.inner.settings.message_expiry;
+        let now = now_ms();
+        let created = entry_ms(entry);
+        let Some(left_ms) = send_window(created, now, expiry) else {
+            let waited = created.map_or(0, |c| now.saturating_sub(c));
+            let reason = format!(
+                "the command waited {:.1} s to be sent, longer than the message expiry of {} s",
+                waited as f64 / 1000.0,
+                expiry.map_or(0, |e| e.as_secs())
+            );
+            info!(scope, job, command_id, attempt, %reason, "stale dispatch not sent");
+            return self
+                .apply(
+                    scope,
+                    &job,
+                    Input::Unsent {
+                        command_id,
+                        attempt,
+                        reason,
+                    },
+                )
+                .await;
+        };
+        let error = match self.send_command(scope, item, left_ms).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let reason = match error.terminal_reason() {
+            Some(r) => format!("command cannot be sent: {r}"),
+            None => {
+                // Counted in Redis: the item may be retried by another
+                // replica. A failure that cannot be recorded (Redis gone)
+                // is not counted, and the item stays pending.
+                let key = self.key(scope, &format!("sendfail:{entry}"));
+                let mut text = error.to_string();
+                if text.len() > 200 {
+                    let mut cut = 200;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    text.push('…');
+                }
+                let mut c = self.conn();
+                let (history,): (Vec<String>,) = redis::pipe()
+                    .rpush(&key, &text)
+                    .ignore()
+                    .expire(&key, 86_400)
+                    .ignore()
+                    .lrange(&key, 0, -1)
+                    .query_async(&mut c)
+                    .await?;
+                let n = history.len();
+                if n < self.inner.settings.max_send_attempts as usize {
+                    warn!(scope, job, command_id, attempt = n, error = %error, "command not sent; will try again");
+                    return Err(error);
+                }
+                let listed: Vec<String> = history
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| format!("{}: {h}", i + 1))
+                    .collect();
+                format!(
+                    "command not sent after {n} attempts ({})",
+                    listed.join("; ")
+                )
+            }
+        };
+        warn!(scope, job, command_id, %reason, "command given up; the action fails");
+        self.apply(
+            scope,
+            &job,
+            Input::Result {
+                command_id,
+                outcome: Err(reason),
+            },
+        )
+        .await
+    }
+
+    /// Sends a dispatch's command through its processor, fenced against
+    /// the job leaving Running; `left_ms` is what is left of its message
+    /// expiry (its Message Expiry Interval).
+    async fn send_command(
+        &self,
+        scope: &str,
+        item: WorkItem,
+        left_ms: u64,
+    ) -> Result<(), EngineError> {
+        // A dispatch met while its job is paused is kept as it is, for Resume.
+        let held = serde_json::to_string(&item).map_err(|e| EngineError::Send(e.to_string()))?;
+        let WorkItem::Dispatch {
+            job,
+            command_id,
+            action,
+            type_id,
+            equipment,
+            parameters,
+            attempt,
+        } = item
+        else {
+            return Ok(());
+        };
+        let subject = command_subject(scope, equipment.as_deref());
+        let taken = self
+            .inner
+            .takeovers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&type_id)
+            .cloned();
+        let (emitter, emit) = match taken {
+            // A hand-written processor shapes this type's commands.
+            Some(t) => {
+                let cmd = Command {
+                    command_id: command_id.clone(),
+                    job: job.clone(),
+                    scope: scope.to_owned(),
+                    action: action.clone(),
+                    type_id: type_id.clone(),
+                    subject: subject.clone(),
+                    parameters,
+                    attempt,
+                };
+                // A shaper is a function of the command: what it refuses
+                // once it refuses every time.
+                let emit = (t.shape)(&cmd).map_err(|e| {
+                    EngineError::Unsendable(format!("its processor cannot shape it: {e}"))
+                })?;
+                (t.emitter, emit)
+            }
+            None => {
+                let Some(emitter) = self.inner.equipment.get() else {
+                    return Err(EngineError::Send("no equipment processor is bound".into()));
+                };
+                let mut ev = CloudEvent::new(type_id.clone(), "");
+                ev.set_data(ContentType::Json, &Value::Object(parameters))
+                    .map_err(EngineError::Unsendable)?;
+                (emitter.clone(), Emit::raw(ev))
+            }
+        };
+        let left_secs = u32::try_from(left_ms / 1000).ok();
+        // Whoever shaped it, the identity is the engine's: the stable
+        // command id, its correlation, the job, the subject.
+        let emit = emit
+            .map_event(|ev| {
+                ev.id.clone_from(&command_id);
+                if ev.subject.is_none() {
+                    ev.subject = Some(subject.clone());
+                }
+                ev.correlationid = Some(CorrelationId::from_text(command_id.clone()));
+                ev.custom.insert("jobid".into(), job.clone());
+                // What is left of the message expiry, not all of it again.
+                if let Some(left) = left_secs {
+                    ev.expiryinterval = Some(ev.expiryinterval.map_or(left, |e| e.min(left)));
+                }
+            })
+            .intent(Intent::Commands)
+            .shared_response();
+        // Only while the job is Running, and never after its
+        // Aborted/Ended/Interrupted status event (see `fence`).
+        let store = self.inner.jobs.store();
+        let lease = match fence::take(store, scope, &job, &command_id, &held).await? {
+            fence::Verdict::Leased(lease) => lease,
+            fence::Verdict::Held => {
+                debug!(
+                    scope,
+                    job, action, command_id, "job interrupted; command held until it resumes"
+                );
+                return Ok(());
+            }
+            fence::Verdict::Recalled => {
+                debug!(
+                    scope,
+                    job, action, command_id, "job no longer running; command recalled"
+                );
+                return Ok(());
+            }
+        };
+        // The lease must outlive the send: a send stuck in back
+        // pressure is given up (the item stays pending and is tried
+        // again) well before the lease could expire.
+        let sent = tokio::time::timeout(DISPATCH_LEASE / 2, emitter.emit(emit)).await;
+        if let Err(e) = fence::release(store, &lease).await {
+            // It expires by itself; a transition out of Running
+            // waits for it until then.
+            warn!(scope, job, command_id, error = %e, "dispatch lease not released");
+        }
+        match sent {
+            // The transport refuses it as it is (e.g. a topic MQTT
+            // forbids): it would refuse it every time.
+            Ok(Err(e)) if !e.retryable => return Err(EngineError::Unsendable(e.to_string())),
+            Ok(r) => r.map_err(|e| EngineError::Send(e.to_string()))?,
+            Err(_) => {
+                return Err(EngineError::Send(format!(
+                    "command '{command_id}' not handed to the transport within {:?}",
+                    DISPATCH_LEASE / 2
+                )))
+            }
+        }
+        debug!(scope, job, action, command_id, attempt, "command sent");
+        Ok(())
     }
 
     async fn report_finished(&self, scope: &str, id: &str) -> Result<(), EngineError> {
@@ -1162,7 +1336,7 @@ impl Engine {
             }
         } else {
             match field("item").map(|i| serde_json::from_str::<WorkItem>(&i)) {
-                Some(Ok(item)) => self.on_work(scope, item).await,
+                Some(Ok(item)) => self.on_work(scope, id, item).await,
                 Some(Err(e)) => {
                     warn!(scope, entry = id, error = %e, "unreadable work item dropped");
                     Ok(())
@@ -1180,6 +1354,8 @@ impl Engine {
                     // change stream is shared with the publisher and capped
                     // by the job store instead.
                     pipe.cmd("XDEL").arg(stream).arg(id).ignore();
+                    pipe.del(self.key(scope, &format!("sendfail:{id}")))
+                        .ignore();
                 }
                 let _: () = pipe.query_async(&mut c).await?;
                 Ok(())
@@ -1484,6 +1660,60 @@ mod tests {
             command_subject("line-1", Some("hall/press")),
             "line-1/hall/press"
         );
+    }
+
+    #[test]
+    fn a_dispatch_is_sent_only_within_the_message_expiry() {
+        assert_eq!(entry_ms("1700000000123-4"), Some(1_700_000_000_123));
+        assert_eq!(entry_ms("junk"), None);
+        let now = 1_000_000;
+        let expiry = Some(Duration::from_secs(60));
+        // No expiry configured: always, for as long as it takes.
+        assert_eq!(send_window(Some(0), now, None), Some(u64::MAX));
+        // Fresh: nearly all of it is left for the command.
+        assert_eq!(send_window(Some(now - 500), now, expiry), Some(59_500));
+        // Older than the expiry, or with less than a whole second left
+        // (the Message Expiry Interval counts seconds): not sent.
+        assert_eq!(send_window(Some(now - 60_000), now, expiry), None);
+        assert_eq!(send_window(Some(now - 59_001), now, expiry), None);
+        assert_eq!(send_window(Some(now - 59_000), now, expiry), Some(1_000));
+        // A re-dispatch (a new work item after a timeout) starts afresh.
+        assert_eq!(send_window(Some(now), now, expiry), Some(60_000));
+    }
+
+    #[test]
+    fn only_a_send_that_can_never_succeed_is_terminal() {
+        let refused =
+            redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "wrong type"));
+        assert!(!redis_is_retryable(&refused));
+        assert!(EngineError::Redis(refused)
+            .terminal_reason()
+            .is_some_and(|r| r.contains("refused")));
+        let gone = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "down",
+        ));
+        assert!(redis_is_retryable(&gone));
+        assert_eq!(EngineError::Redis(gone).terminal_reason(), None);
+        assert!(EngineError::Unsendable("bad topic".into())
+            .terminal_reason()
+            .is_some());
+        assert_eq!(
+            EngineError::Send("queue closed".into()).terminal_reason(),
+            None
+        );
+        // The transport's own classification decides for a publish.
+        use crate::transport::TransportError;
+        let invalid: HandlerError = TransportError::Invalid {
+            topic: "a/+/b".into(),
+            reason: "wildcard".into(),
+        }
+        .into();
+        assert!(!invalid.retryable);
+        let closed: HandlerError = TransportError::Closed("mqtt".into()).into();
+        assert!(closed.retryable);
+        // As a handler error (deliver): terminal stays terminal.
+        assert!(!HandlerError::from(EngineError::Unsendable("x".into())).retryable);
     }
 
     #[test]
