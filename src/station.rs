@@ -128,7 +128,10 @@ pub async fn build_extended(
             manager.clone(),
             redis.client.clone(),
             config.instance_id(),
-            EngineSettings::default(),
+            EngineSettings {
+                message_expiry: config.processing.message_expiry_interval,
+                ..EngineSettings::default()
+            },
         );
         let mut eb = config.topic_binding(EQUIPMENT, default_equipment_binding());
         // The configured response topic of `equipment` is shared by every

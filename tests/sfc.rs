@@ -1057,6 +1057,172 @@ async fn an_unaddressed_event_is_kept_until_a_job_waits_for_its_type() {
     s.station.stop().await;
 }
 
+const PART: &str = "com.example.axle.part_present.v1";
+
+/// Clamp, then two parallel paths each waiting for a part-present event
+/// from its own equipment (`press`, `camera`) of the scope.
+fn two_sensors() -> Value {
+    json!({
+        "Steps": [{"Name": "load", "Initial": true}, {"Name": "at_press"}, {"Name": "at_camera"}],
+        "Transitions": [
+            {"Source": "load", "Target": "sensors", "Condition": "always"}
+        ],
+        "Branches": [{"Name": "sensors", "Type": "simultaneous", "Branches": [["at_press"], ["at_camera"]]}],
+        "Actions": [
+            push("clamp", "load"),
+            {"Name": "press_part", "Step": "at_press", "Qualifier": "N", "Interaction": "pull_event",
+             "TypeId": PART, "TimeoutSeconds": 30, "Equipment": "press"},
+            {"Name": "camera_part", "Step": "at_camera", "Qualifier": "N", "Interaction": "pull_event",
+             "TypeId": PART, "TimeoutSeconds": 30, "Equipment": "camera"}
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_pull_actions_each_get_their_own_equipments_event() {
+    let (mut s, eq) = setup(answer_all()).await;
+    store_recipe(&mut s.mes, "axle", two_sensors()).await;
+    // Addressed to the job (correlation id), then unaddressed (routed by
+    // scope, type and equipment).
+    for (job, addressed) in [("e1", true), ("e2", false)] {
+        assert_eq!(
+            s.mes
+                .status("StoreAndStart", "axle", json!({"JobOrder": order(job)}))
+                .await,
+            1
+        );
+        until_state(&mut s.mes, job, &["Running"]).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !eq.commands().iter().any(|c| c.4 == job) {
+            assert!(tokio::time::Instant::now() < deadline, "no clamp for {job}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let to = addressed.then_some(job);
+        // The second path's equipment reports first.
+        eq.event(
+            "axle/camera",
+            PART,
+            json!({"from": "camera", "job": job}),
+            to,
+        )
+        .await;
+        eq.event("axle/press", PART, json!({"from": "press", "job": job}), to)
+            .await;
+        let ev = until_state(&mut s.mes, job, &["Ended", "Aborted"]).await;
+        assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
+        let data = ev["JobResponse"]["JobResponseData"].as_array().unwrap();
+        let value = |id: &str| data.iter().find(|d| d["ID"] == id).unwrap()["Value"].clone();
+        assert_eq!(value("press_part")["from"], "press", "{ev}");
+        assert_eq!(value("camera_part")["from"], "camera", "{ev}");
+        assert_eq!(value("press_part")["job"], job);
+        assert_eq!(value("camera_part")["job"], job);
+    }
+    s.station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_event_that_expired_completes_nothing() {
+    let (mut s, eq) = setup(answer_all()).await;
+    let recipe = json!({
+        "Steps": [{"Name": "inspect", "Initial": true}],
+        "Transitions": [],
+        "Actions": [{"Name": "inspection", "Step": "inspect", "Qualifier": "N",
+                     "Interaction": "pull_event", "TypeId": INSPECTED, "TimeoutSeconds": 30}]
+    });
+    store_recipe(&mut s.mes, "axle", recipe).await;
+    // Kept before any job runs, valid for 1 s (MQTT Message Expiry).
+    eq.event_expiring("axle", INSPECTED, json!({"n": 1}), None, Some(1))
+        .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        s.mes
+            .status("StoreAndStart", "axle", json!({"JobOrder": order("x1")}))
+            .await,
+        1
+    );
+    until_state(&mut s.mes, "x1", &["Running"]).await;
+    eq.event("axle", INSPECTED, json!({"n": 2}), None).await;
+    let ev = until_state(&mut s.mes, "x1", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
+    let data = ev["JobResponse"]["JobResponseData"].as_array().unwrap();
+    let inspection = data.iter().find(|d| d["ID"] == "inspection").unwrap();
+    assert_eq!(
+        inspection["Value"]["n"], 2,
+        "the expired event completed it"
+    );
+    s.station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_can_never_be_published_aborts_the_job_with_the_reason() {
+    use microdcs::sfc::engine::Engine;
+    use microdcs::{CloudEvent, Emit, HandlerError, Processor, State, TopicBinding};
+
+    async fn on_tool(ev: CloudEvent, State(engine): State<Engine>) -> Result<(), HandlerError> {
+        engine.deliver(&ev).await.map_err(HandlerError::from)
+    }
+
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let station = jobs::start_extended(jobs::env(m.port(), r.0.port(), "tool-1"), |b, engine| {
+        let engine = engine.expect("processor instance").clone();
+        let tool = Processor::southbound("torque-tool")
+            .handle(on_tool)
+            .state(engine.clone())
+            .build();
+        // A hand-written processor that addresses the tool named by a
+        // recipe parameter, as it is: a name MQTT forbids in a topic
+        // makes a command no broker will take.
+        engine.take_over("com.example.axle.tighten.v1", &tool, |cmd| {
+            let mut ev = CloudEvent::new("com.example.nutrunner.Tighten.v1", "");
+            ev.subject = Some(format!(
+                "{}/{}",
+                cmd.scope,
+                cmd.parameters["tool"].as_str().unwrap_or_default()
+            ));
+            Ok(Emit::raw(ev))
+        });
+        let mut binding = TopicBinding::new("app/tools");
+        binding.wildcard_levels = 2;
+        binding.shared_response_topic = Some("app/tools/responses".into());
+        b.processor(tool, binding)
+    })
+    .await;
+    let eq = Equipment::start(m.port(), answer_all()).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    let mut tighten = push("tighten", "tighten");
+    tighten["Parameters"] = json!({"tool": "nut+runner"});
+    let recipe = json!({
+        "Steps": [{"Name": "load", "Initial": true}, {"Name": "tighten"}, {"Name": "unload"}],
+        "Transitions": [
+            {"Source": "load", "Target": "tighten", "Condition": "always"},
+            {"Source": "tighten", "Target": "unload", "Condition": "always"}
+        ],
+        "Actions": [push("clamp", "load"), tighten, push("unload", "unload")]
+    });
+    store_recipe(&mut mes, "axle", recipe).await;
+    assert_eq!(
+        mes.status("StoreAndStart", "axle", json!({"JobOrder": order("t1")}))
+            .await,
+        1
+    );
+    let ev = until_state(&mut mes, "t1", &["Ended", "Aborted"]).await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Aborted"], "{ev}");
+    let why = ev["JobResponse"]["Description"]["Text"].as_str().unwrap();
+    assert!(
+        why.contains("'tighten'") && why.contains("cannot be sent") && why.contains("nut+runner"),
+        "{why}"
+    );
+    let types: Vec<String> = eq.commands().into_iter().map(|c| c.1).collect();
+    assert_eq!(
+        types,
+        ["com.example.axle.clamp.v1"],
+        "nothing after the failure"
+    );
+    station.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipe_survives_redis_going_away_mid_run() {
     init_tracing();

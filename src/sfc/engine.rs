@@ -29,7 +29,7 @@ use super::net::Net;
 use super::recipe::{Interaction, Recipe};
 use crate::app::{Backoff, Redis, Shutdown};
 use crate::envelope::{CloudEvent, ContentType, CorrelationId};
-use crate::error::{ErrorKind, HandlerError};
+use crate::error::{redis_is_retryable, ErrorKind, HandlerError};
 use crate::jobs::store::{parse_state_key, StoreError, DISPATCH_LEASE};
 use crate::jobs::{Internal, JobManager, JobState, MainState, SubState};
 use crate::processor::{Emit, Emitter, Meta, Processor, State};
@@ -78,9 +78,32 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
-    /// Sending failed.
+    /// Sending failed; trying again may help.
     #[error("{0}")]
     Send(String),
+    /// A command can never be sent as it is (the transport refuses it, or
+    /// its processor cannot shape it): terminal for that command.
+    #[error("{0}")]
+    Unsendable(String),
+}
+
+impl EngineError {
+    /// Why trying again cannot help, if it cannot: a command the transport
+    /// or its processor refuses, or a command Redis refuses (a script
+    /// error, a wrong type: the same request fails the same way forever).
+    /// `None` for unavailability, which is worth another attempt.
+    fn terminal_reason(&self) -> Option<String> {
+        match self {
+            EngineError::Unsendable(r) => Some(r.clone()),
+            EngineError::Redis(e) | EngineError::Store(StoreError::Unavailable(e))
+                if !redis_is_retryable(e) =>
+            {
+                Some(format!("redis refused: {e}"))
+            }
+            EngineError::Corrupt { .. } => Some(self.to_string()),
+            _ => None,
+        }
+    }
 }
 
 impl From<EngineError> for HandlerError {
@@ -93,6 +116,9 @@ impl From<EngineError> for HandlerError {
             }
             e @ EngineError::Send(_) => {
                 HandlerError::retryable(ErrorKind::ServiceUnavailable, e.to_string())
+            }
+            e @ EngineError::Unsendable(_) => {
+                HandlerError::terminal(ErrorKind::PropertyInvalid, e.to_string())
             }
         }
     }
@@ -141,6 +167,65 @@ struct ScopeEarly {
     at_ms: u64,
     #[serde(default)]
     id: Option<String>,
+    /// Its subject below the scope ([`exec::equipment_of`]).
+    #[serde(default)]
+    equipment: Option<String>,
+    /// After this instant (ms) it completes nothing.
+    #[serde(default)]
+    expires_ms: Option<u64>,
+}
+
+impl ScopeEarly {
+    fn input(self) -> Input {
+        Input::Event {
+            type_id: self.type_id,
+            data: self.data,
+            id: self.id,
+            equipment: self.equipment,
+            expires_ms: self.expires_ms,
+        }
+    }
+}
+
+/// The deadline (ms) of a received message: the earlier of its
+/// `expirytime` and `now` plus its `expiryinterval` (the MQTT Message
+/// Expiry Interval, which the broker counts down while it holds the
+/// message, so it is the time left on arrival).
+fn deadline_of(ev: &CloudEvent, now: u64) -> Option<u64> {
+    let by_time = ev
+        .expirytime
+        .map(|t| u64::try_from(t.timestamp_millis()).unwrap_or(0));
+    let by_interval = ev
+        .expiryinterval
+        .map(|s| now.saturating_add(u64::from(s) * 1000));
+    match (by_time, by_interval) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether the recipe has a `pull_event` action that takes an event of
+/// `type_id` from `equipment`.
+fn recipe_wants(recipe: &Recipe, type_id: &str, equipment: Option<&str>) -> bool {
+    recipe.actions.iter().any(|a| {
+        a.interaction == Interaction::PullEvent
+            && a.type_id == type_id
+            && exec::selector_takes(a.equipment.as_deref(), equipment)
+    })
+}
+
+/// Whether the execution has a `pull_event` action waiting right now that
+/// takes an event of `type_id` from `equipment`.
+fn waits_for(e: &Exec, recipe: &Recipe, type_id: &str, equipment: Option<&str>) -> bool {
+    !e.is_finished()
+        && recipe.actions.iter().any(|a| {
+            a.interaction == Interaction::PullEvent
+                && a.type_id == type_id
+                && exec::selector_takes(a.equipment.as_deref(), equipment)
+                && e.actions
+                    .get(&a.name)
+                    .is_some_and(|r| r.state == exec::ActionState::Running)
+        })
 }
 
 /// `source` and `id` of an event: what makes a redelivery the same event.
@@ -158,6 +243,16 @@ pub struct EngineSettings {
     pub claim_idle: Duration,
     /// Entries read per stream and round.
     pub batch: usize,
+    /// The configured message expiry (`processing.message_expiry_interval`):
+    /// a dispatch work item older than this is not sent (its command would
+    /// be stale); the action counts it as a failed attempt
+    /// ([`Input::Unsent`]). A command sent is given what is left of it as
+    /// its Message Expiry Interval. `None`: commands never expire.
+    pub message_expiry: Option<Duration>,
+    /// Sends of one dispatch work item that failed retryably (transport or
+    /// Redis unavailable) before it is given up: its action fails with the
+    /// attempt history, and the job ends Aborted.
+    pub max_send_attempts: u32,
 }
 
 impl Default for EngineSettings {
@@ -166,8 +261,31 @@ impl Default for EngineSettings {
             poll: Duration::from_millis(200),
             claim_idle: Duration::from_secs(3),
             batch: 256,
+            message_expiry: None,
+            max_send_attempts: 20,
         }
     }
+}
+
+/// The creation time (ms, Redis server clock) of a stream entry, from its
+/// id (`{ms}-{seq}`).
+fn entry_ms(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+/// How long a dispatch work item created at `created_ms` may still be sent
+/// as a command, under message expiry `expiry`: `Some(ms left)`, at least a
+/// whole second (the Message Expiry Interval counts in seconds), or `None`
+/// when it is too old. No expiry: `Some(u64::MAX)`.
+fn send_window(created_ms: Option<u64>, now: u64, expiry: Option<Duration>) -> Option<u64> {
+    let Some(expiry) = expiry else {
+        return Some(u64::MAX);
+    };
+    let age = created_ms.map_or(0, |c| now.saturating_sub(c));
+    let left = u64::try_from(expiry.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_sub(age);
+    (left >= 1000).then_some(left)
 }
 
 struct Compiled {
@@ -547,7 +665,9 @@ impl Engine {
                     waiting_after.difference(&waiting_before).cloned().collect();
                 if !new.is_empty() {
                     self.adopt_early(scope, job, |ev| {
-                        ev.job.is_none() && new.contains(&ev.type_id)
+                        ev.job.is_none()
+                            && new.contains(&ev.type_id)
+                            && recipe_wants(&c.recipe, &ev.type_id, ev.equipment.as_deref())
                     })
                     .await?;
                 }
@@ -665,18 +785,12 @@ impl Engine {
             "recipe started"
         );
         // Events kept before the job ran: those naming it, and unaddressed
-        // ones of a type it waits for (the execution exists now, so no new
-        // event for it can be kept any more; see `early_push.lua`).
-        let types: BTreeSet<String> = compiled
-            .recipe
-            .actions
-            .iter()
-            .filter(|a| a.interaction == Interaction::PullEvent)
-            .map(|a| a.type_id.clone())
-            .collect();
+        // ones that one of its pull actions takes (type and equipment; the
+        // execution exists now, so no new event for it can be kept any
+        // more; see `early_push.lua`).
         self.adopt_early(scope, id, |ev| match &ev.job {
             Some(j) => j == id,
-            None => types.contains(&ev.type_id),
+            None => recipe_wants(&compiled.recipe, &ev.type_id, ev.equipment.as_deref()),
         })
         .await
     }
@@ -696,34 +810,40 @@ impl Engine {
             let mut c = self.conn();
             let claimed: i64 = c.lrem(self.key(scope, "early"), 1, &raw).await?;
             if claimed == 1 {
-                Box::pin(self.apply(
-                    scope,
-                    job,
-                    Input::Event {
-                        type_id: ev.type_id,
-                        data: ev.data,
-                        id: ev.id,
-                    },
-                ))
-                .await?;
+                Box::pin(self.apply(scope, job, ev.input())).await?;
             }
         }
         Ok(())
     }
 
     /// The scope's kept early events (not yet expired), with their raw
-    /// list entries.
+    /// list entries. Expired ones are dropped from the list: an expired
+    /// event completes nothing.
     async fn early_events(&self, scope: &str) -> Result<Vec<(String, ScopeEarly)>, EngineError> {
         let mut c = self.conn();
-        let raw: Vec<String> = c.lrange(self.key(scope, "early"), 0, -1).await?;
+        let key = self.key(scope, "early");
+        let raw: Vec<String> = c.lrange(&key, 0, -1).await?;
         let now = now_ms();
-        Ok(raw
-            .into_iter()
-            .filter_map(|r| {
-                let ev: ScopeEarly = serde_json::from_str(&r).ok()?;
-                (now.saturating_sub(ev.at_ms) < exec::EARLY_EVENT_TTL_MS).then_some((r, ev))
-            })
-            .collect())
+        let mut live = Vec::new();
+        let mut expired = redis::pipe();
+        let mut any_expired = false;
+        for r in raw {
+            let Ok(ev) = serde_json::from_str::<ScopeEarly>(&r) else {
+                continue;
+            };
+            if now.saturating_sub(ev.at_ms) < exec::EARLY_EVENT_TTL_MS
+                && ev.expires_ms.is_none_or(|x| x > now)
+            {
+                live.push((r, ev));
+            } else {
+                expired.lrem(&key, 1, r).ignore();
+                any_expired = true;
+            }
+        }
+        if any_expired {
+            let _: () = expired.query_async(&mut c).await?;
+        }
+        Ok(live)
     }
 
     /// One entry of a scope's job change stream.
@@ -764,127 +884,10 @@ impl Engine {
         }
     }
 
-    async fn on_work(&self, scope: &str, item: WorkItem) -> Result<(), EngineError> {
-        // A dispatch met while its job is paused is kept as it is, for Resume.
-        let held = match &item {
-            WorkItem::Dispatch { .. } => {
-                serde_json::to_string(&item).map_err(|e| EngineError::Send(e.to_string()))?
-            }
-            _ => String::new(),
-        };
+    async fn on_work(&self, scope: &str, entry: &str, item: WorkItem) -> Result<(), EngineError> {
         match item {
             WorkItem::Timer { job, key } => self.apply(scope, &job, Input::Timer { key }).await,
-            WorkItem::Dispatch {
-                job,
-                command_id,
-                action,
-                type_id,
-                equipment,
-                parameters,
-                attempt,
-            } => {
-                let subject = command_subject(scope, equipment.as_deref());
-                let taken = self
-                    .inner
-                    .takeovers
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&type_id)
-                    .cloned();
-                let (emitter, emit) = match taken {
-                    // A hand-written processor shapes this type's commands.
-                    Some(t) => {
-                        let cmd = Command {
-                            command_id: command_id.clone(),
-                            job: job.clone(),
-                            scope: scope.to_owned(),
-                            action: action.clone(),
-                            type_id: type_id.clone(),
-                            subject: subject.clone(),
-                            parameters,
-                            attempt,
-                        };
-                        (
-                            t.emitter.clone(),
-                            (t.shape)(&cmd).map_err(EngineError::Send)?,
-                        )
-                    }
-                    None => {
-                        let Some(emitter) = self.inner.equipment.get() else {
-                            return Err(EngineError::Send(
-                                "no equipment processor is bound".into(),
-                            ));
-                        };
-                        let mut ev = CloudEvent::new(type_id.clone(), "");
-                        ev.set_data(ContentType::Json, &Value::Object(parameters))
-                            .map_err(EngineError::Send)?;
-                        (emitter.clone(), Emit::raw(ev))
-                    }
-                };
-                // Whoever shaped it, the identity is the engine's: the stable
-                // command id, its correlation, the job, the subject.
-                let emit = emit
-                    .map_event(|ev| {
-                        ev.id.clone_from(&command_id);
-                        if ev.subject.is_none() {
-                            ev.subject = Some(subject.clone());
-                        }
-                        ev.correlationid = Some(CorrelationId::from_text(command_id.clone()));
-                        // A user property: percent-encoded like a topic
-                        // level, so any job id is a valid MQTT string (ids
-                        // without `%`, `/`, `+`, `#` or control characters
-                        // are unchanged).
-                        ev.custom.insert(
-                            "jobid".into(),
-                            crate::envelope::encode_level(&job).into_owned(),
-                        );
-                    })
-                    .intent(Intent::Commands)
-                    .shared_response();
-                // Only while the job is Running, and never after its
-                // Aborted/Ended/Interrupted status event (see `fence`).
-                let store = self.inner.jobs.store();
-                let lease = match fence::take(store, scope, &job, &command_id, &held).await? {
-                    fence::Verdict::Leased(lease) => lease,
-                    fence::Verdict::Held => {
-                        debug!(
-                            scope,
-                            job,
-                            action,
-                            command_id,
-                            "job interrupted; command held until it resumes"
-                        );
-                        return Ok(());
-                    }
-                    fence::Verdict::Recalled => {
-                        debug!(
-                            scope,
-                            job, action, command_id, "job no longer running; command recalled"
-                        );
-                        return Ok(());
-                    }
-                };
-                // The lease must outlive the send: a send stuck in back
-                // pressure is given up (the item stays pending and is tried
-                // again) well before the lease could expire.
-                let sent = tokio::time::timeout(DISPATCH_LEASE / 2, emitter.emit(emit)).await;
-                if let Err(e) = fence::release(store, &lease).await {
-                    // It expires by itself; a transition out of Running
-                    // waits for it until then.
-                    warn!(scope, job, command_id, error = %e, "dispatch lease not released");
-                }
-                match sent {
-                    Ok(r) => r.map_err(|e| EngineError::Send(e.to_string()))?,
-                    Err(_) => {
-                        return Err(EngineError::Send(format!(
-                            "command '{command_id}' not handed to the transport within {:?}",
-                            DISPATCH_LEASE / 2
-                        )))
-                    }
-                }
-                debug!(scope, job, action, command_id, attempt, "command sent");
-                Ok(())
-            }
+            WorkItem::Dispatch { .. } => self.on_dispatch(scope, entry, item).await,
             WorkItem::Progress {
                 job,
                 step,
@@ -908,6 +911,237 @@ impl Engine {
             }
             WorkItem::Finished { job } => self.report_finished(scope, &job).await,
         }
+    }
+
+    /// A dispatch work item: sent as a command, unless it is older than
+    /// the message expiry (then the action counts an unsent attempt). A
+    /// send that can never succeed, or failed retryably
+    /// `max_send_attempts` times, fails the action (and the job) with the
+    /// reason, like an error reply from the equipment would.
+    async fn on_dispatch(
+        &self,
+        scope: &str,
+        entry: &str,
+        item: WorkItem,
+    ) -> Result<(), EngineError> {
+        let WorkItem::Dispatch {
+            job,
+            command_id,
+            attempt,
+            ..
+        } = &item
+        else {
+            return Ok(());
+        };
+        let (job, command_id, attempt) = (job.clone(), command_id.clone(), *attempt);
+        let expiry = self.inner.settings.message_expiry;
+        let now = now_ms();
+        let created = entry_ms(entry);
+        let Some(left_ms) = send_window(created, now, expiry) else {
+            let waited = created.map_or(0, |c| now.saturating_sub(c));
+            let reason = format!(
+                "the command waited {:.1} s to be sent, longer than the message expiry of {} s",
+                waited as f64 / 1000.0,
+                expiry.map_or(0, |e| e.as_secs())
+            );
+            info!(scope, job, command_id, attempt, %reason, "stale dispatch not sent");
+            return self
+                .apply(
+                    scope,
+                    &job,
+                    Input::Unsent {
+                        command_id,
+                        attempt,
+                        reason,
+                    },
+                )
+                .await;
+        };
+        let error = match self.send_command(scope, item, left_ms).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let reason = match error.terminal_reason() {
+            Some(r) => format!("command cannot be sent: {r}"),
+            None => {
+                // Counted in Redis: the item may be retried by another
+                // replica. A failure that cannot be recorded (Redis gone)
+                // is not counted, and the item stays pending.
+                let key = self.key(scope, &format!("sendfail:{entry}"));
+                let mut text = error.to_string();
+                if text.len() > 200 {
+                    let mut cut = 200;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    text.push('…');
+                }
+                let mut c = self.conn();
+                let (history,): (Vec<String>,) = redis::pipe()
+                    .rpush(&key, &text)
+                    .ignore()
+                    .expire(&key, 86_400)
+                    .ignore()
+                    .lrange(&key, 0, -1)
+                    .query_async(&mut c)
+                    .await?;
+                let n = history.len();
+                if n < self.inner.settings.max_send_attempts as usize {
+                    warn!(scope, job, command_id, attempt = n, error = %error, "command not sent; will try again");
+                    return Err(error);
+                }
+                let listed: Vec<String> = history
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| format!("{}: {h}", i + 1))
+                    .collect();
+                format!(
+                    "command not sent after {n} attempts ({})",
+                    listed.join("; ")
+                )
+            }
+        };
+        warn!(scope, job, command_id, %reason, "command given up; the action fails");
+        self.apply(
+            scope,
+            &job,
+            Input::Result {
+                command_id,
+                outcome: Err(reason),
+            },
+        )
+        .await
+    }
+
+    /// Sends a dispatch's command through its processor, fenced against
+    /// the job leaving Running; `left_ms` is what is left of its message
+    /// expiry (its Message Expiry Interval).
+    async fn send_command(
+        &self,
+        scope: &str,
+        item: WorkItem,
+        left_ms: u64,
+    ) -> Result<(), EngineError> {
+        // A dispatch met while its job is paused is kept as it is, for Resume.
+        let held = serde_json::to_string(&item).map_err(|e| EngineError::Send(e.to_string()))?;
+        let WorkItem::Dispatch {
+            job,
+            command_id,
+            action,
+            type_id,
+            equipment,
+            parameters,
+            attempt,
+        } = item
+        else {
+            return Ok(());
+        };
+        let subject = command_subject(scope, equipment.as_deref());
+        let taken = self
+            .inner
+            .takeovers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&type_id)
+            .cloned();
+        let (emitter, emit) = match taken {
+            // A hand-written processor shapes this type's commands.
+            Some(t) => {
+                let cmd = Command {
+                    command_id: command_id.clone(),
+                    job: job.clone(),
+                    scope: scope.to_owned(),
+                    action: action.clone(),
+                    type_id: type_id.clone(),
+                    subject: subject.clone(),
+                    parameters,
+                    attempt,
+                };
+                // A shaper is a function of the command: what it refuses
+                // once it refuses every time.
+                let emit = (t.shape)(&cmd).map_err(|e| {
+                    EngineError::Unsendable(format!("its processor cannot shape it: {e}"))
+                })?;
+                (t.emitter, emit)
+            }
+            None => {
+                let Some(emitter) = self.inner.equipment.get() else {
+                    return Err(EngineError::Send("no equipment processor is bound".into()));
+                };
+                let mut ev = CloudEvent::new(type_id.clone(), "");
+                ev.set_data(ContentType::Json, &Value::Object(parameters))
+                    .map_err(EngineError::Unsendable)?;
+                (emitter.clone(), Emit::raw(ev))
+            }
+        };
+        let left_secs = u32::try_from(left_ms / 1000).ok();
+        // Whoever shaped it, the identity is the engine's: the stable
+        // command id, its correlation, the job, the subject.
+        let emit = emit
+            .map_event(|ev| {
+                ev.id.clone_from(&command_id);
+                if ev.subject.is_none() {
+                    ev.subject = Some(subject.clone());
+                }
+                ev.correlationid = Some(CorrelationId::from_text(command_id.clone()));
+                // A user property: percent-encoded like a topic level, so
+                // any job id is a valid MQTT string (ids without `%`, `/`,
+                // `+`, `#` or control characters are unchanged).
+                ev.custom.insert(
+                    "jobid".into(),
+                    crate::envelope::encode_level(&job).into_owned(),
+                );
+                // What is left of the message expiry, not all of it again.
+                if let Some(left) = left_secs {
+                    ev.expiryinterval = Some(ev.expiryinterval.map_or(left, |e| e.min(left)));
+                }
+            })
+            .intent(Intent::Commands)
+            .shared_response();
+        // Only while the job is Running, and never after its
+        // Aborted/Ended/Interrupted status event (see `fence`).
+        let store = self.inner.jobs.store();
+        let lease = match fence::take(store, scope, &job, &command_id, &held).await? {
+            fence::Verdict::Leased(lease) => lease,
+            fence::Verdict::Held => {
+                debug!(
+                    scope,
+                    job, action, command_id, "job interrupted; command held until it resumes"
+                );
+                return Ok(());
+            }
+            fence::Verdict::Recalled => {
+                debug!(
+                    scope,
+                    job, action, command_id, "job no longer running; command recalled"
+                );
+                return Ok(());
+            }
+        };
+        // The lease must outlive the send: a send stuck in back
+        // pressure is given up (the item stays pending and is tried
+        // again) well before the lease could expire.
+        let sent = tokio::time::timeout(DISPATCH_LEASE / 2, emitter.emit(emit)).await;
+        if let Err(e) = fence::release(store, &lease).await {
+            // It expires by itself; a transition out of Running
+            // waits for it until then.
+            warn!(scope, job, command_id, error = %e, "dispatch lease not released");
+        }
+        match sent {
+            // The transport refuses it as it is (e.g. a topic MQTT
+            // forbids): it would refuse it every time.
+            Ok(Err(e)) if !e.retryable => return Err(EngineError::Unsendable(e.to_string())),
+            Ok(r) => r.map_err(|e| EngineError::Send(e.to_string()))?,
+            Err(_) => {
+                return Err(EngineError::Send(format!(
+                    "command '{command_id}' not handed to the transport within {:?}",
+                    DISPATCH_LEASE / 2
+                )))
+            }
+        }
+        debug!(scope, job, action, command_id, attempt, "command sent");
+        Ok(())
     }
 
     async fn report_finished(&self, scope: &str, id: &str) -> Result<(), EngineError> {
@@ -1106,7 +1340,7 @@ impl Engine {
             }
         } else {
             match field("item").map(|i| serde_json::from_str::<WorkItem>(&i)) {
-                Some(Ok(item)) => self.on_work(scope, item).await,
+                Some(Ok(item)) => self.on_work(scope, id, item).await,
                 Some(Err(e)) => {
                     warn!(scope, entry = id, error = %e, "unreadable work item dropped");
                     Ok(())
@@ -1124,6 +1358,8 @@ impl Engine {
                     // change stream is shared with the publisher and capped
                     // by the job store instead.
                     pipe.cmd("XDEL").arg(stream).arg(id).ignore();
+                    pipe.del(self.key(scope, &format!("sendfail:{id}")))
+                        .ignore();
                 }
                 let _: () = pipe.query_async(&mut c).await?;
                 Ok(())
@@ -1194,6 +1430,14 @@ impl Engine {
 
     /// Routes a result or event from equipment to its job.
     async fn route(&self, ev: &CloudEvent) -> Result<(), EngineError> {
+        let now = now_ms();
+        let expires_ms = deadline_of(ev, now);
+        if expires_ms.is_some_and(|x| x <= now) {
+            // The transport drops what expired before it was handled; this
+            // is for [`Engine::deliver`] callers and redelivered handling.
+            debug!(ty = %ev.ty, id = %ev.id, "expired result or event ignored");
+            return Ok(());
+        }
         // Matched by the Correlation Data bytes the command carried, never
         // by their rendering: a device may echo only the bytes, and a
         // 16-byte command id then renders as a UUID (wire contract §8).
@@ -1202,6 +1446,8 @@ impl Engine {
             .as_ref()
             .map(|c| c.bytes_as_str().unwrap_or(c.as_str()).to_owned());
         if let Some((scope, job, _, _)) = correlation.as_deref().and_then(exec::parse_command_id) {
+            // The command id names the action (and its activation): a
+            // result completes that action, whichever equipment sends it.
             let outcome = match &ev.mdcserrorkind {
                 Some(kind) => Err(format!(
                     "{kind}: {}",
@@ -1224,28 +1470,29 @@ impl Engine {
             debug!(ty = %ev.ty, "equipment event without subject ignored");
             return Ok(());
         };
-        let data = ev.data_as::<Value>().unwrap_or(Value::Null);
-        let input = Input::Event {
+        let equipment = exec::equipment_of(ev.subject.as_deref());
+        let early = ScopeEarly {
             type_id: ev.ty.clone(),
-            data: data.clone(),
+            job: correlation.clone(),
+            data: ev.data_as::<Value>().unwrap_or(Value::Null),
+            at_ms: now,
             id: Some(event_identity(ev)),
+            equipment: equipment.clone(),
+            expires_ms,
         };
         // The job named by the correlation id if it runs (the common case,
         // one read), else the oldest job of the scope waiting for this
-        // type, else keep it (atomically, see `early_push.lua`).
+        // type from this equipment, else keep it (atomically, see
+        // `early_push.lua`).
         if let Some(named) = &correlation {
-            if self.apply_if_running(&scope, named, input.clone()).await? {
+            if self
+                .apply_if_running(&scope, named, early.clone().input())
+                .await?
+            {
                 return Ok(());
             }
         }
         let named = correlation.clone().unwrap_or_default();
-        let early = ScopeEarly {
-            type_id: ev.ty.clone(),
-            job: correlation.clone(),
-            data: data.clone(),
-            at_ms: now_ms(),
-            id: Some(event_identity(ev)),
-        };
         let text = serde_json::to_string(&early).map_err(|e| EngineError::Send(e.to_string()))?;
         let mut c = self.conn();
         let verdict: String = EARLY
@@ -1258,40 +1505,63 @@ impl Engine {
             .await?;
         let job = match verdict.as_str() {
             "EXEC" => named,
-            "WAITING" => {
-                let oldest: Vec<String> = c
-                    .zrange(self.key(&scope, &format!("waiting:{}", ev.ty)), 0, 0)
-                    .await?;
-                match oldest.into_iter().next() {
-                    Some(j) => j,
-                    None => return Ok(()),
-                }
-            }
+            "WAITING" => match self
+                .waiting_job(&scope, &ev.ty, equipment.as_deref())
+                .await?
+            {
+                Some(j) => j,
+                None => return Ok(()),
+            },
             _ => {
                 debug!(scope, ty = %ev.ty, "event kept until a job waits for it");
                 return Ok(());
             }
         };
-        self.apply(
-            &scope,
-            &job,
-            Input::Event {
-                type_id: ev.ty.clone(),
-                data,
-                id: Some(event_identity(ev)),
-            },
-        )
-        .await
+        self.apply(&scope, &job, early.input()).await
+    }
+
+    /// Of the jobs waiting for events of `type_id` (oldest first), the
+    /// first with a pull action waiting right now whose `Equipment`
+    /// selector takes `equipment`; else the oldest, which keeps the event
+    /// with its own early events.
+    async fn waiting_job(
+        &self,
+        scope: &str,
+        type_id: &str,
+        equipment: Option<&str>,
+    ) -> Result<Option<String>, EngineError> {
+        /// Waiting jobs looked at at most per event.
+        const CANDIDATES: isize = 32;
+        let mut c = self.conn();
+        let jobs: Vec<String> = c
+            .zrange(
+                self.key(scope, &format!("waiting:{type_id}")),
+                0,
+                CANDIDATES - 1,
+            )
+            .await?;
+        for j in &jobs {
+            let Some((_, e, recipe_json)) = self.load(scope, j).await? else {
+                continue;
+            };
+            let Ok(compiled) = self.compiled(&recipe_json) else {
+                continue;
+            };
+            if waits_for(&e, &compiled.recipe, type_id, equipment) {
+                return Ok(Some(j.clone()));
+            }
+        }
+        Ok(jobs.into_iter().next())
     }
 }
 
 /// The subject (and topic levels) of a command: the job's scope, or the
-/// action's `Equipment` below the scope (`line-1/press`), so that events
-/// from that equipment carry the scope as the first subject segment. An
-/// `Equipment` that already contains a `/` is taken as it is.
+/// action's `Equipment` below the scope (`line-1/press` addresses
+/// `{scope}/line-1/press`), always below it: the same selector decides
+/// which events a `pull_event` takes (their subject below the scope, see
+/// [`exec::selector_takes`]), and a recipe never addresses another scope.
 pub fn command_subject(scope: &str, equipment: Option<&str>) -> String {
     match equipment {
-        Some(e) if e.contains('/') => e.to_owned(),
         Some(e) => format!("{scope}/{e}"),
         None => scope.to_owned(),
     }
@@ -1390,7 +1660,64 @@ mod tests {
     fn equipment_is_addressed_below_the_scope() {
         assert_eq!(command_subject("line-1", None), "line-1");
         assert_eq!(command_subject("line-1", Some("press")), "line-1/press");
-        assert_eq!(command_subject("line-1", Some("hall/press")), "hall/press");
+        assert_eq!(
+            command_subject("line-1", Some("hall/press")),
+            "line-1/hall/press"
+        );
+    }
+
+    #[test]
+    fn a_dispatch_is_sent_only_within_the_message_expiry() {
+        assert_eq!(entry_ms("1700000000123-4"), Some(1_700_000_000_123));
+        assert_eq!(entry_ms("junk"), None);
+        let now = 1_000_000;
+        let expiry = Some(Duration::from_secs(60));
+        // No expiry configured: always, for as long as it takes.
+        assert_eq!(send_window(Some(0), now, None), Some(u64::MAX));
+        // Fresh: nearly all of it is left for the command.
+        assert_eq!(send_window(Some(now - 500), now, expiry), Some(59_500));
+        // Older than the expiry, or with less than a whole second left
+        // (the Message Expiry Interval counts seconds): not sent.
+        assert_eq!(send_window(Some(now - 60_000), now, expiry), None);
+        assert_eq!(send_window(Some(now - 59_001), now, expiry), None);
+        assert_eq!(send_window(Some(now - 59_000), now, expiry), Some(1_000));
+        // A re-dispatch (a new work item after a timeout) starts afresh.
+        assert_eq!(send_window(Some(now), now, expiry), Some(60_000));
+    }
+
+    #[test]
+    fn only_a_send_that_can_never_succeed_is_terminal() {
+        let refused =
+            redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "wrong type"));
+        assert!(!redis_is_retryable(&refused));
+        assert!(EngineError::Redis(refused)
+            .terminal_reason()
+            .is_some_and(|r| r.contains("refused")));
+        let gone = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "down",
+        ));
+        assert!(redis_is_retryable(&gone));
+        assert_eq!(EngineError::Redis(gone).terminal_reason(), None);
+        assert!(EngineError::Unsendable("bad topic".into())
+            .terminal_reason()
+            .is_some());
+        assert_eq!(
+            EngineError::Send("queue closed".into()).terminal_reason(),
+            None
+        );
+        // The transport's own classification decides for a publish.
+        use crate::transport::TransportError;
+        let invalid: HandlerError = TransportError::Invalid {
+            topic: "a/+/b".into(),
+            reason: "wildcard".into(),
+        }
+        .into();
+        assert!(!invalid.retryable);
+        let closed: HandlerError = TransportError::Closed("mqtt".into()).into();
+        assert!(closed.retryable);
+        // As a handler error (deliver): terminal stays terminal.
+        assert!(!HandlerError::from(EngineError::Unsendable("x".into())).retryable);
     }
 
     #[test]

@@ -19,6 +19,30 @@
 //! that arrived before (kept in a bounded buffer) completes it at once.
 //! "Cancelled" means the engine stops waiting: a late result is ignored.
 //!
+//! # Which event an action takes
+//!
+//! A `push_command` takes the result that carries its command id (which
+//! names the job, the action and the activation), whatever equipment
+//! answers. A `pull_event` takes an event of its `TypeId` whose equipment
+//! (the event's subject below the scope, see [`equipment_of`]) its
+//! `Equipment` selector matches: the same levels, or levels below them
+//! (selector `line-1/press` takes `line-1/press` and `line-1/press/left`,
+//! not `line-1/presses` nor `line-1`); an action without a selector takes
+//! an event from any equipment of the scope. Of several waiting actions the
+//! first in recipe order that matches takes it, so two actions of parallel
+//! paths waiting for the same type from different equipment each get their
+//! own equipment's event, in whatever order the events come.
+//!
+//! # Expiry
+//!
+//! An event may carry a deadline (its `expirytime`, or arrival plus its
+//! MQTT Message Expiry Interval): after it the event completes nothing. It
+//! is ignored when it arrives expired, and a kept early event is dropped
+//! when its deadline passes (and after [`EARLY_EVENT_TTL_MS`] anyway). A
+//! command the runtime could not send before its own expiry
+//! ([`Input::Unsent`]) counts as a failed attempt: it is sent again per the
+//! action's retry policy, or the action fails.
+//!
 //! # Timers
 //!
 //! Timeouts, delays, limits, retry back-offs and re-evaluation ticks are
@@ -139,6 +163,12 @@ pub struct EarlyEvent {
     pub data: Value,
     /// Arrival (ms).
     pub at_ms: u64,
+    /// Its equipment: subject levels below the scope (`None`: the scope).
+    #[serde(default)]
+    pub equipment: Option<String>,
+    /// After this instant (ms) it completes nothing.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
 }
 
 /// The execution state of a job.
@@ -195,6 +225,24 @@ pub enum Input {
         /// Its identity (`source` and `id`), if known: a redelivered event
         /// with an identity seen before is ignored.
         id: Option<String>,
+        /// The equipment it comes from: its subject below the scope
+        /// ([`equipment_of`]); `None` for an event about the scope itself.
+        equipment: Option<String>,
+        /// Its deadline (ms), if it has one: after it the event completes
+        /// nothing, kept or not.
+        expires_ms: Option<u64>,
+    },
+    /// A command could not be sent: `attempt` of `command_id` never reached
+    /// the equipment (it expired before it could be sent). Counts as a
+    /// failed attempt: re-sent per the action's retry policy, else the
+    /// action fails and with it the job.
+    Unsent {
+        /// The command id.
+        command_id: String,
+        /// Which send of it was not made.
+        attempt: u32,
+        /// Why, for the failure reason.
+        reason: String,
     },
     /// A timer is due.
     Timer {
@@ -340,7 +388,16 @@ impl Exec {
                 command_id,
                 outcome,
             } => self.on_result(&command_id, outcome, ctx, &mut fx),
-            Input::Event { type_id, data, id } => {
+            Input::Event {
+                type_id,
+                data,
+                id,
+                equipment,
+                expires_ms,
+            } => {
+                if expires_ms.is_some_and(|x| x <= ctx.now_ms) {
+                    return fx; // expired: completes nothing
+                }
                 if let Some(id) = id {
                     if self.seen_events.contains(&id) {
                         return fx; // a redelivery
@@ -350,8 +407,22 @@ impl Exec {
                     }
                     self.seen_events.push(id);
                 }
-                self.on_event(type_id, data, ctx);
+                self.on_event(
+                    EarlyEvent {
+                        type_id,
+                        data,
+                        at_ms: ctx.now_ms,
+                        equipment,
+                        expires_ms,
+                    },
+                    ctx,
+                );
             }
+            Input::Unsent {
+                command_id,
+                attempt,
+                reason,
+            } => self.on_unsent(&command_id, attempt, &reason, ctx, &mut fx),
             Input::Timer { key } => self.on_timer(&key, ctx, &mut fx),
             Input::Pause => {
                 if self.paused_at_ms.is_none() {
@@ -407,8 +478,9 @@ impl Exec {
     }
 
     fn expire_early(&mut self, now: u64) {
-        self.early
-            .retain(|e| now.saturating_sub(e.at_ms) < EARLY_EVENT_TTL_MS);
+        self.early.retain(|e| {
+            now.saturating_sub(e.at_ms) < EARLY_EVENT_TTL_MS && e.expires_ms.is_none_or(|x| x > now)
+        });
     }
 
     fn on_result(
@@ -440,11 +512,11 @@ impl Exec {
         }
     }
 
-    fn on_event(&mut self, type_id: String, data: Value, ctx: Ctx<'_>) {
-        // The first waiting pull action for this type, in recipe order.
+    fn on_event(&mut self, ev: EarlyEvent, ctx: Ctx<'_>) {
+        // The first waiting pull action that takes it, in recipe order.
         let waiting = ctx.recipe.actions.iter().find(|a| {
             a.interaction == Interaction::PullEvent
-                && a.type_id == type_id
+                && takes(a, &ev)
                 && self
                     .actions
                     .get(&a.name)
@@ -456,18 +528,80 @@ impl Exec {
                     run.state = ActionState::Done;
                     run.deadline_ms = None;
                 }
-                self.results.insert(a.name.clone(), data);
+                self.results.insert(a.name.clone(), ev.data);
             }
             None => {
                 if self.early.len() >= EARLY_EVENTS {
                     self.early.remove(0);
                 }
-                self.early.push(EarlyEvent {
-                    type_id,
-                    data,
-                    at_ms: ctx.now_ms,
-                });
+                self.early.push(ev);
             }
+        }
+    }
+
+    /// A send that never happened: the next attempt per the retry policy
+    /// (after its back-off), or the action fails. Only for the attempt the
+    /// action is at (an older one was superseded by a re-send).
+    fn on_unsent(
+        &mut self,
+        command_id: &str,
+        attempt: u32,
+        reason: &str,
+        ctx: Ctx<'_>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some((name, run)) = self.actions.iter().find(|(_, r)| {
+            r.command_id == command_id && r.attempt == attempt && r.state == ActionState::Running
+        }) else {
+            return;
+        };
+        let (name, run) = (name.clone(), run.clone());
+        let Some(action) = ctx.recipe.actions.iter().find(|a| a.name == name) else {
+            return;
+        };
+        self.retry_or_fail(
+            action,
+            &run,
+            || format!("action '{name}' not sent ({reason}; attempt {attempt})"),
+            ctx,
+            fx,
+        );
+    }
+
+    /// After a failed attempt of a `push_command` (no result in time, or
+    /// never sent): the next attempt if the retry policy allows one,
+    /// else the job fails with `reason`.
+    fn retry_or_fail(
+        &mut self,
+        action: &super::recipe::Action,
+        run: &ActionRun,
+        reason: impl FnOnce() -> String,
+        ctx: Ctx<'_>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let name = &action.name;
+        let activation = run.activation;
+        if action.interaction == Interaction::PushCommand && run.attempt < action.retry.max_attempts
+        {
+            let backoff = ms(action.retry.backoff);
+            if backoff == 0 {
+                self.dispatch(action, activation, run.attempt + 1, ctx, fx);
+            } else if let Some(r) = self.actions.get_mut(name) {
+                let kind = format!("backoff:{}", run.attempt + 1);
+                r.state = ActionState::Scheduled;
+                r.deadline_ms = Some(ctx.now_ms + backoff);
+                fx.push(Effect::Timer {
+                    key: timer_key(name, activation, &kind),
+                    at_ms: ctx.now_ms + backoff,
+                });
+                r.timer = Some(kind);
+            }
+        } else {
+            if let Some(r) = self.actions.get_mut(name) {
+                r.state = ActionState::Failed;
+                r.deadline_ms = None;
+            }
+            self.fail(reason(), ctx, fx);
         }
     }
 
@@ -526,24 +660,10 @@ impl Exec {
                 self.dispatch(action, activation, run.attempt + 1, ctx, fx);
             }
             ("timeout", ActionState::Running) => {
-                if action.interaction == Interaction::PushCommand
-                    && run.attempt < action.retry.max_attempts
-                {
-                    let backoff = ms(action.retry.backoff);
-                    if backoff == 0 {
-                        self.dispatch(action, activation, run.attempt + 1, ctx, fx);
-                    } else if let Some(r) = self.actions.get_mut(name) {
-                        let kind = format!("backoff:{}", run.attempt + 1);
-                        r.state = ActionState::Scheduled;
-                        r.deadline_ms = Some(ctx.now_ms + backoff);
-                        fx.push(Effect::Timer {
-                            key: timer_key(name, activation, &kind),
-                            at_ms: ctx.now_ms + backoff,
-                        });
-                        r.timer = Some(kind);
-                    }
-                } else {
-                    self.fail(
+                self.retry_or_fail(
+                    action,
+                    &run,
+                    || {
                         format!(
                             "action '{name}' got no {} within {} s ({} attempt{})",
                             if action.interaction == Interaction::PushCommand {
@@ -554,11 +674,11 @@ impl Exec {
                             action.timeout.as_secs_f64(),
                             run.attempt,
                             if run.attempt == 1 { "" } else { "s" }
-                        ),
-                        ctx,
-                        fx,
-                    );
-                }
+                        )
+                    },
+                    ctx,
+                    fx,
+                );
             }
             ("limit", ActionState::Running) => {
                 if let Some(r) = self.actions.get_mut(name) {
@@ -714,7 +834,12 @@ impl Exec {
         }
         let mut state = ActionState::Running;
         if action.interaction == Interaction::PullEvent && attempt == 1 {
-            if let Some(i) = self.early.iter().position(|e| e.type_id == action.type_id) {
+            let now = ctx.now_ms;
+            if let Some(i) = self
+                .early
+                .iter()
+                .position(|e| takes(action, e) && e.expires_ms.is_none_or(|x| x > now))
+            {
                 let ev = self.early.remove(i);
                 self.results.insert(action.name.clone(), ev.data);
                 state = ActionState::Done;
@@ -916,6 +1041,33 @@ pub fn parse_command_id(id: &str) -> Option<(String, String, String, u32)> {
     ))
 }
 
+/// The equipment an event with `subject` comes from: the subject's levels
+/// below the scope (`line-1/press` for `axle/line-1/press`), `None` when
+/// the subject is the scope alone.
+pub fn equipment_of(subject: Option<&str>) -> Option<String> {
+    subject
+        .and_then(|s| s.split_once('/'))
+        .map(|(_, rest)| rest.to_owned())
+        .filter(|rest| !rest.is_empty())
+}
+
+/// Whether an `Equipment` selector takes an event from `equipment`: the
+/// same levels or levels below them; no selector takes any.
+pub fn selector_takes(selector: Option<&str>, equipment: Option<&str>) -> bool {
+    match (selector, equipment) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(sel), Some(eq)) => {
+            eq == sel || (eq.starts_with(sel) && eq.as_bytes().get(sel.len()) == Some(&b'/'))
+        }
+    }
+}
+
+/// Whether pull action `a` takes event `ev` (type and equipment).
+fn takes(a: &super::recipe::Action, ev: &EarlyEvent) -> bool {
+    a.type_id == ev.type_id && selector_takes(a.equipment.as_deref(), ev.equipment.as_deref())
+}
+
 fn limit_of(recipe: &Recipe, action: &str) -> Option<u64> {
     recipe
         .actions
@@ -1088,6 +1240,8 @@ mod tests {
                 type_id: "com.example.inspected.v1".into(),
                 data: json!({"passed": true}),
                 id: None,
+                equipment: None,
+                expires_ms: None,
             },
             t.ctx(),
         );
@@ -1112,6 +1266,8 @@ mod tests {
                 type_id: "com.example.inspected.v1".into(),
                 data: json!({"passed": true}),
                 id: None,
+                equipment: None,
+                expires_ms: None,
             },
             t.ctx(),
         );
@@ -1128,6 +1284,221 @@ mod tests {
         assert_eq!(e.results["inspection"]["passed"], true);
     }
 
+    fn event(ty: &str, data: Value, equipment: Option<&str>, expires_ms: Option<u64>) -> Input {
+        Input::Event {
+            type_id: ty.into(),
+            data,
+            id: None,
+            equipment: equipment.map(str::to_owned),
+            expires_ms,
+        }
+    }
+
+    const PART: &str = "com.example.part.present.v1";
+
+    /// A simultaneous branch whose two paths each wait for the same event
+    /// type from a different equipment.
+    fn two_sensors() -> Value {
+        let mut left = action("left_part", "left", "N", "pull_event", PART);
+        left["Equipment"] = json!("line-1/press");
+        let mut right = action("right_part", "right", "N", "pull_event", PART);
+        right["Equipment"] = json!("line-1/camera");
+        json!({
+            "Steps": steps(&["start", "left", "right", "join"]),
+            "Transitions": [tr("start", "fork", "always"), tr("fork", "join", "always")],
+            "Branches": [{"Name": "fork", "Type": "simultaneous", "Branches": [["left"], ["right"]]}],
+            "Actions": [push("prep", "start"), left, right, push("check", "join")]
+        })
+    }
+
+    #[test]
+    fn an_equipment_selector_takes_its_level_and_the_levels_below() {
+        assert!(selector_takes(None, None));
+        assert!(selector_takes(None, Some("line-1/press")));
+        assert!(selector_takes(Some("line-1/press"), Some("line-1/press")));
+        assert!(selector_takes(
+            Some("line-1/press"),
+            Some("line-1/press/left")
+        ));
+        assert!(!selector_takes(
+            Some("line-1/press"),
+            Some("line-1/presses")
+        ));
+        assert!(!selector_takes(Some("line-1/press"), Some("line-1")));
+        assert!(!selector_takes(Some("line-1/press"), None));
+        assert_eq!(equipment_of(Some("axle")), None);
+        assert_eq!(equipment_of(Some("axle/")), None);
+        assert_eq!(
+            equipment_of(Some("axle/line-1/press")).as_deref(),
+            Some("line-1/press")
+        );
+        assert_eq!(equipment_of(None), None);
+    }
+
+    #[test]
+    fn parallel_pull_actions_each_take_their_own_equipments_event() {
+        let t = T::new(two_sensors());
+        let (mut e, _) = t.start();
+        let fx = e.apply(ok(&e, "prep", json!({})), t.ctx());
+        assert_eq!(entered(&fx), ["left", "right"]);
+        // Neither the scope itself nor a sibling equipment completes them.
+        e.apply(event(PART, json!({"from": "scope"}), None, None), t.ctx());
+        e.apply(
+            event(
+                PART,
+                json!({"from": "presses"}),
+                Some("line-1/presses"),
+                None,
+            ),
+            t.ctx(),
+        );
+        assert_eq!(e.actions["left_part"].state, ActionState::Running);
+        assert_eq!(e.actions["right_part"].state, ActionState::Running);
+        assert_eq!(e.early.len(), 2, "kept, not applied");
+        // The second path's event first: it goes to the second path.
+        let fx = e.apply(
+            event(PART, json!({"from": "camera"}), Some("line-1/camera"), None),
+            t.ctx(),
+        );
+        assert!(entered(&fx).is_empty());
+        assert_eq!(e.actions["left_part"].state, ActionState::Running);
+        assert_eq!(e.results["right_part"]["from"], "camera");
+        // A sub-level of the press is the press.
+        let fx = e.apply(
+            event(
+                PART,
+                json!({"from": "press"}),
+                Some("line-1/press/left"),
+                None,
+            ),
+            t.ctx(),
+        );
+        assert_eq!(entered(&fx), ["join"]);
+        assert_eq!(e.results["left_part"]["from"], "press");
+        assert_eq!(e.results["right_part"]["from"], "camera");
+    }
+
+    #[test]
+    fn a_kept_event_is_taken_only_by_an_action_whose_selector_matches() {
+        let t = T::new(two_sensors());
+        let (mut e, _) = t.start();
+        // Both arrive before the branch: the camera's first.
+        e.apply(
+            event(PART, json!({"from": "camera"}), Some("line-1/camera"), None),
+            t.ctx(),
+        );
+        e.apply(
+            event(PART, json!({"from": "press"}), Some("line-1/press"), None),
+            t.ctx(),
+        );
+        let fx = e.apply(ok(&e, "prep", json!({})), t.ctx());
+        assert_eq!(entered(&fx), ["left", "right", "join"]);
+        assert_eq!(e.results["left_part"]["from"], "press");
+        assert_eq!(e.results["right_part"]["from"], "camera");
+        assert!(e.early.is_empty());
+    }
+
+    #[test]
+    fn an_action_without_a_selector_takes_any_equipments_event() {
+        let t = T::new(sequence());
+        let (mut e, _) = t.start();
+        e.apply(ok(&e, "clamp", json!({})), t.ctx());
+        e.apply(ok(&e, "press_in", json!({})), t.ctx());
+        let fx = e.apply(
+            event(
+                "com.example.inspected.v1",
+                json!({"passed": true}),
+                Some("line-1/camera"),
+                None,
+            ),
+            t.ctx(),
+        );
+        assert_eq!(finished(&fx), Some(Status::Completed));
+    }
+
+    #[test]
+    fn an_expired_event_completes_nothing() {
+        let mut t = T::new(sequence());
+        let (mut e, _) = t.start();
+        e.apply(ok(&e, "clamp", json!({})), t.ctx());
+        e.apply(ok(&e, "press_in", json!({})), t.ctx());
+        let ty = "com.example.inspected.v1";
+        // Expired on arrival: not applied, not kept.
+        let fx = e.apply(event(ty, json!({"n": 1}), None, Some(t.now)), t.ctx());
+        assert!(fx.is_empty());
+        assert_eq!(e.actions["inspection"].state, ActionState::Running);
+        assert!(e.early.is_empty());
+        // Still valid: applied.
+        t.now += 10;
+        let fx = e.apply(event(ty, json!({"n": 2}), None, Some(t.now + 1)), t.ctx());
+        assert_eq!(finished(&fx), Some(Status::Completed));
+        assert_eq!(e.results["inspection"]["n"], 2);
+    }
+
+    #[test]
+    fn a_kept_event_that_expires_before_its_step_is_dropped() {
+        let mut t = T::new(sequence());
+        let (mut e, _) = t.start();
+        let ty = "com.example.inspected.v1";
+        e.apply(event(ty, json!({"n": 1}), None, Some(t.now + 500)), t.ctx());
+        e.apply(
+            event(ty, json!({"n": 2}), None, Some(t.now + 5000)),
+            t.ctx(),
+        );
+        assert_eq!(e.early.len(), 2);
+        t.now += 1000;
+        e.apply(ok(&e, "clamp", json!({})), t.ctx());
+        assert_eq!(e.early.len(), 1, "the expired one is gone");
+        let fx = e.apply(ok(&e, "press_in", json!({})), t.ctx());
+        assert_eq!(finished(&fx), Some(Status::Completed));
+        assert_eq!(e.results["inspection"]["n"], 2, "the live one completes it");
+
+        // Only expired ones kept: the action waits.
+        let mut t = T::new(sequence());
+        let (mut e, _) = t.start();
+        e.apply(event(ty, json!({"n": 1}), None, Some(t.now + 500)), t.ctx());
+        e.apply(ok(&e, "clamp", json!({})), t.ctx());
+        t.now += 500;
+        let fx = e.apply(ok(&e, "press_in", json!({})), t.ctx());
+        assert_eq!(entered(&fx), ["inspect"]);
+        assert_eq!(e.actions["inspection"].state, ActionState::Running);
+    }
+
+    #[test]
+    fn a_command_not_sent_before_its_expiry_is_retried_per_policy_or_fails() {
+        let unsent = |e: &Exec, attempt| Input::Unsent {
+            command_id: e.actions["clamp"].command_id.clone(),
+            attempt,
+            reason: "expired in the work stream".into(),
+        };
+        // With retries left: the next attempt, same command id.
+        let mut r = sequence();
+        r["Actions"][0]["TimeoutSeconds"] = json!(5);
+        r["Actions"][0]["Retry"] = json!({"MaxAttempts": 2});
+        let t = T::new(r);
+        let (mut e, _) = t.start();
+        let fx = e.apply(unsent(&e, 1), t.ctx());
+        assert_eq!(
+            dispatched(&fx),
+            [("clamp".into(), "line/j1/clamp/1".into(), 2)]
+        );
+        // A stale report about attempt 1 changes nothing now.
+        assert!(e.apply(unsent(&e, 1), t.ctx()).is_empty());
+        // The last attempt unsent: the job fails with the reason.
+        let fx = e.apply(unsent(&e, 2), t.ctx());
+        assert!(
+            matches!(finished(&fx), Some(Status::Failed(m)) if m.contains("not sent") && m.contains("expired in the work stream")),
+            "{fx:?}"
+        );
+        assert_eq!(e.actions["clamp"].state, ActionState::Failed);
+
+        // No retry policy: fails at once.
+        let t = T::new(sequence());
+        let (mut e, _) = t.start();
+        let fx = e.apply(unsent(&e, 1), t.ctx());
+        assert!(matches!(finished(&fx), Some(Status::Failed(_))));
+    }
+
     #[test]
     fn a_redelivered_event_is_applied_once() {
         let t = T::new(sequence());
@@ -1136,6 +1507,8 @@ mod tests {
             type_id: "com.example.inspected.v1".into(),
             data: json!({"n": 1}),
             id: Some("camera\u{1f}e-1".into()),
+            equipment: None,
+            expires_ms: None,
         };
         e.apply(ev.clone(), t.ctx());
         let before = e.clone();

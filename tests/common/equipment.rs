@@ -103,7 +103,20 @@ impl Equipment {
 
     /// Publishes an equipment event (for `pull_event` actions).
     pub async fn event(&self, subject: &str, ty: &str, data: Value, job: Option<&str>) {
+        self.event_expiring(subject, ty, data, job, None).await;
+    }
+
+    /// [`Equipment::event`] with an MQTT Message Expiry Interval (seconds).
+    pub async fn event_expiring(
+        &self,
+        subject: &str,
+        ty: &str,
+        data: Value,
+        job: Option<&str>,
+        expiry: Option<u32>,
+    ) {
         let mut e = CloudEvent::new(ty, "test-equipment");
+        e.expiryinterval = expiry;
         e.subject = Some(subject.into());
         e.datacontenttype = Some("application/json".into());
         e.data = Some(Bytes::from(serde_json::to_vec(&data).unwrap()));
