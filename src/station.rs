@@ -111,7 +111,8 @@ pub async fn build_extended(
     let redis = Redis::open(&config.redis_url())?;
     let prefix = config.redis.key_prefix.clone();
     let retention = settings.retention;
-    let store = JobStore::new(redis.conn.clone(), prefix.clone(), retention);
+    let store = JobStore::new(redis.conn.clone(), prefix.clone(), retention)
+        .with_stream_len(config.jobs.change_stream_max_len);
     let binding = config.topic_binding(jobs_processor::NAME, default_jobs_binding());
     let mut builder = App::builder()
         .from_config(config)

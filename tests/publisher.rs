@@ -401,3 +401,183 @@ async fn job_order_ids_with_topic_wildcards_are_retained_under_encoded_levels() 
     assert!(view.cleared(&format!("line/order/{level}")));
     station.stop().await;
 }
+
+/// A change stream capped at 20 entries (approximately: Redis trims whole
+/// nodes of about 100 entries) and a publisher that was down while far more
+/// changes passed: its cursor is behind the first entry left, so it cannot
+/// know from the stream which jobs changed. It must resynchronise the scope
+/// in full: every live job's topics as they are now, and the topics it had
+/// retained for jobs that ended meanwhile cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_behind_a_trimmed_change_stream_resynchronises_the_scope() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let capped = |instance: &str| {
+        let mut e = jobs::env(m.port(), r.0.port(), instance);
+        jobs::set(&mut e, "APP_JOBS_CHANGE_STREAM_MAX_LEN", "20");
+        e
+    };
+    let station = jobs::start(capped("p1")).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    let mut sub = subscriber(m.port(), "view").await;
+    let mut view = View::default();
+    // Retained before the gap: one job to be cancelled (an id that needs
+    // encoding), one to end and be cleared, one that stays.
+    for (method, j) in [
+        ("Store", "gone#1"),
+        ("StoreAndStart", "done"),
+        ("Store", "keep"),
+    ] {
+        assert_eq!(
+            mes.status(method, "cell", json!({"JobOrder": order(j)}))
+                .await,
+            1
+        );
+    }
+    complete(&station, "cell", "done").await;
+    until(&mut sub, &mut view, Duration::from_secs(10), |v| {
+        v.json("cell/order/gone%231").is_some()
+            && v.json("cell/order/keep").is_some()
+            && v.json("cell/result/done").is_some()
+    })
+    .await;
+    assert!(view.json("cell/result/done").is_some());
+    station.stop().await; // graceful: the publisher lock is released at once
+
+    // No publisher runs while a processor-only instance changes far more
+    // jobs than the stream keeps. The retained jobs end first, so their
+    // entries are among the trimmed ones.
+    let mut env = capped("proc-only");
+    jobs::set(&mut env, "APP_IS_PUBLISHER_INSTANCE", "false");
+    let processor = jobs::start(env).await;
+    let call = |m: &str, id: &str| (m.to_string(), json!({"JobOrderID": id}));
+    for (method, body) in [
+        call("Cancel", "gone#1"),
+        call("Clear", "done"),
+        call("Start", "keep"),
+    ] {
+        assert_eq!(mes.status(&method, "cell", body).await, 1, "{method}");
+    }
+    for i in 0..80 {
+        let id = format!("n{i}");
+        let method = if (40..50).contains(&i) {
+            "StoreAndStart"
+        } else {
+            "Store"
+        };
+        assert_eq!(
+            mes.status(method, "cell", json!({"JobOrder": order(&id)}))
+                .await,
+            1
+        );
+    }
+    for i in 0..40 {
+        assert_eq!(
+            mes.status("Cancel", "cell", json!({"JobOrderID": format!("n{i}")}))
+                .await,
+            1
+        );
+    }
+    for i in 40..50 {
+        complete(&processor, "cell", &format!("n{i}")).await;
+    }
+    let live: Vec<String> = std::iter::once("keep".to_string())
+        .chain((40..80).map(|i| format!("n{i}")))
+        .collect();
+
+    // The premise, checked: the stream was trimmed past the stored cursor.
+    let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
+    let info = microdcs::jobs::store::stream_info(&mut c, "t:{cell}:changes")
+        .await
+        .unwrap()
+        .expect("change stream");
+    let cursor: String = redis::cmd("GET")
+        .arg("t:{cell}:pub:cursor")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(info.trimmed() > 0, "{info:?}");
+    assert!(info.lost_after(&cursor), "cursor {cursor} behind {info:?}");
+    assert!(
+        sub.drain(Duration::from_millis(300)).await.is_empty(),
+        "nothing is published while no publisher runs"
+    );
+
+    let mut env = capped("pub-only");
+    jobs::set(&mut env, "APP_IS_PROCESSOR_INSTANCE", "false");
+    let publisher = jobs::start(env).await;
+    until(&mut sub, &mut view, Duration::from_secs(20), |v| {
+        v.json("cell/state-index")
+            .is_some_and(|i| ids(&i).len() == live.len())
+            && v.cleared("cell/order/gone%231")
+            && v.cleared("cell/order/done")
+            && live
+                .iter()
+                .all(|j| v.json(&format!("cell/order/{j}")).is_some())
+    })
+    .await;
+    view.absorb(sub.drain(Duration::from_millis(500)).await);
+    let index = view.json("cell/state-index").expect("index");
+    let mut indexed = ids(&index);
+    indexed.sort();
+    let mut expected = live.clone();
+    expected.sort();
+    assert_eq!(indexed, expected);
+    assert!(view.cleared("cell/order/gone%231"), "cancelled meanwhile");
+    assert!(view.cleared("cell/order/done"), "cleared meanwhile");
+    assert!(view.cleared("cell/result/done"));
+
+    // What an MES connecting now finds: exactly the live jobs, each in its
+    // current state, results for those that ended, nothing else.
+    let mut late = subscriber(m.port(), "late").await;
+    let mut retained = View::default();
+    retained.absorb(late.drain(Duration::from_millis(1000)).await);
+    let mut orders: Vec<String> = retained
+        .topics
+        .keys()
+        .filter_map(|t| t.strip_prefix(&format!("{PREFIX}/cell/order/")))
+        .map(str::to_string)
+        .collect();
+    orders.sort();
+    assert_eq!(orders, expected, "order topics are the live jobs");
+    let mut results: Vec<String> = retained
+        .topics
+        .keys()
+        .filter_map(|t| t.strip_prefix(&format!("{PREFIX}/cell/result/")))
+        .map(str::to_string)
+        .collect();
+    results.sort();
+    let mut ended: Vec<String> = (40..50).map(|i| format!("n{i}")).collect();
+    ended.sort();
+    assert_eq!(results, ended, "result topics are the ended live jobs");
+    for entry in index["jobs"].as_array().unwrap() {
+        let id = entry["job_order_id"].as_str().unwrap();
+        let o = retained
+            .json(&format!("cell/order/{id}"))
+            .expect("order topic");
+        assert_eq!(
+            state_texts(&o["State"]),
+            state_texts(&entry["state"]),
+            "order/{id} shows the job's current state"
+        );
+    }
+    assert_eq!(
+        state_texts(&retained.json("cell/order/keep").unwrap()["State"]),
+        ["AllowedToStart", "Ready"]
+    );
+
+    // And it follows the stream again afterwards.
+    assert_eq!(
+        mes.status("Cancel", "cell", json!({"JobOrderID": "n79"}))
+            .await,
+        1
+    );
+    until(&mut sub, &mut view, Duration::from_secs(10), |v| {
+        v.cleared("cell/order/n79")
+    })
+    .await;
+    assert!(view.cleared("cell/order/n79"));
+    processor.stop().await;
+    publisher.stop().await;
+}

@@ -1340,7 +1340,7 @@ async fn a_replica_whose_clock_is_a_minute_ahead_fires_no_timeout_early() {
             .await
             .unwrap();
     let mut up = false;
-    for _ in 0..100 {
+    for _ in 0..600 {
         let score: Option<f64> =
             redis::AsyncCommands::zscore(&mut c, "t:{mqtt}:sessions", "microdcs-skewed")
                 .await
@@ -1401,4 +1401,121 @@ async fn a_job_whose_id_has_wildcards_slashes_and_control_characters_runs_its_re
     assert_eq!(cmds[0].0, "axle/PO%237%2F%2B%01x/clamp/1");
     assert_eq!(cmds[0].4, "PO%237%2F%2B%01x");
     s.station.stop().await;
+}
+
+/// The engine's consumer group falls more than the change stream's cap
+/// behind (no engine ran while jobs were released and many other changes
+/// passed): the entries that released the jobs are trimmed before the
+/// group read them. The engine notices and reconciles the scope from the
+/// stored job states, so every released job still runs to completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_released_while_the_change_stream_overflowed_still_run() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let mut env = jobs::env(m.port(), r.0.port(), "sfc-cap");
+    jobs::set(&mut env, "APP_JOBS_CHANGE_STREAM_MAX_LEN", "20");
+    // A first engine creates its consumer group and reads what there is.
+    let station = jobs::start(env.clone()).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    // Two steps of commands the equipment answers.
+    let recipe = json!({
+        "Steps": [{"Name": "load", "Initial": true}, {"Name": "tighten"}],
+        "Transitions": [{"Source": "load", "Target": "tighten", "Condition": "always"}],
+        "Actions": [push("clamp", "load"), push("tighten", "tighten")]
+    });
+    store_recipe(&mut mes, "cap", recipe).await;
+    assert_eq!(
+        mes.status("Store", "cap", json!({"JobOrder": order("warm-up")}))
+            .await,
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    station.stop().await;
+
+    // No engine runs: jobs are released, then far more other changes than
+    // the stream keeps pass (a manager of the test's own, same Redis).
+    let config = microdcs::config::Config::from_sources(None, env.clone()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(r.client())
+        .await
+        .unwrap();
+    let store =
+        microdcs::jobs::JobStore::new(conn, "t", Duration::from_secs(3600)).with_stream_len(20);
+    let manager =
+        microdcs::jobs::JobManager::new(store.clone(), microdcs::station::job_settings(&config));
+    let released: Vec<String> = (0..12).map(|i| format!("rel-{i}")).collect();
+    for id in &released {
+        let e = manager
+            .store_order("cap", &order(id), true, &format!("t/{id}"))
+            .await
+            .unwrap();
+        assert_eq!(e.status.value(), 1, "{id}");
+    }
+    for i in 0..80 {
+        let id = format!("noise-{i}");
+        manager
+            .store_order("cap", &order(&id), false, &format!("t/{id}"))
+            .await
+            .unwrap();
+        manager
+            .call(
+                "cap",
+                &id,
+                microdcs::jobs::Method::Cancel,
+                &format!("t/c/{id}"),
+            )
+            .await
+            .unwrap();
+    }
+    // The premise, checked: the group stands behind the first entry left.
+    let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
+    let info = microdcs::jobs::store::stream_info(&mut c, "t:{cap}:changes")
+        .await
+        .unwrap()
+        .expect("change stream");
+    let groups: redis::streams::StreamInfoGroupsReply =
+        redis::AsyncCommands::xinfo_groups(&mut c, "t:{cap}:changes")
+            .await
+            .unwrap();
+    let group = groups
+        .groups
+        .iter()
+        .find(|g| g.name == "sfc-engine")
+        .expect("the engine's group");
+    assert!(
+        info.lost_after(&group.last_delivered_id),
+        "group at {} behind {info:?}",
+        group.last_delivered_id
+    );
+
+    // An engine starts again: every released job runs to the end.
+    let station = jobs::start(env).await;
+    let _equipment = Equipment::start(m.port(), answer_all()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut states = BTreeMap::new();
+    while tokio::time::Instant::now() < deadline {
+        states.clear();
+        for id in &released {
+            let j = store.get("cap", id).await.unwrap().expect("job");
+            states.insert(id.clone(), format!("{:?}", j.state.main));
+        }
+        if states.values().all(|s| s == "Ended") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        states.values().all(|s| s == "Ended"),
+        "every released job ran to completion: {states:?}"
+    );
+    for id in &released {
+        let j = store.get("cap", id).await.unwrap().expect("job");
+        assert_eq!(
+            j.state.sub.map(|s| format!("{s:?}")).as_deref(),
+            Some("Completed"),
+            "{id}"
+        );
+        assert!(j.response.is_some(), "{id} has its response");
+    }
+    station.stop().await;
 }

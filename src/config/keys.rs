@@ -519,6 +519,16 @@ pub(super) static KEYS: &[Key] = &[
         },
         get: |c| Shown::Int(c.jobs.retention_seconds),
     },
+    Key {
+        section: "jobs",
+        name: "change_stream_max_len",
+        env: Some("APP_JOBS_CHANGE_STREAM_MAX_LEN"),
+        set: |c, v| {
+            c.jobs.change_stream_max_len = v.integer(1, u32::MAX as u64)?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.jobs.change_stream_max_len),
+    },
     // [msgpack]
     Key {
         section: "msgpack",

@@ -159,6 +159,7 @@ impl Config {
                 check_job_limit: true,
                 max_downloadable_job_orders: 0,
                 retention_seconds: 86_400,
+                change_stream_max_len: 10_000,
             },
             msgpack: MsgpackConfig {
                 host: "localhost".into(),

@@ -46,6 +46,7 @@
 //! | `jobs.check_equipment`, `jobs.check_material_class`, `jobs.check_material_definition`, `jobs.check_personnel`, `jobs.check_physical_asset`, `jobs.check_work_master`, `jobs.check_job_limit` | `APP_JOBS_CHECK_EQUIPMENT`, … (same suffixes) | `true` |
 //! | `jobs.max_downloadable_job_orders` | `APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS` | `0` (unlimited) |
 //! | `jobs.retention_seconds` | `APP_JOBS_RETENTION_SECONDS` | `86400` |
+//! | `jobs.change_stream_max_len` | `APP_JOBS_CHANGE_STREAM_MAX_LEN` | `10000` |
 //! | `msgpack.host` | `APP_MSGPACK_HOSTNAME` | `localhost` |
 //! | `msgpack.port` | `APP_MSGPACK_PORT` | `8888` |
 //! | `msgpack.max_concurrent_requests` | `APP_MSGPACK_MAX_CONCURRENT_REQUESTS` | `10` |
@@ -313,6 +314,9 @@ pub struct JobsConfig {
     pub max_downloadable_job_orders: u64,
     /// How long EndState jobs are kept before they are removed, in seconds.
     pub retention_seconds: u64,
+    /// Entries a scope's change stream keeps (approximately, `MAXLEN ~`).
+    /// A reader that falls further behind resynchronises in full.
+    pub change_stream_max_len: u64,
 }
 
 /// `[msgpack]`.

@@ -11,7 +11,7 @@
 //! | `P:{S}:live` | set | ids of live jobs (not EndState): acceptance limit, state index |
 //! | `P:{S}:st:{state}` | set | ids per state key (`2.2` = AllowedToStart/Ready): queries by state |
 //! | `P:{S}:ended` | zset | EndState ids scored by the time they may be purged |
-//! | `P:{S}:changes` | stream | one entry per applied change (`job`, `state`, `v`, `kind`) for the publisher |
+//! | `P:{S}:changes` | stream | one entry per applied change (`job`, `state`, `v`, `kind`) for the publisher and the SFC engine, capped at about [`JobStore::with_stream_len`] entries |
 //! | `P:{S}:cfg:{kind}` | set | known equipment, material classes/definitions, personnel, physical assets |
 //! | `P:{S}:cfg:workmaster` | hash | work master id → extended work master JSON |
 //! | `P:{S}:cfg:limit` | string | max downloadable job orders (absent: the default) |
@@ -199,6 +199,25 @@ impl JobStore {
             retention,
             stream_len: 10_000,
         }
+    }
+
+    /// Caps each scope's change stream at about `len` entries (`XADD MAXLEN
+    /// ~`, default 10 000; at least 1). Readers that fall further behind
+    /// (a publisher that was down, an engine with a backlog) notice it with
+    /// [`JobStore::change_stream_info`] and resynchronise in full.
+    #[must_use]
+    pub fn with_stream_len(mut self, len: u64) -> Self {
+        self.stream_len = len.max(1);
+        self
+    }
+
+    /// Where a scope's change stream stands (`XINFO STREAM`); `None` if it
+    /// does not exist yet.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn change_stream_info(&self, scope: &str) -> Result<Option<StreamInfo>, StoreError> {
+        stream_info(&mut self.conn.clone(), &self.changes_key(scope)).await
     }
 
     /// The key prefix.
@@ -521,6 +540,105 @@ impl JobStore {
     }
 }
 
+/// Where a stream stands: what a reader needs to know whether the cap
+/// removed entries it had not read yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Entries in the stream now.
+    pub length: u64,
+    /// Entries ever added (`entries-added`, Redis 7).
+    pub added: u64,
+    /// The id of the first entry still there.
+    pub first: Option<String>,
+    /// The id of the last entry ever added (`last-generated-id`).
+    pub last_generated: String,
+}
+
+impl StreamInfo {
+    /// Entries the cap removed over the stream's life (change streams are
+    /// only ever trimmed, never `XDEL`ed).
+    pub fn trimmed(&self) -> u64 {
+        self.added.saturating_sub(self.length)
+    }
+
+    /// Whether a reader whose last read entry is `cursor` (`0`: none yet)
+    /// may have lost entries to the cap: something was trimmed and the
+    /// reader is behind the first entry left. (If the trim happened to cut
+    /// exactly after `cursor`, nothing was lost and this still says yes: a
+    /// reader that far behind resynchronises, which is harmless.)
+    pub fn lost_after(&self, cursor: &str) -> bool {
+        self.trimmed() > 0
+            && self
+                .first
+                .as_deref()
+                .is_some_and(|f| cmp_stream_ids(cursor, f) == std::cmp::Ordering::Less)
+    }
+}
+
+/// Orders stream ids (`ms-seq`, or `ms`, `0`) numerically; unreadable parts
+/// count as 0.
+pub fn cmp_stream_ids(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(id: &str) -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    }
+    parts(a).cmp(&parts(b))
+}
+
+/// `XINFO STREAM key`, `None` if the stream does not exist.
+///
+/// # Errors
+/// Redis is unavailable.
+pub async fn stream_info(
+    c: &mut (impl redis::aio::ConnectionLike + Send),
+    key: &str,
+) -> Result<Option<StreamInfo>, StoreError> {
+    let raw: redis::Value = match redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query_async(c)
+        .await
+    {
+        Ok(v) => v,
+        Err(e) if e.to_string().contains("no such key") => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let pairs: Vec<(redis::Value, redis::Value)> = match raw {
+        redis::Value::Map(m) => m,
+        redis::Value::Array(a) => {
+            let mut it = a.into_iter();
+            let mut out = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((k, v));
+            }
+            out
+        }
+        _ => Vec::new(),
+    };
+    let text = |v: &redis::Value| redis::from_redis_value::<String>(v.clone()).ok();
+    let mut info = StreamInfo::default();
+    for (k, v) in &pairs {
+        match text(k).as_deref() {
+            Some("length") => info.length = redis::from_redis_value(v.clone()).unwrap_or(0),
+            Some("entries-added") => info.added = redis::from_redis_value(v.clone()).unwrap_or(0),
+            Some("last-generated-id") => info.last_generated = text(v).unwrap_or_default(),
+            Some("first-entry") => {
+                // [id, [field, value, …]] or nil on an empty stream.
+                if let redis::Value::Array(e) = v {
+                    info.first = e.first().and_then(text);
+                }
+            }
+            _ => {}
+        }
+    }
+    if info.added == 0 {
+        // A server without `entries-added` (before 7.0): only the length
+        // is known, and a trimmed stream cannot be told from a full one.
+        info.added = info.length;
+    }
+    Ok(Some(info))
+}
+
 fn parse_job(
     scope: &str,
     id: &str,
@@ -615,5 +733,26 @@ mod tests {
         assert!(parse_state_key("9").is_err());
         assert!(parse_state_key("3.1").is_err());
         assert!(parse_state_key("x").is_err());
+    }
+
+    #[test]
+    fn a_reader_behind_the_first_entry_of_a_trimmed_stream_lost_entries() {
+        use std::cmp::Ordering;
+        assert_eq!(cmp_stream_ids("0", "1-0"), Ordering::Less);
+        assert_eq!(cmp_stream_ids("10-2", "9-7"), Ordering::Greater);
+        assert_eq!(cmp_stream_ids("10-2", "10-10"), Ordering::Less);
+        let mut info = StreamInfo {
+            length: 20,
+            added: 20,
+            first: Some("100-0".into()),
+            last_generated: "200-0".into(),
+        };
+        // Nothing trimmed: a fresh reader (cursor 0) lost nothing.
+        assert!(!info.lost_after("0"));
+        info.added = 150;
+        assert!(info.lost_after("0"));
+        assert!(info.lost_after("99-5"));
+        assert!(!info.lost_after("100-0"));
+        assert!(!info.lost_after("150-0"));
     }
 }

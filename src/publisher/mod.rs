@@ -19,6 +19,13 @@
 //! A publisher that (re)starts first republishes every scope's index, then
 //! continues after the stored cursors. New scopes are picked up on every
 //! poll.
+//!
+//! Change streams are capped (`jobs.change_stream_max_len`). A publisher
+//! whose cursor fell behind the first entry left (it was down while more
+//! changes passed) cannot tell from the stream which jobs changed: it
+//! resynchronises the scope in full, republishing every live job and
+//! clearing the topics of jobs it had retained (`P:{S}:pub:retained`) that
+//! ended or were purged meanwhile, and goes on from the stream's end.
 
 use crate::app::{Backoff, Redis, Shutdown};
 use crate::envelope::{encode_level, escape_for_mqtt, CloudEvent, ContentType};
@@ -189,17 +196,14 @@ impl MesPublisher {
                 else {
                     continue;
                 };
-                let Some(last) = sk.ids.last().map(|e| e.id.clone()) else {
+                let before = self
+                    .cursors
+                    .get(&scope)
+                    .cloned()
+                    .unwrap_or_else(|| "0".into());
+                let Some(last) = self.advance(&scope, &before, &sk.ids).await? else {
                     continue;
                 };
-                let mut changed = BTreeSet::new();
-                for entry in &sk.ids {
-                    if let Some(redis::Value::BulkString(job)) = entry.map.get("job") {
-                        changed.insert(String::from_utf8_lossy(job).into_owned());
-                    }
-                }
-                self.publish_batch(&scope, &changed.into_iter().collect::<Vec<_>>())
-                    .await?;
                 self.publish_index(&scope).await?;
                 let mut c = self.store.connection();
                 let _: () = c.set(self.key(&scope, "cursor"), &last).await?;
@@ -225,26 +229,82 @@ impl MesPublisher {
                 .and_then(|r| r.keys.into_iter().next())
                 .map(|k| k.ids)
                 .unwrap_or_default();
-            let Some(last) = entries.last().map(|e| e.id.clone()) else {
+            let Some(last) = self.advance(scope, &cursor, &entries).await? else {
                 break;
             };
-            let changed: BTreeSet<String> = entries
-                .iter()
-                .filter_map(|e| match e.map.get("job") {
-                    Some(redis::Value::BulkString(b)) => {
-                        Some(String::from_utf8_lossy(b).into_owned())
-                    }
-                    _ => None,
-                })
-                .collect();
-            self.publish_batch(scope, &changed.into_iter().collect::<Vec<_>>())
-                .await?;
             let _: () = c.set(self.key(scope, "cursor"), &last).await?;
             cursor = last;
         }
         self.publish_index(scope).await?;
         self.cursors.insert(scope.to_owned(), cursor);
         Ok(())
+    }
+
+    /// Publishes the jobs of `entries`, read from the scope's change stream
+    /// after `before`; returns the new cursor (`None`: nothing read).
+    ///
+    /// The stream is capped: if entries after `before` were trimmed before
+    /// they were read (a publisher down while more changes than the cap
+    /// passed), the batch cannot say which jobs changed, so the scope is
+    /// resynchronised in full instead. The check looks at the stream *after*
+    /// the read: an entry trimmed before it was read leaves the first entry
+    /// behind `before` for good, so no interleaving with the writers hides
+    /// a gap.
+    async fn advance(
+        &mut self,
+        scope: &str,
+        before: &str,
+        entries: &[redis::streams::StreamId],
+    ) -> Result<Option<String>, PublishError> {
+        let Some(last) = entries.last().map(|e| e.id.clone()) else {
+            return Ok(None);
+        };
+        if let Some(info) = self.store.change_stream_info(scope).await? {
+            if info.lost_after(before) {
+                return self.resync(scope, before, &info).await.map(Some);
+            }
+        }
+        let changed: BTreeSet<String> = entries
+            .iter()
+            .filter_map(|e| match e.map.get("job") {
+                Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect();
+        self.publish_batch(scope, &changed.into_iter().collect::<Vec<_>>())
+            .await?;
+        Ok(Some(last))
+    }
+
+    /// Full resynchronisation of a scope after a gap in its change stream:
+    /// every live job's topics are published again, and the topics of jobs
+    /// this publisher retained that are gone or reached EndState meanwhile
+    /// are cleared (`P:{S}:pub:retained` says which). Returns the cursor to
+    /// go on from: the stream's last id as seen *before* the jobs were
+    /// read, so every later change is still read and replayed (idempotent).
+    async fn resync(
+        &mut self,
+        scope: &str,
+        before: &str,
+        info: &crate::jobs::store::StreamInfo,
+    ) -> Result<String, PublishError> {
+        warn!(
+            scope = %escape_for_mqtt(scope),
+            cursor = before,
+            first_entry = info.first.as_deref().unwrap_or(""),
+            trimmed_in_total = info.trimmed(),
+            "change stream was trimmed past the publisher's cursor: changes were lost; republishing the scope in full"
+        );
+        let mut c = self.store.connection();
+        let retained: Vec<String> = c.smembers(self.key(scope, "retained")).await?;
+        let mut ids: BTreeSet<String> = self.store.live_ids(scope).await?.into_iter().collect();
+        ids.extend(retained);
+        let ids: Vec<String> = ids.into_iter().collect();
+        for chunk in ids.chunks(self.settings.batch.max(1)) {
+            self.publish_batch(scope, chunk).await?;
+        }
+        info!(scope = %escape_for_mqtt(scope), jobs = ids.len(), "scope resynchronised");
+        Ok(info.last_generated.clone())
     }
 
     fn topic(&self, scope: &str, rest: &str) -> String {
@@ -281,6 +341,20 @@ impl MesPublisher {
 
     async fn publish_batch(&self, scope: &str, ids: &[String]) -> Result<(), PublishError> {
         let jobs = self.store.get_many(scope, ids).await?;
+        // Which order topics this publisher retains, so a resynchronisation
+        // knows what to clear: added before the publish (a crash in between
+        // leaves an id too many, whose clearing is harmless), removed after
+        // the clear.
+        let shown: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j.state.main != MainState::EndState)
+            .map(|j| j.id.as_str())
+            .collect();
+        let mut c = self.store.connection();
+        if !shown.is_empty() {
+            let _: i64 = c.sadd(self.key(scope, "retained"), &shown).await?;
+        }
+        let mut cleared: Vec<&str> = Vec::new();
         for id in ids {
             // Ids are data, topic levels are addressing: `PO#4711` is
             // retained under `order/PO%234711` (wire contract §8).
@@ -313,8 +387,12 @@ impl MesPublisher {
                     self.retained(order_topic, ORDER_TYPE, scope, None).await?;
                     self.retained(result_topic, RESULT_TYPE, scope, None)
                         .await?;
+                    cleared.push(id);
                 }
             }
+        }
+        if !cleared.is_empty() {
+            let _: i64 = c.srem(self.key(scope, "retained"), &cleared).await?;
         }
         debug!(scope, jobs = ids.len(), "published order/result topics");
         Ok(())

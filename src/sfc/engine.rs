@@ -454,11 +454,15 @@ impl Engine {
         self.route(ev).await
     }
 
-    fn key(&self, scope: &str, rest: &str) -> String {
+    pub(super) fn key(&self, scope: &str, rest: &str) -> String {
         format!("{}{rest}", self.inner.jobs.store().scope_prefix(scope))
     }
 
-    fn conn(&self) -> redis::aio::ConnectionManager {
+    pub(super) fn jobs_store(&self) -> &crate::jobs::JobStore {
+        self.inner.jobs.store()
+    }
+
+    pub(super) fn conn(&self) -> redis::aio::ConnectionManager {
         self.inner.jobs.store().connection()
     }
 
@@ -846,8 +850,14 @@ impl Engine {
         Ok(live)
     }
 
-    /// One entry of a scope's job change stream.
-    async fn on_change(&self, scope: &str, job: &str, state: &str) -> Result<(), EngineError> {
+    /// One entry of a scope's job change stream (also what reconciling a
+    /// scope does per job with its current state, see `super::resync`).
+    pub(super) async fn on_change(
+        &self,
+        scope: &str,
+        job: &str,
+        state: &str,
+    ) -> Result<(), EngineError> {
         let Ok(state) = parse_state_key(state) else {
             return Ok(()); // purge entries carry no state
         };
@@ -1188,10 +1198,11 @@ impl Engine {
     /// over entries of dead replicas. Errors are logged and retried.
     pub async fn run(self, mut shutdown: Shutdown) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut marks = super::resync::Marks::default();
         loop {
             let started = std::time::Instant::now();
             let r = tokio::select! {
-                r = self.session() => r,
+                r = self.session(&mut marks) => r,
                 _ = shutdown.wait() => return,
             };
             if let Err(e) = r {
@@ -1203,11 +1214,12 @@ impl Engine {
         }
     }
 
-    async fn session(&self) -> Result<(), EngineError> {
+    async fn session(&self, marks: &mut super::resync::Marks) -> Result<(), EngineError> {
         let mut blocking = Redis::blocking_connection(&self.inner.client).await?;
         let mut known: BTreeSet<String> = BTreeSet::new();
         let mut last_claim = std::time::Instant::now();
         loop {
+            let mut fresh = BTreeSet::new();
             for scope in self.inner.jobs.store().scopes().await? {
                 if !known.contains(&scope) {
                     for stream in ["changes", "work"] {
@@ -1225,8 +1237,14 @@ impl Engine {
                             }
                         }
                     }
+                    fresh.insert(scope.clone());
                     known.insert(scope);
                 }
+            }
+            // Changes trimmed before the group read them (see `resync`):
+            // new scopes before their first read, all of them periodically.
+            if !fresh.is_empty() {
+                self.check_change_gaps(&fresh, marks).await?;
             }
             if known.is_empty() {
                 tokio::time::sleep(self.inner.settings.poll).await;
@@ -1234,6 +1252,7 @@ impl Engine {
             }
             let next_timer = self.move_due_timers(&known).await?;
             if last_claim.elapsed() >= self.inner.settings.claim_idle / 2 {
+                self.check_change_gaps(&known, marks).await?;
                 self.reclaim(&known).await?;
                 last_claim = std::time::Instant::now();
             }
@@ -1416,6 +1435,9 @@ impl Engine {
                     .await?;
                 if !reply.claimed.is_empty() {
                     debug!(scope = %s, stream, entries = reply.claimed.len(), "taking over pending entries");
+                }
+                if stream == "changes" && !reply.deleted_ids.is_empty() {
+                    self.on_trimmed_pending(s, &reply.deleted_ids).await?;
                 }
                 let entries = reply
                     .claimed

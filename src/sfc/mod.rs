@@ -19,6 +19,8 @@
 //! - `fence`: the check in front of every command: it goes out only while
 //!   its job is Running, and never after the job's Aborted, Ended or
 //!   Interrupted status event.
+//! - `resync`: change entries the engine lost to the stream cap: the scope
+//!   is reconciled from the stored job states.
 //! - [`exec`]: a job's execution state and its evolution as a pure
 //!   function (qualifiers, timers, retries, pause/resume, early events).
 
@@ -29,4 +31,5 @@ mod fence;
 pub mod graph;
 pub mod net;
 pub mod recipe;
+mod resync;
 pub mod validate;
