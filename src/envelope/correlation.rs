@@ -12,7 +12,8 @@ use uuid::Uuid;
 ///
 /// MicroDCS insists on exactly 16 bytes and crashes otherwise; here any bytes
 /// are kept. 16 bytes render as a canonical UUID; other bytes that are valid
-/// text for an MQTT string render as that text; anything else (a binary
+/// text for an MQTT string render as that text (unless that text would read
+/// back as other bytes: a UUID, or `base64:…`); anything else (a binary
 /// counter such as `00 00 00 00 00 00 00 2A`) as `base64:` followed by the
 /// standard base64 of the bytes. The rendering is always a valid MQTT string,
 /// the original bytes always go back out unchanged, and replies are matched
@@ -47,8 +48,16 @@ impl CorrelationId {
             a.copy_from_slice(&bytes);
             Uuid::from_bytes(a).hyphenated().to_string()
         } else {
+            // Text that `from_text` would read as other bytes (a UUID's 16,
+            // a `base64:` payload) is rendered as base64 instead.
             match std::str::from_utf8(&bytes) {
-                Ok(s) if is_mqtt_string(s) && !s.starts_with(BASE64_PREFIX) => s.to_owned(),
+                Ok(s)
+                    if is_mqtt_string(s)
+                        && !s.starts_with(BASE64_PREFIX)
+                        && !is_hyphenated_uuid(s) =>
+                {
+                    s.to_owned()
+                }
                 _ => format!("{BASE64_PREFIX}{}", STANDARD.encode(&bytes)),
             }
         };
@@ -106,6 +115,11 @@ impl CorrelationId {
     }
 }
 
+/// Whether `from_text` reads `text` as a UUID (its 16 bytes).
+fn is_hyphenated_uuid(text: &str) -> bool {
+    text.len() == 36 && Uuid::parse_str(text).is_ok()
+}
+
 impl fmt::Debug for CorrelationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CorrelationId({})", self.text)
@@ -161,6 +175,22 @@ mod tests {
         assert_eq!(
             CorrelationId::from_bytes(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0x2a])).as_str(),
             "base64:AAAAAAAAACo="
+        );
+    }
+
+    #[test]
+    fn uuid_text_that_is_not_sixteen_bytes_renders_as_base64_and_round_trips() {
+        // Found by fuzz/fuzz_targets/command_id.rs: 36 bytes of UUID text
+        // rendered as themselves, and `from_text` read that back as the
+        // UUID's 16 bytes, so a re-decoded event lost its Correlation Data.
+        let raw = Bytes::from_static(b"0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
+        let c = CorrelationId::from_bytes(raw.clone());
+        assert!(c.as_str().starts_with("base64:"), "{}", c.as_str());
+        assert_eq!(c.as_bytes(), &raw);
+        assert_eq!(CorrelationId::from_text(c.as_str()), c);
+        assert_eq!(
+            c.bytes_as_str(),
+            Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
         );
     }
 
