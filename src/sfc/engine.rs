@@ -1216,6 +1216,9 @@ impl Engine {
 
     async fn session(&self, marks: &mut super::resync::Marks) -> Result<(), EngineError> {
         let mut blocking = Redis::blocking_connection(&self.inner.client).await?;
+        // Deadlines are judged by Redis's clock (see `clock`): never decide
+        // one before the offset to it is known.
+        crate::clock::sync(&mut blocking).await?;
         let mut known: BTreeSet<String> = BTreeSet::new();
         let mut last_claim = std::time::Instant::now();
         loop {
