@@ -895,7 +895,12 @@ async fn chaos_jobs_survive_killed_replicas_and_broker_and_redis_restarts() {
                     .any(|p| p.contains(" took ") && !p.contains("fault window"))
             })
             .take(2);
-        let shown: Vec<&(String, Vec<String>)> = failures.iter().take(5).chain(quiet).collect();
+        let mut shown: Vec<&(String, Vec<String>)> = failures.iter().take(5).collect();
+        for f in quiet {
+            if !shown.contains(&f) {
+                shown.push(f);
+            }
+        }
         for (job, problems) in shown {
             let _ = writeln!(report, "{job}: {}", problems.join("; "));
             let i: usize = job[4..].parse().unwrap();
