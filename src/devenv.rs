@@ -99,6 +99,13 @@ impl LocalMosquitto {
     /// mosquitto is not installed or does not start.
     pub fn start() -> io::Result<Self> {
         let dir = tempfile::tempdir()?;
+        // Started as root, mosquitto drops to its own user, which must be
+        // able to write its persistence here (else a restart loses it all).
+        #[cfg(unix)]
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )?;
         let port = free_port()?;
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(&conf, Self::config_for(port, dir.path()))?;

@@ -433,10 +433,13 @@ impl MqttTransport {
                 info!(transport = %self.name, session_present = ack.session_present, "mqtt connected");
                 self.signals.connected(ack.session_present);
                 self.connected.send_replace(true);
-                if !self.takeover && (!ack.session_present || !*self.subscribed.borrow()) {
-                    // A new session has no subscriptions: make them again.
-                    // Subscribing from another task, because the request
-                    // channel may be full and this loop must keep polling.
+                if !self.takeover {
+                    // Subscribe on every CONNACK: a new session has no
+                    // subscriptions, and a broker restarted from its
+                    // persistence may keep the session without its shared
+                    // ones (Mosquitto 2.0). From another task, because the
+                    // request channel may be full and this loop must keep
+                    // polling.
                     let this = self.clone();
                     tokio::spawn(async move { this.subscribe_all().await });
                 }
