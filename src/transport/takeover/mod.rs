@@ -67,11 +67,13 @@ pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(10);
 /// still there for the next peer.
 pub const TAKEOVER_SESSION_EXPIRY: Duration = Duration::from_secs(120);
 
-/// How long one replica holds the takeover of one session.
-const LOCK_TTL: Duration = Duration::from_secs(60);
+/// How long the takeover lock of one session outlives its last renewal.
+/// The taker renews it every third of this; a taker that dies half-way
+/// leaves the session to the next peer after at most this long.
+const LOCK_TTL: Duration = Duration::from_secs(9);
 
 /// A takeover gives up (and leaves the session for the next try) after
-/// this long, well within [`LOCK_TTL`].
+/// this long.
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(45);
 
 /// No message received for this long, and none in progress: the queue
@@ -476,45 +478,70 @@ impl Takeover {
                 return;
             }
         }
-        let instance_id = self
-            .info
-            .as_ref()
-            .map_or_else(|| self.client_id.clone(), |i| i.instance_id.clone());
-        let filters = self
-            .info
-            .as_ref()
-            .map_or_else(|| self.transport.subscriptions(), |i| i.filters.clone());
-        warn!(client_id = %self.client_id, instance = %instance_id, dead_after_s = self.dead_after.as_secs(), "MQTT session without heartbeat: taking it over to process what the broker queued for it");
-        let t = self
-            .transport
-            .takeover_of(&self.client_id, &instance_id, TAKEOVER_SESSION_EXPIRY);
-        let run = tokio::spawn(t.clone().run());
-        let done = tokio::time::timeout(TAKEOVER_LIMIT, drive(&t, &filters, shutdown)).await;
-        t.shutdown();
-        let _ =
-            tokio::time::timeout(t.settings().shutdown_grace + Duration::from_secs(2), run).await;
-        match done {
-            Ok(Outcome::Done) if !t.signals().is_taken_over() => {
-                let m = t.metrics().snapshot();
-                match self
-                    .registry
-                    .forget_if_dead(&self.client_id, self.dead_after)
-                    .await
-                {
-                    Ok(_) => {
-                        info!(client_id = %self.client_id, received = m.received, processed = m.processed, duplicates = m.duplicates, "took over the MQTT session of a dead replica; it left its group and ends")
+        // Renew the lock while the takeover runs: a taker killed half-way
+        // must not keep its peers away for long, since the orphaned session
+        // still collects its share of the group's messages.
+        let renew = async {
+            let mut tick = tokio::time::interval(LOCK_TTL / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match lock.try_acquire().await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        warn!(client_id = %self.client_id, "takeover lock taken by a peer while this takeover runs")
                     }
                     Err(e) => {
-                        warn!(client_id = %self.client_id, error = %e, "took over the MQTT session, but cannot remove it from the registry")
+                        warn!(client_id = %self.client_id, error = %e, "cannot renew the takeover lock")
                     }
                 }
             }
-            Ok(Outcome::Done | Outcome::Stopped) => {
-                info!(client_id = %self.client_id, "session takeover stopped: the owner is back or this replica stops");
+        };
+        let work = async {
+            let instance_id = self
+                .info
+                .as_ref()
+                .map_or_else(|| self.client_id.clone(), |i| i.instance_id.clone());
+            let filters = self
+                .info
+                .as_ref()
+                .map_or_else(|| self.transport.subscriptions(), |i| i.filters.clone());
+            warn!(client_id = %self.client_id, instance = %instance_id, dead_after_s = self.dead_after.as_secs(), "MQTT session without heartbeat: taking it over to process what the broker queued for it");
+            let t =
+                self.transport
+                    .takeover_of(&self.client_id, &instance_id, TAKEOVER_SESSION_EXPIRY);
+            let run = tokio::spawn(t.clone().run());
+            let done = tokio::time::timeout(TAKEOVER_LIMIT, drive(&t, &filters, shutdown)).await;
+            t.shutdown();
+            let _ = tokio::time::timeout(t.settings().shutdown_grace + Duration::from_secs(2), run)
+                .await;
+            match done {
+                Ok(Outcome::Done) if !t.signals().is_taken_over() => {
+                    let m = t.metrics().snapshot();
+                    match self
+                        .registry
+                        .forget_if_dead(&self.client_id, self.dead_after)
+                        .await
+                    {
+                        Ok(_) => {
+                            info!(client_id = %self.client_id, received = m.received, processed = m.processed, duplicates = m.duplicates, "took over the MQTT session of a dead replica; it left its group and ends")
+                        }
+                        Err(e) => {
+                            warn!(client_id = %self.client_id, error = %e, "took over the MQTT session, but cannot remove it from the registry")
+                        }
+                    }
+                }
+                Ok(Outcome::Done | Outcome::Stopped) => {
+                    info!(client_id = %self.client_id, "session takeover stopped: the owner is back or this replica stops");
+                }
+                Ok(Outcome::Unfinished) | Err(_) => {
+                    error!(client_id = %self.client_id, limit_s = TAKEOVER_LIMIT.as_secs(), "session takeover did not finish in time; a peer tries again when the lock expires");
+                }
             }
-            Ok(Outcome::Unfinished) | Err(_) => {
-                error!(client_id = %self.client_id, limit_s = TAKEOVER_LIMIT.as_secs(), "session takeover did not finish in time; a peer tries again when the lock expires");
-            }
+        };
+        tokio::select! {
+            _ = work => {}
+            _ = renew => {}
         }
         if let Err(e) = lock.release().await {
             warn!(client_id = %self.client_id, error = %e, "cannot release the takeover lock; it expires");
