@@ -330,3 +330,18 @@ mod tests {
         assert_eq!(command_path(&args("sim --port x")), "microdcs sim");
     }
 }
+
+/// The README's processor snippet is `examples/hello.rs` (built by CI),
+/// copied verbatim; this keeps the copy honest.
+#[cfg(test)]
+mod readme {
+    #[test]
+    fn the_readme_shows_the_hello_example_verbatim() {
+        let readme = include_str!("../../../README.md");
+        let example = include_str!("../../../examples/hello.rs");
+        assert!(
+            readme.contains(&format!("```rust\n{example}```\n")),
+            "README.md's processor snippet differs from examples/hello.rs: copy the file again"
+        );
+    }
+}
