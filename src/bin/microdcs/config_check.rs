@@ -5,7 +5,7 @@ use microdcs::config::{Config, InstanceIdSource};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Validate the configuration and print the effective settings as TOML.
+/// Validate the configuration and print the effective settings as TOML
 ///
 /// Loads the configuration exactly as the runtime would, checks every
 /// setting, and prints the effective configuration as TOML on stdout

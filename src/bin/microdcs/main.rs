@@ -55,13 +55,13 @@ struct Cli {
 enum Command {
     Run(run::Args),
     Sim(sim::Args),
-    /// The station configuration.
+    /// Validate the configuration (`config check`)
     #[command(subcommand_required = true, arg_required_else_help = true)]
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// SFC recipes: validate one, draw one.
+    /// Validate or draw an SFC recipe (`recipe check`, `recipe graph`)
     #[command(
         subcommand_required = true,
         arg_required_else_help = true,

@@ -7,7 +7,7 @@ use microdcs::sfc::source::{self, LoadError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Validate an SFC recipe (or a work master carrying one), list every problem.
+/// Validate an SFC recipe (or a work master carrying one), list every problem
 ///
 /// Validates an SFC recipe as a work master's recipe is validated before it
 /// is stored: the schema, one initial step, unique names, references,
@@ -24,7 +24,7 @@ pub(crate) struct CheckArgs {
     pub(crate) file: PathBuf,
 }
 
-/// Print an SFC recipe as a Mermaid flowchart.
+/// Print an SFC recipe as a Mermaid flowchart
 ///
 /// Prints the recipe as a Mermaid flowchart (`flowchart TD`): steps with
 /// their actions, transitions labelled with their conditions, branches as

@@ -4,7 +4,7 @@ use microdcs::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Run a station: job management, the SFC engine and/or the MES publisher.
+/// Run a station: job management, the SFC engine and/or the MES publisher
 ///
 /// Runs a station from its configuration: the machinery-jobs processor with
 /// the SFC engine and the equipment processor (APP_IS_PROCESSOR_INSTANCE)

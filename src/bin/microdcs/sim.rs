@@ -4,7 +4,7 @@ use microdcs::sim::{SimConfig, Simulator};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Simulate equipment: answer southbound commands by seeded rules.
+/// Simulate equipment: answer southbound commands by seeded rules
 ///
 /// Simulates equipment behind a station's southbound processor: subscribes
 /// {prefix}/+/commands (and deeper), answers each command on its Response
