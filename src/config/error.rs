@@ -73,7 +73,11 @@ impl fmt::Display for Problem {
 /// Why a configuration could not be loaded. The process should not start:
 /// fix the named settings and try again (`microdcs config check` shows the
 /// result without starting anything).
-#[derive(Debug, thiserror::Error)]
+///
+/// `{:?}` prints the same readable message as `{}` (what a `main` returning
+/// `Result<(), Box<dyn Error>>` shows on failure); `{:#?}` shows the
+/// structure.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// The configuration file could not be read.
@@ -100,6 +104,30 @@ pub enum ConfigError {
         /// problems, then inconsistencies between settings.
         problems: Vec<Problem>,
     },
+}
+
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return fmt::Display::fmt(self, f);
+        }
+        match self {
+            ConfigError::Read { path, source } => f
+                .debug_struct("Read")
+                .field("path", path)
+                .field("source", source)
+                .finish(),
+            ConfigError::Syntax { path, message } => f
+                .debug_struct("Syntax")
+                .field("path", path)
+                .field("message", message)
+                .finish(),
+            ConfigError::Invalid { problems } => f
+                .debug_struct("Invalid")
+                .field("problems", problems)
+                .finish(),
+        }
+    }
 }
 
 impl ConfigError {
@@ -130,5 +158,26 @@ fn list(problems: &[Problem]) -> String {
             }
             s
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_is_the_readable_message() {
+        let e = ConfigError::Invalid {
+            problems: vec![Problem {
+                origin: Origin::env("APP_MQTT_PORT"),
+                message: "invalid port".into(),
+            }],
+        };
+        let boxed: Box<dyn std::error::Error> = Box::new(e);
+        assert_eq!(
+            format!("{boxed:?}"),
+            "invalid configuration: environment variable `APP_MQTT_PORT`: invalid port"
+        );
+        assert!(format!("{boxed:#?}").contains("Invalid"));
     }
 }

@@ -15,8 +15,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-/// Checks a work master's `data` before it is stored, for one `dataschema`
-/// (the SFC engine registers the recipe validator).
+/// Checks a work master's `data` before it is stored, for one `dataschema`,
+/// matched exactly (the SFC engine registers the recipe validator under
+/// [`RECIPE_SCHEMA`](crate::sfc::source::RECIPE_SCHEMA), the rule of
+/// [`is_recipe_schema`](crate::sfc::source::is_recipe_schema)).
 pub type WorkMasterValidator = Arc<dyn Fn(&Value) -> Result<(), String> + Send + Sync>;
 
 /// Job management settings.

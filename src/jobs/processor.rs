@@ -375,10 +375,30 @@ async fn config_work_master(
             }
         }
     }
+    // The recipe validator is registered under the exact recipe schema, the
+    // rule the engine runs recipes by (`sfc::source`); a near miss is stored
+    // as before, unvalidated, and never run, so say so where someone looks.
+    if let Some(schema) = cfg.dataschema.as_deref() {
+        if crate::sfc::source::is_misspelt_recipe_schema(schema) {
+            warn!(
+                scope = %*scope,
+                work_master = id,
+                dataschema = schema,
+                expected = crate::sfc::source::RECIPE_SCHEMA,
+                "work master's dataschema is not exactly the SFC recipe schema: \
+                 its data is stored unchecked and never run as a recipe"
+            );
+        }
+    }
     let doc = serde_json::to_string(&cfg)
         .map_err(|e| HandlerError::terminal(ErrorKind::PayloadInvalid, e.to_string()))?;
     m.store().set_work_master(&scope, &id, Some(&doc)).await?;
-    info!(scope = %*scope, work_master = id, "work master stored");
+    info!(
+        scope = %*scope,
+        work_master = id,
+        sfc_recipe = crate::sfc::source::is_recipe_schema(cfg.dataschema.as_deref()),
+        "work master stored"
+    );
     Ok(())
 }
 

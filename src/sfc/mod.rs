@@ -32,4 +32,5 @@ pub mod graph;
 pub mod net;
 pub mod recipe;
 mod resync;
+pub mod source;
 pub mod validate;

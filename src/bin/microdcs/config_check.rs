@@ -1,0 +1,47 @@
+//! `microdcs config check`: the effective configuration, or what is wrong
+//! with it.
+
+use microdcs::config::{Config, InstanceIdSource};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Validate the configuration and print the effective settings as TOML
+///
+/// Loads the configuration exactly as the runtime would, checks every
+/// setting, and prints the effective configuration as TOML on stdout
+/// (passwords shown as "***"). Problems go to stderr; the exit code is 0 when
+/// the configuration is valid, 1 when it is not.
+#[derive(Debug, PartialEq, Eq, clap::Args)]
+#[command(verbatim_doc_comment, after_help = super::CONFIG_SOURCES)]
+pub(crate) struct Args {
+    /// TOML configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// Prints the effective configuration and warnings, or the problems.
+pub(crate) fn config_check(args: &Args) -> ExitCode {
+    let path = args.config.as_deref();
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    super::out(&config.redacted_toml());
+    for var in config.unrecognised_env() {
+        eprintln!("warning: environment variable {var} is ignored: no setting reads it");
+    }
+    if config.instance.id_source == InstanceIdSource::Random {
+        eprintln!(
+            "warning: no POD_ID, instance.id or host name, so the instance id is random and \
+             changes on every start (the broker cannot resume the MQTT session)"
+        );
+    }
+    match path {
+        Some(p) => eprintln!("configuration OK ({} and environment)", p.display()),
+        None => eprintln!("configuration OK (environment only, no --config file)"),
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,347 @@
+//! The `microdcs` command line: one file per command, the flags defined once
+//! (clap derive) and the help generated from them.
+//!
+//! Exit codes: 0 success, 1 the command failed (e.g. invalid configuration),
+//! 2 the command line itself is wrong.
+//!
+//! The `APP_*` environment variables are the configuration module's
+//! (`microdcs::config`), not options of this command line.
+
+mod config_check;
+mod recipe;
+mod run;
+mod sim;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use std::io::Write;
+use std::process::ExitCode;
+
+/// Where the configuration comes from; shown by every command that reads it.
+const CONFIG_SOURCES: &str = "\
+The configuration is read from an optional TOML file (--config FILE) and from
+environment variables (the MicroDCS names: APP_MQTT_HOSTNAME,
+APP_REDIS_HOSTNAME, POD_ID, ...); the environment wins. See
+microdcs.example.toml for every setting.";
+
+/// What a recipe FILE may hold; shown by the `recipe` commands.
+const RECIPE_FILE: &str = "\
+FILE is JSON: the recipe itself ({\"Steps\": ..., \"Transitions\": ..., \"Actions\": ...}),
+or a work master that carries it ({\"ID\": ..., \"data\": <recipe>, \"dataschema\": ...}),
+whose dataschema must be exactly the SFC recipe schema (else the station never
+runs it). `-` reads standard input.";
+
+/// microdcs: distributed sequence control for manufacturing stations (OPC UA
+/// Machinery Jobs over CloudEvents/MQTT v5, coordinated through Redis).
+#[derive(Debug, Parser)]
+#[command(
+    name = "microdcs",
+    version,
+    override_usage = "microdcs run [--config FILE]\n       \
+                      microdcs config check [--config FILE]\n       \
+                      microdcs recipe check FILE\n       \
+                      microdcs recipe graph FILE\n       \
+                      microdcs sim [--config FILE] [--host H] [--port P] [--seed N]",
+    after_help = CONFIG_SOURCES,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The commands.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+enum Command {
+    Run(run::Args),
+    Sim(sim::Args),
+    /// Validate the configuration (`config check`)
+    #[command(subcommand_required = true, arg_required_else_help = true)]
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Validate or draw an SFC recipe (`recipe check`, `recipe graph`)
+    #[command(
+        subcommand_required = true,
+        arg_required_else_help = true,
+        override_usage = "microdcs recipe check FILE\n       microdcs recipe graph FILE",
+        after_help = RECIPE_FILE
+    )]
+    Recipe {
+        #[command(subcommand)]
+        command: RecipeCommand,
+    },
+}
+
+/// `config …`.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+enum ConfigCommand {
+    Check(config_check::Args),
+}
+
+/// `recipe …`.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+enum RecipeCommand {
+    Check(recipe::CheckArgs),
+    Graph(recipe::GraphArgs),
+}
+
+impl Command {
+    fn execute(self) -> ExitCode {
+        match self {
+            Command::Run(args) => run::run(&args),
+            Command::Sim(args) => sim::sim(args),
+            Command::Config {
+                command: ConfigCommand::Check(args),
+            } => config_check::config_check(&args),
+            Command::Recipe {
+                command: RecipeCommand::Check(args),
+            } => recipe::check(&args),
+            Command::Recipe {
+                command: RecipeCommand::Graph(args),
+            } => recipe::graph(&args),
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// Prints a command-line error, or the help or version asked for; the exit
+/// code is clap's (0 for help and version, 2 for a usage error). A usage
+/// error ends by naming the help of the command it is about (clap's own
+/// hint does not say which command's).
+fn usage(error: &clap::Error, args: &[String]) -> ExitCode {
+    let code = u8::try_from(error.exit_code()).unwrap_or(2);
+    if !error.use_stderr()
+        || error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    {
+        // Help or version asked for (stdout), or help instead of an error
+        // for a bare `microdcs` or `microdcs recipe` (stderr).
+        let _ = error.print();
+        return ExitCode::from(code);
+    }
+    let rendered = error.render().to_string();
+    let rendered = rendered.trim_end();
+    let rendered = rendered
+        .strip_suffix("For more information, try '--help'.")
+        .unwrap_or(rendered)
+        .trim_end();
+    eprintln!(
+        "{rendered}\n\nRun `{} --help` for usage.",
+        command_path(args)
+    );
+    ExitCode::from(code)
+}
+
+/// `microdcs` followed by the subcommands named at the start of `args`
+/// (`microdcs recipe check` for `recipe check --frob`).
+fn command_path(args: &[String]) -> String {
+    let mut command = Cli::command();
+    let mut path = String::from("microdcs");
+    for arg in args {
+        let Some(sub) = command.find_subcommand(arg).cloned() else {
+            break;
+        };
+        path.push(' ');
+        path.push_str(sub.get_name());
+        command = sub;
+    }
+    path
+}
+
+/// Starts the multi-threaded async runtime, or says why it cannot.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let argv = std::iter::once("microdcs".to_owned()).chain(args.iter().cloned());
+    match Cli::try_parse_from(argv) {
+        Ok(cli) => cli.command.execute(),
+        Err(e) => usage(&e, &args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(line: &str) -> Result<Command, clap::Error> {
+        let argv = std::iter::once("microdcs").chain(line.split_whitespace());
+        Cli::try_parse_from(argv).map(|cli| cli.command)
+    }
+
+    fn help(line: &str) -> String {
+        match parse(line) {
+            Err(e) if e.kind() == ErrorKind::DisplayHelp => e.render().to_string(),
+            other => panic!("{line:?} gave no help: {other:?}"),
+        }
+    }
+
+    fn config_check(config: Option<&str>) -> Command {
+        Command::Config {
+            command: ConfigCommand::Check(config_check::Args {
+                config: config.map(Into::into),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_check_takes_an_optional_file() {
+        assert_eq!(parse("config check").ok(), Some(config_check(None)));
+        for line in [
+            "config check --config a.toml",
+            "config check --config=a.toml",
+            "config check -c a.toml",
+        ] {
+            assert_eq!(
+                parse(line).ok(),
+                Some(config_check(Some("a.toml"))),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn run_takes_an_optional_file() {
+        assert_eq!(
+            parse("run -c a.toml").ok(),
+            Some(Command::Run(run::Args {
+                config: Some("a.toml".into())
+            }))
+        );
+        assert!(parse("run extra").is_err());
+    }
+
+    #[test]
+    fn recipe_commands_take_one_file() {
+        assert_eq!(
+            parse("recipe check a.json").ok(),
+            Some(Command::Recipe {
+                command: RecipeCommand::Check(recipe::CheckArgs {
+                    file: "a.json".into()
+                })
+            })
+        );
+        assert_eq!(
+            parse("recipe graph -").ok(),
+            Some(Command::Recipe {
+                command: RecipeCommand::Graph(recipe::GraphArgs { file: "-".into() })
+            })
+        );
+        for line in [
+            "recipe",
+            "recipe frobnicate a.json",
+            "recipe check",
+            "recipe check a.json b.json",
+            "recipe graph --frob a.json",
+        ] {
+            assert!(parse(line).is_err(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn bad_command_lines_are_usage_errors() {
+        for line in [
+            "",
+            "frobnicate",
+            "config",
+            "config frobnicate",
+            "config check --config",
+            "config check --config=",
+            "config check --config a --config b",
+            "config check extra",
+        ] {
+            let e = parse(line).expect_err(line);
+            assert_eq!(e.exit_code(), 2, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn sim_takes_config_host_port_and_seed() {
+        assert_eq!(parse("sim").ok(), Some(Command::Sim(sim::Args::default())));
+        assert_eq!(
+            parse("sim --config s.toml --host broker -p 1884 --seed=7").ok(),
+            Some(Command::Sim(sim::Args {
+                config: Some("s.toml".into()),
+                host: Some("broker".into()),
+                port: Some(1884),
+                seed: Some(7),
+            }))
+        );
+        for line in [
+            "sim --port x",
+            "sim --port 0",
+            "sim --seed -1",
+            "sim --host",
+            "sim extra",
+        ] {
+            assert!(parse(line).is_err(), "{line:?}");
+        }
+        assert!(help("--help").contains("sim [--config FILE]"));
+        assert!(help("sim -h").contains("--seed"));
+    }
+
+    #[test]
+    fn help_is_available_at_every_level() {
+        let top = help("--help");
+        assert!(top.contains("config check"), "{top}");
+        assert!(top.contains("recipe graph FILE"), "{top}");
+        assert!(help("config help").contains("check"));
+        assert!(help("config check --config x -h").contains("--config"));
+        assert!(help("recipe -h").contains("graph FILE"));
+        assert!(help("recipe check x.json --help").contains("OK: <counts>"));
+        let version = parse("--version").expect_err("version");
+        assert_eq!(version.kind(), ErrorKind::DisplayVersion);
+        assert_eq!(version.exit_code(), 0);
+    }
+
+    #[test]
+    fn usage_errors_point_at_the_help_of_their_command() {
+        let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(command_path(&args("recipe check")), "microdcs recipe check");
+        assert_eq!(
+            command_path(&args("config check -c")),
+            "microdcs config check"
+        );
+        assert_eq!(command_path(&args("frobnicate")), "microdcs");
+        assert_eq!(command_path(&args("sim --port x")), "microdcs sim");
+    }
+}
+
+/// The README's processor snippet is `examples/hello.rs` (built by CI),
+/// copied verbatim; this keeps the copy honest.
+#[cfg(test)]
+mod readme {
+    #[test]
+    fn the_readme_shows_the_hello_example_verbatim() {
+        let readme = include_str!("../../../README.md");
+        let example = include_str!("../../../examples/hello.rs");
+        assert!(
+            readme.contains(&format!("```rust\n{example}```\n")),
+            "README.md's processor snippet differs from examples/hello.rs: copy the file again"
+        );
+    }
+}
