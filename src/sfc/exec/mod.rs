@@ -84,6 +84,8 @@ mod steps;
 mod timer;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 pub use command_id::{parse_command_id, CommandId, CommandIdError};
