@@ -14,7 +14,7 @@ impl Exec {
         activation: u32,
         attempt: u32,
         ctx: Ctx<'_>,
-        fx: &mut Vec<Effect>,
+        effects: &mut Vec<Effect>,
     ) {
         let command_id = self.command_id(&action.name, activation);
         if attempt == 1 {
@@ -33,7 +33,7 @@ impl Exec {
         let mut timer = None;
         if state == ActionState::Running {
             if action.interaction == Interaction::PushCommand {
-                fx.push(Effect::Dispatch {
+                effects.push(Effect::Dispatch {
                     command_id: command_id.clone(),
                     action: action.name.clone(),
                     type_id: action.type_id.clone(),
@@ -48,7 +48,7 @@ impl Exec {
                     activation,
                     kind,
                 };
-                fx.push(Effect::timer(&key, at));
+                effects.push(Effect::timer(&key, at));
                 deadline = Some(at);
                 timer = Some(kind);
             }
@@ -75,7 +75,7 @@ impl Exec {
         run: &ActionRun,
         reason: impl FnOnce() -> String,
         ctx: Ctx<'_>,
-        fx: &mut Vec<Effect>,
+        effects: &mut Vec<Effect>,
     ) {
         let name = &action.name;
         let activation = run.activation;
@@ -84,7 +84,7 @@ impl Exec {
         {
             let backoff = ms(action.retry.backoff);
             if backoff == 0 {
-                self.dispatch(action, activation, next, ctx, fx);
+                self.dispatch(action, activation, next, ctx, effects);
             } else if let Some(r) = self.actions.get_mut(name) {
                 let kind = TimerKind::Backoff(next);
                 let at = ctx.now_ms + backoff;
@@ -96,13 +96,13 @@ impl Exec {
                     activation,
                     kind,
                 };
-                fx.push(Effect::timer(&key, at));
+                effects.push(Effect::timer(&key, at));
             }
         } else {
             if let Some(r) = self.actions.get_mut(name) {
                 r.end(ActionState::Failed);
             }
-            self.fail(reason(), ctx, fx);
+            self.fail(reason(), ctx, effects);
         }
     }
 }

@@ -24,7 +24,7 @@ impl Exec {
         command_id: &str,
         outcome: Result<Value, String>,
         ctx: Ctx<'_>,
-        fx: &mut Vec<Effect>,
+        effects: &mut Vec<Effect>,
     ) {
         let Some((name, run)) = self
             .actions
@@ -41,7 +41,7 @@ impl Exec {
             }
             Err(message) => {
                 run.end(ActionState::Failed);
-                self.fail(format!("action '{name}' failed: {message}"), ctx, fx);
+                self.fail(format!("action '{name}' failed: {message}"), ctx, effects);
             }
         }
     }
@@ -98,7 +98,7 @@ impl Exec {
         attempt: u32,
         reason: &str,
         ctx: Ctx<'_>,
-        fx: &mut Vec<Effect>,
+        effects: &mut Vec<Effect>,
     ) {
         let Some((name, run)) = self.actions.iter().find(|(_, r)| {
             r.command_id == command_id && r.attempt == attempt && r.state == ActionState::Running
@@ -114,7 +114,7 @@ impl Exec {
             &run,
             || format!("action '{name}' not sent ({reason}; attempt {attempt})"),
             ctx,
-            fx,
+            effects,
         );
     }
 }

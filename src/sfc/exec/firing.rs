@@ -11,13 +11,13 @@ use std::collections::BTreeMap;
 impl Exec {
     /// Fires enabled transitions until none is enabled; completes the job
     /// when no step is active any more.
-    pub(super) fn settle(&mut self, ctx: Ctx<'_>, fx: &mut Vec<Effect>) {
+    pub(super) fn settle(&mut self, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
         for _ in 0..MAX_FIRINGS {
             if self.is_finished() {
                 return;
             }
             if self.active.is_empty() {
-                self.finish(Status::Completed, ctx, fx);
+                self.finish(Status::Completed, ctx, effects);
                 return;
             }
             let Some(t) = ctx
@@ -29,14 +29,14 @@ impl Exec {
             else {
                 return;
             };
-            if !self.fire(t, ctx, fx) {
+            if !self.fire(t, ctx, effects) {
                 return;
             }
         }
         self.fail(
             format!("more than {MAX_FIRINGS} transitions without waiting for anything: the recipe loops"),
             ctx,
-            fx,
+            effects,
         );
     }
 
@@ -55,9 +55,9 @@ impl Exec {
 
     /// Fires `t`: leaves its input steps, enters its output steps. Returns
     /// `false` when the job failed doing so.
-    fn fire(&mut self, t: &NetTransition, ctx: Ctx<'_>, fx: &mut Vec<Effect>) -> bool {
+    fn fire(&mut self, t: &NetTransition, ctx: Ctx<'_>, effects: &mut Vec<Effect>) -> bool {
         for &s in &t.inputs {
-            self.leave(&ctx.net.steps[s], ctx, fx);
+            self.leave(&ctx.net.steps[s], ctx, effects);
         }
         for &s in &t.outputs {
             let name = &ctx.net.steps[s];
@@ -67,11 +67,11 @@ impl Exec {
                 self.fail(
                     format!("step '{name}' entered while active ({})", t.label),
                     ctx,
-                    fx,
+                    effects,
                 );
                 return false;
             }
-            self.enter(name, ctx, fx);
+            self.enter(name, ctx, effects);
         }
         true
     }

@@ -15,7 +15,7 @@ impl Exec {
         params: Map<String, Value>,
         ctx: Ctx<'_>,
     ) -> (Exec, Vec<Effect>) {
-        let mut e = Exec {
+        let mut execution = Exec {
             job: job.to_owned(),
             scope: scope.to_owned(),
             status: Status::Running,
@@ -31,11 +31,11 @@ impl Exec {
             history: VecDeque::new(),
             seen_events: VecDeque::new(),
         };
-        let mut fx = Vec::new();
+        let mut effects = Vec::new();
         let initial = ctx.net.steps[ctx.net.initial].clone();
-        e.enter(&initial, ctx, &mut fx);
-        e.settle(ctx, &mut fx);
-        (e, fx)
+        execution.enter(&initial, ctx, &mut effects);
+        execution.settle(ctx, &mut effects);
+        (execution, effects)
     }
 
     /// An execution that failed before it could start (`reason`), at
@@ -70,7 +70,7 @@ impl Exec {
     /// Running again: every pending deadline moves by the pause and is
     /// issued again under its (unchanged) key; the steps' elapsed time
     /// does not count the pause either.
-    pub(super) fn resume(&mut self, ctx: Ctx<'_>, fx: &mut Vec<Effect>) {
+    pub(super) fn resume(&mut self, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
         let Some(since) = self.paused_at_ms.take() else {
             return;
         };
@@ -83,7 +83,7 @@ impl Exec {
                     activation: run.activation,
                     kind,
                 };
-                fx.push(Effect::timer(&key, *d));
+                effects.push(Effect::timer(&key, *d));
             }
         }
         for run in self.active.values_mut() {
@@ -95,19 +95,19 @@ impl Exec {
                     step: step.clone(),
                     activation: run.activation,
                 };
-                fx.push(Effect::timer(&key, ctx.now_ms + TICK_MS));
+                effects.push(Effect::timer(&key, ctx.now_ms + TICK_MS));
             }
         }
     }
 
     /// The job fails with `reason`.
-    pub(super) fn fail(&mut self, reason: String, ctx: Ctx<'_>, fx: &mut Vec<Effect>) {
-        self.finish(Status::Failed(reason), ctx, fx);
+    pub(super) fn fail(&mut self, reason: String, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
+        self.finish(Status::Failed(reason), ctx, effects);
     }
 
     /// Execution ends with `status`: every outstanding run is cancelled and
     /// every active step left. Only the first end counts.
-    pub(super) fn finish(&mut self, status: Status, ctx: Ctx<'_>, fx: &mut Vec<Effect>) {
+    pub(super) fn finish(&mut self, status: Status, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
         if self.is_finished() {
             return;
         }
@@ -117,13 +117,13 @@ impl Exec {
         let steps = std::mem::take(&mut self.active);
         for (step, run) in steps {
             self.record_left(&step, run.activation, ctx.now_ms);
-            fx.push(Effect::StepLeft {
+            effects.push(Effect::StepLeft {
                 step,
                 activation: run.activation,
             });
         }
         self.status = status.clone();
         self.ended_ms = Some(ctx.now_ms);
-        fx.push(Effect::Finished(status));
+        effects.push(Effect::Finished(status));
     }
 }

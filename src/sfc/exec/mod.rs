@@ -258,16 +258,16 @@ impl Exec {
     /// the same new state and effects. A finished execution takes nothing
     /// (no effects, no change).
     pub fn apply(&mut self, input: Input, ctx: Ctx<'_>) -> Vec<Effect> {
-        let mut fx = Vec::new();
+        let mut effects = Vec::new();
         if self.is_finished() {
-            return fx;
+            return effects;
         }
         self.expire_early(ctx.now_ms);
         match input {
             Input::Result {
                 command_id,
                 outcome,
-            } => self.on_result(&command_id, outcome, ctx, &mut fx),
+            } => self.on_result(&command_id, outcome, ctx, &mut effects),
             Input::Event {
                 type_id,
                 data,
@@ -285,24 +285,24 @@ impl Exec {
                 if !self.on_event(event, id, ctx) {
                     // Expired or a redelivery: nothing changes, not even
                     // the transitions are looked at.
-                    return fx;
+                    return effects;
                 }
             }
             Input::Unsent {
                 command_id,
                 attempt,
                 reason,
-            } => self.on_unsent(&command_id, attempt, &reason, ctx, &mut fx),
-            Input::Timer { key } => self.on_timer(&key, ctx, &mut fx),
+            } => self.on_unsent(&command_id, attempt, &reason, ctx, &mut effects),
+            Input::Timer { key } => self.on_timer(&key, ctx, &mut effects),
             Input::Pause => self.pause(ctx),
-            Input::Resume => self.resume(ctx, &mut fx),
-            Input::Stop => self.finish(Status::Stopped, ctx, &mut fx),
-            Input::Abort => self.finish(Status::Aborted, ctx, &mut fx),
+            Input::Resume => self.resume(ctx, &mut effects),
+            Input::Stop => self.finish(Status::Stopped, ctx, &mut effects),
+            Input::Abort => self.finish(Status::Aborted, ctx, &mut effects),
         }
         if !self.is_finished() && self.paused_at_ms.is_none() {
-            self.settle(ctx, &mut fx);
+            self.settle(ctx, &mut effects);
         }
-        fx
+        effects
     }
 
     /// Whether execution is over.

@@ -18,11 +18,11 @@ impl Exec {
         action: &Action,
         activation: u32,
         ctx: Ctx<'_>,
-        fx: &mut Vec<Effect>,
+        effects: &mut Vec<Effect>,
     ) {
         match action.qualifier {
             Qualifier::N | Qualifier::P | Qualifier::P1 | Qualifier::S | Qualifier::L => {
-                self.dispatch(action, activation, 1, ctx, fx);
+                self.dispatch(action, activation, 1, ctx, effects);
             }
             Qualifier::D => {
                 let at = ctx.now_ms + action.delay.map_or(0, super::ms);
@@ -42,7 +42,7 @@ impl Exec {
                     activation,
                     kind: TimerKind::Delay,
                 };
-                fx.push(Effect::timer(&key, at));
+                effects.push(Effect::timer(&key, at));
             }
             Qualifier::R => {
                 // Resets the stored action named by the R association's TypeId.
@@ -62,7 +62,7 @@ impl Exec {
         action: &Action,
         activation: u32,
         ctx: Ctx<'_>,
-        fx: &mut Vec<Effect>,
+        effects: &mut Vec<Effect>,
     ) {
         if holds_step(action.qualifier) {
             if let Some(r) = self.actions.get_mut(&action.name) {
@@ -71,7 +71,7 @@ impl Exec {
                 }
             }
         } else if action.qualifier == Qualifier::P0 {
-            self.dispatch(action, activation, 1, ctx, fx);
+            self.dispatch(action, activation, 1, ctx, effects);
         }
     }
 }

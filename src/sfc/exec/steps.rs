@@ -6,7 +6,7 @@ use super::{HISTORY, TICK_MS};
 
 impl Exec {
     /// Enters a step: counts the activation, starts its actions.
-    pub(super) fn enter(&mut self, step: &str, ctx: Ctx<'_>, fx: &mut Vec<Effect>) {
+    pub(super) fn enter(&mut self, step: &str, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
         let n = self.activations.entry(step.to_owned()).or_insert(0);
         *n += 1;
         let activation = *n;
@@ -28,7 +28,7 @@ impl Exec {
                 left_ms: None,
             },
         );
-        fx.push(Effect::StepEntered {
+        effects.push(Effect::StepEntered {
             step: step.to_owned(),
             activation,
         });
@@ -37,24 +37,24 @@ impl Exec {
                 step: step.to_owned(),
                 activation,
             };
-            fx.push(Effect::timer(&key, ctx.now_ms + TICK_MS));
+            effects.push(Effect::timer(&key, ctx.now_ms + TICK_MS));
         }
         for action in ctx.recipe.actions_of(step) {
-            self.on_step_entered(action, activation, ctx, fx);
+            self.on_step_entered(action, activation, ctx, effects);
         }
     }
 
     /// Leaves a step: its actions see the exit (see `qualifiers`), its
     /// history record gets the time.
-    pub(super) fn leave(&mut self, step: &str, ctx: Ctx<'_>, fx: &mut Vec<Effect>) {
+    pub(super) fn leave(&mut self, step: &str, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
         let Some(run) = self.active.remove(step) else {
             return;
         };
         for action in ctx.recipe.actions_of(step) {
-            self.on_step_left(action, run.activation, ctx, fx);
+            self.on_step_left(action, run.activation, ctx, effects);
         }
         self.record_left(step, run.activation, ctx.now_ms);
-        fx.push(Effect::StepLeft {
+        effects.push(Effect::StepLeft {
             step: step.to_owned(),
             activation: run.activation,
         });

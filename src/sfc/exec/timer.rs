@@ -179,7 +179,7 @@ impl Exec {
     /// timer again with its deadline shifted), and when it no longer
     /// matches the state: another activation, another kind, or not due
     /// yet (the deadline moved).
-    pub(super) fn on_timer(&mut self, key: &str, ctx: Ctx<'_>, fx: &mut Vec<Effect>) {
+    pub(super) fn on_timer(&mut self, key: &str, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
         if self.paused_at_ms.is_some() {
             return;
         }
@@ -187,24 +187,24 @@ impl Exec {
             return;
         };
         match key {
-            TimerKey::Tick { step, activation } => self.on_tick(step, activation, ctx, fx),
+            TimerKey::Tick { step, activation } => self.on_tick(step, activation, ctx, effects),
             TimerKey::Action {
                 action,
                 activation,
                 kind,
-            } => self.on_action_timer(&action, activation, kind, ctx, fx),
+            } => self.on_action_timer(&action, activation, kind, ctx, effects),
         }
     }
 
     /// A step's re-evaluation tick: the next one, while the step is in the
     /// same activation (the transitions are looked at after every input).
-    fn on_tick(&mut self, step: String, activation: u32, ctx: Ctx<'_>, fx: &mut Vec<Effect>) {
+    fn on_tick(&mut self, step: String, activation: u32, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
         if self
             .active
             .get(&step)
             .is_some_and(|r| r.activation == activation)
         {
-            fx.push(Effect::timer(
+            effects.push(Effect::timer(
                 &TimerKey::Tick { step, activation },
                 ctx.now_ms + TICK_MS,
             ));
@@ -217,7 +217,7 @@ impl Exec {
         activation: u32,
         kind: TimerKind,
         ctx: Ctx<'_>,
-        fx: &mut Vec<Effect>,
+        effects: &mut Vec<Effect>,
     ) {
         let Some(action) = ctx.recipe.action(name) else {
             return;
@@ -236,13 +236,13 @@ impl Exec {
                     .get(&action.step)
                     .is_some_and(|s| s.activation == activation);
                 if step_active {
-                    self.dispatch(action, activation, 1, ctx, fx);
+                    self.dispatch(action, activation, 1, ctx, effects);
                 } else if let Some(r) = self.actions.get_mut(name) {
                     r.cancel();
                 }
             }
             (TimerKind::Backoff(_), ActionState::Scheduled) => {
-                self.dispatch(action, activation, run.attempt + 1, ctx, fx);
+                self.dispatch(action, activation, run.attempt + 1, ctx, effects);
             }
             (TimerKind::Timeout(_), ActionState::Running) => {
                 let awaited = if action.interaction == Interaction::PushCommand {
@@ -258,7 +258,7 @@ impl Exec {
                         if run.attempt == 1 { "" } else { "s" }
                     )
                 };
-                self.retry_or_fail(action, &run, reason, ctx, fx);
+                self.retry_or_fail(action, &run, reason, ctx, effects);
             }
             (TimerKind::Limit, ActionState::Running) => {
                 if let Some(r) = self.actions.get_mut(name) {
