@@ -50,7 +50,6 @@
 //! them back as [`Input::Timer`]. A timer that no longer matches the state
 //! (the action completed, the step was left, the job was paused and the
 //! deadline moved) is ignored, so stale or duplicated timers are harmless.
-
 //!
 //! # Layout
 //!
@@ -65,7 +64,9 @@
 //! - `steps`: entering and leaving a step, and when a step is finished;
 //! - `qualifiers`: what each qualifier does on step entry and exit;
 //! - `dispatch`: sending an action, its deadline, retries;
-//! - `firing`: which transitions are enabled, and firing them.
+//! - `firing`: which transitions are enabled, and firing them;
+//! - `tests`, `proptests`: scenarios one behaviour each, and the
+//!   invariants over random recipes and inputs.
 
 use super::net::Net;
 use super::recipe::Recipe;
@@ -150,7 +151,7 @@ pub struct Exec {
 pub enum Input {
     /// A `push_command`'s result (or error) arrived.
     Result {
-        /// The command id it answers.
+        /// The command id it answers (the text of a [`CommandId`]).
         command_id: String,
         /// The result data, or the error message.
         outcome: Result<Value, String>,
