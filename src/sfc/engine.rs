@@ -1631,9 +1631,9 @@ fn failed_exec(job: &str, scope: &str, reason: &str) -> Exec {
         actions: Default::default(),
         results: Map::new(),
         params: Map::new(),
-        early: Vec::new(),
-        history: Vec::new(),
-        seen_events: Vec::new(),
+        early: Default::default(),
+        history: Default::default(),
+        seen_events: Default::default(),
     }
 }
 

@@ -94,7 +94,7 @@ struct Compiler<'a> {
 
 impl<'a> Compiler<'a> {
     fn is_branch(&self, name: &str) -> bool {
-        self.recipe.branches.iter().any(|b| b.name == name)
+        self.recipe.branch(name).is_some()
     }
 
     fn step(&self, name: &str) -> Result<StepId, NetError> {
@@ -105,7 +105,7 @@ impl<'a> Compiler<'a> {
     }
 
     fn branch(&self, name: &str) -> Option<&'a super::recipe::Branch> {
-        self.recipe.branches.iter().find(|b| b.name == name)
+        self.recipe.branch(name)
     }
 
     fn first<'p>(path: &'p [String], branch: &str) -> Result<&'p str, NetError> {
@@ -235,11 +235,9 @@ impl<'a> Compiler<'a> {
 
     /// The branch path `element` sits in, if any: (branch, path index, position).
     fn enclosing(&self, element: &str) -> Option<(&'a super::recipe::Branch, usize)> {
-        self.recipe.branches.iter().find_map(|b| {
-            b.paths
-                .iter()
-                .find_map(|p| p.iter().position(|e| e == element).map(|i| (b, i)))
-        })
+        self.recipe
+            .enclosing_branch(element)
+            .map(|(branch, _, position)| (branch, position))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -333,6 +333,13 @@ impl Recipe {
         self.actions.iter().filter(move |a| a.step == step)
     }
 
+    /// The `pull_event` actions, in recipe order.
+    pub fn pull_actions(&self) -> impl Iterator<Item = &Action> + '_ {
+        self.actions
+            .iter()
+            .filter(|a| a.interaction == Interaction::PullEvent)
+    }
+
     /// The transitions leaving `source` (a step or branch), lowest
     /// `Priority` first, recipe order among equal priorities.
     #[must_use]
