@@ -10,6 +10,11 @@
 //! window: an MES that re-sends because the first reply was lost gets its
 //! answer (wire contract §1, Deduplication).
 
+mod layer;
+
+pub(crate) use layer::guarded;
+pub use layer::{Delivery, Guarded};
+
 use redis::aio::ConnectionManager;
 use redis::Script;
 use std::sync::LazyLock;
