@@ -10,7 +10,8 @@
 //!
 //! # Layout
 //!
-//! - [`settings`]: the one MQTT settings struct (transport and simulator).
+//! - `settings`: [`MqttSettings`], the one MQTT settings struct (transport
+//!   and simulator).
 //! - `session`: the connection loop, I/O only — connect, subscribe on every
 //!   CONNACK, poll, reconnect with backoff; shared with the simulator.
 //! - `run`: what the transport does with the session's events, and its
@@ -28,7 +29,7 @@ mod inbound;
 mod reply;
 mod run;
 pub(crate) mod session;
-pub mod settings;
+mod settings;
 
 pub use reply::ERROR_REPLY_TYPE;
 pub use settings::MqttSettings;

@@ -83,25 +83,17 @@ impl MqttSettings {
         }
     }
 
-    /// The rumqttc options of a connection with these settings: manual
-    /// acknowledgements (a message is acknowledged only after it was
-    /// processed), `max_inflight` announced as Receive Maximum, and a
-    /// Maximum Packet Size of four times `max_payload_size` (larger payloads
-    /// up to that size are answered `RESOURCE_EXHAUSTED`, beyond it the
-    /// broker drops them).
-    pub(crate) fn options(&self) -> MqttOptions {
+    /// The rumqttc options every connection with these settings shares
+    /// (the transport's and the simulator's): broker, client id,
+    /// credentials, keep-alive, session expiry (a clean start when it is
+    /// zero), TCP_NODELAY and a 10 s connection timeout.
+    pub(crate) fn connect_options(&self) -> MqttOptions {
         let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
         o.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
         o.set_clean_start(self.session_expiry.is_zero());
         o.set_session_expiry_interval(Some(
             self.session_expiry.as_secs().min(u32::MAX as u64) as u32
         ));
-        o.set_manual_acks(true);
-        o.set_receive_maximum(Some(self.max_inflight.max(1)));
-        o.set_outgoing_inflight_upper_limit(self.max_inflight.max(1));
-        let network_limit =
-            (self.max_payload_size.saturating_mul(4) + 64 * 1024).min(256 * 1024 * 1024);
-        o.set_max_packet_size(Some(network_limit as u32));
         if let Some(u) = &self.username {
             o.set_credentials(u.clone(), self.password.clone().unwrap_or_default());
         }
@@ -109,6 +101,24 @@ impl MqttSettings {
         net.set_tcp_nodelay(self.tcp_nodelay);
         net.set_connection_timeout(10);
         o.set_network_options(net);
+        o
+    }
+
+    /// The rumqttc options of the transport's connection: those of
+    /// [`connect_options`](Self::connect_options), plus manual
+    /// acknowledgements (a message is acknowledged only after it was
+    /// processed), `max_inflight` announced as Receive Maximum, and a
+    /// Maximum Packet Size of four times `max_payload_size` (larger payloads
+    /// up to that size are answered `RESOURCE_EXHAUSTED`, beyond it the
+    /// broker drops them).
+    pub(crate) fn options(&self) -> MqttOptions {
+        let mut o = self.connect_options();
+        o.set_manual_acks(true);
+        o.set_receive_maximum(Some(self.max_inflight.max(1)));
+        o.set_outgoing_inflight_upper_limit(self.max_inflight.max(1));
+        let network_limit =
+            (self.max_payload_size.saturating_mul(4) + 64 * 1024).min(256 * 1024 * 1024);
+        o.set_max_packet_size(Some(network_limit as u32));
         o
     }
 }
