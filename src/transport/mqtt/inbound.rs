@@ -8,7 +8,9 @@ use super::{read, MqttTransport, Route};
 use crate::binding::mqtt::{self as mb, Inbound, Rejected, ReplyTo};
 use crate::dedupe::{guarded, Delivery, StoredReply};
 use crate::error::{ErrorKind, HandlerError};
+use crate::processor::Processor;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,47 +59,12 @@ impl MqttTransport {
     /// Handles one received message from decode to acknowledgement.
     pub(super) async fn process(&self, p: Publish, received_at: tokio::time::Instant) {
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
-        // The broker counts the Message Expiry Interval down while it holds
-        // the message; we count the time it waited in our queue.
-        let expiry = p
-            .properties
-            .as_ref()
-            .and_then(|pr| pr.message_expiry_interval);
-        if let Some(secs) = expiry {
-            if received_at.elapsed() >= Duration::from_secs(u64::from(secs)) {
-                let partial = mb::decode(&topic, Bytes::new(), p.properties.as_ref())
-                    .map(|i| i.event)
-                    .unwrap_or_else(|r| r.partial);
-                let rejected = Rejected {
-                    kind: ErrorKind::Timeout,
-                    message: format!(
-                        "the message expired ({secs} s Message Expiry Interval) while it waited to be processed"
-                    ),
-                    partial,
-                    reply_to: reply_to_of(p.properties.as_ref()),
-                };
-                self.dead_letter(&p, &topic, &rejected, None, &[]).await;
-                return self.ack(&p).await;
-            }
-        }
-        if p.payload.len() > self.settings.max_payload_size {
-            let partial = mb::decode(&topic, Bytes::new(), p.properties.as_ref())
-                .map(|i| i.event)
-                .unwrap_or_else(|r| r.partial);
-            let rejected = Rejected {
-                kind: ErrorKind::ResourceExhausted,
-                message: format!(
-                    "message of {} bytes exceeds the maximum payload size of {} bytes",
-                    p.payload.len(),
-                    self.settings.max_payload_size
-                ),
-                partial,
-                reply_to: reply_to_of(p.properties.as_ref()),
-            };
-            self.dead_letter(&p, &topic, &rejected, None, &[]).await;
-            return self.ack(&p).await;
-        }
-        let inbound = match mb::decode(&topic, p.payload.clone(), p.properties.as_ref()) {
+        let inbound = match admit(
+            &topic,
+            &p,
+            received_at.elapsed(),
+            self.settings.max_payload_size,
+        ) {
             Ok(i) => i,
             Err(r) => {
                 self.dead_letter(&p, &topic, &r, None, &[]).await;
@@ -109,42 +76,22 @@ impl MqttTransport {
             Some(i) => i,
             None => return self.ack(&p).await,
         };
-        let Some(route) = self.route_for(&topic, &inbound.event.ty) else {
-            let r = rejection(
-                &inbound,
-                ErrorKind::NoMatchingSubscribers,
-                format!(
-                    "no processor handles type '{}' on topic '{topic}'",
-                    inbound.event.ty
-                ),
-            );
-            self.dead_letter(&p, &topic, &r, None, &[]).await;
-            return self.ack(&p).await;
+        let route = self.route_for(&topic, &inbound.event.ty);
+        let refused = refuse(
+            &inbound,
+            route.as_ref().map(|r| &r.processor),
+            crate::clock::now(),
+        );
+        let route = match (refused, route) {
+            (None, Some(route)) => route,
+            (refused, route) => {
+                if let Some(r) = refused {
+                    let name = route.as_ref().map(|r| r.processor.name());
+                    self.dead_letter(&p, &topic, &r, name, &[]).await;
+                }
+                return self.ack(&p).await;
+            }
         };
-        if !route.processor.handles(&inbound.event.ty) {
-            let r = rejection(
-                &inbound,
-                ErrorKind::UnknownPayloadType,
-                format!(
-                    "processor '{}' has no handler for type '{}'",
-                    route.processor.name(),
-                    inbound.event.ty
-                ),
-            );
-            self.dead_letter(&p, &topic, &r, Some(route.processor.name()), &[])
-                .await;
-            return self.ack(&p).await;
-        }
-        if inbound.event.is_expired(crate::clock::now()) {
-            let r = rejection(
-                &inbound,
-                ErrorKind::Timeout,
-                "the event's expirytime has passed".into(),
-            );
-            self.dead_letter(&p, &topic, &r, Some(route.processor.name()), &[])
-                .await;
-            return self.ack(&p).await;
-        }
         // Every log line of the handler (job manager, engine) carries the
         // message's identity: one span per processed message.
         let span = tracing::info_span!(
@@ -327,6 +274,90 @@ impl MqttTransport {
     }
 }
 
+/// Decodes a received PUBLISH that may be processed at all: one that did
+/// not expire while it `waited` in our queue (the broker counts the Message
+/// Expiry Interval down while it holds the message; we count the time in
+/// ours) and is not larger than `max_payload`.
+///
+/// # Errors
+/// Why it is rejected: `TIMEOUT`, `RESOURCE_EXHAUSTED` (both with the
+/// attributes the properties carry), or what decoding found wrong.
+fn admit(
+    topic: &str,
+    p: &Publish,
+    waited: Duration,
+    max_payload: usize,
+) -> Result<Inbound, Box<Rejected>> {
+    let props = p.properties.as_ref();
+    let refused = |kind, message| Rejected {
+        kind,
+        message,
+        partial: mb::decode(topic, Bytes::new(), props)
+            .map(|i| i.event)
+            .unwrap_or_else(|r| r.partial),
+        reply_to: reply_to_of(props),
+    };
+    if let Some(secs) = props.and_then(|pr| pr.message_expiry_interval) {
+        if waited >= Duration::from_secs(u64::from(secs)) {
+            return Err(Box::new(refused(
+                ErrorKind::Timeout,
+                format!(
+                    "the message expired ({secs} s Message Expiry Interval) while it waited to be processed"
+                ),
+            )));
+        }
+    }
+    if p.payload.len() > max_payload {
+        return Err(Box::new(refused(
+            ErrorKind::ResourceExhausted,
+            format!(
+                "message of {} bytes exceeds the maximum payload size of {max_payload} bytes",
+                p.payload.len(),
+            ),
+        )));
+    }
+    mb::decode(topic, p.payload.clone(), props)
+}
+
+/// Why a decoded message cannot go to the `processor` its topic and type
+/// route it to (`None`: no processor matched), or `None` when it can: no
+/// processor, no handler for its type, or an `expirytime` before `now`.
+fn refuse(
+    inbound: &Inbound,
+    processor: Option<&Processor>,
+    now: DateTime<Utc>,
+) -> Option<Rejected> {
+    let ty = &inbound.event.ty;
+    let Some(processor) = processor else {
+        return Some(rejection(
+            inbound,
+            ErrorKind::NoMatchingSubscribers,
+            format!(
+                "no processor handles type '{ty}' on topic '{}'",
+                inbound.topic
+            ),
+        ));
+    };
+    if !processor.handles(ty) {
+        return Some(rejection(
+            inbound,
+            ErrorKind::UnknownPayloadType,
+            format!(
+                "processor '{}' has no handler for type '{ty}'",
+                processor.name()
+            ),
+        ));
+    }
+    if inbound.event.is_expired(now) {
+        return Some(rejection(
+            inbound,
+            ErrorKind::Timeout,
+            "the event's expirytime has passed".into(),
+        ));
+    }
+    None
+}
+
 fn rejection(i: &Inbound, kind: ErrorKind, message: String) -> Rejected {
     Rejected {
         kind,
@@ -343,4 +374,110 @@ fn reply_to_of(p: Option<&PublishProperties>) -> Option<ReplyTo> {
             correlation_data: p.correlation_data.clone(),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::CloudEvent;
+    use rumqttc::v5::mqttbytes::QoS;
+
+    const MAX: usize = 1024;
+
+    fn publish(event: &CloudEvent, expiry: Option<u32>, payload: Option<Bytes>) -> Publish {
+        let out = mb::encode(event, None);
+        let mut props = out.properties;
+        props.message_expiry_interval = expiry;
+        props.response_topic = Some("mes/replies".into());
+        Publish::new(
+            "app/x/commands",
+            QoS::AtLeastOnce,
+            payload.unwrap_or(out.payload),
+            Some(props),
+        )
+    }
+
+    fn command() -> CloudEvent {
+        let mut e = CloudEvent::new("t.cmd.v1", "mes");
+        e.data = Some(Bytes::from_static(b"{}"));
+        e.datacontenttype = Some("application/json".into());
+        e
+    }
+
+    #[test]
+    fn fresh_message_of_allowed_size_is_decoded() {
+        let e = command();
+        let p = publish(&e, Some(60), None);
+        let i = admit("app/x/commands", &p, Duration::from_secs(1), MAX).unwrap();
+        assert_eq!(i.event.id, e.id);
+        assert_eq!(i.topic, "app/x/commands");
+        assert_eq!(i.reply_to.unwrap().topic, "mes/replies");
+    }
+
+    #[test]
+    fn message_that_expired_in_our_queue_is_a_timeout_with_its_reply_to() {
+        let e = command();
+        let p = publish(&e, Some(2), None);
+        let r = admit("app/x/commands", &p, Duration::from_secs(2), MAX).unwrap_err();
+        assert_eq!(r.kind, ErrorKind::Timeout);
+        assert!(
+            r.message.contains("2 s Message Expiry Interval"),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.partial.id, e.id);
+        assert_eq!(r.reply_to.unwrap().topic, "mes/replies");
+    }
+
+    #[test]
+    fn oversized_message_is_resource_exhausted() {
+        let e = command();
+        let p = publish(&e, None, Some(Bytes::from(vec![b' '; MAX + 1])));
+        let r = admit("app/x/commands", &p, Duration::ZERO, MAX).unwrap_err();
+        assert_eq!(r.kind, ErrorKind::ResourceExhausted);
+        assert!(r.message.contains(&format!("{}", MAX + 1)), "{}", r.message);
+        assert_eq!(r.partial.ty, "t.cmd.v1");
+    }
+
+    #[test]
+    fn undecodable_message_is_rejected_by_the_binding() {
+        let p = Publish::new("app/x/commands", QoS::AtLeastOnce, "x", None);
+        assert!(admit("app/x/commands", &p, Duration::ZERO, MAX).is_err());
+    }
+
+    fn inbound(event: CloudEvent) -> Inbound {
+        Inbound {
+            topic: "app/x/commands".into(),
+            event,
+            reply_to: None,
+        }
+    }
+
+    async fn ignore(_: CloudEvent) {}
+
+    #[test]
+    fn message_without_processor_has_no_matching_subscribers() {
+        let r = refuse(&inbound(command()), None, crate::clock::now()).unwrap();
+        assert_eq!(r.kind, ErrorKind::NoMatchingSubscribers);
+        assert!(r.message.contains("app/x/commands"), "{}", r.message);
+    }
+
+    #[test]
+    fn type_without_handler_is_an_unknown_payload_type() {
+        let p = Processor::northbound("p").build();
+        let r = refuse(&inbound(command()), Some(&p), crate::clock::now()).unwrap();
+        assert_eq!(r.kind, ErrorKind::UnknownPayloadType);
+        assert!(r.message.contains("'p'"), "{}", r.message);
+    }
+
+    #[test]
+    fn expired_event_is_a_timeout_and_a_live_one_passes() {
+        let p = Processor::northbound("p").handle(ignore).build();
+        let now = crate::clock::now();
+        let mut e = command();
+        assert!(refuse(&inbound(e.clone()), Some(&p), now).is_none());
+        e.expirytime = Some(now - chrono::Duration::seconds(1));
+        let r = refuse(&inbound(e), Some(&p), now).unwrap();
+        assert_eq!(r.kind, ErrorKind::Timeout);
+    }
 }
