@@ -9,6 +9,16 @@
 //! reply the first delivery got, kept with the done marker for the dedupe
 //! window: an MES that re-sends because the first reply was lost gets its
 //! answer (wire contract §1, Deduplication).
+//!
+//! The transport uses it as a layer around the handler call,
+//! [`Dedupe::guard`]: claim, run while keeping the claim alive, commit or
+//! release — answering [`Guarded::Duplicate`] or [`Guarded::Busy`] without
+//! running the handler.
+
+mod layer;
+
+pub(crate) use layer::guarded;
+pub use layer::{Delivery, Guarded};
 
 use redis::aio::ConnectionManager;
 use redis::Script;

@@ -1,8 +1,9 @@
 //! Sending events from a processor, inside or outside a request.
 
 use super::outcome::Emit;
+use crate::binding::port::{Outgoing, Publisher};
+use crate::binding::topics::{Direction, TopicBinding};
 use crate::error::{ErrorKind, HandlerError};
-use crate::transport::{Direction, Outgoing, Publisher, TopicBinding};
 use crate::CloudEvent;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -8,9 +8,9 @@
 use super::extract::FromContext;
 use super::outcome::{IntoOutcome, Outcome};
 use super::RequestContext;
+use crate::binding::port::BoxFuture;
 use crate::envelope::{CloudEvent, DecodeError, EventType};
 use crate::error::{ErrorKind, HandlerError};
-use crate::transport::BoxFuture;
 use std::future::Future;
 use std::sync::Arc;
 

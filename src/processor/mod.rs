@@ -23,11 +23,12 @@ pub(crate) use emitter::Bound;
 pub use emitter::Emitter;
 pub use extract::{FromContext, Meta, Scope, State};
 pub use handler::{Handler, Payload};
+pub(crate) use outcome::ReplyBody;
 pub use outcome::{Emit, IntoOutcome, Outcome};
 
+use crate::binding::topics::Direction;
 use crate::envelope::CloudEvent;
 use crate::error::{ErrorKind, HandlerError};
-use crate::transport::Direction;
 use handler::{erase, ErasedHandler};
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};

@@ -1,8 +1,8 @@
 //! What a handler returns: a reply, events to emit, or both.
 
+use crate::binding::topics::Intent;
 use crate::envelope::{CloudEvent, ContentType, EventType};
 use crate::error::{ErrorKind, HandlerError};
-use crate::transport::Intent;
 
 /// An event a processor sends (outside or alongside a reply).
 ///
@@ -190,9 +190,9 @@ impl<T: IntoOutcome, E: Into<HandlerError>> IntoOutcome for Result<T, E> {
     }
 }
 
-impl From<crate::transport::TransportError> for HandlerError {
-    fn from(e: crate::transport::TransportError) -> Self {
-        use crate::transport::TransportError as T;
+impl From<crate::binding::port::TransportError> for HandlerError {
+    fn from(e: crate::binding::port::TransportError) -> Self {
+        use crate::binding::port::TransportError as T;
         match e {
             T::Timeout { .. } => HandlerError::terminal(ErrorKind::Timeout, e.to_string()),
             T::Invalid { .. } => HandlerError::terminal(ErrorKind::PropertyInvalid, e.to_string()),

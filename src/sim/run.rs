@@ -8,11 +8,12 @@ use super::SimError;
 use crate::binding::mqtt::{self as mb, ReplyTo};
 use crate::envelope::{CloudEvent, ContentType, CorrelationId, DecodeError};
 use crate::error::ErrorKind;
+use crate::transport::mqtt::session::{jitter, Backoff, Polled, Session};
+use crate::transport::mqtt::MqttSettings;
 use crate::transport::{Intent, TopicBinding};
-use rand::Rng;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event};
 use serde_json::Value;
 use std::fmt;
 use std::future::Future;
@@ -213,23 +214,9 @@ impl Simulator {
     /// session (rumqttc does neither by itself).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> SimStats {
         let c = &self.config;
-        let mut o = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
-        o.set_keep_alive(Duration::from_secs(c.keep_alive_secs.max(1)));
-        // A persistent session: commands sent while we are away wait for us.
-        o.set_clean_start(c.session_expiry_secs == 0);
-        if c.session_expiry_secs > 0 {
-            o.set_session_expiry_interval(Some(c.session_expiry_secs));
-        }
+        let mut o = mqtt_settings(c).connect_options();
         o.set_max_packet_size(Some(c.max_packet_size.max(64 * 1024)));
-        if let Some(u) = &c.username {
-            o.set_credentials(u.clone(), c.password.clone().unwrap_or_default());
-        }
-        let mut net = rumqttc::NetworkOptions::new();
-        // Without it a QoS 1 round trip takes ~40–90 ms (Nagle + delayed ACK).
-        net.set_tcp_nodelay(true);
-        net.set_connection_timeout(10);
-        o.set_network_options(net);
-        let (client, mut eventloop) = AsyncClient::new(o, 1024);
+        let (client, eventloop) = AsyncClient::new(o, 1024);
         let io = Arc::new(Io {
             client: client.clone(),
             shared: self.shared.clone(),
@@ -238,12 +225,20 @@ impl Simulator {
         });
         let filters = c.subscriptions();
         info!(host = %c.host, port = c.port, client_id = %c.client_id, seed = c.seed, filters = ?filters, "equipment simulator starting");
+        // The same session loop as the transport's: it subscribes at every
+        // CONNACK (a new session has none, a restarted broker may have lost
+        // them) and backs off after losses.
+        let subscriptions = filters.clone();
+        let mut session = Session::new(
+            "simulator",
+            client,
+            eventloop,
+            Backoff::new(RECONNECT_MIN, RECONNECT_MAX),
+            Some(Box::new(move || subscriptions.clone())),
+        );
 
         let mut tasks = JoinSet::new();
         let mut stop = self.shared.stop.subscribe();
-        let mut backoff = RECONNECT_MIN;
-        let mut lost = false;
-        let mut subscribed_once = false;
         tokio::pin!(shutdown);
         loop {
             let mut pause = None;
@@ -258,53 +253,33 @@ impl Simulator {
                         }
                     }
                 }
-                ev = eventloop.poll() => match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                polled = session.poll() => match polled {
+                    Polled::Connected { ack, reconnect } => {
                         info!(session_present = ack.session_present, "simulator connected");
-                        if lost {
+                        if reconnect {
                             inc(&self.shared.counters.reconnects);
-                            lost = false;
                         }
-                        backoff = RECONNECT_MIN;
                         self.shared.connected.send_replace(true);
-                        if ack.session_present && subscribed_once {
-                            self.shared.subscribed.send_replace(true);
-                        } else {
-                            // A new session has no subscriptions. From a
-                            // task: the request channel may be full and this
-                            // loop must keep polling to drain it.
-                            let client = client.clone();
-                            let filters = filters.clone();
-                            tasks.spawn(async move {
-                                let subs = filters.iter().map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
-                                if let Err(e) = client.subscribe_many(subs).await {
-                                    warn!(error = %e, "cannot subscribe");
-                                }
-                            });
-                        }
                     }
-                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    Polled::Event(Event::Incoming(Packet::SubAck(ack))) => {
                         for code in &ack.return_codes {
-                            if !matches!(code, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)) {
+                            if !matches!(code, SubscribeReasonCode::Success(_)) {
                                 warn!(reason = ?code, "subscription refused by the broker");
                             }
                         }
-                        subscribed_once = true;
                         self.shared.subscribed.send_replace(true);
                         info!(filters = ?filters, "simulator subscribed");
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => self.on_publish(&p, &io, &mut tasks),
-                    Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                    Polled::Event(Event::Incoming(Packet::Publish(p))) => self.on_publish(&p, &io, &mut tasks),
+                    Polled::Event(Event::Incoming(Packet::Disconnect(d))) => {
                         warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
                     }
-                    Ok(_) => {}
-                    Err(e) => {
+                    Polled::Event(_) => {}
+                    Polled::Lost { error, loss } => {
                         self.shared.connected.send_replace(false);
                         self.shared.subscribed.send_replace(false);
-                        lost = true;
-                        let delay = jitter(backoff);
-                        warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "simulator connection lost");
-                        backoff = (backoff * 2).min(RECONNECT_MAX);
+                        let delay = jitter(loss.delay);
+                        warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "simulator connection lost");
                         pause = Some(delay);
                     }
                 }
@@ -321,16 +296,7 @@ impl Simulator {
         // Replies still waiting for their delay are abandoned; a station
         // re-delivers, as it would to a restarted machine.
         tasks.abort_all();
-        let _ = client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
+        session.disconnect().await;
         self.shared.connected.send_replace(false);
         self.shared.subscribed.send_replace(false);
         let stats = self.handle().stats();
@@ -557,9 +523,20 @@ fn subject_from_topic(prefix: &str, topic: &str) -> Option<String> {
         .map(|s| s.replace('/', "."))
 }
 
-fn jitter(d: Duration) -> Duration {
-    let ms = d.as_millis().max(2) as u64;
-    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+/// The simulator's connection in terms of the one MQTT settings struct.
+fn mqtt_settings(c: &SimConfig) -> MqttSettings {
+    let mut s = MqttSettings::new(c.host.clone(), c.port, c.client_id.clone());
+    s.client_id = c.client_id.clone();
+    s.username = c.username.clone();
+    s.password = c.password.clone();
+    s.keep_alive = Duration::from_secs(c.keep_alive_secs);
+    s.session_expiry = Duration::from_secs(u64::from(c.session_expiry_secs));
+    s.reconnect_min = RECONNECT_MIN;
+    s.reconnect_max = RECONNECT_MAX;
+    // Without it a QoS 1 round trip takes ~40–90 ms (Nagle + delayed ACK).
+    s.tcp_nodelay = true;
+    s.source = c.source.clone();
+    s
 }
 
 #[cfg(test)]
