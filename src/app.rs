@@ -20,13 +20,13 @@
 use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::processor::Processor;
+pub use crate::runtime::{Shutdown, ShutdownHandle};
 use crate::transport::mqtt::{MqttSettings, MqttTransport};
 use crate::transport::takeover::{SessionKeeper, SessionRegistry, TakeoverSettings};
 use crate::transport::{BoxFuture, TopicBinding};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 /// Errors that stop an application from starting or running.
@@ -56,72 +56,6 @@ pub enum AppError {
     },
 }
 
-/// Exponential backoff between the sessions of a long-running task (the
-/// publisher, the SFC engine): after a failed session it waits, doubling
-/// up to a maximum; a session that ran for a while starts over from the
-/// minimum.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-
-    /// Waits before the next session after one that failed after running
-    /// `ran`; `false` when shutdown came first.
-    pub(crate) async fn wait(&mut self, ran: Duration, shutdown: &mut Shutdown) -> bool {
-        if ran > self.max {
-            self.next = self.min;
-        }
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = shutdown.wait() => false,
-        }
-    }
-}
-
-/// A shutdown signal handed to background tasks. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Shutdown {
-    rx: watch::Receiver<bool>,
-}
-
-impl Shutdown {
-    /// Resolves when the application is shutting down.
-    pub async fn wait(&mut self) {
-        let _ = self.rx.wait_for(|s| *s).await;
-    }
-
-    /// Whether shutdown has begun.
-    pub fn is_shutting_down(&self) -> bool {
-        *self.rx.borrow()
-    }
-}
-
-/// Triggers shutdown of a running [`App`] (as SIGTERM would).
-#[derive(Clone, Debug)]
-pub struct ShutdownHandle {
-    tx: Arc<watch::Sender<bool>>,
-}
-
-impl ShutdownHandle {
-    /// Starts the graceful shutdown.
-    pub fn shutdown(&self) {
-        self.tx.send_replace(true);
-    }
-}
-
 type Task = Box<dyn FnOnce(Shutdown) -> BoxFuture<'static, Result<(), String>> + Send>;
 
 /// Builds an [`App`].
@@ -142,7 +76,7 @@ pub struct App {
     transports: Vec<Arc<MqttTransport>>,
     tasks: Vec<(String, Task)>,
     grace: Duration,
-    shutdown: Arc<watch::Sender<bool>>,
+    shutdown: ShutdownHandle,
     redis: Option<Redis>,
 }
 
@@ -222,9 +156,7 @@ impl App {
 
     /// A handle that shuts the app down gracefully.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            tx: self.shutdown.clone(),
-        }
+        self.shutdown.clone()
     }
 
     /// The transports, in the order they were added.
@@ -274,18 +206,15 @@ impl App {
         }
         let mut task_joins = Vec::new();
         for (name, task) in self.tasks {
-            let sd = Shutdown {
-                rx: self.shutdown.subscribe(),
-            };
-            let fut = task(sd);
+            let fut = task(self.shutdown.signal());
             task_joins.push((name.clone(), tokio::spawn(fut)));
         }
-        let mut rx = self.shutdown.subscribe();
+        let mut requested = self.shutdown.signal();
         tokio::select! {
-            _ = rx.wait_for(|s| *s) => info!("shutdown requested"),
+            _ = requested.wait() => info!("shutdown requested"),
             s = termination_signal() => info!(signal = s, "shutdown signal received"),
         }
-        self.shutdown.send_replace(true);
+        self.shutdown.shutdown();
         for t in &self.transports {
             t.shutdown();
         }
@@ -512,16 +441,18 @@ impl AppBuilder {
             // judge them by Redis's clock. Measure once now (a Redis that is
             // down is not fatal), then keep measuring.
             let mut conn = r.conn.clone();
-            if let Ok(Err(e)) | Err(e) =
-                tokio::time::timeout(Duration::from_secs(2), crate::clock::sync(&mut conn))
-                    .await
-                    .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "timed out")))
+            if let Ok(Err(e)) | Err(e) = tokio::time::timeout(
+                Duration::from_secs(2),
+                crate::runtime::clock::sync(&mut conn),
+            )
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "timed out")))
             {
                 warn!(error = %e, "cannot read the Redis clock at start; using the local clock until it can");
             }
             let task: Task = Box::new(move |mut sd| {
                 Box::pin(async move {
-                    crate::clock::keep_in_sync(conn, async move { sd.wait().await }).await;
+                    crate::runtime::clock::keep_in_sync(conn, async move { sd.wait().await }).await;
                     Ok(())
                 })
             });
@@ -532,7 +463,7 @@ impl AppBuilder {
             transports: transports.into_iter().map(|(_, t)| t).collect(),
             tasks,
             grace: self.grace,
-            shutdown: Arc::new(watch::channel(false).0),
+            shutdown: ShutdownHandle::new(),
             redis,
         })
     }

@@ -34,14 +34,14 @@
 //! - [`models`]: types generated at build time from the OPC UA NodeSets in
 //!   `companion-specs/` and the JSON Schemas in `schemas/`.
 //! - [`metrics`], [`error`]: counters and the wire error kinds.
-//! - [`clock`]: the one clock (Redis's) for decisions that span replicas.
+//! - [`runtime`]: shutdown, backoff and the one clock (Redis's) for
+//!   decisions that span replicas.
 //! - [`sim`]: an equipment simulator answering southbound commands by
 //!   seeded rules (demo, tests, benchmark).
 //! - [`devenv`]: local Mosquitto/Redis child processes for demos and tests.
 
 pub mod app;
 pub mod binding;
-pub mod clock;
 pub mod config;
 pub mod dedupe;
 pub mod devenv;
@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod models;
 pub mod processor;
 pub mod publisher;
+pub mod runtime;
 pub mod sfc;
 pub mod sim;
 pub mod singleton;

@@ -187,7 +187,7 @@ impl std::fmt::Debug for JobStore {
 
 /// The shared clock (Redis's): deadlines and ages span replicas.
 fn now_ms() -> u64 {
-    crate::clock::now_ms()
+    crate::runtime::clock::now_ms()
 }
 
 impl JobStore {

@@ -27,10 +27,12 @@
 //! clearing the topics of jobs it had retained (`P:{S}:pub:retained`) that
 //! ended or were purged meanwhile, and goes on from the stream's end.
 
-use crate::app::{Backoff, Redis, Shutdown};
+use crate::app::Redis;
 use crate::envelope::{encode_level, escape_for_mqtt, CloudEvent, ContentType};
 use crate::jobs::state::{JobState, MainState};
 use crate::jobs::store::{parse_state_key, JobStore, StoreError};
+use crate::runtime::backoff::Backoff;
+use crate::runtime::Shutdown;
 use crate::transport::{Outgoing, Publisher};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;

@@ -27,12 +27,14 @@ use super::exec::{self, Ctx, Effect, Exec, Input, Status};
 use super::fence;
 use super::net::Net;
 use super::recipe::{Interaction, Recipe};
-use crate::app::{Backoff, Redis, Shutdown};
+use crate::app::Redis;
 use crate::envelope::{CloudEvent, ContentType, CorrelationId};
 use crate::error::{redis_is_retryable, ErrorKind, HandlerError};
 use crate::jobs::store::{parse_state_key, StoreError, DISPATCH_LEASE};
 use crate::jobs::{Internal, JobManager, JobState, MainState, SubState};
 use crate::processor::{Emit, Emitter, Meta, Processor, State};
+use crate::runtime::backoff::Backoff;
+use crate::runtime::Shutdown;
 use crate::transport::Intent;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
@@ -350,7 +352,7 @@ impl std::fmt::Debug for Engine {
 
 /// The shared clock (Redis's): deadlines and ages span replicas.
 fn now_ms() -> u64 {
-    crate::clock::now_ms()
+    crate::runtime::clock::now_ms()
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -1218,7 +1220,7 @@ impl Engine {
         let mut blocking = Redis::blocking_connection(&self.inner.client).await?;
         // Deadlines are judged by Redis's clock (see `clock`): never decide
         // one before the offset to it is known.
-        crate::clock::sync(&mut blocking).await?;
+        crate::runtime::clock::sync(&mut blocking).await?;
         let mut known: BTreeSet<String> = BTreeSet::new();
         let mut last_claim = std::time::Instant::now();
         loop {

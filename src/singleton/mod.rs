@@ -7,7 +7,7 @@
 //! stops the task before the lock can expire, so two owners never overlap by
 //! more than the clock skew of one renewal period.
 
-use crate::app::Shutdown;
+use crate::runtime::Shutdown;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use std::future::Future;

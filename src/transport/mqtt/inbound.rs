@@ -80,7 +80,7 @@ impl MqttTransport {
         let refused = refuse(
             &inbound,
             route.as_ref().map(|r| &r.processor),
-            crate::clock::now(),
+            crate::runtime::clock::now(),
         );
         let route = match (refused, route) {
             (None, Some(route)) => route,
@@ -457,7 +457,7 @@ mod tests {
 
     #[test]
     fn message_without_processor_has_no_matching_subscribers() {
-        let r = refuse(&inbound(command()), None, crate::clock::now()).unwrap();
+        let r = refuse(&inbound(command()), None, crate::runtime::clock::now()).unwrap();
         assert_eq!(r.kind, ErrorKind::NoMatchingSubscribers);
         assert!(r.message.contains("app/x/commands"), "{}", r.message);
     }
@@ -465,7 +465,7 @@ mod tests {
     #[test]
     fn type_without_handler_is_an_unknown_payload_type() {
         let p = Processor::northbound("p").build();
-        let r = refuse(&inbound(command()), Some(&p), crate::clock::now()).unwrap();
+        let r = refuse(&inbound(command()), Some(&p), crate::runtime::clock::now()).unwrap();
         assert_eq!(r.kind, ErrorKind::UnknownPayloadType);
         assert!(r.message.contains("'p'"), "{}", r.message);
     }
@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn expired_event_is_a_timeout_and_a_live_one_passes() {
         let p = Processor::northbound("p").handle(ignore).build();
-        let now = crate::clock::now();
+        let now = crate::runtime::clock::now();
         let mut e = command();
         assert!(refuse(&inbound(e.clone()), Some(&p), now).is_none());
         e.expirytime = Some(now - chrono::Duration::seconds(1));

@@ -9,8 +9,9 @@
 //! connection with the same client id or keeps closing it right after
 //! accepting it (two processes fighting over one client id).
 
+pub(crate) use crate::runtime::backoff::jitter;
+use crate::runtime::backoff::Exponential;
 use crate::transport::takeover::is_session_taken_over;
-use rand::Rng;
 use rumqttc::v5::mqttbytes::v5::{ConnAck, DisconnectReasonCode, Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop};
@@ -29,12 +30,6 @@ const FLAPS_BEFORE_BACKING_OFF: u32 = 3;
 /// The least delay before reconnecting after the broker handed our session
 /// to another connection with the same client id.
 const TAKEN_OVER_BACKOFF: Duration = Duration::from_secs(5);
-
-/// Full jitter: a random delay between half of `d` and `d`.
-pub(crate) fn jitter(d: Duration) -> Duration {
-    let ms = d.as_millis().max(2) as u64;
-    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
-}
 
 /// What a connection loss means for the next attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +51,7 @@ pub(crate) struct Loss {
 /// The reconnect policy: state without I/O, fed with CONNACKs and losses.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
+    delays: Exponential,
     failures: u32,
     connected_at: Option<Instant>,
     brief: u32,
@@ -68,9 +61,7 @@ impl Backoff {
     /// A policy waiting `min` after the first loss, doubling up to `max`.
     pub(crate) fn new(min: Duration, max: Duration) -> Self {
         Backoff {
-            min,
-            max,
-            next: min,
+            delays: Exponential::new(min, max),
             failures: 0,
             connected_at: None,
             brief: 0,
@@ -100,7 +91,7 @@ impl Backoff {
             .map(|t| now.saturating_duration_since(t) >= STABLE_CONNECTION)
         {
             Some(true) => {
-                self.next = self.min;
+                self.delays.reset();
                 self.brief = 0;
             }
             Some(false) => self.brief += 1,
@@ -110,10 +101,10 @@ impl Backoff {
         if taken_over {
             // Reconnecting at once would take the session back and start
             // a fight many times a second.
-            self.next = self.next.max(self.max).max(TAKEN_OVER_BACKOFF);
+            self.delays
+                .raise_to(self.delays.max().max(TAKEN_OVER_BACKOFF));
         }
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
+        let delay = self.delays.next_delay();
         Loss {
             was_connected,
             said_taken_over,
@@ -355,14 +346,6 @@ mod tests {
             let loss = b.lost(t, false);
             assert!(!loss.was_connected && !loss.taken_over);
             assert_eq!(loss.brief, 0);
-        }
-    }
-
-    #[test]
-    fn jitter_stays_between_half_and_all_of_the_delay() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(100));
-            assert!(j >= Duration::from_millis(50) && j <= Duration::from_millis(100));
         }
     }
 }

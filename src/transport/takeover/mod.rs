@@ -37,7 +37,7 @@
 //! over at its next heartbeat whatever was still queued, instead of after
 //! the dead-after timeout.
 
-use crate::app::Shutdown;
+use crate::runtime::Shutdown;
 use crate::singleton::SingletonLock;
 use crate::transport::mqtt::MqttTransport;
 use crate::transport::Publisher;
