@@ -2,12 +2,10 @@
 //! master with a recipe and a job order; the station runs it on test
 //! equipment that speaks CloudEvents.
 
-mod common;
-
-use common::equipment::{Answer, Equipment};
-use common::jobs::{self, order, state_texts, Mes, PREFIX};
-use common::mqtt_client::{ce_props, user_prop, TestClient};
-use common::{init_tracing, Mosquitto, Redis};
+use crate::harness::equipment::{Answer, Equipment};
+use crate::harness::jobs::{self, order, state_texts, Mes, PREFIX};
+use crate::harness::mqtt_client::{ce_props, user_prop, TestClient};
+use crate::harness::{init_tracing, Mosquitto, Redis};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
