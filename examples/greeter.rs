@@ -123,7 +123,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 mod demo {
     use super::*;
     use microdcs::binding::mqtt as binding;
-    use microdcs::devenv::{LocalMosquitto, LocalRedis};
+    use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
     use microdcs::transport::mqtt::MqttSettings;
     use microdcs::CloudEvent;
     use rumqttc::v5::mqttbytes::v5::{Filter, Packet};

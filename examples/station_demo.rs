@@ -15,8 +15,8 @@
 
 use microdcs::binding::mqtt as binding;
 use microdcs::config::Config;
-use microdcs::devenv::{LocalMosquitto, LocalRedis};
 use microdcs::sim::{Delay, EmitSpec, Rule, SimConfig, Simulator};
+use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
 use microdcs::{CloudEvent, CorrelationId};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;

@@ -2,9 +2,9 @@
 //! (wire contract §4), against real Mosquitto and Redis.
 
 use crate::harness::jobs::{self, order, state_texts, JobStation, Mes, PREFIX};
-use crate::harness::mqtt_client::{user_prop, TestClient};
 use crate::harness::{init_tracing, Mosquitto, Redis};
 use microdcs::jobs::Internal;
+use microdcs::testkit::mqtt::{user_prop, TestClient};
 use rumqttc::v5::mqttbytes::v5::Publish;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

@@ -4,8 +4,8 @@
 
 use crate::harness::equipment::{Answer, Equipment};
 use crate::harness::jobs::{self, order, state_texts, Mes, PREFIX};
-use crate::harness::mqtt_client::{ce_props, user_prop, TestClient};
 use crate::harness::{init_tracing, Mosquitto, Redis};
+use microdcs::testkit::mqtt::{ce_props, user_prop, TestClient};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

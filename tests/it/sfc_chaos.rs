@@ -12,9 +12,9 @@
 //! A second test: a replica that dies for good has its queued commands
 //! answered by the survivors (session takeover).
 
-use bytes::Bytes;
 use crate::harness::jobs::{self, order, Mes};
 use crate::harness::{init_tracing, Mosquitto, Redis};
+use bytes::Bytes;
 use microdcs::binding::mqtt as binding;
 use microdcs::{CloudEvent, CorrelationId};
 use redis::AsyncCommands;
@@ -587,7 +587,7 @@ async fn chaos_jobs_survive_killed_replicas_and_broker_and_redis_restarts() {
         tokio::spawn(async move {
             for i in 0..jobs_n {
                 let body = json!({"JobOrder": order(&job_name(i))});
-                let props = crate::harness::mqtt_client::ce_props(
+                let props = microdcs::testkit::mqtt::ce_props(
                     &format!("{}StoreAndStart.v2", jobs::S),
                     &format!("store-{i}"),
                     Some(SCOPE),
@@ -944,7 +944,7 @@ async fn chaos_jobs_survive_killed_replicas_and_broker_and_redis_restarts() {
 /// The reply sources of `n` queries sent at once, collected until `within`
 /// passes (a failure bound, not a performance target).
 async fn ask_all(mes: &mut Mes, n: usize, within: Duration) -> Vec<String> {
-    use crate::harness::mqtt_client::{ce_props, user_prop};
+    use microdcs::testkit::mqtt::{ce_props, user_prop};
     let mut waiting = BTreeSet::new();
     for i in 0..n {
         let corr = uuid::Uuid::new_v4();

@@ -1,8 +1,8 @@
 //! The MQTT transport against a real Mosquitto and Redis.
 
-use crate::harness::mqtt_client::{ce_props, user_prop, TestClient};
 use crate::harness::station::{self, Station};
 use crate::harness::{init_tracing, Mosquitto, Redis};
+use microdcs::testkit::mqtt::{ce_props, user_prop, TestClient};
 use microdcs::{
     Emit, Emitter, EventType, HandlerError, Intent, Meta, Processor, Scope, State, TopicBinding,
 };
@@ -358,7 +358,10 @@ async fn broker_restart_is_survived() {
     tokio::time::timeout(WAIT, st.transport.ready())
         .await
         .expect("reconnected");
-    assert!(crate::harness::eventually(WAIT, || st.transport.metrics().snapshot().reconnects >= 1).await);
+    assert!(
+        crate::harness::eventually(WAIT, || st.transport.metrics().snapshot().reconnects >= 1)
+            .await
+    );
     let mut mes = TestClient::connect(m.port(), "mes2").await;
     mes.subscribe("mes/replies").await;
     mes.publish(

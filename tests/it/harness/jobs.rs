@@ -1,21 +1,14 @@
 //! A full station (`microdcs::station`) from configuration, on a runtime of
-//! its own so tests can crash it, plus an MES client speaking only the wire
-//! contract.
+//! its own so tests can crash it; the MES speaking only the wire contract is
+//! `microdcs::testkit::Mes`.
 
-use super::mqtt_client::{ce_props, user_prop, TestClient};
 use microdcs::app::ShutdownHandle;
 use microdcs::config::Config;
 use microdcs::jobs::JobManager;
+pub use microdcs::testkit::mes::{state_texts, Mes, PREFIX, S, STATUS};
 use microdcs::AppError;
-use rumqttc::v5::mqttbytes::v5::Publish;
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-pub const PREFIX: &str = "app/jobs";
-pub const S: &str = "org.opcfoundation.ISA95-JOBCONTROL_V2.";
-pub const STATUS: &str = "org.opcfoundation.ISA95-JOBCONTROL_V2.ISA95JobOrderStatusEventType.v2";
-pub const CFG: &str = "com.github.aschamberger.ISA95-JOBCONTROL_V2.config.";
 
 /// Environment for a station on the harness broker and Redis. Acceptance
 /// checks are off unless a test turns them on.
@@ -143,145 +136,6 @@ impl Drop for JobStation {
             rt.shutdown_background();
         }
     }
-}
-
-static NEXT: AtomicU64 = AtomicU64::new(1);
-
-/// The MES: sends commands, waits for replies, collects status events.
-pub struct Mes {
-    pub client: TestClient,
-    pub events: TestClient,
-    replies: String,
-}
-
-impl Mes {
-    pub async fn connect(port: u16, name: &str) -> Self {
-        let mut client = TestClient::connect(port, &format!("{name}-cmd")).await;
-        let replies = format!("mes/{name}/replies");
-        client.subscribe(&replies).await;
-        let mut events = TestClient::connect(port, &format!("{name}-ev")).await;
-        events.subscribe(&format!("{PREFIX}/+/events")).await;
-        Mes {
-            client,
-            events,
-            replies,
-        }
-    }
-
-    /// Sends a command and returns its reply (`None`: no reply in time).
-    pub async fn call_with(
-        &mut self,
-        ty: &str,
-        id: &str,
-        subject: Option<&str>,
-        body: &Value,
-    ) -> Option<Publish> {
-        let corr = uuid::Uuid::new_v4();
-        let props = ce_props(ty, id, subject, Some(&self.replies), Some(corr.as_bytes()));
-        self.client
-            .publish(
-                &format!("{PREFIX}/commands"),
-                serde_json::to_vec(body).expect("json"),
-                props,
-            )
-            .await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let p = self.client.recv(left).await?;
-            let matches = p
-                .properties
-                .as_ref()
-                .and_then(|pr| pr.correlation_data.as_ref())
-                .is_some_and(|c| c.as_ref() == corr.as_bytes());
-            if matches {
-                return Some(p);
-            }
-        }
-    }
-
-    /// A method call in scope `scope`; the reply's JSON.
-    pub async fn call(&mut self, method: &str, scope: &str, body: Value) -> Value {
-        let ty = if method.starts_with("RequestJobResponse") {
-            format!("org.opcfoundation.Machinery.Jobs.{method}.v1")
-        } else {
-            format!("{S}{method}.v2")
-        };
-        let id = format!("cmd-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        let p = self
-            .call_with(&ty, &id, Some(scope), &body)
-            .await
-            .unwrap_or_else(|| panic!("no reply to {method}"));
-        assert_eq!(user_prop(&p, "type"), Some(ty.as_str()));
-        assert_eq!(
-            user_prop(&p, "mdcserrorkind"),
-            None,
-            "error reply to {method}: {:?}",
-            user_prop(&p, "mdcserrormessage")
-        );
-        serde_json::from_slice(&p.payload).expect("reply is JSON")
-    }
-
-    /// The `ReturnStatus` of a method call.
-    pub async fn status(&mut self, method: &str, scope: &str, body: Value) -> u64 {
-        self.call(method, scope, body).await["ReturnStatus"]
-            .as_u64()
-            .expect("ReturnStatus")
-    }
-
-    /// A configuration event (no reply expected).
-    pub async fn configure(&mut self, kind: &str, scope: &str, body: Value, delete: bool) {
-        let id = format!("cfg-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        let mut props = ce_props(&format!("{CFG}{kind}.v1"), &id, Some(scope), None, None);
-        if delete {
-            props
-                .user_properties
-                .push(("method".into(), "DELETE".into()));
-        }
-        self.client
-            .publish(
-                &format!("{PREFIX}/commands"),
-                serde_json::to_vec(&body).expect("json"),
-                props,
-            )
-            .await;
-    }
-
-    /// The next status event (topic, payload); other events on the same
-    /// topics (SFC progress) are skipped.
-    pub async fn next_event(&mut self) -> Option<(String, Value)> {
-        let p = loop {
-            let p = self.events.recv(Duration::from_secs(10)).await?;
-            if user_prop(&p, "type") == Some(STATUS) {
-                break p;
-            }
-        };
-        Some((
-            String::from_utf8_lossy(&p.topic).into_owned(),
-            serde_json::from_slice(&p.payload).expect("event JSON"),
-        ))
-    }
-
-    /// The state texts of the next status event, e.g. `["Running"]`.
-    pub async fn next_state(&mut self) -> Vec<String> {
-        let (_, ev) = self.next_event().await.expect("a status event");
-        state_texts(&ev["JobState"])
-    }
-}
-
-pub fn state_texts(list: &Value) -> Vec<String> {
-    list.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| {
-                    e["StateText"]["Text"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 pub fn order(id: &str) -> Value {

@@ -5,10 +5,9 @@
 
 pub mod equipment;
 pub mod jobs;
-pub mod mqtt_client;
 pub mod station;
 
-use microdcs::devenv::{LocalMosquitto, LocalRedis};
+use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
 use std::time::{Duration, Instant};
 
 pub struct Mosquitto(pub LocalMosquitto);
