@@ -13,6 +13,7 @@
 //! answered by the survivors (session takeover).
 
 use crate::harness::jobs::{self, order, Mes};
+use crate::harness::recipes::{pull_event, push_command, SFC};
 use crate::harness::{init_tracing, Mosquitto, Redis};
 use bytes::Bytes;
 use microdcs::binding::mqtt as binding;
@@ -29,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-const SFC: &str = "https://aschamberger.github.io/schemas/microdcs/sfc-recipe/v1.0.0/";
 const SCOPE: &str = "cell";
 const PICK: &str = "com.example.cell.pick.v1";
 const PLACE: &str = "com.example.cell.place.v1";
@@ -52,10 +52,6 @@ const QUIET_BOUND: Duration = Duration::from_secs(20);
 const FAULT_BOUND: Duration = Duration::from_secs(45);
 
 fn recipe() -> Value {
-    let push = |name: &str, ty: &str| {
-        json!({"Name": name, "Step": name, "Qualifier": "N", "Interaction": "push_command",
-               "TypeId": ty, "TimeoutSeconds": 0})
-    };
     json!({
         "Steps": [{"Name": "pick", "Initial": true}, {"Name": "place"}, {"Name": "confirm"}],
         "Transitions": [
@@ -66,10 +62,9 @@ fn recipe() -> Value {
              "Condition": format!("results.place.round >= {ROUNDS}")}
         ],
         "Actions": [
-            push("pick", PICK),
-            push("place", PLACE),
-            {"Name": "confirm", "Step": "confirm", "Qualifier": "N", "Interaction": "pull_event",
-             "TypeId": CONFIRMED, "TimeoutSeconds": 0}
+            push_command("pick", "pick", "N", PICK, 0),
+            push_command("place", "place", "N", PLACE, 0),
+            pull_event("confirm", "confirm", CONFIRMED, 0)
         ]
     })
 }

@@ -5,6 +5,7 @@
 
 pub mod equipment;
 pub mod jobs;
+pub mod recipes;
 pub mod station;
 
 use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
