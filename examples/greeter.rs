@@ -123,12 +123,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 mod demo {
     use super::*;
     use microdcs::binding::mqtt as binding;
-    use microdcs::devenv::{LocalMosquitto, LocalRedis};
+    use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
+    use microdcs::testkit::TestClient;
     use microdcs::transport::mqtt::MqttSettings;
     use microdcs::CloudEvent;
-    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     use std::time::Duration;
 
     pub(super) async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -156,35 +155,29 @@ mod demo {
         let station = tokio::spawn(app.run());
         transport.ready().await;
 
-        // The MES side: a plain MQTT v5 client.
-        let mut o = MqttOptions::new("demo-mes", "127.0.0.1", mosquitto.port());
-        o.set_max_packet_size(Some(1 << 20));
-        let (mes, mut el) = AsyncClient::new(o, 100);
-        mes.subscribe_many([
-            Filter::new("mes/replies", QoS::AtLeastOnce),
-            Filter::new("app/greetings/+/events", QoS::AtLeastOnce),
-        ])
-        .await?;
+        // The MES side: a plain MQTT v5 client (the testkit's).
+        let mut client = TestClient::try_connect(mosquitto.port(), "demo-mes").await?;
+        client
+            .try_subscribe(&["mes/replies", "app/greetings/+/events"], QoS::AtLeastOnce)
+            .await?;
+        let mes = client.client.clone();
         let printer = tokio::spawn(async move {
-            while let Ok(ev) = el.poll().await {
-                if let Event::Incoming(Packet::Publish(p)) = ev {
-                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                    match binding::decode(&topic, p.payload.clone(), p.properties.as_ref()) {
-                        Ok(i) => {
-                            let e = &i.event;
-                            let body =
-                                String::from_utf8_lossy(e.data.as_deref().unwrap_or_default())
-                                    .into_owned();
-                            match &e.mdcserrorkind {
-                                Some(kind) => println!(
-                                    "  <- {topic}: error {kind}: {}",
-                                    e.mdcserrormessage.as_deref().unwrap_or("")
-                                ),
-                                None => println!("  <- {topic}: {} {body}", e.ty),
-                            }
+            while let Some((_, p)) = client.next_at().await {
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                match binding::decode(&topic, p.payload.clone(), p.properties.as_ref()) {
+                    Ok(i) => {
+                        let e = &i.event;
+                        let body = String::from_utf8_lossy(e.data.as_deref().unwrap_or_default())
+                            .into_owned();
+                        match &e.mdcserrorkind {
+                            Some(kind) => println!(
+                                "  <- {topic}: error {kind}: {}",
+                                e.mdcserrormessage.as_deref().unwrap_or("")
+                            ),
+                            None => println!("  <- {topic}: {} {body}", e.ty),
                         }
-                        Err(r) => println!("  <- {topic}: undecodable ({})", r.message),
                     }
+                    Err(r) => println!("  <- {topic}: undecodable ({})", r.message),
                 }
             }
         });

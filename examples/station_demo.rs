@@ -1,6 +1,6 @@
 //! The station demo: a complete station (`microdcs::station`: job
 //! management, SFC engine, MES publisher) on local Mosquitto and Redis child
-//! processes. A scripted MES stores a rear-axle work master with an SFC
+//! processes. The scripted MES (`microdcs::testkit::Mes`) stores a rear-axle work master with an SFC
 //! recipe (`examples/recipes/rear-axle.json`: a pull event, a simultaneous
 //! branch, a condition on a result with a rework loop) and job orders; the
 //! simulated equipment (`microdcs::sim`) answers the commands. The terminal
@@ -15,22 +15,19 @@
 
 use microdcs::binding::mqtt as binding;
 use microdcs::config::Config;
-use microdcs::devenv::{LocalMosquitto, LocalRedis};
 use microdcs::sim::{Delay, EmitSpec, Rule, SimConfig, Simulator};
+use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
+use microdcs::testkit::mes::{Mes, PREFIX, S, SFC_RECIPE as SFC, STATUS};
+use microdcs::testkit::TestClient;
 use microdcs::{CloudEvent, CorrelationId};
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::error::Error;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
-const PREFIX: &str = "app/jobs";
 const SCOPE: &str = "axle-line";
 const RECIPE: &str = include_str!("recipes/rear-axle.json");
-const SFC: &str = "https://aschamberger.github.io/schemas/microdcs/sfc-recipe/v1.0.0/";
-const STATUS: &str = "org.opcfoundation.ISA95-JOBCONTROL_V2.ISA95JobOrderStatusEventType.v2";
 const PROGRESS: &str = "com.github.aschamberger.microdcs.sfc.progress.v1";
 const JOBS: [&str; 3] = ["axle-001", "axle-002", "axle-003"];
 
@@ -128,8 +125,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sim_task = tokio::spawn(sim.run(std::future::pending()));
     sim_handle.ready().await;
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<(String, CloudEvent)>();
-    let mes = Mes::connect(mqtt_port, tx).await?;
+    let mut mes = Mes::try_connect(mqtt_port, "demo").await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     println!("MES configures scope '{SCOPE}' and stores the rear-axle work master (SFC recipe):");
@@ -144,36 +140,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             json!({"MaterialDefinitionID": "rear-axle-7"}),
         ),
     ] {
-        mes.send(kind, body, false).await?;
+        send(&mes, kind, body).await?;
     }
     let recipe: Value = serde_json::from_str(RECIPE)?;
-    mes.send(
+    send(
+        &mes,
         "config.workmaster.v1",
         json!({"ID": "wm-rear-axle", "Description": {"Locale": "en", "Text": "rear axle assembly"},
                "data": recipe, "dataschema": SFC}),
-        false,
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     println!("\nMES sends job orders, the conveyor reports each part:");
     for job in JOBS {
-        mes.send("StoreAndStart.v2", json!({"JobOrder": order(job)}), true)
-            .await?;
+        send(&mes, "StoreAndStart.v2", json!({"JobOrder": order(job)})).await?;
     }
     // An order for equipment this scope does not have: refused with 16.
-    mes.send("StoreAndStart.v2", json!({"JobOrder": {"JobOrderID": "axle-999", "WorkMasterID": [{"ID": "wm-rear-axle"}], "EquipmentRequirements": [{"ID": "press-9"}]}}), true)
+    send(&mes, "StoreAndStart.v2", json!({"JobOrder": {"JobOrderID": "axle-999", "WorkMasterID": [{"ID": "wm-rear-axle"}], "EquipmentRequirements": [{"ID": "press-9"}]}}))
         .await?;
 
     let mut ended: BTreeMap<String, Value> = BTreeMap::new();
     let mut reported = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while ended.len() < JOBS.len() && tokio::time::Instant::now() < deadline {
-        let Ok(Some((topic, e))) =
-            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
-        else {
+        let Some((_, p)) = mes.recv_at(Duration::from_millis(500)).await else {
             continue;
         };
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let Ok(decoded) = binding::decode(&topic, p.payload.clone(), p.properties.as_ref()) else {
+            continue;
+        };
+        let e = decoded.event;
         let body: Value = e
             .data
             .as_deref()
@@ -197,7 +195,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             if state == "Running" && reported < JOBS.len() {
                 // The conveyor reports the part for the job (the recipe's first
                 // step waits for it).
-                mes.part_present(&job).await?;
+                part_present(&mes, &job).await?;
                 reported += 1;
             }
             if state.starts_with("Ended") || state.starts_with("Aborted") {
@@ -208,7 +206,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "  <- error {kind}: {}",
                 e.mdcserrormessage.as_deref().unwrap_or("")
             );
-        } else if topic == "mes/replies" {
+        } else if topic == mes.replies() {
             let method = e.ty.rsplit('.').nth(1).unwrap_or(&e.ty);
             println!("  <- {method} reply {body}");
         }
@@ -251,7 +249,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!("\nretained state index an MES sees when it (re)connects:");
-    mes.show_state_index(mqtt_port).await?;
+    show_state_index(mqtt_port).await?;
     println!("\nsimulated equipment: {}", sim_handle.stats());
 
     stop.shutdown();
@@ -282,119 +280,77 @@ fn states(list: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// The MES: a plain MQTT v5 client; everything it receives goes to `tx`.
-struct Mes {
-    client: AsyncClient,
+/// Shows and sends `kind`: `config.…` is a configuration event (no reply),
+/// anything else a job method (`StoreAndStart.v2`) whose reply comes back
+/// to the MES.
+async fn send(mes: &Mes, kind: &str, body: Value) -> Result<(), Box<dyn Error>> {
+    let shown = match (kind, body["JobOrder"]["JobOrderID"].as_str()) {
+        ("config.workmaster.v1", _) => {
+            "{ID: wm-rear-axle, data: <SFC recipe>, dataschema: …}".to_string()
+        }
+        (_, Some(id)) => format!("JobOrder {id}"),
+        _ => body.to_string(),
+    };
+    println!("  -> {kind:<28} {shown}");
+    match kind
+        .strip_prefix("config.")
+        .and_then(|k| k.strip_suffix(".v1"))
+    {
+        Some(config) => mes.try_configure(config, SCOPE, &body, false).await?,
+        None => {
+            let correlation = uuid::Uuid::new_v4();
+            mes.send(
+                &format!("{S}{kind}"),
+                &Mes::next_id("cmd"),
+                Some(SCOPE),
+                &body,
+                Some(correlation.as_bytes()),
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
-impl Mes {
-    async fn connect(
-        port: u16,
-        tx: mpsc::UnboundedSender<(String, CloudEvent)>,
-    ) -> Result<Self, Box<dyn std::error::Error>> {
-        let mut o = MqttOptions::new("demo-mes", "127.0.0.1", port);
-        o.set_max_packet_size(Some(1 << 20));
-        let (client, mut el) = AsyncClient::new(o, 100);
-        client
-            .subscribe_many([
-                Filter::new("mes/replies", QoS::AtLeastOnce),
-                Filter::new(format!("{PREFIX}/+/events"), QoS::AtLeastOnce),
-            ])
-            .await?;
-        tokio::spawn(async move {
-            while let Ok(ev) = el.poll().await {
-                if let Event::Incoming(Packet::Publish(p)) = ev {
-                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                    if let Ok(i) = binding::decode(&topic, p.payload.clone(), p.properties.as_ref())
-                    {
-                        let _ = tx.send((topic, i.event));
-                    }
-                }
-            }
-        });
-        Ok(Mes { client })
-    }
+/// The conveyor's event for a job (what the recipe's first step waits for).
+async fn part_present(mes: &Mes, job: &str) -> Result<(), Box<dyn Error>> {
+    let mut e = CloudEvent::new("com.example.axle.part-present.v1", "demo-conveyor");
+    e.subject = Some(format!("{SCOPE}/conveyor"));
+    e.datacontenttype = Some("application/json".into());
+    e.data = Some(bytes::Bytes::from(
+        json!({"present": true, "carrier": format!("C-{job}")}).to_string(),
+    ));
+    e.correlationid = Some(CorrelationId::from_text(job.to_string()));
+    let out = binding::encode(&e, None);
+    mes.client
+        .try_publish(
+            &format!("app/equipment/{SCOPE}/conveyor/events"),
+            out.payload,
+            out.properties,
+        )
+        .await?;
+    Ok(())
+}
 
-    async fn publish(
-        &self,
-        topic: String,
-        e: CloudEvent,
-        reply: bool,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let out = binding::encode(&e, None);
-        let mut props = out.properties;
-        if reply {
-            props.response_topic = Some("mes/replies".into());
+/// What an MES connecting late sees: the retained state index of each scope.
+async fn show_state_index(port: u16) -> Result<(), Box<dyn Error>> {
+    let mut late = TestClient::try_connect(port, "demo-late-mes").await?;
+    late.try_subscribe(
+        &[format!("{PREFIX}/+/state-index").as_str()],
+        QoS::AtLeastOnce,
+    )
+    .await?;
+    for p in late.drain(Duration::from_millis(800)).await {
+        let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+        println!("  {} seq {}:", String::from_utf8_lossy(&p.topic), v["seq"]);
+        for j in v["jobs"].as_array().cloned().unwrap_or_default() {
+            println!(
+                "    {} {} result={}",
+                j["job_order_id"].as_str().unwrap_or("?"),
+                states(&j["state"]),
+                j["has_result"]
+            );
         }
-        self.client
-            .publish_with_properties(topic, QoS::AtLeastOnce, false, out.payload, props)
-            .await?;
-        Ok(())
     }
-
-    /// `kind` is `config.…` (no reply) or a job method (`Store.v2`).
-    async fn send(
-        &self,
-        kind: &str,
-        body: Value,
-        reply: bool,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let ty = if kind.starts_with("config.") {
-            format!("com.github.aschamberger.ISA95-JOBCONTROL_V2.{kind}")
-        } else {
-            format!("org.opcfoundation.ISA95-JOBCONTROL_V2.{kind}")
-        };
-        let mut e = CloudEvent::new(ty, "demo-mes");
-        e.subject = Some(SCOPE.into());
-        e.datacontenttype = Some("application/json".into());
-        e.data = Some(bytes::Bytes::from(body.to_string()));
-        e.correlationid = Some(CorrelationId::new_uuid());
-        let shown = match (kind, body["JobOrder"]["JobOrderID"].as_str()) {
-            ("config.workmaster.v1", _) => {
-                "{ID: wm-rear-axle, data: <SFC recipe>, dataschema: …}".to_string()
-            }
-            (_, Some(id)) => format!("JobOrder {id}"),
-            _ => body.to_string(),
-        };
-        println!("  -> {kind:<28} {shown}");
-        self.publish(format!("{PREFIX}/commands"), e, reply).await
-    }
-
-    /// The conveyor's event for a job (what the recipe's first step waits for).
-    async fn part_present(&self, job: &str) -> Result<(), Box<dyn std::error::Error>> {
-        let mut e = CloudEvent::new("com.example.axle.part-present.v1", "demo-conveyor");
-        e.subject = Some(format!("{SCOPE}/conveyor"));
-        e.datacontenttype = Some("application/json".into());
-        e.data = Some(bytes::Bytes::from(
-            json!({"present": true, "carrier": format!("C-{job}")}).to_string(),
-        ));
-        e.correlationid = Some(CorrelationId::from_text(job.to_string()));
-        self.publish(format!("app/equipment/{SCOPE}/conveyor/events"), e, false)
-            .await
-    }
-
-    async fn show_state_index(&self, port: u16) -> Result<(), Box<dyn std::error::Error>> {
-        let mut o = MqttOptions::new("demo-late-mes", "127.0.0.1", port);
-        o.set_max_packet_size(Some(1 << 20));
-        let (client, mut el) = AsyncClient::new(o, 100);
-        client
-            .subscribe(format!("{PREFIX}/+/state-index"), QoS::AtLeastOnce)
-            .await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
-        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, el.poll()).await {
-            if let Event::Incoming(Packet::Publish(p)) = ev {
-                let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                println!("  {} seq {}:", String::from_utf8_lossy(&p.topic), v["seq"]);
-                for j in v["jobs"].as_array().cloned().unwrap_or_default() {
-                    println!(
-                        "    {} {} result={}",
-                        j["job_order_id"].as_str().unwrap_or("?"),
-                        states(&j["state"]),
-                        j["has_result"]
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }

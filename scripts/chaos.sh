@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs only the chaos test (tests/sfc_chaos.rs): jobs on three real
+# Runs only the chaos test (tests/it/sfc_chaos.rs): jobs on three real
 # `microdcs run` replicas while replicas are SIGKILLed and replaced, the
 # broker and Redis restarted. `scripts/test.sh` runs it at its CI size; this
 # is the knob for longer runs and other seeds:
@@ -25,9 +25,9 @@ while [ $# -gt 0 ]; do
 done
 
 scripts/setup.sh
-test=chaos_jobs_survive_killed_replicas_and_broker_and_redis_restarts
+test=sfc_chaos::chaos_jobs_survive_killed_replicas_and_broker_and_redis_restarts
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --test sfc_chaos --no-capture -- --exact "$test"
+  cargo nextest run --test it --no-capture -- --exact "$test"
 else
-  cargo test --test sfc_chaos -- --exact "$test" --nocapture
+  cargo test --test it -- --exact "$test" --nocapture
 fi

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: unit, integration (real Mosquitto and
-# Redis child processes on free ports) and doc tests.
+# Runs every test of the workspace: unit, integration (one binary,
+# tests/it: real Mosquitto and Redis child processes on free ports) and doc
+# tests. One module of the integration tests: `cargo nextest run --test it
+# -E 'test(/^sfc::/)'`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

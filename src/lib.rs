@@ -36,15 +36,17 @@
 //! - [`metrics`], [`error`]: counters and the wire error kinds.
 //! - [`runtime`]: shutdown, backoff and the one clock (Redis's) for
 //!   decisions that span replicas.
-//! - [`sim`]: an equipment simulator answering southbound commands by
+//! - `sim` (cargo feature `sim`, on by default: the binary's `sim`
+//!   command): an equipment simulator answering southbound commands by
 //!   seeded rules (demo, tests, benchmark).
-//! - [`devenv`]: local Mosquitto/Redis child processes for demos and tests.
+//! - `testkit` (cargo feature `testkit`, off by default): local
+//!   Mosquitto/Redis child processes, a test MQTT client and the scripted
+//!   MES, for tests, the benchmark and the demo.
 
 pub mod app;
 pub mod binding;
 pub mod config;
 pub mod dedupe;
-pub mod devenv;
 pub mod envelope;
 pub mod error;
 pub mod jobs;
@@ -54,10 +56,13 @@ pub mod processor;
 pub mod publisher;
 pub mod runtime;
 pub mod sfc;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod singleton;
 pub mod station;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod transport;
 
 pub use app::{App, AppBuilder, AppError, Shutdown};

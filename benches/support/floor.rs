@@ -5,10 +5,10 @@
 //! the reply with the same Correlation Data. Both are plain rumqttc v5
 //! clients with TCP_NODELAY.
 
-use super::mqtt::{ce_props, Client};
 use super::stats::{rate, Latencies};
 use super::{BenchResult, Sizes};
-use microdcs::devenv::{LocalMosquitto, LocalRedis};
+use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
+use microdcs::testkit::mqtt::{ce_props_from, TestClient as Client};
 use redis::Script;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
@@ -67,8 +67,13 @@ pub(crate) async fn run(sizes: Sizes) -> BenchResult<Floor> {
     .map_err(|e| format!("cannot connect to Redis: {e}"))?;
     let errors = Arc::new(AtomicU64::new(0));
     let responder = Responder::start(m.port(), conn, errors.clone()).await?;
-    let mut requester = Client::connect(m.port(), "floor-requester").await?;
-    requester.subscribe(&[REPLIES], QoS::AtLeastOnce).await?;
+    let mut requester = Client::try_connect(m.port(), "floor-requester")
+        .await
+        .map_err(|e| e.to_string())?;
+    requester
+        .try_subscribe(&[REPLIES], QoS::AtLeastOnce)
+        .await
+        .map_err(|e| e.to_string())?;
 
     let mut next = 0;
     round_trips(&mut requester, &mut next, 200, 10).await?; // warm-up
@@ -105,18 +110,22 @@ async fn round_trips(
         while *next < end && outstanding.len() < in_flight {
             let id = *next;
             *next += 1;
-            let props = ce_props(
+            let props = ce_props_from(
+                "bench-mes",
                 TYPE,
                 &format!("rt-{id}"),
                 Some("floor"),
                 Some(REPLIES),
-                Some(id.to_be_bytes().to_vec()),
+                Some(&id.to_be_bytes()),
             );
             let body = format!(r#"{{"station":"floor","seq":{id}}}"#).into_bytes();
             outstanding.insert(id, Instant::now());
-            requester.publish(REQUESTS, body, props).await?;
+            requester
+                .try_publish(REQUESTS, body, props)
+                .await
+                .map_err(|e| e.to_string())?;
         }
-        let Some((at, reply)) = requester.recv(STALL).await else {
+        let Some((at, reply)) = requester.recv_at(STALL).await else {
             return Err(format!(
                 "floor: no reply for {} s ({} of {count} round trips done)",
                 STALL.as_secs(),
@@ -146,11 +155,15 @@ impl Responder {
         conn: redis::aio::MultiplexedConnection,
         errors: Arc<AtomicU64>,
     ) -> BenchResult<Self> {
-        let mut c = Client::connect(port, "floor-responder").await?;
-        c.subscribe(&[REQUESTS], QoS::AtLeastOnce).await?;
+        let mut c = Client::try_connect(port, "floor-responder")
+            .await
+            .map_err(|e| e.to_string())?;
+        c.try_subscribe(&[REQUESTS], QoS::AtLeastOnce)
+            .await
+            .map_err(|e| e.to_string())?;
         let script = Script::new(CAS);
         Ok(Responder(tokio::spawn(async move {
-            while let Some((_, request)) = c.rx.recv().await {
+            while let Some((_, request)) = c.next_at().await {
                 let client = c.client.clone();
                 let mut conn = conn.clone();
                 let script = script.clone();

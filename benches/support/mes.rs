@@ -1,9 +1,12 @@
-//! The MES side: stores the work master, sends `StoreAndStart` job orders
-//! keeping a fixed number of jobs in flight, and waits for each job's
-//! Ended status event, speaking only the wire contract.
+//! The MES side: the scripted MES of `microdcs::testkit` stores the work
+//! master, sends `StoreAndStart` job orders keeping a fixed number of jobs
+//! in flight, and waits for each job's Ended status event, speaking only
+//! the wire contract.
 
-use super::mqtt::{ce_props, user_prop, Client, Received};
-use super::BenchResult;
+use super::{BenchResult, Received};
+pub(crate) use microdcs::testkit::mes::{job_state, STATUS};
+use microdcs::testkit::mes::{Mes as Scripted, NO_ERROR, S, SFC_RECIPE};
+use microdcs::testkit::mqtt::user_prop;
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -13,16 +16,6 @@ use std::time::{Duration, Instant};
 pub(crate) const SCOPE: &str = "cell";
 /// The work master carrying the recipe.
 pub(crate) const WORK_MASTER: &str = "wm-bench";
-/// Job status events.
-pub(crate) const STATUS: &str =
-    "org.opcfoundation.ISA95-JOBCONTROL_V2.ISA95JobOrderStatusEventType.v2";
-const COMMANDS: &str = "app/jobs/commands";
-const REPLIES: &str = "mes/bench/replies";
-const STORE_AND_START: &str = "org.opcfoundation.ISA95-JOBCONTROL_V2.StoreAndStart.v2";
-const WORK_MASTER_CONFIG: &str = "com.github.aschamberger.ISA95-JOBCONTROL_V2.config.workmaster.v1";
-const SFC_RECIPE: &str = "https://aschamberger.github.io/schemas/microdcs/sfc-recipe/v1.0.0/";
-/// `ReturnStatus` NoError.
-const NO_ERROR: u64 = 1;
 
 /// One batch of jobs as the MES saw it.
 #[derive(Debug)]
@@ -38,47 +31,34 @@ pub(crate) struct Phase {
 }
 
 /// The MES client.
-pub(crate) struct Mes {
-    client: Client,
-    next: u64,
-}
+pub(crate) struct Mes(Scripted);
 
 impl Mes {
     /// Connects and subscribes its reply topic, the jobs' events and the
     /// processors' metadata (which tells that a replica is up).
     pub(crate) async fn connect(port: u16) -> BenchResult<Self> {
-        let mut client = Client::connect(port, "bench-mes").await?;
-        client
-            .subscribe(
-                &[REPLIES, "app/jobs/+/events", "app/jobs/metadata"],
-                QoS::AtLeastOnce,
-            )
-            .await?;
-        Ok(Mes { client, next: 0 })
+        let mut mes = Scripted::try_connect(port, "bench")
+            .await
+            .map_err(|e| e.to_string())?;
+        mes.events
+            .try_subscribe(&["app/jobs/metadata"], QoS::AtLeastOnce)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Mes(mes))
     }
 
     /// The next message for the MES.
-    pub(crate) async fn recv(&mut self, timeout: Duration) -> Option<Received> {
-        self.client.recv(timeout).await
+    pub(crate) async fn recv_at(&mut self, timeout: Duration) -> Option<Received> {
+        self.0.recv_at(timeout).await
     }
 
     /// Sends the work master (a configuration event, no reply).
     pub(crate) async fn store_work_master(&mut self, recipe: Value) -> BenchResult<()> {
         let body = json!({"ID": WORK_MASTER, "data": recipe, "dataschema": SFC_RECIPE});
-        let id = self.id("cfg");
-        let props = ce_props(WORK_MASTER_CONFIG, &id, Some(SCOPE), None, None);
-        self.client
-            .publish(
-                COMMANDS,
-                serde_json::to_vec(&body).unwrap_or_default(),
-                props,
-            )
+        self.0
+            .try_configure("workmaster", SCOPE, &body, false)
             .await
-    }
-
-    fn id(&mut self, kind: &str) -> String {
-        self.next += 1;
-        format!("{kind}-{}", self.next)
+            .map_err(|e| e.to_string())
     }
 
     /// Runs `count` jobs named `{prefix}-{n}`, `in_flight` at a time, until
@@ -105,27 +85,23 @@ impl Mes {
                 let job = format!("{prefix}-{next:05}");
                 next += 1;
                 let c = uuid::Uuid::new_v4().as_bytes().to_vec();
-                let id = self.id("store");
-                let props = ce_props(
-                    STORE_AND_START,
-                    &id,
-                    Some(SCOPE),
-                    Some(REPLIES),
-                    Some(c.clone()),
-                );
+                let id = Scripted::next_id("store");
                 let body = json!({"JobOrder": order(&job)});
-                corr.insert(c, job.clone());
+                corr.insert(c.clone(), job.clone());
                 open.insert(job.clone());
                 phase.sent.insert(job, Instant::now());
-                self.client
-                    .publish(
-                        COMMANDS,
-                        serde_json::to_vec(&body).unwrap_or_default(),
-                        props,
+                self.0
+                    .send(
+                        &format!("{S}StoreAndStart.v2"),
+                        &id,
+                        Some(SCOPE),
+                        &body,
+                        Some(&c),
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
-            let Some((at, p)) = self.client.recv(stall).await else {
+            let Some((at, p)) = self.0.recv_at(stall).await else {
                 return Err(format!(
                     "jobs '{prefix}': no job finished for {} s ({} ended, {} failed of {count}; {} in flight)",
                     stall.as_secs(),
@@ -135,7 +111,7 @@ impl Mes {
                 ));
             };
             let topic = String::from_utf8_lossy(&p.topic);
-            if topic == REPLIES {
+            if topic == self.0.replies() {
                 let job = p
                     .properties
                     .as_ref()
@@ -170,14 +146,6 @@ impl Mes {
         phase.elapsed = started.elapsed();
         Ok(phase)
     }
-}
-
-/// The job id and main state text of a status event.
-pub(crate) fn job_state(payload: &[u8]) -> Option<(String, String)> {
-    let v: Value = serde_json::from_slice(payload).ok()?;
-    let job = v["JobOrder"]["JobOrderID"].as_str()?.to_owned();
-    let state = v["JobState"][0]["StateText"]["Text"].as_str()?.to_owned();
-    Some((job, state))
 }
 
 /// A job order for the bench's work master.

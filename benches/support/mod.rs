@@ -1,10 +1,9 @@
-//! The parts of the station benchmark: a minimal MQTT client, the floor
-//! (the same round trip without the station), the station's replicas as
-//! processes driven by an MES, and the statistics.
+//! The parts of the station benchmark: the floor (the same round trip
+//! without the station), the station's replicas as processes driven by the
+//! MES of `microdcs::testkit`, and the statistics.
 
 pub(crate) mod floor;
 pub(crate) mod mes;
-pub(crate) mod mqtt;
 pub(crate) mod replicas;
 pub(crate) mod spy;
 pub(crate) mod station;
@@ -12,6 +11,9 @@ pub(crate) mod stats;
 
 /// What the benchmark failed at, in words for the terminal.
 pub(crate) type BenchResult<T> = Result<T, String>;
+
+/// A received message and when its client's event loop saw it.
+pub(crate) type Received = (std::time::Instant, rumqttc::v5::mqttbytes::v5::Publish);
 
 /// Sizes of one run: `--quick` or the full run.
 #[derive(Debug, Clone, Copy)]

@@ -31,7 +31,7 @@ pub(crate) fn binary() -> BenchResult<PathBuf> {
     }
 }
 
-/// The environment of replica `instance` (as `tests/common/jobs.rs::env`
+/// The environment of replica `instance` (as `tests/it/harness/jobs.rs::env`
 /// sets it), plus the shared subscription name when `shared` is set.
 pub(crate) fn env(
     mqtt_port: u16,

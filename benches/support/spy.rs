@@ -3,9 +3,9 @@
 //! instant it arrived, and turns them into step latencies afterwards.
 
 use super::mes::{job_state, STATUS};
-use super::mqtt::{user_prop, Client, Received};
 use super::stats::Latencies;
-use super::BenchResult;
+use super::{BenchResult, Received};
+use microdcs::testkit::mqtt::{user_prop, TestClient as Client};
 use rumqttc::v5::mqttbytes::QoS;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -64,15 +64,19 @@ impl Spy {
     /// Connects and subscribes (QoS 0: the spy must not slow the broker
     /// down with acknowledgements).
     pub(crate) async fn connect(port: u16) -> BenchResult<Self> {
-        let mut c = Client::connect(port, "bench-spy").await?;
-        c.subscribe(&FILTERS, QoS::AtMostOnce).await?;
+        let mut c = Client::try_connect(port, "bench-spy")
+            .await
+            .map_err(|e| e.to_string())?;
+        c.try_subscribe(&FILTERS, QoS::AtMostOnce)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(Spy(c))
     }
 
     /// Everything received so far, after `settle` of quiet.
     pub(crate) async fn drain(&mut self, settle: Duration) -> Vec<Received> {
         let mut out = Vec::new();
-        while let Some(r) = self.0.recv(settle).await {
+        while let Some(r) = self.0.recv_at(settle).await {
             out.push(r);
         }
         out

@@ -3,13 +3,13 @@
 //! MES running warm-up, sequential and loaded batches of jobs.
 
 use super::mes::{self, Mes, Phase};
-use super::mqtt::user_prop;
 use super::replicas::{self, Replica};
 use super::spy::{self, Spy, StepTypes, Steps};
 use super::stats::rate;
 use super::{BenchResult, Sizes};
-use microdcs::devenv::{LocalMosquitto, LocalRedis};
 use microdcs::sim::{EmitSpec, Rule, SimConfig, Simulator};
+use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
+use microdcs::testkit::mqtt::user_prop;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -175,7 +175,7 @@ async fn wait_ready(mes: &mut Mes, procs: &mut [Replica]) -> BenchResult<()> {
                 "replicas not connected within 30 s: {missing:?} published no metadata"
             ));
         }
-        if let Some((_, p)) = mes.recv(Duration::from_millis(200)).await {
+        if let Some((_, p)) = mes.recv_at(Duration::from_millis(200)).await {
             if p.topic.as_ref() == b"app/jobs/metadata" {
                 if let Some(source) = user_prop(&p, "source") {
                     missing.remove(source);

@@ -1,10 +1,8 @@
 //! The MQTT transport against a real Mosquitto and Redis.
 
-mod common;
-
-use common::mqtt_client::{ce_props, user_prop, TestClient};
-use common::station::{self, Station};
-use common::{init_tracing, Mosquitto, Redis};
+use crate::harness::station::{self, Station};
+use crate::harness::{init_tracing, Mosquitto, Redis};
+use microdcs::testkit::mqtt::{ce_props, user_prop, TestClient};
 use microdcs::{
     Emit, Emitter, EventType, HandlerError, Intent, Meta, Processor, Scope, State, TopicBinding,
 };
@@ -311,7 +309,7 @@ async fn unacknowledged_message_is_redelivered_after_a_crash() {
         ce_props("test.ping.v1", "c1", None, Some("mes/replies"), None),
     )
     .await;
-    assert!(common::eventually(WAIT, || seen.calls.load(Ordering::SeqCst) == 1).await);
+    assert!(crate::harness::eventually(WAIT, || seen.calls.load(Ordering::SeqCst) == 1).await);
     st.crash();
     // The crashed delivery holds a claim that is not a 'done' mark: it was
     // never marked as seen, and its lease (1 s here) runs out.
@@ -360,7 +358,10 @@ async fn broker_restart_is_survived() {
     tokio::time::timeout(WAIT, st.transport.ready())
         .await
         .expect("reconnected");
-    assert!(common::eventually(WAIT, || st.transport.metrics().snapshot().reconnects >= 1).await);
+    assert!(
+        crate::harness::eventually(WAIT, || st.transport.metrics().snapshot().reconnects >= 1)
+            .await
+    );
     let mut mes = TestClient::connect(m.port(), "mes2").await;
     mes.subscribe("mes/replies").await;
     mes.publish(
@@ -635,7 +636,7 @@ async fn graceful_shutdown_finishes_in_flight_work() {
     // Shutdown finishes what has started (what was received but not started
     // stays unacknowledged for redelivery, a different test): wait until all
     // five handlers run, however loaded the machine is.
-    assert!(common::eventually(WAIT, || started.load(Ordering::SeqCst) == 5).await);
+    assert!(crate::harness::eventually(WAIT, || started.load(Ordering::SeqCst) == 5).await);
     st.stop().await.unwrap();
     let replies = mes.drain(Duration::from_secs(3)).await;
     assert_eq!(

@@ -2,9 +2,9 @@
 //! through its Response Topic, echoing the Correlation Data, with a result
 //! computed by a closure; it can also publish events for pull actions.
 
-use super::mqtt_client::TestClient;
 use bytes::Bytes;
 use microdcs::binding::mqtt as binding;
+use microdcs::testkit::mqtt::TestClient;
 use microdcs::CloudEvent;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;

@@ -1,11 +1,9 @@
 //! The equipment simulator against a real Mosquitto: what a station's
 //! southbound processor sees when it sends commands.
 
-mod common;
-
-use common::mqtt_client::{ce_props, user_prop, TestClient};
-use common::{eventually, init_tracing, Mosquitto};
+use crate::harness::{eventually, init_tracing, Mosquitto};
 use microdcs::sim::{Delay, EmitIntent, EmitSpec, Rule, SimConfig, SimHandle, SimStats, Simulator};
+use microdcs::testkit::mqtt::{ce_props, user_prop, TestClient};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde_json::{json, Value};
 use std::collections::HashMap;

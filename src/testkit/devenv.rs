@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The Mosquitto configuration shipped in `mosquitto/mosquitto.conf`.
-pub const MOSQUITTO_CONF: &str = include_str!("../mosquitto/mosquitto.conf");
+pub const MOSQUITTO_CONF: &str = include_str!("../../mosquitto/mosquitto.conf");
 
 /// A port nobody listens on right now.
 ///

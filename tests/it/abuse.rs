@@ -11,13 +11,11 @@
 //! user properties carry control characters, so those never reach the
 //! station (the decode fuzz target covers them).
 
-mod common;
-
+use crate::harness::jobs::{self, order, S};
+use crate::harness::{init_tracing, Mosquitto, Redis};
 use bytes::Bytes;
-use common::jobs::{self, order, S};
-use common::mqtt_client::{ce_props, user_prop, TestClient};
-use common::{init_tracing, Mosquitto, Redis};
 use microdcs::envelope::ATTRIBUTE_NAMES;
+use microdcs::testkit::mqtt::{ce_props, user_prop, TestClient};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};

@@ -1,12 +1,10 @@
 //! The MES publisher's retained topics as an MES subscriber sees them
 //! (wire contract §4), against real Mosquitto and Redis.
 
-mod common;
-
-use common::jobs::{self, order, state_texts, JobStation, Mes, PREFIX};
-use common::mqtt_client::{user_prop, TestClient};
-use common::{init_tracing, Mosquitto, Redis};
+use crate::harness::jobs::{self, order, state_texts, JobStation, Mes, PREFIX};
+use crate::harness::{init_tracing, Mosquitto, Redis};
 use microdcs::jobs::Internal;
+use microdcs::testkit::mqtt::{user_prop, TestClient};
 use rumqttc::v5::mqttbytes::v5::Publish;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

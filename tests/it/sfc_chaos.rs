@@ -12,11 +12,10 @@
 //! A second test: a replica that dies for good has its queued commands
 //! answered by the survivors (session takeover).
 
-mod common;
-
+use crate::harness::jobs::{self, order, Mes};
+use crate::harness::recipes::{pull_event, push_command, SFC};
+use crate::harness::{init_tracing, Mosquitto, Redis};
 use bytes::Bytes;
-use common::jobs::{self, order, Mes};
-use common::{init_tracing, Mosquitto, Redis};
 use microdcs::binding::mqtt as binding;
 use microdcs::{CloudEvent, CorrelationId};
 use redis::AsyncCommands;
@@ -31,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-const SFC: &str = "https://aschamberger.github.io/schemas/microdcs/sfc-recipe/v1.0.0/";
 const SCOPE: &str = "cell";
 const PICK: &str = "com.example.cell.pick.v1";
 const PLACE: &str = "com.example.cell.place.v1";
@@ -54,10 +52,6 @@ const QUIET_BOUND: Duration = Duration::from_secs(20);
 const FAULT_BOUND: Duration = Duration::from_secs(45);
 
 fn recipe() -> Value {
-    let push = |name: &str, ty: &str| {
-        json!({"Name": name, "Step": name, "Qualifier": "N", "Interaction": "push_command",
-               "TypeId": ty, "TimeoutSeconds": 0})
-    };
     json!({
         "Steps": [{"Name": "pick", "Initial": true}, {"Name": "place"}, {"Name": "confirm"}],
         "Transitions": [
@@ -68,10 +62,9 @@ fn recipe() -> Value {
              "Condition": format!("results.place.round >= {ROUNDS}")}
         ],
         "Actions": [
-            push("pick", PICK),
-            push("place", PLACE),
-            {"Name": "confirm", "Step": "confirm", "Qualifier": "N", "Interaction": "pull_event",
-             "TypeId": CONFIRMED, "TimeoutSeconds": 0}
+            push_command("pick", "pick", "N", PICK, 0),
+            push_command("place", "place", "N", PLACE, 0),
+            pull_event("confirm", "confirm", CONFIRMED, 0)
         ]
     })
 }
@@ -589,7 +582,7 @@ async fn chaos_jobs_survive_killed_replicas_and_broker_and_redis_restarts() {
         tokio::spawn(async move {
             for i in 0..jobs_n {
                 let body = json!({"JobOrder": order(&job_name(i))});
-                let props = common::mqtt_client::ce_props(
+                let props = microdcs::testkit::mqtt::ce_props(
                     &format!("{}StoreAndStart.v2", jobs::S),
                     &format!("store-{i}"),
                     Some(SCOPE),
@@ -946,7 +939,7 @@ async fn chaos_jobs_survive_killed_replicas_and_broker_and_redis_restarts() {
 /// The reply sources of `n` queries sent at once, collected until `within`
 /// passes (a failure bound, not a performance target).
 async fn ask_all(mes: &mut Mes, n: usize, within: Duration) -> Vec<String> {
-    use common::mqtt_client::{ce_props, user_prop};
+    use microdcs::testkit::mqtt::{ce_props, user_prop};
     let mut waiting = BTreeSet::new();
     for i in 0..n {
         let corr = uuid::Uuid::new_v4();

@@ -1,14 +1,17 @@
 //! Test harness: real Mosquitto and Redis as child processes on free loopback
-//! ports (the library's `devenv`), killed on drop; tests kill and restart
-//! them mid-test.
+//! ports (`microdcs::testkit::devenv`), killed on drop; tests kill and
+//! restart them mid-test. The MES and the MQTT client of the tests are
+//! `microdcs::testkit`'s; what is only the tests' lives here: stations on
+//! runtimes of their own ([`station`], [`jobs`]), test equipment
+//! ([`equipment`]) and recipe builders ([`recipes`]).
 #![allow(dead_code, missing_docs, unreachable_pub)]
 
 pub mod equipment;
 pub mod jobs;
-pub mod mqtt_client;
+pub mod recipes;
 pub mod station;
 
-use microdcs::devenv::{LocalMosquitto, LocalRedis};
+use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
 use std::time::{Duration, Instant};
 
 pub struct Mosquitto(pub LocalMosquitto);

@@ -572,7 +572,7 @@ fn secrets_are_redacted_everywhere_they_are_printed() {
 #[test]
 fn redacted_output_reads_back_as_the_same_settings() {
     let c = load(
-        Some(include_str!("../microdcs.example.toml")),
+        Some(include_str!("../../microdcs.example.toml")),
         &[
             ("POD_ID", "p-1"),
             ("APP_PROCESSING_SHARED_SUBSCRIPTION_NAME", "g"),
@@ -631,7 +631,7 @@ fn unknown_app_variables_are_listed_not_fatal() {
 #[test]
 fn example_file_is_valid_and_complete() {
     let c = load(
-        Some(include_str!("../microdcs.example.toml")),
+        Some(include_str!("../../microdcs.example.toml")),
         &[("POD_ID", "x")],
     );
     assert_eq!(
@@ -640,7 +640,7 @@ fn example_file_is_valid_and_complete() {
     );
     // Every key of the effective output appears in the example, at least
     // as a comment, so the example documents every setting.
-    let example = include_str!("../microdcs.example.toml");
+    let example = include_str!("../../microdcs.example.toml");
     for line in c.redacted_toml().lines() {
         let key = line
             .trim_start_matches("# ")

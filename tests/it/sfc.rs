@@ -2,25 +2,23 @@
 //! master with a recipe and a job order; the station runs it on test
 //! equipment that speaks CloudEvents.
 
-mod common;
-
-use common::equipment::{Answer, Equipment};
-use common::jobs::{self, order, state_texts, Mes, PREFIX};
-use common::mqtt_client::{ce_props, user_prop, TestClient};
-use common::{init_tracing, Mosquitto, Redis};
+use crate::harness::equipment::{Answer, Equipment};
+use crate::harness::jobs::{self, order, state_texts, Mes, PREFIX};
+use crate::harness::recipes::{pull_event, push_command, store_recipe, SFC};
+use crate::harness::{init_tracing, Mosquitto, Redis};
+use microdcs::testkit::mqtt::{ce_props, user_prop, TestClient};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const SFC: &str = "https://aschamberger.github.io/schemas/microdcs/sfc-recipe/v1.0.0/";
 const INSPECTED: &str = "com.example.axle.inspected.v1";
 
 fn push(name: &str, step: &str) -> Value {
-    json!({"Name": name, "Step": step, "Qualifier": "N", "Interaction": "push_command",
-           "TypeId": format!("com.example.axle.{name}.v1"), "TimeoutSeconds": 0,
-           "Parameters": {"station": "axle-1"}})
+    let mut a = push_command(name, step, "N", &format!("com.example.axle.{name}.v1"), 0);
+    a["Parameters"] = json!({"station": "axle-1"});
+    a
 }
 
 /// Load, press both bearings at once, tighten (condition on its result),
@@ -39,8 +37,7 @@ fn rear_axle() -> Value {
         "Actions": [
             push("clamp", "load"), push("press_l", "press_left"), push("press_r", "press_right"),
             push("tighten", "tighten"),
-            {"Name": "inspection", "Step": "inspect", "Qualifier": "N", "Interaction": "pull_event",
-             "TypeId": INSPECTED, "TimeoutSeconds": 30}
+            pull_event("inspection", "inspect", INSPECTED, 30)
         ]
     })
 }
@@ -92,17 +89,6 @@ async fn setup(answer: Answer) -> (Setup, Equipment) {
         },
         equipment,
     )
-}
-
-async fn store_recipe(mes: &mut Mes, scope: &str, recipe: Value) {
-    mes.configure(
-        "workmaster",
-        scope,
-        json!({"ID": "wm-axle", "data": recipe, "dataschema": SFC}),
-        false,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 /// Status events until the job reaches one of `states` (its main state).
@@ -861,8 +847,7 @@ async fn a_hand_written_processor_takes_over_a_command_type() {
 }
 
 fn act(name: &str, step: &str, q: &str) -> Value {
-    json!({"Name": name, "Step": step, "Qualifier": q, "Interaction": "push_command",
-           "TypeId": format!("com.example.q.{name}.v1"), "TimeoutSeconds": 0})
+    push_command(name, step, q, &format!("com.example.q.{name}.v1"), 0)
 }
 
 /// Every qualifier, a selection nested in a simultaneous branch and a loop,
@@ -1062,6 +1047,10 @@ const PART: &str = "com.example.axle.part_present.v1";
 /// Clamp, then two parallel paths each waiting for a part-present event
 /// from its own equipment (`press`, `camera`) of the scope.
 fn two_sensors() -> Value {
+    let on = |mut action: Value, equipment: &str| {
+        action["Equipment"] = json!(equipment);
+        action
+    };
     json!({
         "Steps": [{"Name": "load", "Initial": true}, {"Name": "at_press"}, {"Name": "at_camera"}],
         "Transitions": [
@@ -1070,10 +1059,8 @@ fn two_sensors() -> Value {
         "Branches": [{"Name": "sensors", "Type": "simultaneous", "Branches": [["at_press"], ["at_camera"]]}],
         "Actions": [
             push("clamp", "load"),
-            {"Name": "press_part", "Step": "at_press", "Qualifier": "N", "Interaction": "pull_event",
-             "TypeId": PART, "TimeoutSeconds": 30, "Equipment": "press"},
-            {"Name": "camera_part", "Step": "at_camera", "Qualifier": "N", "Interaction": "pull_event",
-             "TypeId": PART, "TimeoutSeconds": 30, "Equipment": "camera"}
+            on(pull_event("press_part", "at_press", PART, 30), "press"),
+            on(pull_event("camera_part", "at_camera", PART, 30), "camera")
         ]
     })
 }
@@ -1126,8 +1113,7 @@ async fn a_kept_event_that_expired_completes_nothing() {
     let recipe = json!({
         "Steps": [{"Name": "inspect", "Initial": true}],
         "Transitions": [],
-        "Actions": [{"Name": "inspection", "Step": "inspect", "Qualifier": "N",
-                     "Interaction": "pull_event", "TypeId": INSPECTED, "TimeoutSeconds": 30}]
+        "Actions": [pull_event("inspection", "inspect", INSPECTED, 30)]
     });
     store_recipe(&mut s.mes, "axle", recipe).await;
     // Kept before any job runs, valid for 1 s (MQTT Message Expiry).
@@ -1294,10 +1280,8 @@ async fn a_device_that_echoes_only_the_correlation_data_completes_its_action() {
         "Steps": [{"Name": "pick", "Initial": true}, {"Name": "place"}],
         "Transitions": [{"Source": "pick", "Target": "place", "Condition": "always"}],
         "Actions": [
-            {"Name": "pick", "Step": "pick", "Qualifier": "N", "Interaction": "push_command",
-             "TypeId": "com.example.pick.v1", "TimeoutSeconds": 0},
-            {"Name": "put", "Step": "place", "Qualifier": "N", "Interaction": "push_command",
-             "TypeId": "com.example.put.v1", "TimeoutSeconds": 0}
+            push_command("pick", "pick", "N", "com.example.pick.v1", 0),
+            push_command("put", "place", "N", "com.example.put.v1", 0)
         ]
     });
     store_recipe(&mut mes, "q7", recipe).await;

@@ -2,6 +2,7 @@
 //! on the recipes in `examples/recipes/` and on one small recipe per
 //! validation rule.
 
+use crate::harness::recipes::{pull_event, push_command};
 use microdcs::sfc::condition::Condition;
 use microdcs::sfc::recipe::{BranchKind, Interaction, Qualifier, Recipe, RecipeErrors};
 use serde_json::{json, Value};
@@ -256,10 +257,8 @@ fn base() -> Value {
             {"Source": "press", "Target": "done", "Condition": "always"}
         ],
         "Actions": [
-            {"Name": "part", "Step": "load", "Qualifier": "N", "Interaction": "pull_event",
-             "TypeId": "com.example.part.v1", "TimeoutSeconds": 0},
-            {"Name": "press", "Step": "press", "Qualifier": "N", "Interaction": "push_command",
-             "TypeId": "com.example.press.v1", "TimeoutSeconds": 10}
+            pull_event("part", "load", "com.example.part.v1", 0),
+            push_command("press", "press", "N", "com.example.press.v1", 10)
         ]
     })
 }
@@ -360,8 +359,7 @@ fn references_resolve() {
     assert_problem(&r, "Actions[1].Step", "'pres' is not a step");
 
     let mut r = with_branch("simultaneous");
-    r["Actions"] = json!([{"Name": "x", "Step": "both", "Qualifier": "N",
-        "Interaction": "push_command", "TypeId": "com.example.x.v1", "TimeoutSeconds": 1}]);
+    r["Actions"] = json!([push_command("x", "both", "N", "com.example.x.v1", 1)]);
     assert_problem(&r, "Actions[0].Step", "'both' is a branch");
 
     let mut r = with_branch("simultaneous");
@@ -599,12 +597,14 @@ fn qualifier_times_are_present_and_valid() {
 fn r_names_the_s_action_it_resets_in_its_type_id() {
     let mut r = base();
     if let Some(actions) = r["Actions"].as_array_mut() {
-        actions.push(json!({"Name": "light", "Step": "load", "Qualifier": "S",
-            "Interaction": "push_command", "TypeId": "com.example.light.v1", "TimeoutSeconds": 0}));
-        actions.push(
-            json!({"Name": "light_off", "Step": "done", "Qualifier": "R",
-            "Interaction": "push_command", "TypeId": "light", "TimeoutSeconds": 0}),
-        );
+        actions.push(push_command(
+            "light",
+            "load",
+            "S",
+            "com.example.light.v1",
+            0,
+        ));
+        actions.push(push_command("light_off", "done", "R", "light", 0));
     }
     let recipe = Recipe::parse(&r).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(

@@ -1,12 +1,10 @@
 //! Job management against real Mosquitto and Redis: an MES that speaks only
 //! the wire contract drives jobs through `microdcs::station`.
 
-mod common;
-
-use common::jobs::{self, order, state_texts, JobStation, Mes, PREFIX};
-use common::mqtt_client::{user_prop, TestClient};
-use common::{init_tracing, Mosquitto, Redis};
+use crate::harness::jobs::{self, order, state_texts, JobStation, Mes, PREFIX};
+use crate::harness::{init_tracing, Mosquitto, Redis};
 use microdcs::jobs::{Internal, JobManager, JobState, MainState, Method, ReturnStatus};
+use microdcs::testkit::mqtt::{user_prop, TestClient};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -705,7 +703,7 @@ async fn two_replicas_on_a_shared_subscription_lose_no_update_under_a_burst() {
     let n = 40;
     let mut sent = 0;
     let send = |ty: &str, id: String, body: Value| {
-        let props = common::mqtt_client::ce_props(
+        let props = microdcs::testkit::mqtt::ce_props(
             &format!("{}{ty}.v2", jobs::S),
             &id,
             Some("burst"),
@@ -1000,7 +998,7 @@ async fn store_with(
     window: Duration,
 ) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
     let ty = format!("{}Store.v2", jobs::S);
-    let props = common::mqtt_client::ce_props(
+    let props = microdcs::testkit::mqtt::ce_props(
         &ty,
         &format!("store-{job}-{}", correlation.len()),
         Some(subject),

@@ -1,0 +1,22 @@
+//! The integration tests, as one test binary: the crate is linked once, not
+//! once per file. Each module is one former `tests/<name>.rs` and its tests
+//! keep their names under it (`it::jobs::…`, `it::sfc_chaos::…`); the shared
+//! harness (real Mosquitto and Redis child processes, a station on a runtime
+//! of its own, test equipment, recipe builders) is [`harness`].
+//!
+//! `cargo nextest run --test it` runs them all, each test in a process of
+//! its own; `cargo nextest run --test it -E 'test(/^sfc::/)'` runs one
+//! module.
+
+mod harness;
+
+mod abuse;
+mod config;
+mod jobs;
+mod models;
+mod publisher;
+mod recipe;
+mod sfc;
+mod sfc_chaos;
+mod sim;
+mod transport_mqtt;
