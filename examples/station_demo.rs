@@ -11,7 +11,8 @@
 //! ```
 //!
 //! With `MQTT_PORT`/`REDIS_PORT` set it uses brokers already running on
-//! 127.0.0.1 instead of starting its own.
+//! 127.0.0.1 instead of starting its own. It exits with an error unless
+//! every job completed its recipe (CI runs it).
 
 use microdcs::binding::mqtt as binding;
 use microdcs::config::Config;
@@ -106,6 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .result(json!({"torque_nm": "{{random.f64 37 47}}"}))
                     .emit(
                         EmitSpec::new("com.example.axle.inspection.v1")
+                            .equipment("camera")
                             .delay(Delay::fixed(300))
                             .data(json!({"ok": true, "camera": "cam-2"})),
                     ),
@@ -256,6 +258,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     running.await??;
     sim_handle.shutdown();
     let _ = sim_task.await;
+
+    // The demo checks itself (CI runs it): every job completes its recipe,
+    // inspection included.
+    let completed = ended
+        .iter()
+        .filter(|(_, ev)| {
+            states(&ev["JobState"]).starts_with("Ended")
+                && ev["JobResponse"]["JobResponseData"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|d| d["ID"] == "inspection"))
+        })
+        .count();
+    if completed < JOBS.len() {
+        return Err(format!(
+            "only {completed} of {} jobs completed their recipe",
+            JOBS.len()
+        )
+        .into());
+    }
     Ok(())
 }
 

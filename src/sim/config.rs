@@ -327,6 +327,10 @@ impl Rule {
             if e.ty.is_empty() {
                 return Err(bad("an emitted event has an empty type".into()));
             }
+            if let Some(eq) = &e.equipment {
+                crate::envelope::check_topic_path("equipment", eq)
+                    .map_err(|m| bad(format!("event '{}': {m}", e.ty)))?;
+            }
         }
         Ok(())
     }
@@ -352,6 +356,13 @@ pub struct EmitSpec {
     /// The topic's last segment.
     #[serde(default)]
     pub intent: EmitIntent,
+    /// Publish as this equipment of the command's scope (subject
+    /// `{scope}/{equipment}`, e.g. a camera reporting after the nutrunner
+    /// finished); `None`: as the equipment the command addressed. A
+    /// `pull_event` action with an `Equipment` selector takes only events
+    /// from the equipment it names.
+    #[serde(default)]
+    pub equipment: Option<String>,
 }
 
 impl EmitSpec {
@@ -362,6 +373,7 @@ impl EmitSpec {
             delay_ms: None,
             data: None,
             intent: EmitIntent::Events,
+            equipment: None,
         }
     }
 
@@ -383,6 +395,14 @@ impl EmitSpec {
     #[must_use]
     pub fn intent(mut self, intent: EmitIntent) -> Self {
         self.intent = intent;
+        self
+    }
+
+    /// Publishes the event as `equipment` of the command's scope (subject
+    /// `{scope}/{equipment}`) instead of as the commanded equipment.
+    #[must_use]
+    pub fn equipment(mut self, equipment: impl Into<String>) -> Self {
+        self.equipment = Some(equipment.into());
         self
     }
 }
@@ -506,6 +526,22 @@ mod tests {
         .unwrap();
         assert_eq!(t, j);
         assert_eq!(t.prefix, "app/equipment");
+    }
+
+    #[test]
+    fn an_event_may_come_from_other_equipment_of_the_scope() {
+        let c = SimConfig::from_toml_str(
+            "[[rules]]\ntype_id = \"a\"\n[[rules.emit]]\ntype = \"e\"\nequipment = \"camera\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.rules[0].emit[0].equipment.as_deref(), Some("camera"));
+        assert!(c.rules[0].validate().is_ok());
+        let bad = SimConfig::from_toml_str(
+            "[[rules]]\ntype_id = \"a\"\n[[rules.emit]]\ntype = \"e\"\nequipment = \"cam+1\"\n",
+        )
+        .unwrap();
+        let e = bad.rules[0].validate().unwrap_err().to_string();
+        assert!(e.contains("equipment"), "{e}");
     }
 
     #[test]

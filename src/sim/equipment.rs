@@ -53,6 +53,8 @@ pub(crate) struct PlannedEvent {
     pub(crate) delay: Duration,
     pub(crate) data: Value,
     pub(crate) intent: EmitIntent,
+    /// Published as this equipment of the command's scope.
+    pub(crate) equipment: Option<String>,
 }
 
 /// What to do with one command.
@@ -85,6 +87,7 @@ struct CompiledEmit {
     delay: Delay,
     data: Template,
     intent: EmitIntent,
+    equipment: Option<String>,
 }
 
 #[derive(Debug)]
@@ -120,6 +123,7 @@ impl CompiledRule {
                         &format!("rule '{}' event '{}' data", rule.type_id, e.ty),
                     )?,
                     intent: e.intent,
+                    equipment: e.equipment.clone(),
                 })
             })
             .collect::<Result<_, SimError>>()?;
@@ -251,6 +255,7 @@ impl Equipment {
                     delay: e.delay.pick(rng.next_f64()),
                     data: e.data.render(&ctx, rng),
                     intent: e.intent,
+                    equipment: e.equipment.clone(),
                 })
                 .collect();
             (Answer::Result(result), events)

@@ -431,6 +431,11 @@ impl Io {
 
     async fn emit(&self, command: &CloudEvent, subject: Option<&str>, planned: &PlannedEvent) {
         let mut e = CloudEvent::new(planned.ty.clone(), self.source.clone());
+        let as_other = planned
+            .equipment
+            .as_ref()
+            .and_then(|eq| Some(format!("{}/{eq}", command.scope()?)));
+        let subject = as_other.as_deref().or(subject);
         e.subject = subject.map(str::to_owned);
         e.causationid = Some(command.id.clone());
         if let Some(job) = command.custom.get(JOBID) {
