@@ -35,6 +35,7 @@ use std::time::Duration;
 /// type = "com.example.press.Pressed.v1"
 /// delay_ms = 10
 /// intent = "events"
+/// equipment = "gauge"                 # as {scope}/gauge; default: the pressed equipment
 /// data = { Force = "{{param.Force}}" }
 ///
 /// [[rules]]
