@@ -43,7 +43,7 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/exec_apply.lua")));
 static EARLY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/early_push.lua")));
@@ -152,6 +152,74 @@ enum WorkItem {
     },
 }
 
+/// Why handling a stream entry failed, and whether that failure is
+/// already counted against the entry's attempts (a dispatch counts its
+/// failed sends itself, to fail its action at the limit).
+#[derive(Debug)]
+enum Failure {
+    /// Not counted yet: the entry's handler counts it.
+    Uncounted(EngineError),
+    /// Counted already, below the limit: the entry stays pending.
+    Counted(EngineError),
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        Failure::Uncounted(e)
+    }
+}
+
+/// Dead-lettered entries kept per scope at most (the newest).
+pub const DEAD_LETTERS: isize = 1000;
+
+/// An error as recorded in an entry's attempt history: at most 200 bytes.
+fn clip(text: String) -> String {
+    let mut text = text;
+    if text.len() > 200 {
+        let mut cut = 200;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+/// The dead-letter record of a stream entry given up after `errors`:
+/// work items keep their item (as JSON when it parses), change entries
+/// their fields.
+fn dead_letter(
+    stream: &str,
+    entry: &str,
+    map: &HashMap<String, redis::Value>,
+    is_work: bool,
+    errors: &[String],
+    at_ms: u64,
+) -> Value {
+    let fields: Map<String, Value> = map
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                other => format!("{other:?}"),
+            };
+            (k.clone(), Value::String(text))
+        })
+        .collect();
+    let mut r = json!({"stream": stream, "entry": entry, "errors": errors, "at_ms": at_ms});
+    if is_work {
+        let item = fields.get("item").cloned().unwrap_or(Value::Null);
+        r["item"] = item
+            .as_str()
+            .and_then(|i| serde_json::from_str(i).ok())
+            .unwrap_or(item);
+    } else {
+        r["fields"] = Value::Object(fields);
+    }
+    r
+}
+
 /// A stream entry read: (stream key, entry id, fields).
 type StreamEntry = (String, String, HashMap<String, redis::Value>);
 
@@ -249,10 +317,13 @@ pub struct EngineSettings {
     /// ([`Input::Unsent`]). A command sent is given what is left of it as
     /// its Message Expiry Interval. `None`: commands never expire.
     pub message_expiry: Option<Duration>,
-    /// Sends of one dispatch work item that failed retryably (transport or
-    /// Redis unavailable) before it is given up: its action fails with the
-    /// attempt history, and the job ends Aborted.
-    pub max_send_attempts: u32,
+    /// Failed attempts at one stream entry before it is given up
+    /// (`processing.max_attempts`). A dispatch work item whose send failed
+    /// retryably (transport or Redis unavailable) this often fails its
+    /// action with the attempt history, and the job ends Aborted; any other
+    /// entry (a timer, progress or finished work item, a job change) is
+    /// dead-lettered (`P:{S}:deadletters`), acknowledged and logged.
+    pub max_attempts: u32,
 }
 
 impl Default for EngineSettings {
@@ -262,7 +333,7 @@ impl Default for EngineSettings {
             claim_idle: Duration::from_secs(3),
             batch: 256,
             message_expiry: None,
-            max_send_attempts: 20,
+            max_attempts: 30,
         }
     }
 }
@@ -894,9 +965,11 @@ impl Engine {
         }
     }
 
-    async fn on_work(&self, scope: &str, entry: &str, item: WorkItem) -> Result<(), EngineError> {
+    async fn on_work(&self, scope: &str, entry: &str, item: WorkItem) -> Result<(), Failure> {
         match item {
-            WorkItem::Timer { job, key } => self.apply(scope, &job, Input::Timer { key }).await,
+            WorkItem::Timer { job, key } => {
+                Ok(self.apply(scope, &job, Input::Timer { key }).await?)
+            }
             WorkItem::Dispatch { .. } => self.on_dispatch(scope, entry, item).await,
             WorkItem::Progress {
                 job,
@@ -919,21 +992,16 @@ impl Engine {
                 }
                 Ok(())
             }
-            WorkItem::Finished { job } => self.report_finished(scope, &job).await,
+            WorkItem::Finished { job } => Ok(self.report_finished(scope, &job).await?),
         }
     }
 
     /// A dispatch work item: sent as a command, unless it is older than
     /// the message expiry (then the action counts an unsent attempt). A
     /// send that can never succeed, or failed retryably
-    /// `max_send_attempts` times, fails the action (and the job) with the
+    /// `max_attempts` times, fails the action (and the job) with the
     /// reason, like an error reply from the equipment would.
-    async fn on_dispatch(
-        &self,
-        scope: &str,
-        entry: &str,
-        item: WorkItem,
-    ) -> Result<(), EngineError> {
+    async fn on_dispatch(&self, scope: &str, entry: &str, item: WorkItem) -> Result<(), Failure> {
         let WorkItem::Dispatch {
             job,
             command_id,
@@ -955,7 +1023,7 @@ impl Engine {
                 expiry.map_or(0, |e| e.as_secs())
             );
             info!(scope, job, command_id, attempt, %reason, "stale dispatch not sent");
-            return self
+            return Ok(self
                 .apply(
                     scope,
                     &job,
@@ -965,7 +1033,7 @@ impl Engine {
                         reason,
                     },
                 )
-                .await;
+                .await?);
         };
         let error = match self.send_command(scope, item, left_ms).await {
             Ok(()) => return Ok(()),
@@ -978,28 +1046,11 @@ impl Engine {
                 // replica. A failure that cannot be recorded (Redis gone)
                 // is not counted, and the item stays pending.
                 let key = self.key(scope, &format!("sendfail:{entry}"));
-                let mut text = error.to_string();
-                if text.len() > 200 {
-                    let mut cut = 200;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
-                    text.push('…');
-                }
-                let mut c = self.conn();
-                let (history,): (Vec<String>,) = redis::pipe()
-                    .rpush(&key, &text)
-                    .ignore()
-                    .expire(&key, 86_400)
-                    .ignore()
-                    .lrange(&key, 0, -1)
-                    .query_async(&mut c)
-                    .await?;
+                let history = self.count_failure(&key, &error).await?;
                 let n = history.len();
-                if n < self.inner.settings.max_send_attempts as usize {
+                if n < self.max_attempts() {
                     warn!(scope, job, command_id, attempt = n, error = %error, "command not sent; will try again");
-                    return Err(error);
+                    return Err(Failure::Counted(error));
                 }
                 let listed: Vec<String> = history
                     .iter()
@@ -1013,15 +1064,101 @@ impl Engine {
             }
         };
         warn!(scope, job, command_id, %reason, "command given up; the action fails");
-        self.apply(
-            scope,
-            &job,
-            Input::Result {
-                command_id,
-                outcome: Err(reason),
-            },
-        )
-        .await
+        Ok(self
+            .apply(
+                scope,
+                &job,
+                Input::Result {
+                    command_id,
+                    outcome: Err(reason),
+                },
+            )
+            .await?)
+    }
+
+    /// Failed attempts at one entry before it is given up (at least one).
+    fn max_attempts(&self) -> usize {
+        self.inner.settings.max_attempts.max(1) as usize
+    }
+
+    /// The key counting the failed attempts at entry `id` of `stream`:
+    /// `sendfail:{id}` for work items (named for dispatch, which counted
+    /// first), `changefail:{id}` for change entries. Deleted when the entry
+    /// is acknowledged.
+    fn failures_key(&self, scope: &str, is_work: bool, id: &str) -> String {
+        let kind = if is_work { "sendfail" } else { "changefail" };
+        self.key(scope, &format!("{kind}:{id}"))
+    }
+
+    /// Records a failed attempt under `key` (in Redis: the entry may be
+    /// retried by another replica) and returns the history so far. A
+    /// failure that cannot be recorded (Redis gone) is not counted: the
+    /// error returned leaves the entry pending.
+    async fn count_failure(
+        &self,
+        key: &str,
+        error: &EngineError,
+    ) -> Result<Vec<String>, EngineError> {
+        let mut c = self.conn();
+        let (history,): (Vec<String>,) = redis::pipe()
+            .rpush(key, clip(error.to_string()))
+            .ignore()
+            .expire(key, 86_400)
+            .ignore()
+            .lrange(key, 0, -1)
+            .query_async(&mut c)
+            .await?;
+        Ok(history)
+    }
+
+    /// An entry whose handling failed: counted, and left pending to be
+    /// tried again until `max_attempts`; then dead-lettered.
+    async fn on_failure(
+        &self,
+        scope: &str,
+        stream: &str,
+        id: &str,
+        map: &HashMap<String, redis::Value>,
+        failure: Failure,
+    ) -> Result<(), EngineError> {
+        let is_work = stream == self.key(scope, "work");
+        let e = match failure {
+            Failure::Counted(e) => return Err(e),
+            Failure::Uncounted(e @ EngineError::Corrupt { .. }) => {
+                warn!(scope, entry = id, error = %e, "entry cannot be processed; acknowledged");
+                let mut c = self.conn();
+                let _: i64 = c.xack(stream, GROUP, &[id]).await?;
+                return Ok(());
+            }
+            Failure::Uncounted(e) => e,
+        };
+        let key = self.failures_key(scope, is_work, id);
+        let history = self.count_failure(&key, &e).await?;
+        if history.len() < self.max_attempts() {
+            warn!(scope, stream, entry = id, attempt = history.len(), error = %e, "entry failed; will try again");
+            return Err(e);
+        }
+        // Given up: kept where an operator can read it, and out of the
+        // way of the stream (all at once: a half-done give-up would lose
+        // the entry or leave it looping).
+        let record = dead_letter(stream, id, map, is_work, &history, now_ms()).to_string();
+        let letters = self.key(scope, "deadletters");
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .lpush(&letters, &record)
+            .ignore()
+            .ltrim(&letters, 0, DEAD_LETTERS - 1)
+            .ignore()
+            .xack(stream, GROUP, &[id])
+            .ignore();
+        if is_work {
+            pipe.cmd("XDEL").arg(stream).arg(id).ignore();
+        }
+        pipe.del(&key).ignore();
+        let mut c = self.conn();
+        let _: () = pipe.query_async(&mut c).await?;
+        error!(scope, stream, entry = id, attempts = history.len(), history = %history.join("; "), "entry given up after repeated failures; dead-lettered");
+        Ok(())
     }
 
     /// Sends a dispatch's command through its processor, fenced against
@@ -1355,9 +1492,9 @@ impl Engine {
             _ => None,
         };
         let is_work = stream == self.key(scope, "work");
-        let result = if !is_work {
+        let result: Result<(), Failure> = if !is_work {
             match (field("job"), field("state")) {
-                (Some(job), Some(state)) => self.on_change(scope, &job, &state).await,
+                (Some(job), Some(state)) => Ok(self.on_change(scope, &job, &state).await?),
                 _ => Ok(()),
             }
         } else {
@@ -1380,19 +1517,12 @@ impl Engine {
                     // change stream is shared with the publisher and capped
                     // by the job store instead.
                     pipe.cmd("XDEL").arg(stream).arg(id).ignore();
-                    pipe.del(self.key(scope, &format!("sendfail:{id}")))
-                        .ignore();
                 }
+                pipe.del(self.failures_key(scope, is_work, id)).ignore();
                 let _: () = pipe.query_async(&mut c).await?;
                 Ok(())
             }
-            Err(e @ EngineError::Corrupt { .. }) => {
-                warn!(scope, entry = id, error = %e, "entry cannot be processed; acknowledged");
-                let mut c = self.conn();
-                let _: i64 = c.xack(stream, GROUP, &[id]).await?;
-                Ok(())
-            }
-            Err(e) => Err(e),
+            Err(f) => self.on_failure(scope, stream, id, map, f).await,
         }
     }
 
@@ -1743,6 +1873,50 @@ mod tests {
         assert!(closed.retryable);
         // As a handler error (deliver): terminal stays terminal.
         assert!(!HandlerError::from(EngineError::Unsendable("x".into())).retryable);
+    }
+
+    #[test]
+    fn attempt_histories_keep_errors_short() {
+        assert_eq!(clip("short".into()), "short");
+        let long = "é".repeat(150); // 300 bytes, 2 per char
+        let c = clip(long);
+        assert!(c.ends_with('…'));
+        assert_eq!(c.len(), 200 + '…'.len_utf8());
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_entry_and_its_errors() {
+        let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+        let work = HashMap::from([("item".to_owned(), bulk(r#"{"kind":"finished","job":"j"}"#))]);
+        let errors = vec!["redis refused: WRONGTYPE".to_owned(); 2];
+        let r = dead_letter("t:{s}:work", "1-0", &work, true, &errors, 42);
+        assert_eq!(r["stream"], "t:{s}:work");
+        assert_eq!(r["entry"], "1-0");
+        assert_eq!(r["item"]["kind"], "finished");
+        assert_eq!(r["item"]["job"], "j");
+        assert_eq!(r["errors"].as_array().map(Vec::len), Some(2));
+        assert_eq!(r["at_ms"], 42);
+        assert!(r.get("fields").is_none());
+        // An item that is no JSON is kept as its text.
+        let junk = HashMap::from([("item".to_owned(), bulk("{oops"))]);
+        assert_eq!(
+            dead_letter("w", "1-1", &junk, true, &errors, 0)["item"],
+            "{oops"
+        );
+        // A change entry keeps its fields.
+        let change = HashMap::from([
+            ("job".to_owned(), bulk("j")),
+            ("state".to_owned(), bulk("Running")),
+        ]);
+        let r = dead_letter("t:{s}:changes", "2-0", &change, false, &errors, 0);
+        assert_eq!(r["fields"]["job"], "j");
+        assert_eq!(r["fields"]["state"], "Running");
+        assert!(r.get("item").is_none());
+    }
+
+    #[test]
+    fn every_entry_is_bounded_by_default() {
+        assert_eq!(EngineSettings::default().max_attempts, 30);
     }
 
     #[test]
