@@ -22,6 +22,10 @@
 //!   atomically (`lua/timers_due.lua`), so each fires once.
 //! - Results and events reach the `equipment` processor on any replica (the
 //!   command's Response Topic is shared); they are applied as inputs.
+//! - Nothing is retried forever: an entry whose handling fails stays
+//!   pending and is tried again, its failures counted in Redis; after
+//!   [`EngineSettings::max_attempts`] a dispatch fails its action, and any
+//!   other entry is dead-lettered (`P:{S}:deadletters`) and acknowledged.
 //!
 //! # Layout
 //!
@@ -36,7 +40,7 @@
 //! - `routing`: results and events to the job waiting for them, `early`
 //!   the events kept until then;
 //! - `store`: load and compare-and-swap write of execution states, the
-//!   compiled recipe cache;
+//!   compiled recipe cache (its scripts live in `super::lua`);
 //! - `error`: [`EngineError`], retryable or terminal.
 
 mod early;
@@ -302,7 +306,8 @@ impl Engine {
 /// action's `Equipment` below the scope (`line-1/press` addresses
 /// `{scope}/line-1/press`), always below it: the same selector decides
 /// which events a `pull_event` takes (their subject below the scope, see
-/// [`exec::selector_takes`]), and a recipe never addresses another scope.
+/// [`exec::selector_takes`](crate::sfc::exec::selector_takes)), and a
+/// recipe never addresses another scope.
 pub fn command_subject(scope: &str, equipment: Option<&str>) -> String {
     match equipment {
         Some(e) => format!("{scope}/{e}"),

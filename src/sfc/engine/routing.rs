@@ -10,14 +10,11 @@ use crate::envelope::CloudEvent;
 use crate::error::HandlerError;
 use crate::processor::{Meta, State};
 use crate::sfc::exec::{self, Exec, Input};
+use crate::sfc::lua::EARLY_PUSH;
 use crate::sfc::recipe::{Interaction, Recipe};
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use serde_json::Value;
-use std::sync::LazyLock;
 use tracing::debug;
-
-static EARLY: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/early_push.lua")));
 
 /// The deadline (ms) of a received message: the earlier of its
 /// `expirytime` and `now` plus its `expiryinterval` (the MQTT Message
@@ -132,7 +129,7 @@ impl Engine {
         let named = correlation.clone().unwrap_or_default();
         let text = serde_json::to_string(&early)?;
         let mut c = self.conn();
-        let verdict: String = EARLY
+        let verdict: String = EARLY_PUSH
             .key(self.key(&scope, &format!("exec:{named}")))
             .key(self.key(&scope, &format!("waiting:{}", ev.ty)))
             .key(self.key(&scope, "early"))

@@ -5,14 +5,12 @@
 use super::work::WorkItem;
 use super::{Engine, EngineError};
 use crate::sfc::exec::{self, Effect, Exec};
+use crate::sfc::lua::EXEC_APPLY;
 use crate::sfc::net::Net;
 use crate::sfc::recipe::{Interaction, Recipe};
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, LazyLock};
-
-static APPLY: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/exec_apply.lua")));
+use std::sync::Arc;
 
 /// Compiled recipes kept at most (the cache is cleared when full).
 const CACHED_RECIPES: usize = 1000;
@@ -172,7 +170,7 @@ impl Engine {
         } = w;
         let job = &exec.job;
         let doc = serde_json::to_string(exec)?;
-        let mut inv = APPLY.prepare_invoke();
+        let mut inv = EXEC_APPLY.prepare_invoke();
         inv.key(self.key(scope, &format!("exec:{job}")))
             .key(self.key(scope, "timers"))
             .key(self.key(scope, "work"));

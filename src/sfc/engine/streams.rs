@@ -9,19 +9,16 @@ use super::retry::Failure;
 use super::work::WorkItem;
 use super::{now_ms, Engine, EngineError, GROUP};
 use crate::app::Redis;
+use crate::sfc::lua::TIMERS_DUE;
 use crate::sfc::resync::Marks;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
 };
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::LazyLock;
 use std::time::Duration;
 use tracing::{debug, warn};
-
-static TIMERS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/timers_due.lua")));
 
 /// A stream entry read: (stream key, entry id, fields).
 type StreamEntry = (String, String, HashMap<String, redis::Value>);
@@ -224,7 +221,7 @@ impl Engine {
         let mut next: Option<u64> = None;
         let mut c = self.conn();
         for s in scopes {
-            let _: i64 = TIMERS
+            let _: i64 = TIMERS_DUE
                 .key(self.key(s, "timers"))
                 .key(self.key(s, "work"))
                 .arg(now)
