@@ -162,7 +162,7 @@ impl Engine {
 
     /// Handles one stream entry and acknowledges it; an entry whose effect
     /// failed stays pending and is retried (by us or, after `claim_idle`,
-    /// another replica).
+    /// another replica), up to `max_attempts` (see `retry`).
     async fn handle_entry(
         &self,
         scopes: &BTreeSet<String>,
