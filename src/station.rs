@@ -131,6 +131,7 @@ pub async fn build_extended(
             config.instance_id(),
             EngineSettings {
                 message_expiry: config.processing.message_expiry_interval,
+                max_attempts: config.processing.max_attempts,
                 ..EngineSettings::default()
             },
         );

@@ -19,15 +19,10 @@
 //! - anything else (Ended, Aborted, gone): the dispatch is *recalled*, never
 //!   sent.
 
+use super::lua::{RESUME_HELD, TAKE_DISPATCH_LEASE};
 use crate::jobs::store::{JobStore, DISPATCH_LEASE};
 use crate::jobs::MainState;
-use redis::{AsyncCommands, Script};
-use std::sync::LazyLock;
-
-static LEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/dispatch_lease.lua")));
-static RESUME: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/dispatch_resume.lua")));
+use redis::AsyncCommands;
 
 /// What the fence decided about one dispatch.
 #[derive(Debug)]
@@ -66,7 +61,7 @@ pub(crate) async fn take(
     // holds a lease of its own, and releasing one keeps the other.
     let member = format!("{command_id}\u{1f}{}", uuid::Uuid::new_v4());
     let mut c = store.connection();
-    let verdict: String = LEASE
+    let verdict: String = TAKE_DISPATCH_LEASE
         .key(store.job_key(scope, job))
         .key(&key)
         .key(held_key(store, scope, job))
@@ -101,7 +96,7 @@ pub(crate) async fn resume_held(
     work_key: &str,
 ) -> Result<u64, redis::RedisError> {
     let mut c = store.connection();
-    RESUME
+    RESUME_HELD
         .key(store.job_key(scope, job))
         .key(held_key(store, scope, job))
         .key(work_key)

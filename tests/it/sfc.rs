@@ -1503,3 +1503,147 @@ async fn jobs_released_while_the_change_stream_overflowed_still_run() {
     }
     station.stop().await;
 }
+
+/// Until `job` of scope `axle` waits for the inspection event.
+async fn until_waiting(c: &mut redis::aio::MultiplexedConnection, job: &str) {
+    let waiting = format!("t:{{axle}}:waiting:{INSPECTED}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(&waiting)
+            .arg(job)
+            .query_async(c)
+            .await
+            .unwrap();
+        if score.is_some() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job} never waited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A timer work item whose handler keeps failing (its job's execution
+/// state is no hash any more: Redis answers WRONGTYPE every time) is
+/// tried `processing.max_attempts` times, then dead-lettered with its
+/// errors and removed from the work stream; the engine keeps running the
+/// scope's other jobs meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_item_that_keeps_failing_is_dead_lettered_and_other_jobs_still_run() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let mut env = jobs::env(m.port(), r.0.port(), "sfc-1");
+    jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
+    jobs::set(&mut env, "APP_PROCESSING_MAX_ATTEMPTS", "3");
+    let station = jobs::start(env).await;
+    let eq = Equipment::start(m.port(), answer_all()).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    let mut recipe = rear_axle();
+    // The inspection waits 2 s, then its timeout timer fires.
+    recipe["Actions"][4]["TimeoutSeconds"] = json!(2);
+    store_recipe(&mut mes, "axle", recipe).await;
+    let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
+
+    // d1 runs until it waits for the inspection event ...
+    assert_eq!(
+        mes.status("StoreAndStart", "axle", json!({"JobOrder": order("d1")}))
+            .await,
+        1
+    );
+    until_waiting(&mut c, "d1").await;
+    // ... then its execution state becomes a value of the wrong type: the
+    // timer that fires next fails on every attempt.
+    let exec = "t:{axle}:exec:d1";
+    let _: () = redis::cmd("DEL")
+        .arg(exec)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(exec)
+        .arg("not a hash")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    // Meanwhile another job of the scope runs to its end (its event sent
+    // once it waits, so that it is applied to it directly).
+    assert_eq!(
+        mes.status("StoreAndStart", "axle", json!({"JobOrder": order("d2")}))
+            .await,
+        1
+    );
+    until_waiting(&mut c, "d2").await;
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("d2"))
+        .await;
+    let ended = until_state(&mut mes, "d2", &["Ended", "Aborted"]).await;
+    assert_eq!(
+        state_texts(&ended["JobState"]),
+        ["Ended", "Completed"],
+        "{ended}"
+    );
+
+    // The timer of d1 ends up in the dead letters, with its three errors.
+    let letters = "t:{axle}:deadletters";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let record: Value = loop {
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(letters)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if let Some(first) = raw.first() {
+            assert_eq!(raw.len(), 1, "{raw:?}");
+            break serde_json::from_str(first).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failing timer was never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(record["stream"], "t:{axle}:work", "{record}");
+    assert_eq!(record["item"]["kind"], "timer", "{record}");
+    assert_eq!(record["item"]["job"], "d1", "{record}");
+    let errors = record["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 3, "{record}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.as_str().unwrap().to_lowercase().contains("wrong")),
+        "{record}"
+    );
+    assert!(record["at_ms"].as_u64().is_some(), "{record}");
+    // Given up for good: not pending, not in the stream, no counter left.
+    let entry = record["entry"].as_str().unwrap();
+    let left: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("t:{axle}:work")
+        .arg(entry)
+        .arg(entry)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let pending: (
+        u64,
+        Option<String>,
+        Option<String>,
+        Option<Vec<(String, String)>>,
+    ) = redis::cmd("XPENDING")
+        .arg("t:{axle}:work")
+        .arg("sfc-engine")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0);
+    let counter: bool = redis::cmd("EXISTS")
+        .arg(format!("t:{{axle}}:sendfail:{entry}"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!counter);
+    station.stop().await;
+}

@@ -1,0 +1,261 @@
+//! A job's execution driven by its job's life: started when the job is
+//! allowed to start, paused, resumed, stopped and aborted with it (the
+//! change stream, see `streams`), and every input applied as one
+//! compare-and-swap evolution, retried when it lost a race.
+
+use super::early::recipe_wants;
+use super::response::{failed_exec, response_json};
+use super::store::{waiting_types, Stored, Write};
+use super::{now_ms, Engine, EngineError};
+use crate::jobs::store::parse_state_key;
+use crate::jobs::{Internal, JobState, MainState};
+use crate::sfc::exec::{Ctx, Exec, Input};
+use crate::sfc::fence;
+use redis::AsyncCommands;
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+use tracing::{debug, info, warn};
+
+/// Compare-and-swap attempts of one input before it is given up (and its
+/// entry retried later): a job's state changes only through its own
+/// inputs, so losing this often means a storm, not bad luck.
+const CAS_ATTEMPTS: usize = 50;
+
+impl Engine {
+    /// [`Engine::apply`], telling whether the job has an execution state.
+    pub(super) async fn apply_if_running(
+        &self,
+        scope: &str,
+        job: &str,
+        input: Input,
+    ) -> Result<bool, EngineError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(Stored {
+                version: v,
+                exec: mut e,
+                recipe: recipe_json,
+            }) = self.load(scope, job).await?
+            else {
+                debug!(
+                    scope,
+                    job,
+                    ?input,
+                    "no execution for this job; input ignored"
+                );
+                return Ok(false);
+            };
+            if e.is_finished() {
+                return Ok(true);
+            }
+            let c = self
+                .compiled(&recipe_json)
+                .map_err(|reason| EngineError::Corrupt {
+                    scope: scope.to_owned(),
+                    job: job.to_owned(),
+                    reason,
+                })?;
+            let before_state = e.clone();
+            let waiting_before = waiting_types(&e, &c.recipe);
+            let effects = e.apply(
+                input.clone(),
+                Ctx {
+                    recipe: &c.recipe,
+                    net: &c.net,
+                    now_ms: now_ms(),
+                },
+            );
+            if effects.is_empty() && e == before_state {
+                return Ok(true);
+            }
+            let waiting_after = waiting_types(&e, &c.recipe);
+            if self
+                .write(Write {
+                    scope,
+                    expected: v,
+                    exec: &e,
+                    recipe: None,
+                    effects: &effects,
+                    waiting_before: &waiting_before,
+                    waiting_after: &waiting_after,
+                })
+                .await?
+            {
+                // It waits for new event types now: events of those types
+                // kept for no job in particular are its.
+                let new: BTreeSet<String> =
+                    waiting_after.difference(&waiting_before).cloned().collect();
+                if !new.is_empty() {
+                    self.adopt_early(scope, job, |ev| {
+                        ev.job.is_none()
+                            && new.contains(&ev.type_id)
+                            && recipe_wants(&c.recipe, &ev.type_id, ev.equipment.as_deref())
+                    })
+                    .await?;
+                }
+                return Ok(true);
+            }
+        }
+        Err(EngineError::Contended {
+            job: job.to_owned(),
+        })
+    }
+
+    /// Starts a job that entered AllowedToStart, if its work master carries
+    /// an SFC recipe: Running first, then the execution state (both steps
+    /// idempotent, so a crash in between is repaired by the redelivered
+    /// change).
+    async fn start(&self, scope: &str, id: &str) -> Result<(), EngineError> {
+        let store = self.inner.jobs.store();
+        let Some(job) = store.get(scope, id).await? else {
+            return Ok(());
+        };
+        let allowed = job.state.main == MainState::AllowedToStart;
+        let running = job.state.main == MainState::Running;
+        if !allowed && !running {
+            return Ok(());
+        }
+        if self.load(scope, id).await?.is_some() {
+            return Ok(());
+        }
+        let order: Value = serde_json::from_str(job.order.get()).unwrap_or(Value::Null);
+        let Some(wm_id) = order["WorkMasterID"][0]["ID"].as_str() else {
+            return Ok(()); // no work master: a hand-written executor's job
+        };
+        let Some(wm) = store.work_master(scope, wm_id).await? else {
+            return Ok(());
+        };
+        let wm: Value = serde_json::from_str(&wm).unwrap_or(Value::Null);
+        if !super::super::source::carries_recipe(&wm) {
+            return Ok(()); // not an SFC recipe: left alone
+        }
+        let recipe_json = wm["data"].to_string();
+        if allowed {
+            let e = self
+                .inner
+                .jobs
+                .internal(
+                    scope,
+                    id,
+                    Internal::Begin,
+                    None,
+                    &format!("sfc/begin/{id}/{}", job.version),
+                )
+                .await?;
+            if e.status != crate::jobs::ReturnStatus::NoError {
+                return Ok(()); // someone else moved it
+            }
+        }
+        let compiled = match self.compiled(&recipe_json) {
+            Ok(c) => c,
+            Err(reason) => {
+                // Stored before validation existed, or edited by hand.
+                warn!(scope, job = id, %reason, "recipe invalid; failing the job");
+                let response = response_json(
+                    id,
+                    &failed_exec(id, scope, &reason),
+                    &JobState::new(MainState::Aborted, None),
+                );
+                let raw = serde_json::value::to_raw_value(&response)?;
+                self.inner
+                    .jobs
+                    .internal(
+                        scope,
+                        id,
+                        Internal::Fail,
+                        Some(&raw),
+                        &format!("sfc/invalid/{id}"),
+                    )
+                    .await?;
+                return Ok(());
+            }
+        };
+        let mut params = Map::new();
+        if let Some(list) = order["JobOrderParameters"].as_array() {
+            for p in list {
+                if let Some(k) = p["ID"].as_str() {
+                    params.insert(k.to_owned(), p["Value"].clone());
+                }
+            }
+        }
+        let ctx = Ctx {
+            recipe: &compiled.recipe,
+            net: &compiled.net,
+            now_ms: now_ms(),
+        };
+        let (e, effects) = Exec::start(id, scope, params, ctx);
+        let waiting = waiting_types(&e, &compiled.recipe);
+        if !self
+            .write(Write {
+                scope,
+                expected: 0,
+                exec: &e,
+                recipe: Some(&recipe_json),
+                effects: &effects,
+                waiting_before: &BTreeSet::new(),
+                waiting_after: &waiting,
+            })
+            .await?
+        {
+            return Ok(()); // another replica created it
+        }
+        info!(
+            scope,
+            job = id,
+            steps = compiled.recipe.steps.len(),
+            "recipe started"
+        );
+        // Events kept before the job ran: those naming it, and unaddressed
+        // ones that one of its pull actions takes (type and equipment; the
+        // execution exists now, so no new event for it can be kept any
+        // more; see `early_push.lua`).
+        self.adopt_early(scope, id, |ev| match &ev.job {
+            Some(j) => j == id,
+            None => recipe_wants(&compiled.recipe, &ev.type_id, ev.equipment.as_deref()),
+        })
+        .await
+    }
+
+    /// One entry of a scope's job change stream (also what reconciling a
+    /// scope does per job with its current state, see `super::resync`).
+    pub(in crate::sfc) async fn on_change(
+        &self,
+        scope: &str,
+        job: &str,
+        state: &str,
+    ) -> Result<(), EngineError> {
+        let Ok(state) = parse_state_key(state) else {
+            return Ok(()); // purge entries carry no state
+        };
+        match state.main {
+            MainState::AllowedToStart => self.start(scope, job).await,
+            MainState::Running => {
+                self.start(scope, job).await?; // repairs a crash after Begin
+                self.apply(scope, job, Input::Resume).await?;
+                // Commands held back while it was Interrupted go out now.
+                let store = self.inner.jobs.store();
+                let n = fence::resume_held(store, scope, job, &self.key(scope, "work")).await?;
+                if n > 0 {
+                    debug!(scope, job, commands = n, "held commands released");
+                }
+                Ok(())
+            }
+            MainState::Interrupted => self.apply(scope, job, Input::Pause).await,
+            MainState::Ended | MainState::Aborted => {
+                let input = if state.main == MainState::Ended {
+                    Input::Stop
+                } else {
+                    Input::Abort
+                };
+                self.apply(scope, job, input).await?;
+                // Held commands are never sent now.
+                Ok(fence::forget_held(self.inner.jobs.store(), scope, job).await?)
+            }
+            MainState::EndState => {
+                let mut c = self.conn();
+                let _: () = c.del(self.key(scope, &format!("exec:{job}"))).await?;
+                Ok(fence::forget_held(self.inner.jobs.store(), scope, job).await?)
+            }
+            _ => Ok(()),
+        }
+    }
+}
