@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod models;
 pub mod processor;
 pub mod publisher;
+mod redis;
 pub mod runtime;
 pub mod sfc;
 #[cfg(feature = "sim")]

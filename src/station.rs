@@ -9,11 +9,12 @@
 //! - the MES publisher (when `APP_IS_PUBLISHER_INSTANCE`), on one replica at
 //!   a time through a Redis lock.
 
-use crate::app::{App, AppBuilder, AppError, Redis};
+use crate::app::{App, AppBuilder, AppError};
 use crate::config::Config;
 use crate::jobs::acceptance::Checks;
 use crate::jobs::{processor as jobs_processor, JobManager, JobSettings, JobStore};
 use crate::publisher::{MesPublisher, PublisherSettings};
+use crate::redis::Redis;
 use crate::sfc::engine::{Engine, EngineSettings, EQUIPMENT};
 use crate::singleton::SingletonLock;
 use crate::transport::{Publisher, TopicBinding};
@@ -186,7 +187,7 @@ pub async fn build_extended(
         settings.source = config.processing.cloudevent_source.clone();
         let lock = SingletonLock::new(
             redis.conn.clone(),
-            format!("{prefix}:publisher:lock"),
+            store.keys().publisher_lock(),
             config.instance_id().to_owned(),
             Duration::from_secs(15),
         );

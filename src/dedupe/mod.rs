@@ -20,14 +20,10 @@ mod layer;
 pub(crate) use layer::guarded;
 pub use layer::{Delivery, Guarded};
 
+use crate::redis::scripts::{DEDUPE_CLAIM, DEDUPE_EXTEND, DEDUPE_RELEASE};
+use crate::redis::Keys;
 use redis::aio::ConnectionManager;
-use redis::Script;
-use std::sync::LazyLock;
 use std::time::Duration;
-
-static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
-static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("extend.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 
 /// The reply a processed message got, kept to answer its duplicates.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -61,7 +57,7 @@ pub enum Claim {
 #[derive(Clone)]
 pub struct Dedupe {
     conn: ConnectionManager,
-    prefix: String,
+    keys: Keys,
     ttl: Duration,
     lease: Duration,
 }
@@ -73,7 +69,7 @@ impl Dedupe {
     pub fn new(conn: ConnectionManager, prefix: &str, ttl: Duration, lease: Duration) -> Self {
         Dedupe {
             conn,
-            prefix: prefix.to_owned(),
+            keys: Keys::new(prefix),
             ttl,
             lease,
         }
@@ -82,7 +78,7 @@ impl Dedupe {
     /// The key of a message: `{prefix}:dedupe:{len(source)}:{source}:{id}`.
     /// The length prefix keeps `("a:b","c")` and `("a","b:c")` apart.
     pub fn key(&self, source: &str, id: &str) -> String {
-        format!("{}:dedupe:{}:{source}:{id}", self.prefix, source.len())
+        self.keys.dedupe(source, id)
     }
 
     /// Claims a message for the delivery identified by `token`.
@@ -92,7 +88,7 @@ impl Dedupe {
     pub async fn claim(&self, source: &str, id: &str, token: &str) -> redis::RedisResult<Claim> {
         let mut c = self.conn.clone();
         let lease = self.lease.as_millis().max(1) as u64;
-        let r: Vec<String> = CLAIM
+        let r: Vec<String> = DEDUPE_CLAIM
             .key(self.key(source, id))
             .arg(token)
             .arg(lease)
@@ -150,7 +146,7 @@ impl Dedupe {
     pub async fn extend(&self, source: &str, id: &str, token: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let lease = self.lease.as_millis().max(1) as u64;
-        EXTEND
+        DEDUPE_EXTEND
             .key(self.key(source, id))
             .arg(token)
             .arg(lease)
@@ -165,7 +161,7 @@ impl Dedupe {
     /// Redis is unreachable (the claim then expires after the lease).
     pub async fn release(&self, source: &str, id: &str, token: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        RELEASE
+        DEDUPE_RELEASE
             .key(self.key(source, id))
             .arg(token)
             .invoke_async::<i64>(&mut c)

@@ -2,7 +2,7 @@
 //!
 //! Key schema (`P` = the configured key prefix, `S` = the scope; `{S}` is a
 //! Redis Cluster hash tag, so every key one script touches lives in the same
-//! slot):
+//! slot; the keys are spelled out in `crate::redis::Keys`):
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -17,23 +17,19 @@
 //! | `P:{S}:cfg:limit` | string | max downloadable job orders (absent: the default) |
 //! | `P:{S}:lease:{id}` | zset | dispatch leases of a job: command being sent → expiry (ms, server time) |
 //!
-//! Every change to a job goes through `apply.lua`, a compare-and-swap on the
+//! Every change to a job goes through `job_apply.lua`, a compare-and-swap on the
 //! job's version that writes the document, the indexes and the change entry
 //! in one step: concurrent commands for one job from several replicas are
 //! serialised, none is lost and none is applied to a stale state.
 
 use super::state::{JobState, MainState, StateError};
+use crate::redis::scripts::{JOB_APPLY, JOB_LEASES_LIVE, JOB_PURGE};
+use crate::redis::Keys;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::sync::LazyLock;
 use std::time::Duration;
-
-static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/apply.lua")));
-static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
-static LEASES: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/leases_live.lua")));
 
 /// How long a dispatch lease lives at most: the time an executor has to
 /// hand one command to its transport while the job is fenced against
@@ -171,7 +167,7 @@ impl ResourceKind {
 #[derive(Clone)]
 pub struct JobStore {
     conn: ConnectionManager,
-    prefix: String,
+    keys: Keys,
     retention: Duration,
     stream_len: u64,
 }
@@ -179,7 +175,7 @@ pub struct JobStore {
 impl std::fmt::Debug for JobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobStore")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.keys.prefix())
             .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
@@ -195,7 +191,7 @@ impl JobStore {
     pub fn new(conn: ConnectionManager, prefix: impl Into<String>, retention: Duration) -> Self {
         JobStore {
             conn,
-            prefix: prefix.into(),
+            keys: Keys::new(prefix),
             retention,
             stream_len: 10_000,
         }
@@ -217,51 +213,24 @@ impl JobStore {
     /// # Errors
     /// Redis is unavailable.
     pub async fn change_stream_info(&self, scope: &str) -> Result<Option<StreamInfo>, StoreError> {
-        stream_info(&mut self.conn.clone(), &self.changes_key(scope)).await
+        stream_info(&mut self.conn.clone(), &self.keys.changes(scope)).await
     }
 
     /// The key prefix.
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        self.keys.prefix()
+    }
+
+    /// The key schema under this store's prefix (shared by the components
+    /// that keep their state beside the jobs: the SFC engine, the
+    /// publisher).
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// The connection (for components that share it, like the publisher).
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
-    }
-
-    /// `P:{S}:` — every key of a scope starts with it.
-    pub fn scope_prefix(&self, scope: &str) -> String {
-        format!("{}:{{{scope}}}:", self.prefix)
-    }
-
-    fn key(&self, scope: &str, rest: &str) -> String {
-        let mut k = self.scope_prefix(scope);
-        k.push_str(rest);
-        k
-    }
-
-    /// The change stream of a scope.
-    pub fn changes_key(&self, scope: &str) -> String {
-        self.key(scope, "changes")
-    }
-
-    /// The zset of a job's dispatch leases (`P:{S}:lease:{id}`): one member
-    /// per command being sent right now, scored by its expiry in ms of the
-    /// Redis server's clock. Taken only while the job is Running.
-    pub fn dispatch_lease_key(&self, scope: &str, id: &str) -> String {
-        self.key(scope, &format!("lease:{id}"))
-    }
-
-    /// The job hash (`P:{S}:job:{id}`), for scripts of other components
-    /// that check a job's state atomically with their own write.
-    pub fn job_key(&self, scope: &str, id: &str) -> String {
-        self.key(scope, &format!("job:{id}"))
-    }
-
-    /// The set of all scopes.
-    pub fn scopes_key(&self) -> String {
-        format!("{}:scopes", self.prefix)
     }
 
     /// Records that `scope` exists (idempotent; outside the scope's hash
@@ -271,7 +240,7 @@ impl JobStore {
     /// Redis is unavailable.
     pub async fn register_scope(&self, scope: &str) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        let _: i64 = c.sadd(self.scopes_key(), scope).await?;
+        let _: i64 = c.sadd(self.keys.scopes(), scope).await?;
         Ok(())
     }
 
@@ -281,7 +250,7 @@ impl JobStore {
     /// Redis is unavailable.
     pub async fn scopes(&self) -> Result<Vec<String>, StoreError> {
         let mut c = self.conn.clone();
-        let mut s: Vec<String> = c.smembers(self.scopes_key()).await?;
+        let mut s: Vec<String> = c.smembers(self.keys.scopes()).await?;
         s.sort();
         Ok(s)
     }
@@ -292,7 +261,7 @@ impl JobStore {
     /// Redis is unavailable, or the stored job is unreadable.
     pub async fn get(&self, scope: &str, id: &str) -> Result<Option<StoredJob>, StoreError> {
         let mut c = self.conn.clone();
-        let h: HashMap<String, String> = c.hgetall(self.key(scope, &format!("job:{id}"))).await?;
+        let h: HashMap<String, String> = c.hgetall(self.keys.job(scope, id)).await?;
         if h.is_empty() {
             return Ok(None);
         }
@@ -306,13 +275,13 @@ impl JobStore {
     /// Redis is unavailable or answered unexpectedly.
     pub async fn apply(&self, scope: &str, change: &Change<'_>) -> Result<Applied, StoreError> {
         let mut c = self.conn.clone();
-        let (tag, n): (String, u64) = APPLY
-            .key(self.key(scope, &format!("job:{}", change.id)))
-            .key(self.key(scope, "live"))
-            .key(self.key(scope, &format!("st:{}", change.from.key())))
-            .key(self.key(scope, &format!("st:{}", change.to.key())))
-            .key(self.key(scope, "ended"))
-            .key(self.changes_key(scope))
+        let (tag, n): (String, u64) = JOB_APPLY
+            .key(self.keys.job(scope, change.id))
+            .key(self.keys.live(scope))
+            .key(self.keys.by_state(scope, &change.from.key()))
+            .key(self.keys.by_state(scope, &change.to.key()))
+            .key(self.keys.ended(scope))
+            .key(self.keys.changes(scope))
             .arg(change.expected_version)
             .arg(change.order.map_or("", RawValue::get))
             .arg(change.to.key())
@@ -346,12 +315,12 @@ impl JobStore {
     /// # Errors
     /// Redis is unavailable.
     pub async fn await_dispatches(&self, scope: &str, id: &str) -> Result<bool, StoreError> {
-        let key = self.dispatch_lease_key(scope, id);
+        let key = self.keys.dispatch_leases(scope, id);
         let deadline = tokio::time::Instant::now() + DISPATCH_LEASE + Duration::from_millis(500);
         let mut pause = Duration::from_millis(1);
         loop {
             let mut c = self.conn.clone();
-            let live: u64 = LEASES.key(&key).invoke_async(&mut c).await?;
+            let live: u64 = JOB_LEASES_LIVE.key(&key).invoke_async(&mut c).await?;
             if live == 0 {
                 return Ok(true);
             }
@@ -374,9 +343,7 @@ impl JobStore {
         state: JobState,
     ) -> Result<Vec<String>, StoreError> {
         let mut c = self.conn.clone();
-        let mut ids: Vec<String> = c
-            .smembers(self.key(scope, &format!("st:{}", state.key())))
-            .await?;
+        let mut ids: Vec<String> = c.smembers(self.keys.by_state(scope, &state.key())).await?;
         ids.sort();
         Ok(ids)
     }
@@ -387,7 +354,7 @@ impl JobStore {
     /// Redis is unavailable.
     pub async fn live_ids(&self, scope: &str) -> Result<Vec<String>, StoreError> {
         let mut c = self.conn.clone();
-        let mut ids: Vec<String> = c.smembers(self.key(scope, "live")).await?;
+        let mut ids: Vec<String> = c.smembers(self.keys.live(scope)).await?;
         ids.sort();
         Ok(ids)
     }
@@ -406,7 +373,7 @@ impl JobStore {
         }
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.hgetall(self.key(scope, &format!("job:{id}")));
+            pipe.hgetall(self.keys.job(scope, id));
         }
         let mut c = self.conn.clone();
         let hs: Vec<HashMap<String, String>> = pipe.query_async(&mut c).await?;
@@ -424,12 +391,12 @@ impl JobStore {
     /// Redis is unavailable.
     pub async fn purge_expired(&self, scope: &str, batch: u32) -> Result<u64, StoreError> {
         let mut c = self.conn.clone();
-        let n: u64 = PURGE
-            .key(self.key(scope, "ended"))
-            .key(self.changes_key(scope))
+        let n: u64 = JOB_PURGE
+            .key(self.keys.ended(scope))
+            .key(self.keys.changes(scope))
             .arg(now_ms())
             .arg(batch)
-            .arg(self.scope_prefix(scope))
+            .arg(self.keys.scope_prefix(scope))
             .arg(self.stream_len)
             .invoke_async(&mut c)
             .await?;
@@ -450,7 +417,7 @@ impl JobStore {
         present: bool,
     ) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        let key = self.key(scope, &format!("cfg:{}", kind.as_str()));
+        let key = self.keys.resources(scope, kind.as_str());
         let _: i64 = if present {
             c.sadd(key, id).await?
         } else {
@@ -474,8 +441,8 @@ impl JobStore {
         let mut pipe = redis::pipe();
         for (kind, id) in wanted {
             match kind {
-                ResourceKind::WorkMaster => pipe.hexists(self.key(scope, "cfg:workmaster"), id),
-                k => pipe.sismember(self.key(scope, &format!("cfg:{}", k.as_str())), id),
+                ResourceKind::WorkMaster => pipe.hexists(self.keys.work_masters(scope), id),
+                k => pipe.sismember(self.keys.resources(scope, k.as_str()), id),
             };
         }
         let mut c = self.conn.clone();
@@ -499,7 +466,7 @@ impl JobStore {
         doc: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        let key = self.key(scope, "cfg:workmaster");
+        let key = self.keys.work_masters(scope);
         let _: i64 = match doc {
             Some(d) => c.hset(key, id, d).await?,
             None => c.hdel(key, id).await?,
@@ -513,7 +480,7 @@ impl JobStore {
     /// Redis is unavailable.
     pub async fn work_master(&self, scope: &str, id: &str) -> Result<Option<String>, StoreError> {
         let mut c = self.conn.clone();
-        Ok(c.hget(self.key(scope, "cfg:workmaster"), id).await?)
+        Ok(c.hget(self.keys.work_masters(scope), id).await?)
     }
 
     /// Sets (`Some`) or clears the scope's live-job limit.
@@ -522,7 +489,7 @@ impl JobStore {
     /// Redis is unavailable.
     pub async fn set_limit(&self, scope: &str, limit: Option<u64>) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        let key = self.key(scope, "cfg:limit");
+        let key = self.keys.job_limit(scope);
         match limit {
             Some(n) => c.set::<_, _, ()>(key, n).await?,
             None => c.del::<_, ()>(key).await?,
@@ -536,7 +503,7 @@ impl JobStore {
     /// Redis is unavailable.
     pub async fn limit(&self, scope: &str) -> Result<Option<u64>, StoreError> {
         let mut c = self.conn.clone();
-        Ok(c.get(self.key(scope, "cfg:limit")).await?)
+        Ok(c.get(self.keys.job_limit(scope)).await?)
     }
 }
 

@@ -27,10 +27,10 @@
 //! clearing the topics of jobs it had retained (`P:{S}:pub:retained`) that
 //! ended or were purged meanwhile, and goes on from the stream's end.
 
-use crate::app::Redis;
 use crate::envelope::{encode_level, escape_for_mqtt, CloudEvent, ContentType};
 use crate::jobs::state::{JobState, MainState};
 use crate::jobs::store::{parse_state_key, JobStore, StoreError};
+use crate::redis::Redis;
 use crate::runtime::backoff::Backoff;
 use crate::runtime::Shutdown;
 use crate::transport::{Outgoing, Publisher};
@@ -132,8 +132,10 @@ impl MesPublisher {
         }
     }
 
-    fn key(&self, scope: &str, what: &str) -> String {
-        format!("{}pub:{what}", self.store.scope_prefix(scope))
+    /// The key schema (the job store's: the publisher keeps its cursors
+    /// beside the jobs it follows).
+    fn keys(&self) -> &crate::redis::Keys {
+        self.store.keys()
     }
 
     /// Runs until shutdown: republishes every scope's index, then follows
@@ -181,7 +183,7 @@ impl MesPublisher {
             let keys: Vec<String> = self
                 .cursors
                 .keys()
-                .map(|s| self.store.changes_key(s))
+                .map(|s| self.keys().changes(s))
                 .collect();
             let ids: Vec<&String> = self.cursors.values().collect();
             let opts = StreamReadOptions::default()
@@ -193,7 +195,7 @@ impl MesPublisher {
                 let Some(scope) = self
                     .cursors
                     .keys()
-                    .find(|s| self.store.changes_key(s) == sk.key)
+                    .find(|s| self.keys().changes(s) == sk.key)
                     .cloned()
                 else {
                     continue;
@@ -208,7 +210,7 @@ impl MesPublisher {
                 };
                 self.publish_index(&scope).await?;
                 let mut c = self.store.connection();
-                let _: () = c.set(self.key(&scope, "cursor"), &last).await?;
+                let _: () = c.set(self.keys().pub_cursor(&scope), &last).await?;
                 self.cursors.insert(scope, last);
             }
         }
@@ -219,13 +221,13 @@ impl MesPublisher {
     async fn adopt_scope(&mut self, scope: &str) -> Result<(), PublishError> {
         let mut c = self.store.connection();
         let mut cursor: String = c
-            .get::<_, Option<String>>(self.key(scope, "cursor"))
+            .get::<_, Option<String>>(self.keys().pub_cursor(scope))
             .await?
             .unwrap_or_else(|| "0".into());
         loop {
             let opts = StreamReadOptions::default().count(self.settings.batch);
             let reply: Option<StreamReadReply> = c
-                .xread_options(&[self.store.changes_key(scope)], &[&cursor], &opts)
+                .xread_options(&[self.keys().changes(scope)], &[&cursor], &opts)
                 .await?;
             let entries = reply
                 .and_then(|r| r.keys.into_iter().next())
@@ -234,7 +236,7 @@ impl MesPublisher {
             let Some(last) = self.advance(scope, &cursor, &entries).await? else {
                 break;
             };
-            let _: () = c.set(self.key(scope, "cursor"), &last).await?;
+            let _: () = c.set(self.keys().pub_cursor(scope), &last).await?;
             cursor = last;
         }
         self.publish_index(scope).await?;
@@ -298,7 +300,7 @@ impl MesPublisher {
             "change stream was trimmed past the publisher's cursor: changes were lost; republishing the scope in full"
         );
         let mut c = self.store.connection();
-        let retained: Vec<String> = c.smembers(self.key(scope, "retained")).await?;
+        let retained: Vec<String> = c.smembers(self.keys().pub_retained(scope)).await?;
         let mut ids: BTreeSet<String> = self.store.live_ids(scope).await?.into_iter().collect();
         ids.extend(retained);
         let ids: Vec<String> = ids.into_iter().collect();
@@ -354,7 +356,7 @@ impl MesPublisher {
             .collect();
         let mut c = self.store.connection();
         if !shown.is_empty() {
-            let _: i64 = c.sadd(self.key(scope, "retained"), &shown).await?;
+            let _: i64 = c.sadd(self.keys().pub_retained(scope), &shown).await?;
         }
         let mut cleared: Vec<&str> = Vec::new();
         for id in ids {
@@ -394,7 +396,7 @@ impl MesPublisher {
             }
         }
         if !cleared.is_empty() {
-            let _: i64 = c.srem(self.key(scope, "retained"), &cleared).await?;
+            let _: i64 = c.srem(self.keys().pub_retained(scope), &cleared).await?;
         }
         debug!(scope, jobs = ids.len(), "published order/result topics");
         Ok(())
@@ -403,7 +405,7 @@ impl MesPublisher {
     async fn publish_index(&self, scope: &str) -> Result<(), PublishError> {
         let jobs = index_entries(&self.store, scope).await?;
         let mut c = self.store.connection();
-        let seq: u64 = c.incr(self.key(scope, "seq"), 1).await?;
+        let seq: u64 = c.incr(self.keys().pub_seq(scope), 1).await?;
         let body = serde_json::to_vec(&StateIndex {
             seq,
             scope: scope.to_owned(),
@@ -433,10 +435,9 @@ pub async fn index_entries(store: &JobStore, scope: &str) -> Result<Vec<IndexEnt
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let prefix = store.scope_prefix(scope);
     let mut pipe = redis::pipe();
     for id in &ids {
-        let k = format!("{prefix}job:{id}");
+        let k = store.keys().job(scope, id);
         pipe.hget(&k, "state").hexists(&k, "resp");
     }
     let mut c = store.connection();

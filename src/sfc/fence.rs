@@ -3,7 +3,7 @@
 //! A dispatch work item is decided while a job is Running, but it is sent
 //! later, maybe by another replica, maybe after the MES aborted or paused
 //! the job. So the send itself asks Redis first, atomically
-//! (`lua/dispatch_lease.lua`):
+//! (`dispatch_lease.lua`):
 //!
 //! - the job is Running: a short *lease* is taken on the job
 //!   (`P:{S}:lease:{job}`), the command is handed to the transport and the
@@ -15,13 +15,13 @@
 //!   replicas and streams.
 //! - the job is Interrupted: the item is *held* (`P:{S}:held:{job}`) and
 //!   put back into the work stream when the job runs again
-//!   (`lua/dispatch_resume.lua`), so Pause delays a command but loses none.
+//!   (`dispatch_resume.lua`), so Pause delays a command but loses none.
 //! - anything else (Ended, Aborted, gone): the dispatch is *recalled*, never
 //!   sent.
 
-use super::lua::{RESUME_HELD, TAKE_DISPATCH_LEASE};
 use crate::jobs::store::{JobStore, DISPATCH_LEASE};
 use crate::jobs::MainState;
+use crate::redis::scripts::{RESUME_HELD, TAKE_DISPATCH_LEASE};
 use redis::AsyncCommands;
 
 /// What the fence decided about one dispatch.
@@ -42,11 +42,6 @@ pub(crate) struct Lease {
     member: String,
 }
 
-/// The list of dispatches held back while a job is Interrupted.
-fn held_key(store: &JobStore, scope: &str, job: &str) -> String {
-    format!("{}held:{job}", store.scope_prefix(scope))
-}
-
 /// Asks whether the dispatch of `command_id` for `job` may be sent now;
 /// `item` is the work item, kept if the job is Interrupted.
 pub(crate) async fn take(
@@ -56,15 +51,15 @@ pub(crate) async fn take(
     command_id: &str,
     item: &str,
 ) -> Result<Verdict, redis::RedisError> {
-    let key = store.dispatch_lease_key(scope, job);
+    let key = store.keys().dispatch_leases(scope, job);
     // Two replicas may send the same item at once (a reclaimed entry): each
     // holds a lease of its own, and releasing one keeps the other.
     let member = format!("{command_id}\u{1f}{}", uuid::Uuid::new_v4());
     let mut c = store.connection();
     let verdict: String = TAKE_DISPATCH_LEASE
-        .key(store.job_key(scope, job))
+        .key(store.keys().job(scope, job))
         .key(&key)
-        .key(held_key(store, scope, job))
+        .key(store.keys().held(scope, job))
         .arg(MainState::Running.number())
         .arg(MainState::Interrupted.number())
         .arg(&member)
@@ -97,8 +92,8 @@ pub(crate) async fn resume_held(
 ) -> Result<u64, redis::RedisError> {
     let mut c = store.connection();
     RESUME_HELD
-        .key(store.job_key(scope, job))
-        .key(held_key(store, scope, job))
+        .key(store.keys().job(scope, job))
+        .key(store.keys().held(scope, job))
         .key(work_key)
         .arg(MainState::Running.number())
         .invoke_async(&mut c)
@@ -113,6 +108,6 @@ pub(crate) async fn forget_held(
     job: &str,
 ) -> Result<(), redis::RedisError> {
     let mut c = store.connection();
-    let _: i64 = c.del(held_key(store, scope, job)).await?;
+    let _: i64 = c.del(store.keys().held(scope, job)).await?;
     Ok(())
 }

@@ -21,7 +21,6 @@
 //!   Interrupted status event.
 //! - `resync`: change entries the engine lost to the stream cap: the scope
 //!   is reconciled from the stored job states.
-//! - `lua`: the Redis scripts of the runtime, one `.lua` file each.
 //! - [`exec`]: a job's execution state and its evolution as a pure
 //!   function (qualifiers, timers, retries, pause/resume, early events).
 
@@ -30,7 +29,6 @@ pub mod engine;
 pub mod exec;
 mod fence;
 pub mod graph;
-mod lua;
 pub mod net;
 pub mod recipe;
 mod resync;

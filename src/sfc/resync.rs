@@ -57,7 +57,7 @@ impl Engine {
         marks: &mut Marks,
     ) -> Result<(), EngineError> {
         for scope in scopes {
-            let key = self.key(scope, "changes");
+            let key = self.keys().changes(scope);
             let mut c = self.conn();
             // The group first, then the stream: a trim after this read of
             // the group is seen by the next check.
@@ -121,7 +121,7 @@ impl Engine {
         let store = self.jobs_store();
         let mut ids: BTreeSet<String> = store.live_ids(scope).await?.into_iter().collect();
         // Executions whose job ended or was purged meanwhile.
-        let exec_prefix = self.key(scope, "exec:");
+        let exec_prefix = self.keys().exec_prefix(scope);
         let pattern = format!("{}*", glob_escape(&exec_prefix));
         let mut c = self.conn();
         let mut cursor: u64 = 0;

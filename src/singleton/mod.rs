@@ -7,16 +7,12 @@
 //! stops the task before the lock can expire, so two owners never overlap by
 //! more than the clock skew of one renewal period.
 
+use crate::redis::scripts::{LOCK_RELEASE, LOCK_RENEW};
 use crate::runtime::Shutdown;
 use redis::aio::ConnectionManager;
-use redis::Script;
 use std::future::Future;
-use std::sync::LazyLock;
 use std::time::Duration;
 use tracing::{info, warn};
-
-static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renew.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 
 /// A lock held by at most one owner.
 #[derive(Clone)]
@@ -59,7 +55,7 @@ impl SingletonLock {
     /// Redis is unavailable.
     pub async fn try_acquire(&self) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
-        let r: i64 = RENEW
+        let r: i64 = LOCK_RENEW
             .key(&self.key)
             .arg(&self.owner)
             .arg(self.ttl.as_millis() as u64)
@@ -74,7 +70,7 @@ impl SingletonLock {
     /// Redis is unavailable (the lock then expires by itself).
     pub async fn release(&self) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        RELEASE
+        LOCK_RELEASE
             .key(&self.key)
             .arg(&self.owner)
             .invoke_async::<i64>(&mut c)

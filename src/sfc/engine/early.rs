@@ -64,7 +64,7 @@ impl Engine {
                 continue;
             }
             let mut c = self.conn();
-            let claimed: i64 = c.lrem(self.key(scope, "early"), 1, &raw).await?;
+            let claimed: i64 = c.lrem(self.keys().early(scope), 1, &raw).await?;
             if claimed == 1 {
                 Box::pin(self.apply(scope, job, ev.input())).await?;
             }
@@ -77,7 +77,7 @@ impl Engine {
     /// event completes nothing.
     async fn early_events(&self, scope: &str) -> Result<Vec<(String, ScopeEarly)>, EngineError> {
         let mut c = self.conn();
-        let key = self.key(scope, "early");
+        let key = self.keys().early(scope);
         let raw: Vec<String> = c.lrange(&key, 0, -1).await?;
         let now = super::now_ms();
         let mut live = Vec::new();

@@ -233,7 +233,7 @@ impl Engine {
                 self.apply(scope, job, Input::Resume).await?;
                 // Commands held back while it was Interrupted go out now.
                 let store = self.inner.jobs.store();
-                let n = fence::resume_held(store, scope, job, &self.key(scope, "work")).await?;
+                let n = fence::resume_held(store, scope, job, &self.keys().work(scope)).await?;
                 if n > 0 {
                     debug!(scope, job, commands = n, "held commands released");
                 }
@@ -252,7 +252,7 @@ impl Engine {
             }
             MainState::EndState => {
                 let mut c = self.conn();
-                let _: () = c.del(self.key(scope, &format!("exec:{job}"))).await?;
+                let _: () = c.del(self.keys().exec(scope, job)).await?;
                 Ok(fence::forget_held(self.inner.jobs.store(), scope, job).await?)
             }
             _ => Ok(()),

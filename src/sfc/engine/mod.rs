@@ -8,7 +8,7 @@
 //!   resumes, Ended/Aborted stop. Durable: an entry is acknowledged only
 //!   after its effect is committed, and a dead replica's entries are
 //!   reclaimed (`XAUTOCLAIM`) by a live one.
-//! - Each evolution is one compare-and-swap (`lua/exec_apply.lua`) on the
+//! - Each evolution is one compare-and-swap (`redis/lua/exec_apply.lua`) on the
 //!   job's execution state that also schedules its timers (`P:{S}:timers`)
 //!   and enqueues its effects as work items (`P:{S}:work`: dispatch,
 //!   progress, finished, timer). Whoever loses a race re-reads and
@@ -19,7 +19,7 @@
 //!   send is fenced against the job leaving Running (`super::fence`), so
 //!   no command follows an Aborted, Ended or Interrupted status event.
 //!   Due timers are moved into the work stream
-//!   atomically (`lua/timers_due.lua`), so each fires once.
+//!   atomically (`redis/lua/timers_due.lua`), so each fires once.
 //! - Results and events reach the `equipment` processor on any replica (the
 //!   command's Response Topic is shared); they are applied as inputs.
 //! - Nothing is retried forever: an entry whose handling fails stays
@@ -40,7 +40,7 @@
 //! - `routing`: results and events to the job waiting for them, `early`
 //!   the events kept until then;
 //! - `store`: load and compare-and-swap write of execution states, the
-//!   compiled recipe cache (its scripts live in `super::lua`);
+//!   compiled recipe cache (the scripts live in `crate::redis::scripts`);
 //! - `error`: [`EngineError`], retryable or terminal.
 
 mod early;
@@ -290,8 +290,10 @@ impl Engine {
         }
     }
 
-    pub(super) fn key(&self, scope: &str, rest: &str) -> String {
-        format!("{}{rest}", self.inner.jobs.store().scope_prefix(scope))
+    /// The key schema (the job store's: the engine keeps its state beside
+    /// the jobs, in the same scope hash slot).
+    pub(super) fn keys(&self) -> &crate::redis::Keys {
+        self.inner.jobs.store().keys()
     }
 
     pub(super) fn jobs_store(&self) -> &crate::jobs::JobStore {

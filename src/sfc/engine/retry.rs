@@ -87,8 +87,11 @@ impl Engine {
     /// first), `changefail:{id}` for change entries. Deleted when the entry
     /// is acknowledged.
     pub(super) fn failures_key(&self, scope: &str, is_work: bool, id: &str) -> String {
-        let kind = if is_work { "sendfail" } else { "changefail" };
-        self.key(scope, &format!("{kind}:{id}"))
+        if is_work {
+            self.keys().send_failures(scope, id)
+        } else {
+            self.keys().change_failures(scope, id)
+        }
     }
 
     /// Records a failed attempt under `key` (in Redis: the entry may be
@@ -122,7 +125,7 @@ impl Engine {
         map: &HashMap<String, redis::Value>,
         failure: Failure,
     ) -> Result<(), EngineError> {
-        let is_work = stream == self.key(scope, "work");
+        let is_work = stream == self.keys().work(scope);
         let e = match failure {
             Failure::Counted(e) => return Err(e),
             Failure::Uncounted(e @ EngineError::Corrupt { .. }) => {
@@ -143,7 +146,7 @@ impl Engine {
         // way of the stream (all at once: a half-done give-up would lose
         // the entry or leave it looping).
         let record = dead_letter(stream, id, map, is_work, &history, now_ms()).to_string();
-        let letters = self.key(scope, "deadletters");
+        let letters = self.keys().dead_letters(scope);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .lpush(&letters, &record)

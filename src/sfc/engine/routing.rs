@@ -1,7 +1,7 @@
 //! Results and events from equipment to the job they belong to: a result
 //! by the command id its correlation carries, an event to the job it
 //! names, else the oldest job waiting for it, else kept as an early event
-//! (atomically, `lua/early_push.lua`).
+//! (atomically, `redis/lua/early_push.lua`).
 
 use super::early::ScopeEarly;
 use super::store::Stored;
@@ -9,8 +9,8 @@ use super::{now_ms, Engine, EngineError, SCOPE_EARLY_EVENTS};
 use crate::envelope::CloudEvent;
 use crate::error::HandlerError;
 use crate::processor::{Meta, State};
+use crate::redis::scripts::EARLY_PUSH;
 use crate::sfc::exec::{self, Exec, Input};
-use crate::sfc::lua::EARLY_PUSH;
 use crate::sfc::recipe::{Interaction, Recipe};
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -130,9 +130,9 @@ impl Engine {
         let text = serde_json::to_string(&early)?;
         let mut c = self.conn();
         let verdict: String = EARLY_PUSH
-            .key(self.key(&scope, &format!("exec:{named}")))
-            .key(self.key(&scope, &format!("waiting:{}", ev.ty)))
-            .key(self.key(&scope, "early"))
+            .key(self.keys().exec(&scope, &named))
+            .key(self.keys().waiting(&scope, &ev.ty))
+            .key(self.keys().early(&scope))
             .arg(text)
             .arg(SCOPE_EARLY_EVENTS)
             .invoke_async(&mut c)
@@ -168,11 +168,7 @@ impl Engine {
         const CANDIDATES: isize = 32;
         let mut c = self.conn();
         let jobs: Vec<String> = c
-            .zrange(
-                self.key(scope, &format!("waiting:{type_id}")),
-                0,
-                CANDIDATES - 1,
-            )
+            .zrange(self.keys().waiting(scope, type_id), 0, CANDIDATES - 1)
             .await?;
         for j in &jobs {
             let Some(Stored {

@@ -1,11 +1,11 @@
 //! The engine's storage of execution states: load, the compare-and-swap
 //! write of a new state with its timers and work items
-//! (`lua/exec_apply.lua`), and the cache of compiled recipes.
+//! (`redis/lua/exec_apply.lua`), and the cache of compiled recipes.
 
 use super::work::WorkItem;
 use super::{Engine, EngineError};
+use crate::redis::scripts::EXEC_APPLY;
 use crate::sfc::exec::{self, Effect, Exec};
-use crate::sfc::lua::EXEC_APPLY;
 use crate::sfc::net::Net;
 use crate::sfc::recipe::{Interaction, Recipe};
 use redis::AsyncCommands;
@@ -130,7 +130,7 @@ impl Engine {
     /// The stored execution of `job`, if it has one.
     pub(super) async fn load(&self, scope: &str, job: &str) -> Result<Option<Stored>, EngineError> {
         let mut c = self.conn();
-        let h: HashMap<String, String> = c.hgetall(self.key(scope, &format!("exec:{job}"))).await?;
+        let h: HashMap<String, String> = c.hgetall(self.keys().exec(scope, job)).await?;
         if h.is_empty() {
             return Ok(None);
         }
@@ -171,9 +171,9 @@ impl Engine {
         let job = &exec.job;
         let doc = serde_json::to_string(exec)?;
         let mut inv = EXEC_APPLY.prepare_invoke();
-        inv.key(self.key(scope, &format!("exec:{job}")))
-            .key(self.key(scope, "timers"))
-            .key(self.key(scope, "work"));
+        inv.key(self.keys().exec(scope, job))
+            .key(self.keys().timers(scope))
+            .key(self.keys().work(scope));
         let mut waiting_ops = Vec::new();
         for t in waiting_after.difference(waiting_before) {
             waiting_ops.push((t, "add"));
@@ -182,7 +182,7 @@ impl Engine {
             waiting_ops.push((t, "rem"));
         }
         for (t, _) in &waiting_ops {
-            inv.key(self.key(scope, &format!("waiting:{t}")));
+            inv.key(self.keys().waiting(scope, t));
         }
         inv.arg(expected)
             .arg(doc)

@@ -1,6 +1,6 @@
 //! The engine's consumer session on every scope's change and work streams
 //! (consumer group [`GROUP`]): read, take over what dead replicas left
-//! pending, move due timers into the work streams (`lua/timers_due.lua`),
+//! pending, move due timers into the work streams (`timers_due.lua`),
 //! hand each entry to its handler and acknowledge it once its effect is
 //! committed. The handlers are `lifecycle` (changes) and `work`; failures
 //! go through `retry`.
@@ -8,8 +8,8 @@
 use super::retry::Failure;
 use super::work::WorkItem;
 use super::{now_ms, Engine, EngineError, GROUP};
-use crate::app::Redis;
-use crate::sfc::lua::TIMERS_DUE;
+use crate::redis::scripts::TIMERS_DUE;
+use crate::redis::Redis;
 use crate::sfc::resync::Marks;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
@@ -52,10 +52,10 @@ impl Engine {
             let mut fresh = BTreeSet::new();
             for scope in self.inner.jobs.store().scopes().await? {
                 if !known.contains(&scope) {
-                    for stream in ["changes", "work"] {
+                    for (_, stream) in self.streams(&scope) {
                         let r: redis::RedisResult<()> = redis::cmd("XGROUP")
                             .arg("CREATE")
-                            .arg(self.key(&scope, stream))
+                            .arg(stream)
                             .arg(GROUP)
                             .arg("0")
                             .arg("MKSTREAM")
@@ -94,8 +94,7 @@ impl Engine {
                 .max(Duration::from_millis(1));
             let mut keys = Vec::new();
             for s in &known {
-                keys.push(self.key(s, "changes"));
-                keys.push(self.key(s, "work"));
+                keys.extend(self.streams(s).map(|(_, key)| key));
             }
             let ids: Vec<&str> = keys.iter().map(|_| ">").collect();
             let opts = StreamReadOptions::default()
@@ -172,7 +171,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let Some(scope) = scopes
             .iter()
-            .find(|s| stream == self.key(s, "changes") || stream == self.key(s, "work"))
+            .find(|s| self.streams(s).iter().any(|(_, key)| stream == key))
         else {
             return Ok(());
         };
@@ -180,7 +179,7 @@ impl Engine {
             Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
             _ => None,
         };
-        let is_work = stream == self.key(scope, "work");
+        let is_work = stream == self.keys().work(scope);
         let result: Result<(), Failure> = if !is_work {
             match (field("job"), field("state")) {
                 (Some(job), Some(state)) => Ok(self.on_change(scope, &job, &state).await?),
@@ -222,14 +221,14 @@ impl Engine {
         let mut c = self.conn();
         for s in scopes {
             let _: i64 = TIMERS_DUE
-                .key(self.key(s, "timers"))
-                .key(self.key(s, "work"))
+                .key(self.keys().timers(s))
+                .key(self.keys().work(s))
                 .arg(now)
                 .arg(500)
                 .invoke_async(&mut c)
                 .await?;
             let first: Vec<(String, f64)> =
-                c.zrange_withscores(self.key(s, "timers"), 0, 0).await?;
+                c.zrange_withscores(self.keys().timers(s), 0, 0).await?;
             if let Some((_, due)) = first.first() {
                 let due = *due as u64;
                 next = Some(next.map_or(due, |n| n.min(due)));
@@ -243,8 +242,7 @@ impl Engine {
         let mut c = self.conn();
         let idle = self.inner.settings.claim_idle.as_millis() as usize;
         for s in scopes {
-            for stream in ["changes", "work"] {
-                let key = self.key(s, stream);
+            for (stream, key) in self.streams(s) {
                 let reply: StreamAutoClaimReply = c
                     .xautoclaim_options(
                         &key,
@@ -270,5 +268,14 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The two streams of a scope the engine consumes, named (for logs)
+    /// and keyed.
+    fn streams(&self, scope: &str) -> [(&'static str, String); 2] {
+        [
+            ("changes", self.keys().changes(scope)),
+            ("work", self.keys().work(scope)),
+        ]
     }
 }

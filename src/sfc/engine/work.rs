@@ -170,7 +170,7 @@ impl Engine {
                 // Counted in Redis: the item may be retried by another
                 // replica. A failure that cannot be recorded (Redis gone)
                 // is not counted, and the item stays pending.
-                let key = self.key(scope, &format!("sendfail:{entry}"));
+                let key = self.keys().send_failures(scope, entry);
                 let history = self.count_failure(&key, &error).await?;
                 let n = history.len();
                 if n < self.max_attempts() {

@@ -37,24 +37,21 @@
 //! over at its next heartbeat whatever was still queued, instead of after
 //! the dead-after timeout.
 
+use crate::redis::scripts::{SESSION_DEAD, SESSION_FORGET, SESSION_HEARTBEAT};
+use crate::redis::Keys;
 use crate::runtime::Shutdown;
 use crate::singleton::SingletonLock;
 use crate::transport::mqtt::MqttTransport;
 use crate::transport::Publisher;
 use redis::aio::ConnectionManager;
-use redis::Script;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
-
-static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("heartbeat.lua")));
-static DEAD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("dead.lua")));
-static FORGET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("forget.lua")));
 
 /// Default time between two heartbeats (and scans for dead peers).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -121,13 +118,13 @@ pub struct SessionInfo {
 #[derive(Clone)]
 pub struct SessionRegistry {
     conn: ConnectionManager,
-    prefix: String,
+    keys: Keys,
 }
 
 impl std::fmt::Debug for SessionRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionRegistry")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.keys.prefix())
             .finish_non_exhaustive()
     }
 }
@@ -137,20 +134,8 @@ impl SessionRegistry {
     pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
         SessionRegistry {
             conn,
-            prefix: prefix.into(),
+            keys: Keys::new(prefix),
         }
-    }
-
-    fn sessions_key(&self) -> String {
-        format!("{}:{{mqtt}}:sessions", self.prefix)
-    }
-
-    fn info_key(&self) -> String {
-        format!("{}:{{mqtt}}:session-info", self.prefix)
-    }
-
-    fn lock_key(&self, client_id: &str) -> String {
-        format!("{}:{{mqtt}}:takeover:{client_id}", self.prefix)
     }
 
     /// Records that the session of `client_id` is alive now. Returns
@@ -167,10 +152,10 @@ impl SessionRegistry {
     ) -> redis::RedisResult<(bool, bool)> {
         let json = serde_json::to_string(info).unwrap_or_default();
         let mut c = self.conn.clone();
-        let (added, locked): (i64, i64) = HEARTBEAT
-            .key(self.sessions_key())
-            .key(self.info_key())
-            .key(self.lock_key(client_id))
+        let (added, locked): (i64, i64) = SESSION_HEARTBEAT
+            .key(self.keys.sessions())
+            .key(self.keys.session_info())
+            .key(self.keys.takeover(client_id))
             .arg(client_id)
             .arg(json)
             .invoke_async(&mut c)
@@ -188,9 +173,9 @@ impl SessionRegistry {
         dead_after: Duration,
     ) -> redis::RedisResult<Vec<(String, Option<SessionInfo>)>> {
         let mut c = self.conn.clone();
-        let flat: Vec<String> = DEAD
-            .key(self.sessions_key())
-            .key(self.info_key())
+        let flat: Vec<String> = SESSION_DEAD
+            .key(self.keys.sessions())
+            .key(self.keys.session_info())
             .arg(dead_after.as_millis() as u64)
             .invoke_async(&mut c)
             .await?;
@@ -214,9 +199,9 @@ impl SessionRegistry {
         dead_after: Duration,
     ) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
-        let n: i64 = FORGET
-            .key(self.sessions_key())
-            .key(self.info_key())
+        let n: i64 = SESSION_FORGET
+            .key(self.keys.sessions())
+            .key(self.keys.session_info())
             .arg(client_id)
             .arg(dead_after.as_millis() as u64)
             .invoke_async(&mut c)
@@ -233,7 +218,7 @@ impl SessionRegistry {
     pub async fn mark_gone(&self, client_id: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         redis::cmd("ZADD")
-            .arg(self.sessions_key())
+            .arg(self.keys.sessions())
             .arg("XX")
             .arg(0)
             .arg(client_id)
@@ -466,7 +451,7 @@ impl Takeover {
         let me = self.transport.settings().instance_id.clone();
         let lock = SingletonLock::new(
             self.registry.conn.clone(),
-            self.registry.lock_key(&self.client_id),
+            self.registry.keys.takeover(&self.client_id),
             me,
             LOCK_TTL,
         );

@@ -1,0 +1,146 @@
+//! Every Lua script the crate runs, each in its own file under `lua/`,
+//! loaded here once. `Script` sends `EVALSHA` and falls back to `EVAL`
+//! after a Redis restart, so the texts must stay byte for byte what they
+//! are: their SHA1s are pinned below. Each script is one atomic step some
+//! invariant relies on; its file says which.
+
+use redis::Script;
+use std::sync::LazyLock;
+
+macro_rules! scripts {
+    ($($(#[$doc:meta])* $name:ident = $file:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub(crate) static $name: LazyLock<Script> =
+                LazyLock::new(|| Script::new(include_str!(concat!("lua/", $file))));
+        )*
+
+        /// Every script with its file name (for the hash pin).
+        #[cfg(test)]
+        const ALL: &[(&str, &LazyLock<Script>)] = &[$(($file, &$name)),*];
+    };
+}
+
+scripts! {
+    // Job management (`jobs::store`).
+
+    /// The compare-and-swap of one job change with its indexes and change
+    /// entry (`job_apply.lua`).
+    JOB_APPLY = "job_apply.lua";
+    /// Removes EndState jobs past their retention (`job_purge.lua`).
+    JOB_PURGE = "job_purge.lua";
+    /// Counts a job's unexpired dispatch leases (`job_leases_live.lua`).
+    JOB_LEASES_LIVE = "job_leases_live.lua";
+
+    // The SFC engine (`sfc::engine`, `sfc::fence`).
+
+    /// The compare-and-swap of a job's execution state with its timers,
+    /// work items and waiting sets (`exec_apply.lua`).
+    EXEC_APPLY = "exec_apply.lua";
+    /// Keeps an event for a job that does not take it yet, unless one does
+    /// by now (`early_push.lua`).
+    EARLY_PUSH = "early_push.lua";
+    /// Moves due timers into the work stream, each once (`timers_due.lua`).
+    TIMERS_DUE = "timers_due.lua";
+    /// Takes a dispatch lease while the job is Running, holds the dispatch
+    /// while it is Interrupted (`dispatch_lease.lua`).
+    TAKE_DISPATCH_LEASE = "dispatch_lease.lua";
+    /// Puts a resumed job's held dispatches back into the work stream
+    /// (`dispatch_resume.lua`).
+    RESUME_HELD = "dispatch_resume.lua";
+
+    // Deduplication (`dedupe`).
+
+    /// Claims a message for one delivery (`dedupe_claim.lua`).
+    DEDUPE_CLAIM = "dedupe_claim.lua";
+    /// Extends a delivery's claim while its handler runs
+    /// (`dedupe_extend.lua`).
+    DEDUPE_EXTEND = "dedupe_extend.lua";
+    /// Gives up a delivery's claim after a failed attempt
+    /// (`dedupe_release.lua`).
+    DEDUPE_RELEASE = "dedupe_release.lua";
+
+    // Singleton locks (`singleton`).
+
+    /// Takes or extends a lock (`lock_renew.lua`).
+    LOCK_RENEW = "lock_renew.lua";
+    /// Releases a lock its caller holds (`lock_release.lua`).
+    LOCK_RELEASE = "lock_release.lua";
+
+    // The MQTT session registry (`transport::takeover`).
+
+    /// Renews a session's heartbeat (`session_heartbeat.lua`).
+    SESSION_HEARTBEAT = "session_heartbeat.lua";
+    /// Lists the sessions whose heartbeat is too old (`session_dead.lua`).
+    SESSION_DEAD = "session_dead.lua";
+    /// Removes a session that is still dead (`session_forget.lua`).
+    SESSION_FORGET = "session_forget.lua";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ALL;
+
+    /// The SHA1 of every script as it was before the scripts moved here:
+    /// an edit changes the `EVALSHA` hash, which must be a deliberate
+    /// change of the script, never an accident of a move.
+    #[test]
+    fn script_texts_are_unchanged() {
+        let pinned = [
+            (
+                "dedupe_claim.lua",
+                "1742066cf937dd68e82d862360f2890c13a130d7",
+            ),
+            (
+                "dedupe_extend.lua",
+                "6b775be71c2824029c89dcadb4ac23889ad47b5b",
+            ),
+            (
+                "dedupe_release.lua",
+                "7ece0ac4911ac0b2d47bbe14a272e3e7f5f2359b",
+            ),
+            ("job_apply.lua", "4f2d6729e463ba5807e7ef899614cdc517993737"),
+            (
+                "job_leases_live.lua",
+                "ad1ee2059d5b8ba7db38fe40a03804607af1c952",
+            ),
+            ("job_purge.lua", "25619fb0c360b83e5743afc2b86b94d187c179e9"),
+            (
+                "dispatch_lease.lua",
+                "1ca8a4620c11a134530d09e916f8792ef329083b",
+            ),
+            (
+                "dispatch_resume.lua",
+                "062a2167a9751f83714004d68bfb44298fb62c73",
+            ),
+            ("early_push.lua", "5464532bd4e9be8c6508bd84e95d649fc78406b8"),
+            ("exec_apply.lua", "e37437ac283ffaa4d6e923d13af82204b59bd125"),
+            ("timers_due.lua", "e1009ac8eef03b173279e7340b0cf650a3baa367"),
+            (
+                "lock_release.lua",
+                "b98ac5b64d011c483f2c788cf24272476e9a8487",
+            ),
+            ("lock_renew.lua", "52a562f6e80e0c4d331450d806c75d0d0c15d0eb"),
+            (
+                "session_dead.lua",
+                "8feb6d3115fcaa068ef41d8059082ca1c029e14a",
+            ),
+            (
+                "session_forget.lua",
+                "1061e8663d1bc16cdf18517c1af6d13ae60c93f4",
+            ),
+            (
+                "session_heartbeat.lua",
+                "1ea4c4294ca385b9d3b7c0163594e94322714a0c",
+            ),
+        ];
+        assert_eq!(ALL.len(), pinned.len());
+        for (file, sha) in pinned {
+            let (_, script) = ALL
+                .iter()
+                .find(|(f, _)| *f == file)
+                .unwrap_or_else(|| panic!("{file} is not loaded"));
+            assert_eq!(script.get_hash(), sha, "{file}");
+        }
+    }
+}
