@@ -67,7 +67,7 @@ pub mod transport;
 
 pub use app::{App, AppBuilder, AppError, Shutdown};
 pub use envelope::{CloudEvent, ContentType, CorrelationId, EventType, MethodCall};
-pub use error::{ErrorKind, HandlerError};
+pub use error::{ErrorKind, HandlerError, ResultExt};
 pub use processor::{
     Emit, Emitter, FromContext, Handler, IntoOutcome, Meta, Outcome, Processor, ProcessorBuilder,
     Scope, State,

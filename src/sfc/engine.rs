@@ -1143,7 +1143,7 @@ impl Engine {
         match sent {
             // The transport refuses it as it is (e.g. a topic MQTT
             // forbids): it would refuse it every time.
-            Ok(Err(e)) if !e.retryable => return Err(EngineError::Unsendable(e.to_string())),
+            Ok(Err(e)) if !e.is_retryable() => return Err(EngineError::Unsendable(e.to_string())),
             Ok(r) => r.map_err(|e| EngineError::Send(e.to_string()))?,
             Err(_) => {
                 return Err(EngineError::Send(format!(
@@ -1740,11 +1740,11 @@ mod tests {
             reason: "wildcard".into(),
         }
         .into();
-        assert!(!invalid.retryable);
+        assert!(!invalid.is_retryable());
         let closed: HandlerError = TransportError::Closed("mqtt".into()).into();
-        assert!(closed.retryable);
+        assert!(closed.is_retryable());
         // As a handler error (deliver): terminal stays terminal.
-        assert!(!HandlerError::from(EngineError::Unsendable("x".into())).retryable);
+        assert!(!HandlerError::from(EngineError::Unsendable("x".into())).is_retryable());
     }
 
     #[test]
