@@ -11,9 +11,9 @@ mod event_type;
 mod text;
 mod time;
 
-pub use codec::{ContentType, DecodeError};
+pub use codec::{ContentType, DecodeError, EncodeError};
 pub use correlation::CorrelationId;
-pub use event::{is_attribute_name, CloudEvent, ATTRIBUTE_NAMES};
+pub use event::{is_attribute_name, AttributeError, CloudEvent, ATTRIBUTE_NAMES};
 pub use event_type::{EventType, MethodCall};
 pub use text::{
     check_mqtt_string, check_topic_level, check_topic_path, decode_level, encode_level,

@@ -19,7 +19,29 @@ use tracing::{debug, info, warn};
 /// matched exactly (the SFC engine registers the recipe validator under
 /// [`RECIPE_SCHEMA`](crate::sfc::source::RECIPE_SCHEMA), the rule of
 /// [`is_recipe_schema`](crate::sfc::source::is_recipe_schema)).
-pub type WorkMasterValidator = Arc<dyn Fn(&Value) -> Result<(), String> + Send + Sync>;
+pub type WorkMasterValidator = Arc<dyn Fn(&Value) -> Result<(), InvalidWorkMaster> + Send + Sync>;
+
+/// Why a [`WorkMasterValidator`] refused a work master's `data`: the reason,
+/// quoted in the refusal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct InvalidWorkMaster {
+    reason: String,
+}
+
+impl InvalidWorkMaster {
+    /// A refusal for `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        InvalidWorkMaster {
+            reason: reason.into(),
+        }
+    }
+
+    /// The reason.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
 
 /// Job management settings.
 #[derive(Clone)]
