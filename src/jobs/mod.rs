@@ -22,7 +22,7 @@ pub mod store;
 pub mod wire;
 
 pub use machine::{Internal, Machine, Method, Trigger};
-pub use manager::{Effect, JobManager, JobSettings};
+pub use manager::{CommandOutcome, JobManager, JobSettings};
 pub use state::{JobState, MainState, SubState};
 pub use status::ReturnStatus;
 pub use store::JobStore;

@@ -142,7 +142,7 @@ impl MqttTransport {
     async fn publish_reply(&self, reply: CloudEvent, to: &ReplyTo) -> Result<(), TransportError> {
         let mut msg = Outgoing::new(to.topic.clone(), reply);
         msg.correlation_data = to.correlation_data.clone();
-        self.publish_now(msg).await?;
+        self.encode_and_send(msg).await?;
         self.metrics.replies();
         Ok(())
     }
