@@ -256,7 +256,7 @@ impl<T, E: fmt::Display> ResultExt<T> for Result<T, E> {
 /// timeout, loading, failover, cluster redirects): worth trying again. A
 /// refused command (a script error, a wrong type, a permission) is not: the
 /// same message would fail the same way forever.
-pub fn redis_is_retryable(e: &redis::RedisError) -> bool {
+pub(crate) fn redis_is_retryable(e: &redis::RedisError) -> bool {
     !matches!(e.retry_method(), redis::RetryMethod::NoRetry)
 }
 

@@ -1,7 +1,7 @@
 //! The CloudEvent envelope: attributes, extension attributes, custom metadata
 //! and the payload, independent of any transport.
 //!
-//! The MQTT mapping lives in [`crate::binding`]; this module only knows the
+//! The MQTT mapping lives in [`crate::transport::binding`]; this module only knows the
 //! CloudEvents 1.0 model plus the extension attributes of the wire contract.
 
 mod codec;

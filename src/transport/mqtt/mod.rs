@@ -180,7 +180,7 @@ impl MqttTransport {
     }
 
     /// Enables deduplication by (`source`, `id`).
-    pub fn set_dedupe(&self, d: Dedupe) {
+    pub(crate) fn set_dedupe(&self, d: Dedupe) {
         *write(&self.dedupe) = Some(d);
     }
 
