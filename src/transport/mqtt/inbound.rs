@@ -72,9 +72,8 @@ impl MqttTransport {
             }
         };
         // A reply to a request this instance is waiting for?
-        let inbound = match self.complete_pending(inbound) {
-            Some(i) => i,
-            None => return self.ack(&p).await,
+        let Some(inbound) = self.complete_pending(inbound) else {
+            return self.ack(&p).await;
         };
         let route = self.route_for(&topic, &inbound.event.ty);
         let refused = refuse(
