@@ -122,9 +122,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The self-contained demo: local brokers, the processor, and a scripted MES.
 mod demo {
     use super::*;
-    use microdcs::binding::mqtt as binding;
     use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
     use microdcs::testkit::TestClient;
+    use microdcs::transport::binding;
     use microdcs::transport::mqtt::MqttSettings;
     use microdcs::CloudEvent;
     use rumqttc::v5::mqttbytes::QoS;

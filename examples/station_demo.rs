@@ -14,12 +14,12 @@
 //! 127.0.0.1 instead of starting its own. It exits with an error unless
 //! every job completed its recipe (CI runs it).
 
-use microdcs::binding::mqtt as binding;
 use microdcs::config::Config;
 use microdcs::sim::{Delay, EmitSpec, Rule, SimConfig, Simulator};
 use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
 use microdcs::testkit::mes::{Mes, PREFIX, S, SFC_RECIPE as SFC, STATUS};
 use microdcs::testkit::TestClient;
+use microdcs::transport::binding;
 use microdcs::{CloudEvent, CorrelationId};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};

@@ -122,50 +122,133 @@ impl fmt::Display for ErrorKind {
 
 /// The error a handler (or the runtime on its behalf) returns for one message.
 ///
-/// Construct it with [`HandlerError::terminal`] or [`HandlerError::retryable`];
-/// add context with [`HandlerError::context`].
+/// Construct it with [`HandlerError::terminal`] or [`HandlerError::retryable`]
+/// (or in one call from any `Result` with [`ResultExt`]); add context with
+/// [`HandlerError::context`]. Its parts are read with [`HandlerError::kind`],
+/// [`HandlerError::message`], [`HandlerError::context_entries`] and
+/// [`HandlerError::is_retryable`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct HandlerError {
     /// The wire error kind.
-    pub kind: ErrorKind,
+    kind: ErrorKind,
     /// A human-readable message, sent as `mdcserrormessage`.
-    pub message: String,
+    message: String,
     /// Key/value context, sent as `mdcserrorcontext` (`k=v,k=v`).
-    pub context: Vec<(String, String)>,
+    context: Vec<(String, String)>,
     /// Whether the message should be redelivered and tried again.
-    pub retryable: bool,
+    retry: Retry,
+}
+
+/// What trying the same message again may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Nothing: answered, dead-lettered, acknowledged.
+    Terminal,
+    /// It may succeed: left unacknowledged, redelivered.
+    Retryable,
 }
 
 impl HandlerError {
+    fn new(kind: ErrorKind, message: String, retry: Retry) -> Self {
+        HandlerError {
+            kind,
+            message,
+            context: Vec::new(),
+            retry,
+        }
+    }
+
     /// An error that trying again will not fix: answered, dead-lettered,
     /// acknowledged.
     pub fn terminal(kind: ErrorKind, message: impl Into<String>) -> Self {
-        HandlerError {
-            kind,
-            message: message.into(),
-            context: Vec::new(),
-            retryable: false,
-        }
+        HandlerError::new(kind, message.into(), Retry::Terminal)
     }
 
     /// An error that may go away (a backing service is down): the message is
     /// answered with the error but left unacknowledged, so the broker
     /// redelivers it and it is not marked as seen.
     pub fn retryable(kind: ErrorKind, message: impl Into<String>) -> Self {
-        HandlerError {
-            kind,
-            message: message.into(),
-            context: Vec::new(),
-            retryable: true,
-        }
+        HandlerError::new(kind, message.into(), Retry::Retryable)
     }
 
-    /// Adds a context entry.
+    /// Adds a context entry (after the ones already there).
     #[must_use]
     pub fn context(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.context.push((key.into(), value.into()));
         self
+    }
+
+    /// Adds context entries in order (after the ones already there).
+    #[must_use]
+    pub(crate) fn with_context_entries(
+        mut self,
+        entries: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        self.context.extend(entries);
+        self
+    }
+
+    /// The wire error kind, sent as `mdcserrorkind`.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The human-readable message, sent as `mdcserrormessage`.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The key/value context in the order it was added, sent as
+    /// `mdcserrorcontext` (`k=v,k=v`).
+    pub fn context_entries(&self) -> &[(String, String)] {
+        &self.context
+    }
+
+    /// Whether the message should be redelivered and tried again.
+    pub fn is_retryable(&self) -> bool {
+        self.retry == Retry::Retryable
+    }
+}
+
+/// Turns any `Result` whose error displays into a [`HandlerError`] of a given
+/// kind in one call; the error's `Display` becomes the message.
+///
+/// ```
+/// use microdcs::{ErrorKind, HandlerError, ResultExt};
+///
+/// fn parse(text: &str) -> Result<u32, HandlerError> {
+///     let n = text.parse::<u32>().terminal(ErrorKind::PayloadInvalid)?;
+///     Ok(n)
+/// }
+/// let e = parse("x").unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::PayloadInvalid);
+/// assert!(!e.is_retryable());
+/// ```
+pub trait ResultExt<T> {
+    /// A terminal [`HandlerError`] of `kind` (see [`HandlerError::terminal`]).
+    ///
+    /// # Errors
+    ///
+    /// The error of `self`, as a terminal [`HandlerError`].
+    fn terminal(self, kind: ErrorKind) -> Result<T, HandlerError>;
+
+    /// A retryable [`HandlerError`] of `kind` (see
+    /// [`HandlerError::retryable`]).
+    ///
+    /// # Errors
+    ///
+    /// The error of `self`, as a retryable [`HandlerError`].
+    fn retryable(self, kind: ErrorKind) -> Result<T, HandlerError>;
+}
+
+impl<T, E: fmt::Display> ResultExt<T> for Result<T, E> {
+    fn terminal(self, kind: ErrorKind) -> Result<T, HandlerError> {
+        self.map_err(|e| HandlerError::terminal(kind, e.to_string()))
+    }
+
+    fn retryable(self, kind: ErrorKind) -> Result<T, HandlerError> {
+        self.map_err(|e| HandlerError::retryable(kind, e.to_string()))
     }
 }
 
@@ -173,7 +256,7 @@ impl HandlerError {
 /// timeout, loading, failover, cluster redirects): worth trying again. A
 /// refused command (a script error, a wrong type, a permission) is not: the
 /// same message would fail the same way forever.
-pub fn redis_is_retryable(e: &redis::RedisError) -> bool {
+pub(crate) fn redis_is_retryable(e: &redis::RedisError) -> bool {
     !matches!(e.retry_method(), redis::RetryMethod::NoRetry)
 }
 
@@ -197,5 +280,32 @@ mod tests {
             assert_eq!(ErrorKind::from_wire(k.as_str()), k);
         }
         assert_eq!(ErrorKind::from_wire("NOPE"), ErrorKind::UnknownError);
+    }
+
+    #[test]
+    fn constructors_and_accessors_agree() {
+        let e = HandlerError::retryable(ErrorKind::ServiceUnavailable, "down")
+            .context("a", "1")
+            .context("b", "2");
+        assert_eq!(e.kind(), ErrorKind::ServiceUnavailable);
+        assert_eq!(e.message(), "down");
+        assert!(e.is_retryable());
+        assert_eq!(
+            e.context_entries(),
+            [
+                ("a".to_owned(), "1".to_owned()),
+                ("b".to_owned(), "2".to_owned())
+            ]
+        );
+        assert_eq!(e.to_string(), "SERVICE_UNAVAILABLE: down");
+        let t: Result<(), HandlerError> = Err::<(), _>("nope").terminal(ErrorKind::StateInvalid);
+        let t = t.unwrap_err();
+        assert!(!t.is_retryable());
+        assert_eq!(t.message(), "nope");
+        let r = Err::<(), _>("later")
+            .retryable(ErrorKind::Timeout)
+            .unwrap_err();
+        assert!(r.is_retryable());
+        assert_eq!(r.kind(), ErrorKind::Timeout);
     }
 }

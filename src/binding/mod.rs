@@ -5,5 +5,5 @@
 //! properties in, events out), so it is tested without a broker.
 
 pub mod mqtt;
-pub mod port;
+pub(crate) mod port;
 pub mod topics;

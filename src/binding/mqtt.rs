@@ -117,7 +117,7 @@ pub fn decode(
             }
             if is_attribute_name(k) {
                 if let Err(e) = event.set_attribute(k, v) {
-                    bad_attribute.get_or_insert(e);
+                    bad_attribute.get_or_insert(e.to_string());
                 }
             } else {
                 event.custom.insert(k.clone(), v.clone());
@@ -215,7 +215,7 @@ fn read_structured(event: &mut CloudEvent, payload: &[u8]) -> Result<(), String>
                     (Value::String(s), ContentType::OctetStream) => {
                         Bytes::from(s.clone().into_bytes())
                     }
-                    _ => ct.encode(&v)?,
+                    _ => ct.encode(&v).map_err(|e| e.to_string())?,
                 });
             }
             "data_base64" => {
@@ -234,7 +234,7 @@ fn read_structured(event: &mut CloudEvent, payload: &[u8]) -> Result<(), String>
                     .and_then(|()| check_mqtt_string("member name", &k))
                     .map_err(|e| e.to_string())?;
                 if is_attribute_name(&k) {
-                    event.set_attribute(&k, &text)?;
+                    event.set_attribute(&k, &text).map_err(|e| e.to_string())?;
                 } else {
                     event.custom.insert(k, text);
                 }

@@ -10,7 +10,7 @@ use tracing::warn;
 
 /// What a message's attempt came to once through the dedupe layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Guarded {
+pub(crate) enum Guarded {
     /// The work ran and succeeded (and the message is marked done).
     Done,
     /// The message was processed before; the work did not run. Carries the
@@ -24,7 +24,7 @@ pub enum Guarded {
 /// The identity of one delivery of one message: its (`source`, `id`) and a
 /// token unique to this delivery, which owns the claim.
 #[derive(Debug, Clone, Copy)]
-pub struct Delivery<'a> {
+pub(crate) struct Delivery<'a> {
     /// The message's `source`.
     pub source: &'a str,
     /// The message's `id`.
@@ -44,7 +44,7 @@ impl Dedupe {
     /// # Errors
     /// The error of `work`, or a Redis failure while claiming or
     /// committing (retryable when Redis is unreachable).
-    pub async fn guard<F, Fut>(
+    pub(crate) async fn guard<F, Fut>(
         &self,
         delivery: Delivery<'_>,
         work: F,

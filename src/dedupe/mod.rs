@@ -18,7 +18,7 @@
 mod layer;
 
 pub(crate) use layer::guarded;
-pub use layer::{Delivery, Guarded};
+pub(crate) use layer::{Delivery, Guarded};
 
 use crate::redis::scripts::{DEDUPE_CLAIM, DEDUPE_EXTEND, DEDUPE_RELEASE};
 use crate::redis::Keys;
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 /// The reply a processed message got, kept to answer its duplicates.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StoredReply {
+pub(crate) struct StoredReply {
     /// The reply's `id`.
     pub id: String,
     /// Its `dataschema`.
@@ -43,7 +43,7 @@ pub struct StoredReply {
 
 /// The answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// This delivery may process the message.
     Claimed,
     /// The message was processed before: acknowledge, skip, and answer with
@@ -55,7 +55,7 @@ pub enum Claim {
 
 /// The Redis-backed dedupe store.
 #[derive(Clone)]
-pub struct Dedupe {
+pub(crate) struct Dedupe {
     conn: ConnectionManager,
     keys: Keys,
     ttl: Duration,
@@ -66,7 +66,12 @@ impl Dedupe {
     /// A store under `{prefix}:dedupe:`, remembering processed messages for
     /// `ttl` (the dedupe window) and blocking a crashed claimer's message for
     /// at most `lease`.
-    pub fn new(conn: ConnectionManager, prefix: &str, ttl: Duration, lease: Duration) -> Self {
+    pub(crate) fn new(
+        conn: ConnectionManager,
+        prefix: &str,
+        ttl: Duration,
+        lease: Duration,
+    ) -> Self {
         Dedupe {
             conn,
             keys: Keys::new(prefix),
@@ -77,7 +82,7 @@ impl Dedupe {
 
     /// The key of a message: `{prefix}:dedupe:{len(source)}:{source}:{id}`.
     /// The length prefix keeps `("a:b","c")` and `("a","b:c")` apart.
-    pub fn key(&self, source: &str, id: &str) -> String {
+    pub(crate) fn key(&self, source: &str, id: &str) -> String {
         self.keys.dedupe(source, id)
     }
 
@@ -85,7 +90,12 @@ impl Dedupe {
     ///
     /// # Errors
     /// Redis is unreachable or answered unexpectedly.
-    pub async fn claim(&self, source: &str, id: &str, token: &str) -> redis::RedisResult<Claim> {
+    pub(crate) async fn claim(
+        &self,
+        source: &str,
+        id: &str,
+        token: &str,
+    ) -> redis::RedisResult<Claim> {
         let mut c = self.conn.clone();
         let lease = self.lease.as_millis().max(1) as u64;
         let r: Vec<String> = DEDUPE_CLAIM
@@ -112,7 +122,7 @@ impl Dedupe {
     ///
     /// # Errors
     /// Redis is unreachable.
-    pub async fn commit(
+    pub(crate) async fn commit(
         &self,
         source: &str,
         id: &str,
@@ -134,7 +144,7 @@ impl Dedupe {
     }
 
     /// The claim lease.
-    pub fn lease(&self) -> Duration {
+    pub(crate) fn lease(&self) -> Duration {
         self.lease
     }
 
@@ -143,7 +153,12 @@ impl Dedupe {
     ///
     /// # Errors
     /// Redis is unreachable.
-    pub async fn extend(&self, source: &str, id: &str, token: &str) -> redis::RedisResult<()> {
+    pub(crate) async fn extend(
+        &self,
+        source: &str,
+        id: &str,
+        token: &str,
+    ) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let lease = self.lease.as_millis().max(1) as u64;
         DEDUPE_EXTEND
@@ -159,7 +174,12 @@ impl Dedupe {
     ///
     /// # Errors
     /// Redis is unreachable (the claim then expires after the lease).
-    pub async fn release(&self, source: &str, id: &str, token: &str) -> redis::RedisResult<()> {
+    pub(crate) async fn release(
+        &self,
+        source: &str,
+        id: &str,
+        token: &str,
+    ) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         DEDUPE_RELEASE
             .key(self.key(source, id))

@@ -15,6 +15,19 @@ pub enum ContentType {
     OctetStream,
 }
 
+/// A value that cannot be serialised in a content type; the serialiser's
+/// message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// JSON (also used for `application/octet-stream`) refused the value.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// MessagePack refused the value.
+    #[error(transparent)]
+    MsgPack(#[from] rmp_serde::encode::Error),
+}
+
 /// Why a payload could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -74,14 +87,12 @@ impl ContentType {
     ///
     /// # Errors
     /// The value cannot be serialised (e.g. a map with non-string keys).
-    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes, String> {
+    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes, EncodeError> {
         match self {
-            ContentType::Json | ContentType::OctetStream => serde_json::to_vec(value)
-                .map(Bytes::from)
-                .map_err(|e| e.to_string()),
-            ContentType::MsgPack => rmp_serde::to_vec_named(value)
-                .map(Bytes::from)
-                .map_err(|e| e.to_string()),
+            ContentType::Json | ContentType::OctetStream => {
+                Ok(Bytes::from(serde_json::to_vec(value)?))
+            }
+            ContentType::MsgPack => Ok(Bytes::from(rmp_serde::to_vec_named(value)?)),
         }
     }
 

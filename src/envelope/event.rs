@@ -146,7 +146,7 @@ impl CloudEvent {
         ct: ContentType,
         payload: &T,
     ) -> Result<(), String> {
-        self.data = Some(ct.encode(payload)?);
+        self.data = Some(ct.encode(payload).map_err(|e| e.to_string())?);
         self.datacontenttype = Some(ct.header().to_owned());
         Ok(())
     }
@@ -230,8 +230,13 @@ impl CloudEvent {
     /// # Errors
     /// `name` is not an attribute, or the value does not parse (a time that is
     /// not RFC 3339, an interval that is not a number); the message names both.
-    pub fn set_attribute(&mut self, name: &str, value: &str) -> Result<(), String> {
-        let time = |v: &str| parse_time(v).map_err(|e| format!("attribute '{name}': {e}"));
+    pub fn set_attribute(&mut self, name: &str, value: &str) -> Result<(), AttributeError> {
+        let time = |v: &str| {
+            parse_time(v).map_err(|reason| AttributeError::InvalidTime {
+                name: name.to_owned(),
+                reason,
+            })
+        };
         let v = value.to_owned();
         match name {
             "id" => self.id = v,
@@ -246,9 +251,15 @@ impl CloudEvent {
             "tracestate" => self.tracestate = Some(v),
             "expirytime" => self.expirytime = Some(time(value)?),
             "expiryinterval" => {
-                self.expiryinterval = Some(value.trim().parse().map_err(|_| {
-                    format!("attribute 'expiryinterval': '{value}' is not a number of seconds")
-                })?)
+                self.expiryinterval =
+                    Some(
+                        value
+                            .trim()
+                            .parse()
+                            .map_err(|_| AttributeError::InvalidInterval {
+                                value: value.to_owned(),
+                            })?,
+                    );
             }
             "recordedtime" => self.recordedtime = Some(time(value)?),
             "correlationid" => self.correlationid = Some(CorrelationId::from_text(v)),
@@ -257,13 +268,44 @@ impl CloudEvent {
             "mdcserrormessage" => self.mdcserrormessage = Some(v),
             "mdcserrorcontext" => self.mdcserrorcontext = decode_context(value),
             "method" => self.method = Some(v),
-            _ => return Err(format!("'{name}' is not a CloudEvent attribute")),
+            _ => {
+                return Err(AttributeError::Unknown {
+                    name: name.to_owned(),
+                })
+            }
         }
         Ok(())
     }
 }
 
 /// `k=v,k=v`, with `%`, `,` and `=` percent-escaped so any text survives.
+/// Why [`CloudEvent::set_attribute`] refused a value; the message names the
+/// attribute.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttributeError {
+    /// The name is not a CloudEvent attribute.
+    #[error("'{name}' is not a CloudEvent attribute")]
+    Unknown {
+        /// The name given.
+        name: String,
+    },
+    /// A time attribute that is not RFC 3339.
+    #[error("attribute '{name}': {reason}")]
+    InvalidTime {
+        /// The attribute.
+        name: String,
+        /// What the time parser said.
+        reason: String,
+    },
+    /// `expiryinterval` that is not a number of seconds.
+    #[error("attribute 'expiryinterval': '{value}' is not a number of seconds")]
+    InvalidInterval {
+        /// The text given.
+        value: String,
+    },
+}
+
 fn encode_context(ctx: &[(String, String)]) -> String {
     fn esc(s: &str) -> String {
         s.replace('%', "%25")
@@ -314,10 +356,17 @@ mod tests {
     #[test]
     fn bad_attribute_values_are_named() {
         let mut e = CloudEvent::new("t", "s");
-        let err = e.set_attribute("time", "noon").unwrap_err();
+        let err = e.set_attribute("time", "noon").unwrap_err().to_string();
         assert!(err.contains("time"), "{err}");
         let err = e.set_attribute("expiryinterval", "-1").unwrap_err();
-        assert!(err.contains("expiryinterval"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "attribute 'expiryinterval': '-1' is not a number of seconds"
+        );
+        assert_eq!(
+            e.set_attribute("x-custom", "1").unwrap_err().to_string(),
+            "'x-custom' is not a CloudEvent attribute"
+        );
         assert!(e.set_attribute("x-custom", "1").is_err());
     }
 }

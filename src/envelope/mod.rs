@@ -1,7 +1,7 @@
 //! The CloudEvent envelope: attributes, extension attributes, custom metadata
 //! and the payload, independent of any transport.
 //!
-//! The MQTT mapping lives in [`crate::binding`]; this module only knows the
+//! The MQTT mapping lives in [`crate::transport::binding`]; this module only knows the
 //! CloudEvents 1.0 model plus the extension attributes of the wire contract.
 
 mod codec;
@@ -11,9 +11,9 @@ mod event_type;
 mod text;
 mod time;
 
-pub use codec::{ContentType, DecodeError};
+pub use codec::{ContentType, DecodeError, EncodeError};
 pub use correlation::CorrelationId;
-pub use event::{is_attribute_name, CloudEvent, ATTRIBUTE_NAMES};
+pub use event::{is_attribute_name, AttributeError, CloudEvent, ATTRIBUTE_NAMES};
 pub use event_type::{EventType, MethodCall};
 pub use text::{
     check_mqtt_string, check_topic_level, check_topic_path, decode_level, encode_level,

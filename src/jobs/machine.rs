@@ -198,7 +198,9 @@ impl Machine {
                 });
             }
         }
-        use MainState::*;
+        use MainState::{
+            Aborted, AllowedToStart, EndState, Ended, InitialState, NotAllowedToStart,
+        };
         // Specification text (OPC 10031-4 §6.2): these are not modelled as
         // transitions in the NodeSet.
         let text = [

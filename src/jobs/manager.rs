@@ -19,7 +19,29 @@ use tracing::{debug, info, warn};
 /// matched exactly (the SFC engine registers the recipe validator under
 /// [`RECIPE_SCHEMA`](crate::sfc::source::RECIPE_SCHEMA), the rule of
 /// [`is_recipe_schema`](crate::sfc::source::is_recipe_schema)).
-pub type WorkMasterValidator = Arc<dyn Fn(&Value) -> Result<(), String> + Send + Sync>;
+pub type WorkMasterValidator = Arc<dyn Fn(&Value) -> Result<(), InvalidWorkMaster> + Send + Sync>;
+
+/// Why a [`WorkMasterValidator`] refused a work master's `data`: the reason,
+/// quoted in the refusal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct InvalidWorkMaster {
+    reason: String,
+}
+
+impl InvalidWorkMaster {
+    /// A refusal for `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        InvalidWorkMaster {
+            reason: reason.into(),
+        }
+    }
+
+    /// The reason.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
 
 /// Job management settings.
 #[derive(Clone)]
@@ -62,7 +84,7 @@ impl Default for JobSettings {
 /// What a command did: the status to answer with, the status event to send
 /// (only on a transition) and, for a refusal, why.
 #[derive(Debug, Clone)]
-pub struct Effect {
+pub struct CommandOutcome {
     /// The `ReturnStatus`.
     pub status: ReturnStatus,
     /// The status event of the transition, if one happened.
@@ -71,9 +93,9 @@ pub struct Effect {
     pub reason: Option<String>,
 }
 
-impl Effect {
+impl CommandOutcome {
     fn refused(status: ReturnStatus, reason: impl Into<String>) -> Self {
-        Effect {
+        CommandOutcome {
             status,
             event: None,
             reason: Some(reason.into()),
@@ -81,7 +103,7 @@ impl Effect {
     }
 
     fn done(job: &StoredJob) -> Self {
-        Effect {
+        CommandOutcome {
             status: ReturnStatus::NoError,
             event: Some(status_event(job)),
             reason: None,
@@ -172,9 +194,9 @@ impl JobManager {
         order: &Value,
         start: bool,
         cause: &str,
-    ) -> Result<Effect, StoreError> {
+    ) -> Result<CommandOutcome, StoreError> {
         let Some(id) = order_id(order) else {
-            return Ok(Effect::refused(
+            return Ok(CommandOutcome::refused(
                 ReturnStatus::InvalidRequest,
                 "the job order has no JobOrderID",
             ));
@@ -183,9 +205,9 @@ impl JobManager {
         store.register_scope(scope).await?;
         if let Some(job) = store.get(scope, id).await? {
             return Ok(if job.cause.as_deref() == Some(cause) {
-                Effect::done(&job)
+                CommandOutcome::done(&job)
             } else {
-                Effect::refused(
+                CommandOutcome::refused(
                     ReturnStatus::UnableToAcceptJobOrder,
                     format!("job order '{id}' already exists"),
                 )
@@ -214,7 +236,7 @@ impl JobManager {
         {
             Ok(s) => s,
             Err(e) => {
-                return Ok(Effect::refused(
+                return Ok(CommandOutcome::refused(
                     ReturnStatus::InvalidJobOrderStatus,
                     e.to_string(),
                 ))
@@ -235,7 +257,7 @@ impl JobManager {
         match store.apply(scope, &change).await? {
             Applied::Ok(version) => {
                 info!(scope, job = id, state = %to, "job stored");
-                Ok(Effect::done(&StoredJob {
+                Ok(CommandOutcome::done(&StoredJob {
                     id: id.to_owned(),
                     version,
                     order: raw,
@@ -244,11 +266,11 @@ impl JobManager {
                     cause: Some(cause.to_owned()),
                 }))
             }
-            Applied::Conflict(_) => Ok(Effect::refused(
+            Applied::Conflict(_) => Ok(CommandOutcome::refused(
                 ReturnStatus::UnableToAcceptJobOrder,
                 format!("job order '{id}' already exists"),
             )),
-            Applied::Limit(live) => Ok(Effect::refused(
+            Applied::Limit(live) => Ok(CommandOutcome::refused(
                 ReturnStatus::UnableToAcceptJobOrder,
                 format!("scope '{scope}' has {live} live jobs, its limit is {limit}"),
             )),
@@ -265,15 +287,15 @@ impl JobManager {
         scope: &str,
         order: &Value,
         cause: &str,
-    ) -> Result<Effect, StoreError> {
+    ) -> Result<CommandOutcome, StoreError> {
         let Some(id) = order_id(order) else {
-            return Ok(Effect::refused(
+            return Ok(CommandOutcome::refused(
                 ReturnStatus::InvalidRequest,
                 "the job order has no JobOrderID",
             ));
         };
         if self.inner.store.get(scope, id).await?.is_none() {
-            return Ok(Effect::refused(
+            return Ok(CommandOutcome::refused(
                 ReturnStatus::UnknownJobOrderId,
                 format!("no job order '{id}'"),
             ));
@@ -304,7 +326,7 @@ impl JobManager {
         id: &str,
         method: Method,
         cause: &str,
-    ) -> Result<Effect, StoreError> {
+    ) -> Result<CommandOutcome, StoreError> {
         self.change(scope, id, Some(Trigger::Method(method)), None, None, cause)
             .await
     }
@@ -322,7 +344,7 @@ impl JobManager {
         what: Internal,
         response: Option<&RawValue>,
         cause: &str,
-    ) -> Result<Effect, StoreError> {
+    ) -> Result<CommandOutcome, StoreError> {
         let effect = self
             .change(
                 scope,
@@ -348,7 +370,7 @@ impl JobManager {
         id: &str,
         response: &RawValue,
         cause: &str,
-    ) -> Result<Effect, StoreError> {
+    ) -> Result<CommandOutcome, StoreError> {
         let effect = self
             .change(scope, id, None, None, Some(response), cause)
             .await?;
@@ -356,7 +378,7 @@ impl JobManager {
         Ok(effect)
     }
 
-    async fn emit(&self, scope: &str, effect: &Effect) {
+    async fn emit(&self, scope: &str, effect: &CommandOutcome) {
         let (Some(ev), Some(emitter)) = (&effect.event, self.inner.emitter.get()) else {
             return;
         };
@@ -377,11 +399,11 @@ impl JobManager {
         order: Option<&RawValue>,
         response: Option<&RawValue>,
         cause: &str,
-    ) -> Result<Effect, StoreError> {
+    ) -> Result<CommandOutcome, StoreError> {
         let store = &self.inner.store;
         for attempt in 0..CAS_ATTEMPTS {
             let Some(job) = store.get(scope, id).await? else {
-                return Ok(Effect::refused(
+                return Ok(CommandOutcome::refused(
                     ReturnStatus::UnknownJobOrderId,
                     format!("no job order '{id}'"),
                 ));
@@ -393,7 +415,7 @@ impl JobManager {
                 if stops_dispatch(job.state.main) {
                     self.fence(scope, id).await?;
                 }
-                return Ok(Effect::done(&job));
+                return Ok(CommandOutcome::done(&job));
             }
             let next = match trigger {
                 Some(t) => self.inner.machine.next(job.state, t),
@@ -402,7 +424,7 @@ impl JobManager {
             let to = match next {
                 Ok(s) => s,
                 Err(e) => {
-                    return Ok(Effect::refused(
+                    return Ok(CommandOutcome::refused(
                         ReturnStatus::InvalidJobOrderStatus,
                         e.to_string(),
                     ))
@@ -437,7 +459,7 @@ impl JobManager {
                         }
                         None => info!(scope, job = id, state = %to, "job response stored"),
                     }
-                    return Ok(Effect::done(&StoredJob {
+                    return Ok(CommandOutcome::done(&StoredJob {
                         id: id.to_owned(),
                         version,
                         order: order.map_or(job.order, RawValue::to_owned),
@@ -475,11 +497,11 @@ impl JobManager {
         &self,
         scope: &str,
         order: &Value,
-    ) -> Result<Option<Effect>, StoreError> {
+    ) -> Result<Option<CommandOutcome>, StoreError> {
         let wanted = acceptance::requirements(order, &self.inner.settings.checks);
         let unknown = self.inner.store.unknown_resources(scope, &wanted).await?;
         Ok((!unknown.is_empty()).then(|| {
-            Effect::refused(
+            CommandOutcome::refused(
                 ReturnStatus::UnableToAcceptJobOrder,
                 acceptance::describe_unknown(&unknown),
             )

@@ -22,7 +22,7 @@ pub mod store;
 pub mod wire;
 
 pub use machine::{Internal, Machine, Method, Trigger};
-pub use manager::{Effect, JobManager, JobSettings};
+pub use manager::{CommandOutcome, JobManager, JobSettings};
 pub use state::{JobState, MainState, SubState};
 pub use status::ReturnStatus;
 pub use store::JobStore;
@@ -50,11 +50,17 @@ pub(crate) fn nodeset_edges(
 ///
 /// # Errors
 /// The order does not match the data type; the message names the field.
-pub fn normalise_order(order: Value) -> Result<Value, String> {
+pub fn normalise_order(order: Value) -> Result<Value, OrderError> {
     let typed: crate::models::isa95_jobcontrol::ISA95JobOrderDataType =
-        serde_json::from_value(order).map_err(|e| e.to_string())?;
-    serde_json::to_value(&typed).map_err(|e| e.to_string())
+        serde_json::from_value(order)?;
+    Ok(serde_json::to_value(&typed)?)
 }
+
+/// A job order that does not match `ISA95JobOrderDataType`; the message is
+/// serde's and names the field.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct OrderError(#[from] serde_json::Error);
 
 /// The information models behind the processor (for its metadata event).
 pub(crate) fn models_info() -> Vec<processor::ModelInfo> {
@@ -89,9 +95,13 @@ mod tests {
             v,
             json!({"JobOrderID": "j1", "WorkMasterID": [{"ID": "wm"}], "Priority": 2})
         );
-        let e = normalise_order(json!({"JobOrderID": 5})).unwrap_err();
+        let e = normalise_order(json!({"JobOrderID": 5}))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("string"), "{e}");
-        let e = normalise_order(json!({"JobOrderID": "j", "Priority": 70000})).unwrap_err();
+        let e = normalise_order(json!({"JobOrderID": "j", "Priority": 70000}))
+            .unwrap_err()
+            .to_string();
         assert!(!e.is_empty());
     }
 

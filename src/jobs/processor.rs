@@ -3,7 +3,7 @@
 //! configuration events, and the two queries.
 
 use super::machine::Method;
-use super::manager::{Effect, JobManager};
+use super::manager::{CommandOutcome, JobManager};
 use super::state::JobState;
 use super::status::ReturnStatus;
 use super::store::ResourceKind;
@@ -61,7 +61,7 @@ fn cause(meta: &Meta) -> String {
 fn outcome<R: EventType>(
     scope: &str,
     meta: &Meta,
-    effect: &Effect,
+    effect: &CommandOutcome,
     reply: impl FnOnce(u64) -> R,
 ) -> Outcome {
     if let Some(reason) = &effect.reason {

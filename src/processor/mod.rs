@@ -312,7 +312,7 @@ mod tests {
     #[tokio::test]
     async fn errors_name_what_is_wrong() {
         let p = Processor::northbound("p").handle(double).build();
-        let kind = |r: Result<Outcome, HandlerError>| r.unwrap_err().kind;
+        let kind = |r: Result<Outcome, HandlerError>| r.unwrap_err().kind();
         assert_eq!(
             kind(p.dispatch(event("t.other.v1", Some("s"), "{}"), "t").await),
             ErrorKind::UnknownPayloadType
@@ -332,11 +332,11 @@ mod tests {
             .dispatch(event("t.cmd.v1", Some("s"), r#"{"N":1}"#), "t")
             .await
             .unwrap_err();
-        assert_eq!(missing_state.kind, ErrorKind::InternalLogicError);
+        assert_eq!(missing_state.kind(), ErrorKind::InternalLogicError);
         assert!(
-            missing_state.message.contains("u32"),
+            missing_state.message().contains("u32"),
             "{}",
-            missing_state.message
+            missing_state.message()
         );
         let mut bad_ct = event("t.cmd.v1", Some("s"), "{}");
         bad_ct.datacontenttype = Some("text/csv".into());
@@ -362,7 +362,7 @@ mod tests {
             p.dispatch(event("t.fail.v1", None, ""), "t")
                 .await
                 .unwrap_err()
-                .kind,
+                .kind(),
             ErrorKind::StateInvalid
         );
         assert_eq!(

@@ -139,7 +139,7 @@ impl Outcome {
         Outcome {
             reply: Some(ReplyBody {
                 dataschema: Some(T::DATASCHEMA.to_owned()),
-                data: ContentType::Json.encode(payload),
+                data: ContentType::Json.encode(payload).map_err(|e| e.to_string()),
             }),
             events: Vec::new(),
         }

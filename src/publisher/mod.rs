@@ -44,15 +44,15 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 /// CloudEvent `type` of state-index messages.
-pub const STATE_INDEX_TYPE: &str = "com.github.aschamberger.microdcs.mes.state-index.v1";
+pub(crate) const STATE_INDEX_TYPE: &str = "com.github.aschamberger.microdcs.mes.state-index.v1";
 /// CloudEvent `type` of order messages.
-pub const ORDER_TYPE: &str = "com.github.aschamberger.microdcs.mes.order.v1";
+pub(crate) const ORDER_TYPE: &str = "com.github.aschamberger.microdcs.mes.order.v1";
 /// CloudEvent `type` of result messages.
-pub const RESULT_TYPE: &str = "com.github.aschamberger.microdcs.mes.result.v1";
+pub(crate) const RESULT_TYPE: &str = "com.github.aschamberger.microdcs.mes.result.v1";
 
 /// Publisher settings.
 #[derive(Debug, Clone)]
-pub struct PublisherSettings {
+pub(crate) struct PublisherSettings {
     /// Topic prefix (the `machinery-jobs` binding's prefix, e.g. `app/jobs`).
     pub prefix: String,
     /// Message Expiry Interval of every retained message.
@@ -67,7 +67,7 @@ pub struct PublisherSettings {
 
 impl PublisherSettings {
     /// Defaults for `prefix`: 172800 s retained TTL, 1 s poll, batches of 500.
-    pub fn new(prefix: impl Into<String>) -> Self {
+    pub(crate) fn new(prefix: impl Into<String>) -> Self {
         PublisherSettings {
             prefix: prefix.into(),
             retained_ttl: Duration::from_secs(172_800),
@@ -80,7 +80,7 @@ impl PublisherSettings {
 
 /// Publisher failures (the loop logs them and retries).
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     /// Redis failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -94,7 +94,7 @@ pub enum PublishError {
 
 use crate::models::mes_publishing::StateIndex;
 /// One job in a state index (generated from `schemas/`).
-pub use crate::models::mes_publishing::StateIndexEntry as IndexEntry;
+pub(crate) use crate::models::mes_publishing::StateIndexEntry as IndexEntry;
 
 #[derive(Serialize)]
 struct OrderTopic<'a> {
@@ -105,7 +105,7 @@ struct OrderTopic<'a> {
 }
 
 /// The MES publisher.
-pub struct MesPublisher {
+pub(crate) struct MesPublisher {
     store: JobStore,
     out: Arc<dyn Publisher>,
     client: redis::Client,
@@ -117,7 +117,7 @@ impl MesPublisher {
     /// A publisher reading `store`, publishing through `out`; `client` opens
     /// the dedicated connection for blocking stream reads (a blocking read
     /// would stall a shared multiplexed connection).
-    pub fn new(
+    pub(crate) fn new(
         store: JobStore,
         client: redis::Client,
         out: Arc<dyn Publisher>,
@@ -142,7 +142,7 @@ impl MesPublisher {
     /// the change streams. Redis or broker failures are logged and retried
     /// with backoff; nothing is skipped (the cursor only moves after a
     /// batch was published).
-    pub async fn run(mut self, mut shutdown: Shutdown) {
+    pub(crate) async fn run(mut self, mut shutdown: Shutdown) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let started = std::time::Instant::now();
@@ -430,7 +430,10 @@ impl MesPublisher {
 ///
 /// # Errors
 /// Redis is unavailable or a stored state is unreadable.
-pub async fn index_entries(store: &JobStore, scope: &str) -> Result<Vec<IndexEntry>, StoreError> {
+pub(crate) async fn index_entries(
+    store: &JobStore,
+    scope: &str,
+) -> Result<Vec<IndexEntry>, StoreError> {
     let ids = store.live_ids(scope).await?;
     if ids.is_empty() {
         return Ok(Vec::new());

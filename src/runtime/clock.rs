@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How often the offset to Redis's clock is measured again.
-pub const SYNC_EVERY: Duration = Duration::from_secs(15);
+pub(crate) const SYNC_EVERY: Duration = Duration::from_secs(15);
 
 /// Redis time minus local time, in milliseconds.
 static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
@@ -29,19 +29,13 @@ fn local_ms() -> i64 {
 }
 
 /// Milliseconds since the Unix epoch on the shared (Redis) clock.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     u64::try_from(local_ms().saturating_add(OFFSET_MS.load(Ordering::Relaxed))).unwrap_or(0)
 }
 
 /// The shared clock as a timestamp.
-pub fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_millis(now_ms() as i64).unwrap_or_else(Utc::now)
-}
-
-/// The current offset of the local clock to Redis's, in milliseconds
-/// (positive: Redis is ahead).
-pub fn offset_ms() -> i64 {
-    OFFSET_MS.load(Ordering::Relaxed)
 }
 
 /// Measures the offset to Redis's clock with one `TIME` and uses it from now
@@ -49,7 +43,9 @@ pub fn offset_ms() -> i64 {
 ///
 /// # Errors
 /// Redis is unreachable or answered something that is not a time.
-pub async fn sync<C: redis::aio::ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<i64> {
+pub(crate) async fn sync<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+) -> redis::RedisResult<i64> {
     let before = local_ms();
     let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
     let after = local_ms();
@@ -68,7 +64,7 @@ pub async fn sync<C: redis::aio::ConnectionLike + Send>(conn: &mut C) -> redis::
 
 /// Measures again every [`SYNC_EVERY`] until `shutdown` resolves; a failed
 /// measurement keeps the last offset.
-pub async fn keep_in_sync<C, F>(mut conn: C, shutdown: F)
+pub(crate) async fn keep_in_sync<C, F>(mut conn: C, shutdown: F)
 where
     C: redis::aio::ConnectionLike + Send,
     F: std::future::Future<Output = ()>,

@@ -3,7 +3,7 @@
 //! [`clock`] (Redis's) for decisions that span replicas.
 
 pub(crate) mod backoff;
-pub mod clock;
+pub(crate) mod clock;
 mod shutdown;
 
 pub use shutdown::{Shutdown, ShutdownHandle};

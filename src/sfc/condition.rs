@@ -46,7 +46,7 @@
 //!     elapsed_seconds: 1.5,
 //! };
 //! assert_eq!(condition.evaluate(&ctx), Ok(true));
-//! # Ok::<(), String>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use serde_json::Value;
@@ -137,7 +137,7 @@ impl Condition {
     ///
     /// The CEL parser's message (with line and column) when the text is
     /// neither `always`, nor empty, nor an identifier, nor valid CEL.
-    pub fn compile(text: &str) -> Result<Condition, String> {
+    pub fn compile(text: &str) -> Result<Condition, CompileError> {
         let text = text.trim();
         if text.is_empty() || text.eq_ignore_ascii_case("always") {
             return Ok(Condition::Always);
@@ -150,12 +150,17 @@ impl Condition {
                 source: text.to_owned(),
                 program: Arc::new(program),
             })),
-            Err(errors) => Err(errors
-                .errors
-                .iter()
-                .map(|e| format!("line {}, column {}: {}", e.pos.0, e.pos.1 + 1, e.msg))
-                .collect::<Vec<_>>()
-                .join("; ")),
+            Err(errors) => Err(CompileError {
+                problems: errors
+                    .errors
+                    .iter()
+                    .map(|e| SyntaxProblem {
+                        line: e.pos.0,
+                        column: e.pos.1 + 1,
+                        message: e.msg.clone(),
+                    })
+                    .collect(),
+            }),
         }
     }
 
@@ -170,13 +175,65 @@ impl Condition {
     /// A CEL expression that fails for another reason (no such operator for
     /// the operand types, division by zero, …) or yields something other
     /// than a bool.
-    pub fn evaluate(&self, ctx: &ConditionContext<'_>) -> Result<bool, String> {
+    pub fn evaluate(&self, ctx: &ConditionContext<'_>) -> Result<bool, EvalError> {
         match self {
             Condition::Always => Ok(true),
             Condition::Flag(field) => Ok(ctx.step_results.get(field) == Some(&Value::Bool(true))),
             Condition::Expr(cel) => evaluate_cel(cel, ctx),
         }
     }
+}
+
+/// A condition text that is not valid CEL: every problem the parser found,
+/// shown as `line L, column C: message`, joined by `; `.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", display_problems(.problems))]
+pub struct CompileError {
+    /// The parser's problems, in its order.
+    pub problems: Vec<SyntaxProblem>,
+}
+
+/// One problem the CEL parser found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: {message}")]
+pub struct SyntaxProblem {
+    /// Line, as the parser counts (from 1).
+    pub line: isize,
+    /// Column, from 1.
+    pub column: isize,
+    /// The parser's message.
+    pub message: String,
+}
+
+fn display_problems(problems: &[SyntaxProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A CEL condition that could not be evaluated to a bool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvalError {
+    /// The expression yields something other than a bool.
+    #[error("condition `{condition}` yields {yields}, not a bool")]
+    NotBool {
+        /// The condition's CEL source.
+        condition: String,
+        /// The CEL type it yields.
+        yields: String,
+    },
+    /// The evaluation failed (no such operator for the operand types,
+    /// division by zero, …).
+    #[error("condition `{condition}` failed: {reason}")]
+    Failed {
+        /// The condition's CEL source.
+        condition: String,
+        /// CEL's message.
+        reason: String,
+    },
 }
 
 /// `always`, the flag name, or the CEL source: how a recipe writes it.
@@ -190,7 +247,7 @@ impl fmt::Display for Condition {
     }
 }
 
-fn evaluate_cel(cel: &CompiledCel, ctx: &ConditionContext<'_>) -> Result<bool, String> {
+fn evaluate_cel(cel: &CompiledCel, ctx: &ConditionContext<'_>) -> Result<bool, EvalError> {
     let mut context = cel::Context::with_env(Arc::clone(stdlib()));
     for (name, result) in ctx.results {
         if is_identifier(name) && !is_cel_reserved(name) && !VARIABLES.contains(&name.as_str()) {
@@ -209,17 +266,19 @@ fn evaluate_cel(cel: &CompiledCel, ctx: &ConditionContext<'_>) -> Result<bool, S
     context.add_variable_from_value("elapsed", cel::Value::Float(ctx.elapsed_seconds));
     match cel.program.execute(&context) {
         Ok(cel::Value::Bool(b)) => Ok(b),
-        Ok(other) => Err(format!(
-            "condition `{}` yields {}, not a bool",
-            cel.source,
-            other.type_of()
-        )),
+        Ok(other) => Err(EvalError::NotBool {
+            condition: cel.source.clone(),
+            yields: other.type_of().to_string(),
+        }),
         // Missing data: the action has not completed (yet) or its result
         // lacks the field. The transition is just not enabled.
         Err(cel::ExecutionError::NoSuchKey(_) | cel::ExecutionError::UndeclaredReference(_)) => {
             Ok(false)
         }
-        Err(e) => Err(format!("condition `{}` failed: {e}", cel.source)),
+        Err(e) => Err(EvalError::Failed {
+            condition: cel.source.clone(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -396,7 +455,10 @@ mod tests {
                 step_results: &self.step_results,
                 elapsed_seconds: self.elapsed,
             };
-            Condition::compile(text)?.evaluate(&ctx)
+            Condition::compile(text)
+                .map_err(|e| e.to_string())?
+                .evaluate(&ctx)
+                .map_err(|e| e.to_string())
         }
     }
 
@@ -474,6 +536,8 @@ mod tests {
     #[test]
     fn syntax_errors_do_not_compile_and_say_where() {
         let err = Condition::compile("tighten.ok &&").unwrap_err();
+        assert_eq!(err.problems[0].line, 1);
+        let err = err.to_string();
         assert!(err.starts_with("line 1, column"), "{err}");
         assert!(Condition::compile("a ==== b").is_err());
         assert!(Condition::compile("(").is_err());

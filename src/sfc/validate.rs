@@ -171,20 +171,38 @@ fn kind(value: &Value) -> &'static str {
 /// # Errors
 ///
 /// What is wrong with it.
-pub fn check_cloudevent_type(text: &str) -> Result<(), String> {
+pub fn check_cloudevent_type(text: &str) -> Result<(), CloudEventTypeError> {
     if text.is_empty() {
-        return Err("it is empty".into());
+        return Err(CloudEventTypeError::Empty);
     }
     if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("it contains the character {c:?}"));
+        return Err(CloudEventTypeError::BadCharacter(c));
     }
     if !text.contains('.') {
-        return Err("it has no dot; use a reverse-DNS name like com.example.tighten.v1".into());
+        return Err(CloudEventTypeError::NoDot);
     }
     if text.split('.').any(str::is_empty) {
-        return Err("it has an empty segment between dots".into());
+        return Err(CloudEventTypeError::EmptySegment);
     }
     Ok(())
+}
+
+/// What is wrong with a CloudEvent `type` (see [`check_cloudevent_type`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloudEventTypeError {
+    /// The type is empty.
+    #[error("it is empty")]
+    Empty,
+    /// The type contains white space or a control character.
+    #[error("it contains the character {0:?}")]
+    BadCharacter(char),
+    /// The type has a single segment.
+    #[error("it has no dot; use a reverse-DNS name like com.example.tighten.v1")]
+    NoDot,
+    /// Two dots in a row, or a dot at either end.
+    #[error("it has an empty segment between dots")]
+    EmptySegment,
 }
 
 /// Where a name is defined.

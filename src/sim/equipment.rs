@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// A decoded command, as far as the equipment cares.
 #[derive(Debug, Clone)]
-pub(crate) struct Command {
+pub(crate) struct ReceivedCommand {
     pub(crate) source: String,
     pub(crate) id: String,
     pub(crate) ty: String,
@@ -202,7 +202,7 @@ impl Equipment {
     }
 
     /// Decides what to do with `cmd`.
-    pub(crate) fn decide(&mut self, cmd: &Command) -> Decision {
+    pub(crate) fn decide(&mut self, cmd: &ReceivedCommand) -> Decision {
         let key = (cmd.source.clone(), cmd.id.clone());
         if let Some(reply) = self.seen.get(&key) {
             return Decision::Redelivery {
@@ -297,8 +297,8 @@ mod tests {
     use crate::sim::config::EmitSpec;
     use serde_json::json;
 
-    fn command(n: u32, ty: &str) -> Command {
-        Command {
+    fn command(n: u32, ty: &str) -> ReceivedCommand {
+        ReceivedCommand {
             source: "station".into(),
             id: format!("cmd-{n}"),
             ty: ty.into(),

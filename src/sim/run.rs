@@ -3,7 +3,7 @@
 //! publishes.
 
 use super::config::{EmitIntent, SimConfig};
-use super::equipment::{Answer, Command, Decision, Equipment, PlannedEvent, Reply};
+use super::equipment::{Answer, Decision, Equipment, PlannedEvent, ReceivedCommand, Reply};
 use super::SimError;
 use crate::binding::mqtt::{self as mb, ReplyTo};
 use crate::envelope::{CloudEvent, ContentType, CorrelationId, DecodeError};
@@ -351,7 +351,7 @@ impl Simulator {
             .subject
             .clone()
             .or_else(|| subject_from_topic(&self.config.prefix, &topic));
-        let command = Command {
+        let command = ReceivedCommand {
             source: event.source.clone(),
             id: event.id.clone(),
             ty: event.ty.clone(),

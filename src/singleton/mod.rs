@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 /// A lock held by at most one owner.
 #[derive(Clone)]
-pub struct SingletonLock {
+pub(crate) struct SingletonLock {
     conn: ConnectionManager,
     key: String,
     owner: String,
@@ -35,7 +35,7 @@ impl std::fmt::Debug for SingletonLock {
 impl SingletonLock {
     /// A lock at `key` for `owner` (an instance id), expiring `ttl` after the
     /// last renewal.
-    pub fn new(
+    pub(crate) fn new(
         conn: ConnectionManager,
         key: impl Into<String>,
         owner: impl Into<String>,
@@ -53,7 +53,7 @@ impl SingletonLock {
     ///
     /// # Errors
     /// Redis is unavailable.
-    pub async fn try_acquire(&self) -> redis::RedisResult<bool> {
+    pub(crate) async fn try_acquire(&self) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
         let r: i64 = LOCK_RENEW
             .key(&self.key)
@@ -68,7 +68,7 @@ impl SingletonLock {
     ///
     /// # Errors
     /// Redis is unavailable (the lock then expires by itself).
-    pub async fn release(&self) -> redis::RedisResult<()> {
+    pub(crate) async fn release(&self) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         LOCK_RELEASE
             .key(&self.key)
@@ -82,7 +82,7 @@ impl SingletonLock {
     /// waits for the lock, starts the task, renews the lock while it runs,
     /// and cancels the task when the lock is lost (then waits for it again).
     /// A task that returns ends the loop.
-    pub async fn run<F, Fut>(self, mut shutdown: Shutdown, mut task: F)
+    pub(crate) async fn run<F, Fut>(self, mut shutdown: Shutdown, mut task: F)
     where
         F: FnMut(Shutdown) -> Fut,
         Fut: Future<Output = ()>,

@@ -6,17 +6,19 @@
 //! several transports.
 //!
 //! The dependency goes one way: the transport routes messages to
-//! [`processor`](crate::processor)s and the processors know nothing of it.
+//! [`Processor`](crate::Processor)s and the processors know nothing of it.
 //! What both sides share — the topic layout ([`TopicBinding`],
-//! [`Direction`], [`Intent`]) and the publishing port ([`Publisher`],
-//! [`Outgoing`], [`TransportError`]) — lives in [`crate::binding`], which
-//! depends on neither; it is re-exported here under its familiar paths.
+//! [`Direction`], [`Intent`]), the CloudEvent ↔ MQTT mapping ([`binding`])
+//! and the publishing port ([`Publisher`], [`Outgoing`], [`TransportError`])
+//! — lives in the crate-private `binding` module, which depends on neither;
+//! it is re-exported here.
 
 mod acks;
 pub mod mqtt;
 mod pending;
 pub mod takeover;
 
+pub use crate::binding::mqtt as binding;
 pub use crate::binding::port::{BoxFuture, Outgoing, Publisher, TransportError};
 pub use crate::binding::topics;
 pub use crate::binding::topics::{Direction, Intent, TopicBinding};

@@ -785,10 +785,13 @@ async fn a_hand_written_processor_takes_over_a_command_type() {
     let tool_task = tokio::spawn(async move {
         while let Some(p) = tool.recv(Duration::from_secs(60)).await {
             let topic = String::from_utf8_lossy(&p.topic).into_owned();
-            let cmd =
-                microdcs::binding::mqtt::decode(&topic, p.payload.clone(), p.properties.as_ref())
-                    .unwrap()
-                    .event;
+            let cmd = microdcs::transport::binding::decode(
+                &topic,
+                p.payload.clone(),
+                p.properties.as_ref(),
+            )
+            .unwrap()
+            .event;
             assert_eq!(cmd.ty, "com.example.nutrunner.Tighten.v1");
             assert_eq!(cmd.data_as::<Value>().unwrap()["Program"], 7);
             assert_eq!(cmd.id, "axle/h1/tighten/1");
@@ -800,7 +803,7 @@ async fn a_hand_written_processor_takes_over_a_command_type() {
                     .unwrap()
                     .into(),
             );
-            let out = microdcs::binding::mqtt::encode(&reply, None);
+            let out = microdcs::transport::binding::encode(&reply, None);
             let mut props = out.properties;
             props.correlation_data = p
                 .properties

@@ -16,7 +16,7 @@ use crate::harness::jobs::{self, order, Mes};
 use crate::harness::recipes::{pull_event, push_command, SFC};
 use crate::harness::{init_tracing, Mosquitto, Redis};
 use bytes::Bytes;
-use microdcs::binding::mqtt as binding;
+use microdcs::transport::binding;
 use microdcs::{CloudEvent, CorrelationId};
 use redis::AsyncCommands;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};

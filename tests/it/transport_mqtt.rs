@@ -701,10 +701,10 @@ async fn southbound_request_gets_reply_or_expires() {
         )
         .await
         .unwrap_err();
-    assert_eq!(expired.kind, microdcs::ErrorKind::Timeout);
+    assert_eq!(expired.kind(), microdcs::ErrorKind::Timeout);
     // A southbound processor cannot send events.
     let wrong = emitter.emit(Emit::new(&Pinged { n: 1 })).await.unwrap_err();
-    assert_eq!(wrong.kind, microdcs::ErrorKind::InternalLogicError);
+    assert_eq!(wrong.kind(), microdcs::ErrorKind::InternalLogicError);
     eq_task.abort();
     st.stop().await.unwrap();
 }

@@ -78,7 +78,7 @@ impl EngineError {
     /// `None` for unavailability, which is worth another attempt.
     pub(super) fn terminal_reason(&self) -> Option<String> {
         match self {
-            EngineError::Emit(e) if !e.retryable => Some(self.to_string()),
+            EngineError::Emit(e) if !e.is_retryable() => Some(self.to_string()),
             EngineError::Unshapeable(_) | EngineError::Payload(_) => Some(self.to_string()),
             EngineError::Redis(e) | EngineError::Store(StoreError::Unavailable(e))
                 if !redis_is_retryable(e) =>
@@ -102,7 +102,7 @@ impl From<EngineError> for HandlerError {
             e @ (EngineError::Unshapeable(_) | EngineError::Payload(_)) => {
                 HandlerError::terminal(ErrorKind::PropertyInvalid, e.to_string())
             }
-            EngineError::Emit(ref h) if !h.retryable => {
+            EngineError::Emit(ref h) if !h.is_retryable() => {
                 HandlerError::terminal(ErrorKind::PropertyInvalid, e.to_string())
             }
             e @ (EngineError::Encode(_)
@@ -162,19 +162,19 @@ mod tests {
             reason: "wildcard".into(),
         }
         .into();
-        assert!(!invalid.retryable);
+        assert!(!invalid.is_retryable());
         let text = invalid.to_string();
         let refused = EngineError::Emit(invalid);
         assert_eq!(refused.terminal_reason(), Some(text));
-        assert!(!HandlerError::from(refused).retryable);
+        assert!(!HandlerError::from(refused).is_retryable());
         let closed: HandlerError = TransportError::Closed("mqtt".into()).into();
-        assert!(closed.retryable);
+        assert!(closed.is_retryable());
         let closed = EngineError::Emit(closed);
         assert_eq!(closed.terminal_reason(), None);
-        assert!(HandlerError::from(closed).retryable);
+        assert!(HandlerError::from(closed).is_retryable());
         // As a handler error (deliver): terminal stays terminal, and
         // what is worth another attempt says so.
-        assert!(!HandlerError::from(EngineError::Unshapeable("x".into())).retryable);
-        assert!(HandlerError::from(EngineError::Contended { job: "j".into() }).retryable);
+        assert!(!HandlerError::from(EngineError::Unshapeable("x".into())).is_retryable());
+        assert!(HandlerError::from(EngineError::Contended { job: "j".into() }).is_retryable());
     }
 }

@@ -9,7 +9,7 @@ use super::store::{waiting_types, Stored, Write};
 use super::{now_ms, Engine, EngineError};
 use crate::jobs::store::parse_state_key;
 use crate::jobs::{Internal, JobState, MainState};
-use crate::sfc::exec::{Ctx, Exec, Input};
+use crate::sfc::exec::{EvolutionContext, Execution, Input};
 use crate::sfc::fence;
 use redis::AsyncCommands;
 use serde_json::{Map, Value};
@@ -58,7 +58,7 @@ impl Engine {
             let waiting_before = waiting_types(&e, &c.recipe);
             let effects = e.apply(
                 input.clone(),
-                Ctx {
+                EvolutionContext {
                     recipe: &c.recipe,
                     net: &c.net,
                     now_ms: now_ms(),
@@ -177,12 +177,12 @@ impl Engine {
                 }
             }
         }
-        let ctx = Ctx {
+        let ctx = EvolutionContext {
             recipe: &compiled.recipe,
             net: &compiled.net,
             now_ms: now_ms(),
         };
-        let (e, effects) = Exec::start(id, scope, params, ctx);
+        let (e, effects) = Execution::start(id, scope, params, ctx);
         let waiting = waiting_types(&e, &compiled.recipe);
         if !self
             .write(Write {

@@ -323,7 +323,11 @@ pub fn command_subject(scope: &str, equipment: Option<&str>) -> String {
 pub fn recipe_validator() -> (String, crate::jobs::manager::WorkMasterValidator) {
     (
         SFC_RECIPE_SCHEMA.to_owned(),
-        Arc::new(|data: &Value| Recipe::parse(data).map(|_| ()).map_err(|e| e.to_string())),
+        Arc::new(|data: &Value| {
+            Recipe::parse(data)
+                .map(|_| ())
+                .map_err(|e| crate::jobs::manager::InvalidWorkMaster::new(e.to_string()))
+        }),
     )
 }
 

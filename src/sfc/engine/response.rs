@@ -2,7 +2,7 @@
 
 use super::now_ms;
 use crate::jobs::JobState;
-use crate::sfc::exec::{Exec, Status};
+use crate::sfc::exec::{Execution, Status};
 use serde_json::{json, Map, Value};
 
 fn rfc3339(ms: u64) -> String {
@@ -13,9 +13,9 @@ fn rfc3339(ms: u64) -> String {
 
 /// The execution of a job that failed before it ran (its recipe is
 /// invalid), for its job response.
-pub(super) fn failed_exec(job: &str, scope: &str, reason: &str) -> Exec {
+pub(super) fn failed_exec(job: &str, scope: &str, reason: &str) -> Execution {
     let now = now_ms();
-    Exec {
+    Execution {
         job: job.to_owned(),
         scope: scope.to_owned(),
         status: Status::Failed(reason.to_owned()),
@@ -36,7 +36,7 @@ pub(super) fn failed_exec(job: &str, scope: &str, reason: &str) -> Exec {
 /// The job response of a finished execution (`ISA95JobResponseDataType`):
 /// the action results as `JobResponseData`, the step history, start and end
 /// times, and the failure reason as `Description`.
-pub(super) fn response_json(job: &str, e: &Exec, state: &JobState) -> Value {
+pub(super) fn response_json(job: &str, e: &Execution, state: &JobState) -> Value {
     let data: Vec<Value> = e
         .results
         .iter()

@@ -10,7 +10,7 @@ use crate::envelope::CloudEvent;
 use crate::error::HandlerError;
 use crate::processor::{Meta, State};
 use crate::redis::scripts::EARLY_PUSH;
-use crate::sfc::exec::{self, Exec, Input};
+use crate::sfc::exec::{self, Execution, Input};
 use crate::sfc::recipe::{Interaction, Recipe};
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -35,7 +35,7 @@ fn deadline_of(ev: &CloudEvent, now: u64) -> Option<u64> {
 
 /// Whether the execution has a `pull_event` action waiting right now that
 /// takes an event of `type_id` from `equipment`.
-fn waits_for(e: &Exec, recipe: &Recipe, type_id: &str, equipment: Option<&str>) -> bool {
+fn waits_for(e: &Execution, recipe: &Recipe, type_id: &str, equipment: Option<&str>) -> bool {
     !e.is_finished()
         && recipe.actions.iter().any(|a| {
             a.interaction == Interaction::PullEvent

@@ -5,7 +5,7 @@
 use super::work::WorkItem;
 use super::{Engine, EngineError};
 use crate::redis::scripts::EXEC_APPLY;
-use crate::sfc::exec::{self, Effect, Exec};
+use crate::sfc::exec::{self, Effect, Execution};
 use crate::sfc::net::Net;
 use crate::sfc::recipe::{Interaction, Recipe};
 use redis::AsyncCommands;
@@ -26,7 +26,7 @@ pub(super) struct Compiled {
 /// state, and the recipe it runs (JSON, as stored).
 pub(super) struct Stored {
     pub(super) version: u64,
-    pub(super) exec: Exec,
+    pub(super) exec: Execution,
     pub(super) recipe: String,
 }
 
@@ -36,7 +36,7 @@ pub(super) struct Write<'a> {
     /// The version read; nothing is written if the state moved since (0: it
     /// must not exist yet).
     pub(super) expected: u64,
-    pub(super) exec: &'a Exec,
+    pub(super) exec: &'a Execution,
     /// The recipe, stored with a new execution only.
     pub(super) recipe: Option<&'a str>,
     /// Timers are scheduled, the rest become work items.
@@ -48,7 +48,7 @@ pub(super) struct Write<'a> {
 }
 
 /// The pull event types a job's execution waits for right now.
-pub(super) fn waiting_types(e: &Exec, recipe: &Recipe) -> BTreeSet<String> {
+pub(super) fn waiting_types(e: &Execution, recipe: &Recipe) -> BTreeSet<String> {
     if e.is_finished() {
         return BTreeSet::new();
     }
@@ -143,7 +143,7 @@ impl Engine {
             .get("v")
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| corrupt("no version".into()))?;
-        let exec: Exec = serde_json::from_str(h.get("doc").map_or("", String::as_str))
+        let exec: Execution = serde_json::from_str(h.get("doc").map_or("", String::as_str))
             .map_err(|e| corrupt(e.to_string()))?;
         let recipe = h
             .get("recipe")

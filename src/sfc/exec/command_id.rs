@@ -98,7 +98,7 @@ impl FromStr for CommandId {
 }
 
 /// Scope, job, action and activation of a command id made by
-/// [`Exec::command_id`](super::Exec::command_id); `None` for anything else.
+/// [`Execution::command_id`](super::Execution::command_id); `None` for anything else.
 /// The tuple form of [`CommandId`]'s `FromStr`.
 pub fn parse_command_id(id: &str) -> Option<(String, String, String, u32)> {
     let id: CommandId = id.parse().ok()?;

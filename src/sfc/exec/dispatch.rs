@@ -2,10 +2,10 @@
 //! event), the one deadline of each run, and retries after a failed
 //! attempt.
 
-use super::{ms, ActionRun, ActionState, Ctx, Effect, Exec, TimerKey, TimerKind};
+use super::{ms, ActionRun, ActionState, Effect, EvolutionContext, Execution, TimerKey, TimerKind};
 use crate::sfc::recipe::{Action, Interaction, Qualifier};
 
-impl Exec {
+impl Execution {
     /// Sends (or, for a pull action, starts waiting for) `action`'s
     /// `attempt` in `activation` of its step.
     pub(super) fn dispatch(
@@ -13,7 +13,7 @@ impl Exec {
         action: &Action,
         activation: u32,
         attempt: u32,
-        ctx: Ctx<'_>,
+        ctx: EvolutionContext<'_>,
         effects: &mut Vec<Effect>,
     ) {
         let command_id = self.command_id(&action.name, activation);
@@ -74,7 +74,7 @@ impl Exec {
         action: &Action,
         run: &ActionRun,
         reason: impl FnOnce() -> String,
-        ctx: Ctx<'_>,
+        ctx: EvolutionContext<'_>,
         effects: &mut Vec<Effect>,
     ) {
         let name = &action.name;

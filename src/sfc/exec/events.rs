@@ -3,13 +3,13 @@
 //! and a command that could not be sent at all.
 
 use super::{
-    push_bounded, ActionState, Ctx, EarlyEvent, Effect, Exec, EARLY_EVENTS, EARLY_EVENT_TTL_MS,
-    SEEN_EVENTS,
+    push_bounded, ActionState, EarlyEvent, Effect, EvolutionContext, Execution, EARLY_EVENTS,
+    EARLY_EVENT_TTL_MS, SEEN_EVENTS,
 };
 use crate::sfc::recipe::Action;
 use serde_json::Value;
 
-impl Exec {
+impl Execution {
     /// Drops kept events that are too old or past their deadline.
     pub(super) fn expire_early(&mut self, now: u64) {
         self.early
@@ -23,7 +23,7 @@ impl Exec {
         &mut self,
         command_id: &str,
         outcome: Result<Value, String>,
-        ctx: Ctx<'_>,
+        ctx: EvolutionContext<'_>,
         effects: &mut Vec<Effect>,
     ) {
         let Some((name, run)) = self
@@ -50,7 +50,12 @@ impl Exec {
     /// action (in recipe order) that takes it completes, else it is kept
     /// for one that will. Returns `false` when it changes nothing: it
     /// arrived expired, or it is a redelivery of an event seen before.
-    pub(super) fn on_event(&mut self, event: EarlyEvent, id: Option<String>, ctx: Ctx<'_>) -> bool {
+    pub(super) fn on_event(
+        &mut self,
+        event: EarlyEvent,
+        id: Option<String>,
+        ctx: EvolutionContext<'_>,
+    ) -> bool {
         if !event.live_at(ctx.now_ms) {
             return false;
         }
@@ -97,7 +102,7 @@ impl Exec {
         command_id: &str,
         attempt: u32,
         reason: &str,
-        ctx: Ctx<'_>,
+        ctx: EvolutionContext<'_>,
         effects: &mut Vec<Effect>,
     ) {
         let Some((name, run)) = self.actions.iter().find(|(_, r)| {

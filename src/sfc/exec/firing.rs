@@ -2,16 +2,16 @@
 //! active, finished where required, guards true), and firing the first by
 //! conflict order until none is enabled.
 
-use super::{ActionState, Ctx, Effect, Exec, Status, MAX_FIRINGS};
+use super::{ActionState, Effect, EvolutionContext, Execution, Status, MAX_FIRINGS};
 use crate::sfc::condition::{Condition, ConditionContext};
 use crate::sfc::net::{NetTransition, StepId};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
-impl Exec {
+impl Execution {
     /// Fires enabled transitions until none is enabled; completes the job
     /// when no step is active any more.
-    pub(super) fn settle(&mut self, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
+    pub(super) fn settle(&mut self, ctx: EvolutionContext<'_>, effects: &mut Vec<Effect>) {
         for _ in 0..MAX_FIRINGS {
             if self.is_finished() {
                 return;
@@ -41,7 +41,7 @@ impl Exec {
     }
 
     /// Whether `t` can fire now.
-    fn enabled(&self, t: &NetTransition, ctx: Ctx<'_>) -> bool {
+    fn enabled(&self, t: &NetTransition, ctx: EvolutionContext<'_>) -> bool {
         t.inputs
             .iter()
             .all(|&s| self.active.contains_key(&ctx.net.steps[s]))
@@ -55,7 +55,12 @@ impl Exec {
 
     /// Fires `t`: leaves its input steps, enters its output steps. Returns
     /// `false` when the job failed doing so.
-    fn fire(&mut self, t: &NetTransition, ctx: Ctx<'_>, effects: &mut Vec<Effect>) -> bool {
+    fn fire(
+        &mut self,
+        t: &NetTransition,
+        ctx: EvolutionContext<'_>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         for &s in &t.inputs {
             self.leave(&ctx.net.steps[s], ctx, effects);
         }
@@ -78,7 +83,12 @@ impl Exec {
 
     /// Whether `condition` holds, evaluated over the results of the
     /// current activations of the `context` steps and their elapsed time.
-    fn guard_holds(&self, condition: &Condition, context: &[StepId], ctx: Ctx<'_>) -> bool {
+    fn guard_holds(
+        &self,
+        condition: &Condition,
+        context: &[StepId],
+        ctx: EvolutionContext<'_>,
+    ) -> bool {
         if matches!(condition, Condition::Always) {
             return true;
         }
@@ -121,7 +131,7 @@ impl Exec {
 
 /// Whether a transition leaving `step` has a condition that uses time (and
 /// so needs re-evaluation ticks while the step is active).
-pub(super) fn has_time_condition(ctx: Ctx<'_>, step: &str) -> bool {
+pub(super) fn has_time_condition(ctx: EvolutionContext<'_>, step: &str) -> bool {
     ctx.recipe
         .transitions
         .iter()

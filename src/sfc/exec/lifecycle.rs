@@ -3,19 +3,19 @@
 //! failed, stopped or aborted, with everything still outstanding
 //! cancelled.
 
-use super::{Ctx, Effect, Exec, Status, TimerKey, TICK_MS};
+use super::{Effect, EvolutionContext, Execution, Status, TimerKey, TICK_MS};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, VecDeque};
 
-impl Exec {
+impl Execution {
     /// Starts executing `recipe` for a job: activates the initial step.
     pub fn start(
         job: &str,
         scope: &str,
         params: Map<String, Value>,
-        ctx: Ctx<'_>,
-    ) -> (Exec, Vec<Effect>) {
-        let mut execution = Exec {
+        ctx: EvolutionContext<'_>,
+    ) -> (Execution, Vec<Effect>) {
+        let mut execution = Execution {
             job: job.to_owned(),
             scope: scope.to_owned(),
             status: Status::Running,
@@ -40,8 +40,8 @@ impl Exec {
 
     /// An execution that failed before it could start (`reason`), at
     /// `now_ms`: it has no steps and takes no input.
-    pub fn failed(job: &str, scope: &str, reason: &str, now_ms: u64) -> Exec {
-        Exec {
+    pub fn failed(job: &str, scope: &str, reason: &str, now_ms: u64) -> Execution {
+        Execution {
             job: job.to_owned(),
             scope: scope.to_owned(),
             status: Status::Failed(reason.to_owned()),
@@ -61,7 +61,7 @@ impl Exec {
 
     /// Paused (Interrupted): transitions and timers are held until Resume.
     /// Results and events still count while paused.
-    pub(super) fn pause(&mut self, ctx: Ctx<'_>) {
+    pub(super) fn pause(&mut self, ctx: EvolutionContext<'_>) {
         if self.paused_at_ms.is_none() {
             self.paused_at_ms = Some(ctx.now_ms);
         }
@@ -70,7 +70,7 @@ impl Exec {
     /// Running again: every pending deadline moves by the pause and is
     /// issued again under its (unchanged) key; the steps' elapsed time
     /// does not count the pause either.
-    pub(super) fn resume(&mut self, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
+    pub(super) fn resume(&mut self, ctx: EvolutionContext<'_>, effects: &mut Vec<Effect>) {
         let Some(since) = self.paused_at_ms.take() else {
             return;
         };
@@ -101,13 +101,23 @@ impl Exec {
     }
 
     /// The job fails with `reason`.
-    pub(super) fn fail(&mut self, reason: String, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
+    pub(super) fn fail(
+        &mut self,
+        reason: String,
+        ctx: EvolutionContext<'_>,
+        effects: &mut Vec<Effect>,
+    ) {
         self.finish(Status::Failed(reason), ctx, effects);
     }
 
     /// Execution ends with `status`: every outstanding run is cancelled and
     /// every active step left. Only the first end counts.
-    pub(super) fn finish(&mut self, status: Status, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
+    pub(super) fn finish(
+        &mut self,
+        status: Status,
+        ctx: EvolutionContext<'_>,
+        effects: &mut Vec<Effect>,
+    ) {
         if self.is_finished() {
             return;
         }

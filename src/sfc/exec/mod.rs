@@ -1,5 +1,5 @@
 //! The execution state of one job's recipe and its evolution, as a pure
-//! function: `Exec::apply(input) -> effects`, no I/O, no clock (the time is
+//! function: `Execution::apply(input) -> effects`, no I/O, no clock (the time is
 //! an input). The runtime stores the state in Redis with a compare-and-swap
 //! and performs the effects; any replica can apply the next input.
 //!
@@ -53,7 +53,7 @@
 //!
 //! # Layout
 //!
-//! One concern per file, all of them `impl Exec` blocks over the state
+//! One concern per file, all of them `impl Execution` blocks over the state
 //! defined here:
 //!
 //! - `state`: the parts of the stored state (`Status`, `ActionRun`, …);
@@ -113,7 +113,7 @@ pub const TICK_MS: u64 = 1000;
 /// Stored by the engine as JSON: the field names and shapes are part of
 /// the stored format and must not change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Exec {
+pub struct Execution {
     /// The job order id.
     pub(crate) job: String,
     /// The job's scope.
@@ -245,7 +245,7 @@ pub enum Effect {
 
 /// What an evolution needs besides the state: the recipe, its net, now.
 #[derive(Debug, Clone, Copy)]
-pub struct Ctx<'a> {
+pub struct EvolutionContext<'a> {
     /// The recipe snapshot.
     pub recipe: &'a Recipe,
     /// Its compiled net.
@@ -254,11 +254,11 @@ pub struct Ctx<'a> {
     pub now_ms: u64,
 }
 
-impl Exec {
+impl Execution {
     /// Applies one input. Pure: the same state, input and time always give
     /// the same new state and effects. A finished execution takes nothing
     /// (no effects, no change).
-    pub fn apply(&mut self, input: Input, ctx: Ctx<'_>) -> Vec<Effect> {
+    pub fn apply(&mut self, input: Input, ctx: EvolutionContext<'_>) -> Vec<Effect> {
         let mut effects = Vec::new();
         if self.is_finished() {
             return effects;

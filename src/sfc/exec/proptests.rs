@@ -210,16 +210,16 @@ struct Run {
 }
 
 impl Run {
-    fn ctx(&self) -> Ctx<'_> {
-        Ctx {
+    fn ctx(&self) -> EvolutionContext<'_> {
+        EvolutionContext {
             recipe: &self.recipe,
             net: &self.net,
             now_ms: self.now,
         }
     }
 
-    fn note(&mut self, fx: &[Effect]) {
-        for f in fx {
+    fn note(&mut self, effects: &[Effect]) {
+        for f in effects {
             if let Effect::Timer { key, at_ms } = f {
                 self.timers.insert(key.clone(), *at_ms);
             }
@@ -227,7 +227,7 @@ impl Run {
     }
 
     /// The input `spec` stands for now; `None` when it only moves time.
-    fn input(&mut self, spec: &InputSpec, e: &Exec) -> Option<Input> {
+    fn input(&mut self, spec: &InputSpec, e: &Execution) -> Option<Input> {
         let run_at = |pick: usize| {
             let runs: Vec<&ActionRun> = e.actions.values().collect();
             (!runs.is_empty()).then(|| runs[pick % runs.len()].clone())
@@ -277,7 +277,10 @@ impl Run {
 /// No outstanding action that holds its step outlives the step's
 /// activation: what runs in an inactive step is only what the qualifiers
 /// let run past it (P, P1, S, P0).
-fn no_holding_action_runs_in_an_inactive_step(e: &Exec, recipe: &Recipe) -> Result<(), String> {
+fn no_holding_action_runs_in_an_inactive_step(
+    e: &Execution,
+    recipe: &Recipe,
+) -> Result<(), String> {
     for (name, run) in &e.actions {
         let Some(action) = recipe.action(name) else {
             return Err(format!("run of unknown action {name}"));
@@ -300,8 +303,8 @@ fn no_holding_action_runs_in_an_inactive_step(e: &Exec, recipe: &Recipe) -> Resu
 
 /// Every dispatch of an action with a timeout or a time limit comes with
 /// the timer of that send.
-fn every_dispatch_has_its_timer(fx: &[Effect], recipe: &Recipe) -> Result<(), String> {
-    for f in fx {
+fn every_dispatch_has_its_timer(effects: &[Effect], recipe: &Recipe) -> Result<(), String> {
+    for f in effects {
         let Effect::Dispatch {
             command_id,
             action,
@@ -321,7 +324,7 @@ fn every_dispatch_has_its_timer(fx: &[Effect], recipe: &Recipe) -> Result<(), St
         let Ok(id) = command_id.parse::<CommandId>() else {
             return Err(format!("dispatch with a bad command id {command_id}"));
         };
-        let timed = fx.iter().any(|t| match t {
+        let timed = effects.iter().any(|t| match t {
             Effect::Timer { key, .. } => matches!(
                 key.parse::<TimerKey>(),
                 Ok(TimerKey::Action { action: ta, activation, kind })
@@ -333,7 +336,7 @@ fn every_dispatch_has_its_timer(fx: &[Effect], recipe: &Recipe) -> Result<(), St
         });
         if !timed {
             return Err(format!(
-                "dispatch {command_id} #{attempt} without a timer: {fx:?}"
+                "dispatch {command_id} #{attempt} without a timer: {effects:?}"
             ));
         }
     }
@@ -365,25 +368,25 @@ proptest! {
         let recipe = Recipe::parse(&json).map_err(|e| TestCaseError::fail(format!("{e}: {json}")))?;
         let net = Net::compile(&recipe).map_err(|e| TestCaseError::fail(format!("{e}: {json}")))?;
         let mut run = Run { recipe, net, now: 1_000_000, timers: BTreeMap::new() };
-        let (mut e, fx) = Exec::start("j1", "line", Map::new(), run.ctx());
-        run.note(&fx);
+        let (mut e, effects) = Execution::start("j1", "line", Map::new(), run.ctx());
+        run.note(&effects);
         no_holding_action_runs_in_an_inactive_step(&e, &run.recipe).map_err(TestCaseError::fail)?;
-        every_dispatch_has_its_timer(&fx, &run.recipe).map_err(TestCaseError::fail)?;
+        every_dispatch_has_its_timer(&effects, &run.recipe).map_err(TestCaseError::fail)?;
         for spec in &inputs {
             let Some(input) = run.input(spec, &e) else { continue };
             let was_finished = e.is_finished();
             let before = e.clone();
-            let fx = e.apply(input.clone(), run.ctx());
-            run.note(&fx);
+            let effects = e.apply(input.clone(), run.ctx());
+            run.note(&effects);
             if was_finished {
-                prop_assert!(fx.is_empty(), "a finished job produced {:?}", fx);
+                prop_assert!(effects.is_empty(), "a finished job produced {:?}", effects);
                 prop_assert_eq!(&e, &before, "a finished job changed");
                 continue;
             }
             no_holding_action_runs_in_an_inactive_step(&e, &run.recipe).map_err(TestCaseError::fail)?;
-            every_dispatch_has_its_timer(&fx, &run.recipe).map_err(TestCaseError::fail)?;
+            every_dispatch_has_its_timer(&effects, &run.recipe).map_err(TestCaseError::fail)?;
             prop_assert_eq!(
-                fx.iter().any(|f| matches!(f, Effect::Finished(_))),
+                effects.iter().any(|f| matches!(f, Effect::Finished(_))),
                 e.is_finished(),
                 "Finished is reported exactly when the job ends"
             );
@@ -395,7 +398,7 @@ proptest! {
                 let settled = e.clone();
                 let again = e.apply(input.clone(), run.ctx());
                 prop_assert!(
-                    only_repeated_ticks(&again, &fx),
+                    only_repeated_ticks(&again, &effects),
                     "replaying {:?} produced {:?}", input, again
                 );
                 prop_assert_eq!(&e, &settled, "replaying {:?} changed the state", input);

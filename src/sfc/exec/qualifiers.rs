@@ -1,7 +1,7 @@
 //! What each IEC 61131-3 qualifier does when its step is entered and left
 //! (the table in the module docs of [`exec`](super)).
 
-use super::{ActionRun, ActionState, Ctx, Effect, Exec, TimerKey, TimerKind};
+use super::{ActionRun, ActionState, Effect, EvolutionContext, Execution, TimerKey, TimerKind};
 use crate::sfc::recipe::{Action, Qualifier};
 
 /// Whether actions with qualifier `q` hold their step: the step is not
@@ -11,13 +11,13 @@ pub(super) fn holds_step(q: Qualifier) -> bool {
     matches!(q, Qualifier::N | Qualifier::L | Qualifier::D)
 }
 
-impl Exec {
+impl Execution {
     /// `action`'s part in entering `activation` of its step.
     pub(super) fn on_step_entered(
         &mut self,
         action: &Action,
         activation: u32,
-        ctx: Ctx<'_>,
+        ctx: EvolutionContext<'_>,
         effects: &mut Vec<Effect>,
     ) {
         match action.qualifier {
@@ -61,7 +61,7 @@ impl Exec {
         &mut self,
         action: &Action,
         activation: u32,
-        ctx: Ctx<'_>,
+        ctx: EvolutionContext<'_>,
         effects: &mut Vec<Effect>,
     ) {
         if holds_step(action.qualifier) {

@@ -1,12 +1,19 @@
 //! Steps: entering one (a new activation, its history record, its actions
 //! started), leaving one, and when one is finished.
 
-use super::{push_bounded, ActionState, Ctx, Effect, Exec, StepRecord, StepRun, TimerKey};
+use super::{
+    push_bounded, ActionState, Effect, EvolutionContext, Execution, StepRecord, StepRun, TimerKey,
+};
 use super::{HISTORY, TICK_MS};
 
-impl Exec {
+impl Execution {
     /// Enters a step: counts the activation, starts its actions.
-    pub(super) fn enter(&mut self, step: &str, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
+    pub(super) fn enter(
+        &mut self,
+        step: &str,
+        ctx: EvolutionContext<'_>,
+        effects: &mut Vec<Effect>,
+    ) {
         let n = self.activations.entry(step.to_owned()).or_insert(0);
         *n += 1;
         let activation = *n;
@@ -46,7 +53,12 @@ impl Exec {
 
     /// Leaves a step: its actions see the exit (see `qualifiers`), its
     /// history record gets the time.
-    pub(super) fn leave(&mut self, step: &str, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
+    pub(super) fn leave(
+        &mut self,
+        step: &str,
+        ctx: EvolutionContext<'_>,
+        effects: &mut Vec<Effect>,
+    ) {
         let Some(run) = self.active.remove(step) else {
             return;
         };
@@ -74,7 +86,7 @@ impl Exec {
 
     /// Whether the step's actions that hold it (see `qualifiers`) are all
     /// complete in its current activation.
-    pub(super) fn step_finished(&self, step: &str, ctx: Ctx<'_>) -> bool {
+    pub(super) fn step_finished(&self, step: &str, ctx: EvolutionContext<'_>) -> bool {
         let Some(run) = self.active.get(step) else {
             return false;
         };

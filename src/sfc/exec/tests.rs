@@ -20,15 +20,15 @@ impl T {
             now: 1_000_000,
         }
     }
-    fn ctx(&self) -> Ctx<'_> {
-        Ctx {
+    fn ctx(&self) -> EvolutionContext<'_> {
+        EvolutionContext {
             recipe: &self.recipe,
             net: &self.net,
             now_ms: self.now,
         }
     }
-    fn start(&self) -> (Exec, Vec<Effect>) {
-        Exec::start("j1", "line", Map::new(), self.ctx())
+    fn start(&self) -> (Execution, Vec<Effect>) {
+        Execution::start("j1", "line", Map::new(), self.ctx())
     }
 }
 
@@ -64,8 +64,9 @@ fn tr(source: &str, target: &str, condition: &str) -> Value {
     json!({"Source": source, "Target": target, "Condition": condition})
 }
 
-fn dispatched(fx: &[Effect]) -> Vec<(String, String, u32)> {
-    fx.iter()
+fn dispatched(effects: &[Effect]) -> Vec<(String, String, u32)> {
+    effects
+        .iter()
         .filter_map(|e| match e {
             Effect::Dispatch {
                 action,
@@ -78,12 +79,13 @@ fn dispatched(fx: &[Effect]) -> Vec<(String, String, u32)> {
         .collect()
 }
 
-fn names(fx: &[Effect]) -> Vec<String> {
-    dispatched(fx).into_iter().map(|d| d.0).collect()
+fn names(effects: &[Effect]) -> Vec<String> {
+    dispatched(effects).into_iter().map(|d| d.0).collect()
 }
 
-fn entered(fx: &[Effect]) -> Vec<String> {
-    fx.iter()
+fn entered(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
         .filter_map(|e| match e {
             Effect::StepEntered { step, .. } => Some(step.clone()),
             _ => None,
@@ -91,8 +93,9 @@ fn entered(fx: &[Effect]) -> Vec<String> {
         .collect()
 }
 
-fn timers(fx: &[Effect]) -> Vec<(String, u64)> {
-    fx.iter()
+fn timers(effects: &[Effect]) -> Vec<(String, u64)> {
+    effects
+        .iter()
         .filter_map(|e| match e {
             Effect::Timer { key, at_ms } => Some((key.clone(), *at_ms)),
             _ => None,
@@ -100,15 +103,15 @@ fn timers(fx: &[Effect]) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn ok(e: &Exec, action: &str, data: Value) -> Input {
+fn ok(e: &Execution, action: &str, data: Value) -> Input {
     Input::Result {
         command_id: e.actions[action].command_id.clone(),
         outcome: Ok(data),
     }
 }
 
-fn finished(fx: &[Effect]) -> Option<Status> {
-    fx.iter().find_map(|e| match e {
+fn finished(effects: &[Effect]) -> Option<Status> {
+    effects.iter().find_map(|e| match e {
         Effect::Finished(s) => Some(s.clone()),
         _ => None,
     })
@@ -129,19 +132,19 @@ fn sequence() -> Value {
 #[test]
 fn a_sequence_runs_step_by_step_and_completes() {
     let t = T::new(sequence());
-    let (mut e, fx) = t.start();
-    assert_eq!(entered(&fx), ["load"]);
+    let (mut e, effects) = t.start();
+    assert_eq!(entered(&effects), ["load"]);
     assert_eq!(
-        dispatched(&fx),
+        dispatched(&effects),
         [("clamp".into(), "line/j1/clamp/1".into(), 1)]
     );
-    let fx = e.apply(ok(&e, "clamp", json!({"ok": true})), t.ctx());
-    assert_eq!(entered(&fx), ["press"]);
-    assert_eq!(names(&fx), ["press_in"]);
-    let fx = e.apply(ok(&e, "press_in", json!({"force_kn": 12.5})), t.ctx());
-    assert_eq!(entered(&fx), ["inspect"]);
-    assert!(names(&fx).is_empty(), "a pull action sends nothing");
-    let fx = e.apply(
+    let effects = e.apply(ok(&e, "clamp", json!({"ok": true})), t.ctx());
+    assert_eq!(entered(&effects), ["press"]);
+    assert_eq!(names(&effects), ["press_in"]);
+    let effects = e.apply(ok(&e, "press_in", json!({"force_kn": 12.5})), t.ctx());
+    assert_eq!(entered(&effects), ["inspect"]);
+    assert!(names(&effects).is_empty(), "a pull action sends nothing");
+    let effects = e.apply(
         Input::Event {
             type_id: "com.example.inspected.v1".into(),
             data: json!({"passed": true}),
@@ -151,7 +154,7 @@ fn a_sequence_runs_step_by_step_and_completes() {
         },
         t.ctx(),
     );
-    assert_eq!(finished(&fx), Some(Status::Completed));
+    assert_eq!(finished(&effects), Some(Status::Completed));
     assert_eq!(e.results["press_in"]["force_kn"], 12.5);
     assert_eq!(e.history.len(), 3);
     assert_eq!(
@@ -167,7 +170,7 @@ fn a_sequence_runs_step_by_step_and_completes() {
 fn an_event_that_arrives_early_is_kept_and_matched_on_activation() {
     let t = T::new(sequence());
     let (mut e, _) = t.start();
-    let fx = e.apply(
+    let effects = e.apply(
         Input::Event {
             type_id: "com.example.inspected.v1".into(),
             data: json!({"passed": true}),
@@ -177,12 +180,12 @@ fn an_event_that_arrives_early_is_kept_and_matched_on_activation() {
         },
         t.ctx(),
     );
-    assert!(fx.is_empty());
+    assert!(effects.is_empty());
     assert_eq!(e.early.len(), 1);
     e.apply(ok(&e, "clamp", json!({})), t.ctx());
-    let fx = e.apply(ok(&e, "press_in", json!({})), t.ctx());
+    let effects = e.apply(ok(&e, "press_in", json!({})), t.ctx());
     assert_eq!(
-        finished(&fx),
+        finished(&effects),
         Some(Status::Completed),
         "inspect completes at once"
     );
@@ -245,8 +248,8 @@ fn an_equipment_selector_takes_its_level_and_the_levels_below() {
 fn parallel_pull_actions_each_take_their_own_equipments_event() {
     let t = T::new(two_sensors());
     let (mut e, _) = t.start();
-    let fx = e.apply(ok(&e, "prep", json!({})), t.ctx());
-    assert_eq!(entered(&fx), ["left", "right"]);
+    let effects = e.apply(ok(&e, "prep", json!({})), t.ctx());
+    assert_eq!(entered(&effects), ["left", "right"]);
     // Neither the scope itself nor a sibling equipment completes them.
     e.apply(event(PART, json!({"from": "scope"}), None, None), t.ctx());
     e.apply(
@@ -262,15 +265,15 @@ fn parallel_pull_actions_each_take_their_own_equipments_event() {
     assert_eq!(e.actions["right_part"].state, ActionState::Running);
     assert_eq!(e.early.len(), 2, "kept, not applied");
     // The second path's event first: it goes to the second path.
-    let fx = e.apply(
+    let effects = e.apply(
         event(PART, json!({"from": "camera"}), Some("line-1/camera"), None),
         t.ctx(),
     );
-    assert!(entered(&fx).is_empty());
+    assert!(entered(&effects).is_empty());
     assert_eq!(e.actions["left_part"].state, ActionState::Running);
     assert_eq!(e.results["right_part"]["from"], "camera");
     // A sub-level of the press is the press.
-    let fx = e.apply(
+    let effects = e.apply(
         event(
             PART,
             json!({"from": "press"}),
@@ -279,7 +282,7 @@ fn parallel_pull_actions_each_take_their_own_equipments_event() {
         ),
         t.ctx(),
     );
-    assert_eq!(entered(&fx), ["join"]);
+    assert_eq!(entered(&effects), ["join"]);
     assert_eq!(e.results["left_part"]["from"], "press");
     assert_eq!(e.results["right_part"]["from"], "camera");
 }
@@ -297,8 +300,8 @@ fn a_kept_event_is_taken_only_by_an_action_whose_selector_matches() {
         event(PART, json!({"from": "press"}), Some("line-1/press"), None),
         t.ctx(),
     );
-    let fx = e.apply(ok(&e, "prep", json!({})), t.ctx());
-    assert_eq!(entered(&fx), ["left", "right", "join"]);
+    let effects = e.apply(ok(&e, "prep", json!({})), t.ctx());
+    assert_eq!(entered(&effects), ["left", "right", "join"]);
     assert_eq!(e.results["left_part"]["from"], "press");
     assert_eq!(e.results["right_part"]["from"], "camera");
     assert!(e.early.is_empty());
@@ -310,7 +313,7 @@ fn an_action_without_a_selector_takes_any_equipments_event() {
     let (mut e, _) = t.start();
     e.apply(ok(&e, "clamp", json!({})), t.ctx());
     e.apply(ok(&e, "press_in", json!({})), t.ctx());
-    let fx = e.apply(
+    let effects = e.apply(
         event(
             "com.example.inspected.v1",
             json!({"passed": true}),
@@ -319,7 +322,7 @@ fn an_action_without_a_selector_takes_any_equipments_event() {
         ),
         t.ctx(),
     );
-    assert_eq!(finished(&fx), Some(Status::Completed));
+    assert_eq!(finished(&effects), Some(Status::Completed));
 }
 
 #[test]
@@ -330,14 +333,14 @@ fn an_expired_event_completes_nothing() {
     e.apply(ok(&e, "press_in", json!({})), t.ctx());
     let ty = "com.example.inspected.v1";
     // Expired on arrival: not applied, not kept.
-    let fx = e.apply(event(ty, json!({"n": 1}), None, Some(t.now)), t.ctx());
-    assert!(fx.is_empty());
+    let effects = e.apply(event(ty, json!({"n": 1}), None, Some(t.now)), t.ctx());
+    assert!(effects.is_empty());
     assert_eq!(e.actions["inspection"].state, ActionState::Running);
     assert!(e.early.is_empty());
     // Still valid: applied.
     t.now += 10;
-    let fx = e.apply(event(ty, json!({"n": 2}), None, Some(t.now + 1)), t.ctx());
-    assert_eq!(finished(&fx), Some(Status::Completed));
+    let effects = e.apply(event(ty, json!({"n": 2}), None, Some(t.now + 1)), t.ctx());
+    assert_eq!(finished(&effects), Some(Status::Completed));
     assert_eq!(e.results["inspection"]["n"], 2);
 }
 
@@ -355,8 +358,8 @@ fn a_kept_event_that_expires_before_its_step_is_dropped() {
     t.now += 1000;
     e.apply(ok(&e, "clamp", json!({})), t.ctx());
     assert_eq!(e.early.len(), 1, "the expired one is gone");
-    let fx = e.apply(ok(&e, "press_in", json!({})), t.ctx());
-    assert_eq!(finished(&fx), Some(Status::Completed));
+    let effects = e.apply(ok(&e, "press_in", json!({})), t.ctx());
+    assert_eq!(finished(&effects), Some(Status::Completed));
     assert_eq!(e.results["inspection"]["n"], 2, "the live one completes it");
 
     // Only expired ones kept: the action waits.
@@ -365,14 +368,14 @@ fn a_kept_event_that_expires_before_its_step_is_dropped() {
     e.apply(event(ty, json!({"n": 1}), None, Some(t.now + 500)), t.ctx());
     e.apply(ok(&e, "clamp", json!({})), t.ctx());
     t.now += 500;
-    let fx = e.apply(ok(&e, "press_in", json!({})), t.ctx());
-    assert_eq!(entered(&fx), ["inspect"]);
+    let effects = e.apply(ok(&e, "press_in", json!({})), t.ctx());
+    assert_eq!(entered(&effects), ["inspect"]);
     assert_eq!(e.actions["inspection"].state, ActionState::Running);
 }
 
 #[test]
 fn a_command_not_sent_before_its_expiry_is_retried_per_policy_or_fails() {
-    let unsent = |e: &Exec, attempt| Input::Unsent {
+    let unsent = |e: &Execution, attempt| Input::Unsent {
         command_id: e.actions["clamp"].command_id.clone(),
         attempt,
         reason: "expired in the work stream".into(),
@@ -383,26 +386,26 @@ fn a_command_not_sent_before_its_expiry_is_retried_per_policy_or_fails() {
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 2});
     let t = T::new(r);
     let (mut e, _) = t.start();
-    let fx = e.apply(unsent(&e, 1), t.ctx());
+    let effects = e.apply(unsent(&e, 1), t.ctx());
     assert_eq!(
-        dispatched(&fx),
+        dispatched(&effects),
         [("clamp".into(), "line/j1/clamp/1".into(), 2)]
     );
     // A stale report about attempt 1 changes nothing now.
     assert!(e.apply(unsent(&e, 1), t.ctx()).is_empty());
     // The last attempt unsent: the job fails with the reason.
-    let fx = e.apply(unsent(&e, 2), t.ctx());
+    let effects = e.apply(unsent(&e, 2), t.ctx());
     assert!(
-        matches!(finished(&fx), Some(Status::Failed(m)) if m.contains("not sent") && m.contains("expired in the work stream")),
-        "{fx:?}"
+        matches!(finished(&effects), Some(Status::Failed(m)) if m.contains("not sent") && m.contains("expired in the work stream")),
+        "{effects:?}"
     );
     assert_eq!(e.actions["clamp"].state, ActionState::Failed);
 
     // No retry policy: fails at once.
     let t = T::new(sequence());
     let (mut e, _) = t.start();
-    let fx = e.apply(unsent(&e, 1), t.ctx());
-    assert!(matches!(finished(&fx), Some(Status::Failed(_))));
+    let effects = e.apply(unsent(&e, 1), t.ctx());
+    assert!(matches!(finished(&effects), Some(Status::Failed(_))));
 }
 
 #[test]
@@ -443,7 +446,7 @@ fn duplicate_and_stale_results_are_harmless() {
 fn an_equipment_error_fails_the_job() {
     let t = T::new(sequence());
     let (mut e, _) = t.start();
-    let fx = e.apply(
+    let effects = e.apply(
         Input::Result {
             command_id: e.actions["clamp"].command_id.clone(),
             outcome: Err("COMMUNICATION_ERROR: jammed".into()),
@@ -451,7 +454,7 @@ fn an_equipment_error_fails_the_job() {
         t.ctx(),
     );
     assert!(
-        matches!(finished(&fx), Some(Status::Failed(m)) if m.contains("clamp") && m.contains("jammed"))
+        matches!(finished(&effects), Some(Status::Failed(m)) if m.contains("clamp") && m.contains("jammed"))
     );
 }
 
@@ -461,40 +464,40 @@ fn timeouts_resend_with_the_same_id_then_fail() {
     r["Actions"][0]["TimeoutSeconds"] = json!(5);
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 3, "BackoffSeconds": 1});
     let mut t = T::new(r);
-    let (mut e, fx) = t.start();
-    let (key, at) = timers(&fx)[0].clone();
+    let (mut e, effects) = t.start();
+    let (key, at) = timers(&effects)[0].clone();
     assert_eq!(at, t.now + 5000);
     // A timer that fires early (another replica's clock) does nothing.
     assert!(e
         .apply(Input::Timer { key: key.clone() }, t.ctx())
         .is_empty());
     t.now += 5000;
-    let fx = e.apply(Input::Timer { key }, t.ctx());
-    assert!(names(&fx).is_empty(), "back-off first");
-    let (backoff, at) = timers(&fx)[0].clone();
+    let effects = e.apply(Input::Timer { key }, t.ctx());
+    assert!(names(&effects).is_empty(), "back-off first");
+    let (backoff, at) = timers(&effects)[0].clone();
     assert_eq!(at, t.now + 1000);
     t.now += 1000;
-    let fx = e.apply(Input::Timer { key: backoff }, t.ctx());
+    let effects = e.apply(Input::Timer { key: backoff }, t.ctx());
     assert_eq!(
-        dispatched(&fx),
+        dispatched(&effects),
         [("clamp".into(), "line/j1/clamp/1".into(), 2)]
     );
     // Attempt 3, then exhausted.
-    let mut key = timers(&fx)[0].0.clone();
+    let mut key = timers(&effects)[0].0.clone();
     t.now += 5000;
-    let fx = e.apply(Input::Timer { key: key.clone() }, t.ctx());
+    let effects = e.apply(Input::Timer { key: key.clone() }, t.ctx());
     t.now += 1000;
     let fx2 = e.apply(
         Input::Timer {
-            key: timers(&fx)[0].0.clone(),
+            key: timers(&effects)[0].0.clone(),
         },
         t.ctx(),
     );
     assert_eq!(dispatched(&fx2)[0].2, 3);
     key.clone_from(&timers(&fx2)[0].0);
     t.now += 5000;
-    let fx = e.apply(Input::Timer { key }, t.ctx());
-    assert!(matches!(finished(&fx), Some(Status::Failed(m)) if m.contains("3 attempts")));
+    let effects = e.apply(Input::Timer { key }, t.ctx());
+    assert!(matches!(finished(&effects), Some(Status::Failed(m)) if m.contains("3 attempts")));
 }
 
 #[test]
@@ -503,17 +506,17 @@ fn a_result_after_a_resend_still_completes_the_action() {
     r["Actions"][0]["TimeoutSeconds"] = json!(1);
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 2});
     let mut t = T::new(r);
-    let (mut e, fx) = t.start();
+    let (mut e, effects) = t.start();
     t.now += 1000;
-    let fx = e.apply(
+    let effects = e.apply(
         Input::Timer {
-            key: timers(&fx)[0].0.clone(),
+            key: timers(&effects)[0].0.clone(),
         },
         t.ctx(),
     );
-    assert_eq!(dispatched(&fx)[0].2, 2);
-    let fx = e.apply(ok(&e, "clamp", json!({})), t.ctx());
-    assert_eq!(entered(&fx), ["press"]);
+    assert_eq!(dispatched(&effects)[0].2, 2);
+    let effects = e.apply(ok(&e, "clamp", json!({})), t.ctx());
+    assert_eq!(entered(&effects), ["press"]);
 }
 
 #[test]
@@ -523,11 +526,11 @@ fn qualifier_n_holds_the_step_and_is_cancelled_when_left() {
         "Transitions": [tr("a", "b", "results.go.ok == true")],
         "Actions": [push("go", "a"), push("slow", "a"), push("next", "b")]
     }));
-    let (mut e, fx) = t.start();
-    assert_eq!(names(&fx), ["go", "slow"]);
+    let (mut e, effects) = t.start();
+    assert_eq!(names(&effects), ["go", "slow"]);
     // The expression fires without waiting for `slow`, which is cancelled.
-    let fx = e.apply(ok(&e, "go", json!({"ok": true})), t.ctx());
-    assert_eq!(entered(&fx), ["b"]);
+    let effects = e.apply(ok(&e, "go", json!({"ok": true})), t.ctx());
+    assert_eq!(entered(&effects), ["b"]);
     assert_eq!(e.actions["slow"].state, ActionState::Cancelled);
     let late = ok(&e, "slow", json!({}));
     let _ = late;
@@ -553,10 +556,10 @@ fn qualifier_p_does_not_hold_the_step_and_p0_runs_on_exit() {
             push("work", "b")
         ]
     }));
-    let (mut e, fx) = t.start();
+    let (mut e, effects) = t.start();
     // `a` has no non-stored action: it is finished at once.
-    assert_eq!(names(&fx), ["pulse", "bye", "work"]);
-    assert_eq!(entered(&fx), ["a", "b"]);
+    assert_eq!(names(&effects), ["pulse", "bye", "work"]);
+    assert_eq!(entered(&effects), ["a", "b"]);
     // The pulse's late result is still recorded.
     e.apply(ok(&e, "pulse", json!({"v": 1})), t.ctx());
     assert_eq!(e.results["pulse"]["v"], 1);
@@ -574,15 +577,15 @@ fn qualifier_s_keeps_running_until_r_resets_it() {
             push("unload", "c")
         ]
     }));
-    let (mut e, fx) = t.start();
-    assert_eq!(names(&fx), ["conveyor", "weld"]);
+    let (mut e, effects) = t.start();
+    assert_eq!(names(&effects), ["conveyor", "weld"]);
     assert_eq!(
         e.actions["conveyor"].state,
         ActionState::Running,
         "still running in b"
     );
-    let fx = e.apply(ok(&e, "weld", json!({})), t.ctx());
-    assert_eq!(names(&fx), ["unload"], "R sends nothing itself");
+    let effects = e.apply(ok(&e, "weld", json!({})), t.ctx());
+    assert_eq!(names(&effects), ["unload"], "R sends nothing itself");
     assert_eq!(e.actions["conveyor"].state, ActionState::Cancelled);
 }
 
@@ -595,13 +598,13 @@ fn qualifier_l_is_cancelled_at_its_limit_and_releases_the_step() {
     });
     r["Actions"][0]["DurationSeconds"] = json!(2.0);
     let mut t = T::new(r);
-    let (mut e, fx) = t.start();
-    let (key, at) = timers(&fx)[0].clone();
+    let (mut e, effects) = t.start();
+    let (key, at) = timers(&effects)[0].clone();
     assert_eq!(at, t.now + 2000);
     t.now += 2000;
-    let fx = e.apply(Input::Timer { key }, t.ctx());
+    let effects = e.apply(Input::Timer { key }, t.ctx());
     assert_eq!(e.actions["blow"].state, ActionState::Cancelled);
-    assert_eq!(entered(&fx), ["b"]);
+    assert_eq!(entered(&effects), ["b"]);
 }
 
 #[test]
@@ -613,25 +616,25 @@ fn qualifier_d_is_sent_after_its_delay_only_if_the_step_is_still_active() {
     });
     r["Actions"][0]["DelaySeconds"] = json!(3.0);
     let mut t = T::new(r.clone());
-    let (mut e, fx) = t.start();
-    assert!(names(&fx).is_empty());
-    let (key, _) = timers(&fx)[0].clone();
+    let (mut e, effects) = t.start();
+    assert!(names(&effects).is_empty());
+    let (key, _) = timers(&effects)[0].clone();
     t.now += 3000;
-    let fx = e.apply(Input::Timer { key }, t.ctx());
-    assert_eq!(names(&fx), ["late"]);
-    let fx = e.apply(ok(&e, "late", json!({})), t.ctx());
-    assert_eq!(entered(&fx), ["b"], "D holds the step until done");
+    let effects = e.apply(Input::Timer { key }, t.ctx());
+    assert_eq!(names(&effects), ["late"]);
+    let effects = e.apply(ok(&e, "late", json!({})), t.ctx());
+    assert_eq!(entered(&effects), ["b"], "D holds the step until done");
 
     // Left before the delay (an expression condition): never sent.
     r["Transitions"][0]["Condition"] = json!("params.skip == true");
     let mut t = T::new(r);
     let mut params = Map::new();
     params.insert("skip".into(), json!(true));
-    let (e, fx) = Exec::start("j2", "line", params, t.ctx());
-    assert_eq!(entered(&fx), ["a", "b"]);
+    let (e, effects) = Execution::start("j2", "line", params, t.ctx());
+    assert_eq!(entered(&effects), ["a", "b"]);
     let mut e = e;
     t.now += 3000;
-    let key = timers(&fx)[0].0.clone();
+    let key = timers(&effects)[0].0.clone();
     assert!(names(&e.apply(Input::Timer { key }, t.ctx())).is_empty());
 }
 
@@ -648,15 +651,15 @@ fn branches(kind: &str) -> Value {
 fn a_simultaneous_branch_runs_all_paths_and_joins_when_all_are_done() {
     let t = T::new(branches("simultaneous"));
     let (mut e, _) = t.start();
-    let fx = e.apply(ok(&e, "prep", json!({})), t.ctx());
-    assert_eq!(entered(&fx), ["left", "right"]);
-    assert_eq!(names(&fx), ["press_left", "press_right"]);
-    let fx = e.apply(ok(&e, "press_right", json!({})), t.ctx());
-    assert!(entered(&fx).is_empty(), "waits for the other path");
-    let fx = e.apply(ok(&e, "press_left", json!({})), t.ctx());
-    assert_eq!(entered(&fx), ["join"]);
-    let fx = e.apply(ok(&e, "check", json!({})), t.ctx());
-    assert_eq!(finished(&fx), Some(Status::Completed));
+    let effects = e.apply(ok(&e, "prep", json!({})), t.ctx());
+    assert_eq!(entered(&effects), ["left", "right"]);
+    assert_eq!(names(&effects), ["press_left", "press_right"]);
+    let effects = e.apply(ok(&e, "press_right", json!({})), t.ctx());
+    assert!(entered(&effects).is_empty(), "waits for the other path");
+    let effects = e.apply(ok(&e, "press_left", json!({})), t.ctx());
+    assert_eq!(entered(&effects), ["join"]);
+    let effects = e.apply(ok(&e, "check", json!({})), t.ctx());
+    assert_eq!(finished(&effects), Some(Status::Completed));
 }
 
 #[test]
@@ -671,16 +674,20 @@ fn a_selection_branch_takes_the_highest_priority_enabled_path() {
     let t = T::new(r.clone());
     let (mut e, _) = t.start();
     // Both entries are true; priority 1 (right) wins.
-    let fx = e.apply(ok(&e, "prep", json!({"side": "left"})), t.ctx());
-    assert_eq!(entered(&fx), ["right"]);
-    let fx = e.apply(ok(&e, "press_right", json!({})), t.ctx());
-    assert_eq!(entered(&fx), ["join"], "the chosen path alone converges");
+    let effects = e.apply(ok(&e, "prep", json!({"side": "left"})), t.ctx());
+    assert_eq!(entered(&effects), ["right"]);
+    let effects = e.apply(ok(&e, "press_right", json!({})), t.ctx());
+    assert_eq!(
+        entered(&effects),
+        ["join"],
+        "the chosen path alone converges"
+    );
 
     r["Transitions"][2]["Condition"] = json!("results.prep.side == 'right'");
     let t = T::new(r);
     let (mut e, _) = t.start();
-    let fx = e.apply(ok(&e, "prep", json!({"side": "left"})), t.ctx());
-    assert_eq!(entered(&fx), ["left"]);
+    let effects = e.apply(ok(&e, "prep", json!({"side": "left"})), t.ctx());
+    assert_eq!(entered(&effects), ["left"]);
 }
 
 #[test]
@@ -700,14 +707,14 @@ fn branches_nest() {
         "Actions": [push("s", "s"), push("a1", "a1"), push("a2", "a2"), push("b1", "b1"), push("c1", "c1"), push("end", "end")]
     }));
     let (mut e, _) = t.start();
-    let fx = e.apply(ok(&e, "s", json!({})), t.ctx());
-    assert_eq!(entered(&fx), ["a1", "a2"]);
-    let fx = e.apply(ok(&e, "a1", json!({"big": false})), t.ctx());
-    assert_eq!(entered(&fx), ["c1"]);
-    let fx = e.apply(ok(&e, "c1", json!({})), t.ctx());
-    assert!(entered(&fx).is_empty(), "a2 still running");
-    let fx = e.apply(ok(&e, "a2", json!({})), t.ctx());
-    assert_eq!(entered(&fx), ["end"]);
+    let effects = e.apply(ok(&e, "s", json!({})), t.ctx());
+    assert_eq!(entered(&effects), ["a1", "a2"]);
+    let effects = e.apply(ok(&e, "a1", json!({"big": false})), t.ctx());
+    assert_eq!(entered(&effects), ["c1"]);
+    let effects = e.apply(ok(&e, "c1", json!({})), t.ctx());
+    assert!(entered(&effects).is_empty(), "a2 still running");
+    let effects = e.apply(ok(&e, "a2", json!({})), t.ctx());
+    assert_eq!(entered(&effects), ["end"]);
 }
 
 #[test]
@@ -721,19 +728,19 @@ fn a_loop_reactivates_a_step_with_a_new_command_id() {
         ],
         "Actions": [push("tighten", "screw"), push("measure", "check")]
     }));
-    let (mut e, fx) = t.start();
-    assert_eq!(dispatched(&fx)[0].1, "line/j1/tighten/1");
+    let (mut e, effects) = t.start();
+    assert_eq!(dispatched(&effects)[0].1, "line/j1/tighten/1");
     e.apply(ok(&e, "tighten", json!({})), t.ctx());
-    let fx = e.apply(ok(&e, "measure", json!({"torque": 31.0})), t.ctx());
+    let effects = e.apply(ok(&e, "measure", json!({"torque": 31.0})), t.ctx());
     assert_eq!(
-        dispatched(&fx),
+        dispatched(&effects),
         [("tighten".into(), "line/j1/tighten/2".into(), 1)]
     );
     e.apply(ok(&e, "tighten", json!({})), t.ctx());
     assert_eq!(e.actions["measure"].command_id, "line/j1/measure/2");
-    let fx = e.apply(ok(&e, "measure", json!({"torque": 44.0})), t.ctx());
-    assert_eq!(entered(&fx), ["done"]);
-    assert_eq!(finished(&fx), Some(Status::Completed));
+    let effects = e.apply(ok(&e, "measure", json!({"torque": 44.0})), t.ctx());
+    assert_eq!(entered(&effects), ["done"]);
+    assert_eq!(finished(&effects), Some(Status::Completed));
 }
 
 #[test]
@@ -743,8 +750,8 @@ fn a_recipe_that_loops_without_waiting_fails_instead_of_spinning() {
         "Transitions": [tr("a", "b", "always"), tr("b", "a", "always")],
         "Actions": []
     }));
-    let (_, fx) = t.start();
-    assert!(matches!(finished(&fx), Some(Status::Failed(m)) if m.contains("loops")));
+    let (_, effects) = t.start();
+    assert!(matches!(finished(&effects), Some(Status::Failed(m)) if m.contains("loops")));
 }
 
 #[test]
@@ -753,19 +760,19 @@ fn pause_holds_transitions_and_timers_resume_shifts_them() {
     r["Actions"][1]["TimeoutSeconds"] = json!(10);
     let mut t = T::new(r);
     let (mut e, _) = t.start();
-    let fx = e.apply(ok(&e, "clamp", json!({})), t.ctx());
-    let (key, at) = timers(&fx)[0].clone();
+    let effects = e.apply(ok(&e, "clamp", json!({})), t.ctx());
+    let (key, at) = timers(&effects)[0].clone();
     assert_eq!(at, t.now + 10_000);
     e.apply(Input::Pause, t.ctx());
     // The result is recorded, but the step is not left while paused.
-    let fx = e.apply(ok(&e, "press_in", json!({"f": 1})), t.ctx());
-    assert!(entered(&fx).is_empty());
+    let effects = e.apply(ok(&e, "press_in", json!({"f": 1})), t.ctx());
+    assert!(entered(&effects).is_empty());
     assert_eq!(e.actions["press_in"].state, ActionState::Done);
     t.now += 60_000;
-    let fx = e.apply(Input::Timer { key }, t.ctx());
-    assert!(finished(&fx).is_none(), "timers are held while paused");
-    let fx = e.apply(Input::Resume, t.ctx());
-    assert_eq!(entered(&fx), ["inspect"]);
+    let effects = e.apply(Input::Timer { key }, t.ctx());
+    assert!(finished(&effects).is_none(), "timers are held while paused");
+    let effects = e.apply(Input::Resume, t.ctx());
+    assert_eq!(entered(&effects), ["inspect"]);
 }
 
 #[test]
@@ -777,12 +784,12 @@ fn a_timeout_while_paused_counts_from_resume() {
     t.now += 4_000;
     e.apply(Input::Pause, t.ctx());
     t.now += 100_000;
-    let fx = e.apply(Input::Resume, t.ctx());
-    let (key, at) = timers(&fx)[0].clone();
+    let effects = e.apply(Input::Resume, t.ctx());
+    let (key, at) = timers(&effects)[0].clone();
     assert_eq!(at, t.now + 6_000, "6 s of the timeout were left");
     t.now += 6_000;
-    let fx = e.apply(Input::Timer { key }, t.ctx());
-    assert!(matches!(finished(&fx), Some(Status::Failed(_))));
+    let effects = e.apply(Input::Timer { key }, t.ctx());
+    assert!(matches!(finished(&effects), Some(Status::Failed(_))));
 }
 
 #[test]
@@ -793,8 +800,8 @@ fn stop_and_abort_end_execution_and_cancel_what_runs() {
     ] {
         let t = T::new(sequence());
         let (mut e, _) = t.start();
-        let fx = e.apply(input, t.ctx());
-        assert_eq!(finished(&fx), Some(status));
+        let effects = e.apply(input, t.ctx());
+        assert_eq!(finished(&effects), Some(status));
         assert_eq!(e.actions["clamp"].state, ActionState::Cancelled);
         assert!(e.active.is_empty());
         assert!(e.apply(ok(&e, "clamp", json!({})), t.ctx()).is_empty());
@@ -812,8 +819,8 @@ fn a_bare_identifier_tests_the_steps_results() {
         "Actions": [push("tighten", "tighten")]
     }));
     let (mut e, _) = t.start();
-    let fx = e.apply(ok(&e, "tighten", json!({"torque_ok": true})), t.ctx());
-    assert_eq!(entered(&fx), ["ok"]);
+    let effects = e.apply(ok(&e, "tighten", json!({"torque_ok": true})), t.ctx());
+    assert_eq!(entered(&effects), ["ok"]);
 }
 
 #[test]
@@ -822,7 +829,7 @@ fn the_state_survives_serialisation() {
     let (mut e, _) = t.start();
     e.apply(ok(&e, "prep", json!({})), t.ctx());
     let text = serde_json::to_string(&e).unwrap();
-    let back: Exec = serde_json::from_str(&text).unwrap();
+    let back: Execution = serde_json::from_str(&text).unwrap();
     assert_eq!(back, e);
 }
 
@@ -852,7 +859,7 @@ const STORED_ABORTED: &str = r#"{"job":"j/1","scope":"line+a","status":"Aborted"
 #[test]
 fn a_state_stored_in_the_previous_format_loads_and_saves_unchanged() {
     for text in [STORED_PAUSED, STORED_ABORTED] {
-        let e: Exec = serde_json::from_str(text).unwrap();
+        let e: Execution = serde_json::from_str(text).unwrap();
         assert_eq!(serde_json::to_string(&e).unwrap(), text);
     }
 }
@@ -877,7 +884,7 @@ fn the_evolution_of_a_stored_state_is_the_previous_codes() {
     let mut params = Map::new();
     params.insert("n".into(), json!(2));
     let mut trace = Vec::new();
-    let (mut e, _) = Exec::start("j/1", "line+a", params, t.ctx());
+    let (mut e, _) = Execution::start("j/1", "line+a", params, t.ctx());
     let ev = Input::Event {
         type_id: "com.example.x.v1".into(),
         data: json!({"a": 1}),
@@ -896,7 +903,7 @@ fn the_evolution_of_a_stored_state_is_the_previous_codes() {
     t.now += 10;
     trace.push(e.apply(Input::Pause, t.ctx()));
     assert_eq!(serde_json::to_string(&e).unwrap(), STORED_PAUSED);
-    let mut resumed: Exec = serde_json::from_str(STORED_PAUSED).unwrap();
+    let mut resumed: Execution = serde_json::from_str(STORED_PAUSED).unwrap();
     t.now += 1000;
     trace.push(resumed.apply(Input::Resume, t.ctx()));
     t.now += 3000;
@@ -907,6 +914,6 @@ fn the_evolution_of_a_stored_state_is_the_previous_codes() {
     t.now += 10;
     trace.push(e.apply(Input::Abort, t.ctx()));
     assert_eq!(serde_json::to_string(&e).unwrap(), STORED_ABORTED);
-    let trace: Vec<String> = trace.iter().map(|fx| format!("{fx:?}")).collect();
+    let trace: Vec<String> = trace.iter().map(|effects| format!("{effects:?}")).collect();
     assert_eq!(trace, expected);
 }

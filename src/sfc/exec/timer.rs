@@ -3,7 +3,7 @@
 //! is part of the stored format) and feeds them back when due; a timer
 //! that no longer matches the state is ignored.
 
-use super::{ActionState, Ctx, Effect, Exec, TICK_MS};
+use super::{ActionState, Effect, EvolutionContext, Execution, TICK_MS};
 use crate::sfc::recipe::Interaction;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -174,12 +174,17 @@ impl Effect {
     }
 }
 
-impl Exec {
+impl Execution {
     /// A due timer. Ignored while paused (Resume issues every pending
     /// timer again with its deadline shifted), and when it no longer
     /// matches the state: another activation, another kind, or not due
     /// yet (the deadline moved).
-    pub(super) fn on_timer(&mut self, key: &str, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
+    pub(super) fn on_timer(
+        &mut self,
+        key: &str,
+        ctx: EvolutionContext<'_>,
+        effects: &mut Vec<Effect>,
+    ) {
         if self.paused_at_ms.is_some() {
             return;
         }
@@ -198,7 +203,13 @@ impl Exec {
 
     /// A step's re-evaluation tick: the next one, while the step is in the
     /// same activation (the transitions are looked at after every input).
-    fn on_tick(&mut self, step: String, activation: u32, ctx: Ctx<'_>, effects: &mut Vec<Effect>) {
+    fn on_tick(
+        &mut self,
+        step: String,
+        activation: u32,
+        ctx: EvolutionContext<'_>,
+        effects: &mut Vec<Effect>,
+    ) {
         if self
             .active
             .get(&step)
@@ -216,7 +227,7 @@ impl Exec {
         name: &str,
         activation: u32,
         kind: TimerKind,
-        ctx: Ctx<'_>,
+        ctx: EvolutionContext<'_>,
         effects: &mut Vec<Effect>,
     ) {
         let Some(action) = ctx.recipe.action(name) else {

@@ -80,12 +80,8 @@ impl MqttTransport {
             reason = %r.message,
             "message rejected"
         );
-        let e = HandlerError {
-            kind: r.kind,
-            message: r.message.clone(),
-            context: context.to_vec(),
-            retryable: false,
-        };
+        let e = HandlerError::terminal(r.kind, r.message.clone())
+            .with_context_entries(context.iter().cloned());
         self.send_error_reply(&r.partial, r.reply_to.as_ref(), &e)
             .await;
         let props = properties(

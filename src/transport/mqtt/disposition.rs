@@ -78,10 +78,10 @@ impl Retries {
             Ok(Guarded::Busy) => Disposition::WaitBusy {
                 delay: self.next_delay(),
             },
-            Err(e) if e.retryable => {
+            Err(e) if e.is_retryable() => {
                 self.history.push(e.to_string());
                 if self.history.len() >= self.max_attempts {
-                    return Disposition::DeadLetter(self.give_up(e));
+                    return Disposition::DeadLetter(self.give_up(&e));
                 }
                 let first = !self.replied_error;
                 self.replied_error = true;
@@ -103,20 +103,18 @@ impl Retries {
     }
 
     /// The dead letter's error after the last attempt failed with `last`.
-    fn give_up(&self, last: HandlerError) -> HandlerError {
+    fn give_up(&self, last: &HandlerError) -> HandlerError {
         let attempts = self.history.len();
-        let mut context = last.context;
-        context.push(("attempts".into(), attempts.to_string()));
-        context.push(("history".into(), summarise(&self.history)));
-        HandlerError {
-            kind: last.kind,
-            message: format!(
+        HandlerError::terminal(
+            last.kind(),
+            format!(
                 "gave up after {attempts} attempts; last error: {}",
-                last.message
+                last.message()
             ),
-            context,
-            retryable: false,
-        }
+        )
+        .with_context_entries(last.context_entries().iter().cloned())
+        .context("attempts", attempts.to_string())
+        .context("history", summarise(&self.history))
     }
 }
 
@@ -224,16 +222,15 @@ mod tests {
             r.decide(Err(unavailable("b"))),
             Disposition::Retry { .. }
         ));
-        let mut last = unavailable("a");
-        last.context.push(("job".into(), "j-1".into()));
+        let last = unavailable("a").context("job", "j-1");
         let Disposition::DeadLetter(e) = r.decide(Err(last)) else {
             panic!("expected a dead letter");
         };
-        assert_eq!(e.kind, ErrorKind::ServiceUnavailable);
-        assert!(!e.retryable);
-        assert_eq!(e.message, "gave up after 3 attempts; last error: a");
+        assert_eq!(e.kind(), ErrorKind::ServiceUnavailable);
+        assert!(!e.is_retryable());
+        assert_eq!(e.message(), "gave up after 3 attempts; last error: a");
         let ctx = |k: &str| {
-            e.context
+            e.context_entries()
                 .iter()
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.clone())
@@ -256,8 +253,8 @@ mod tests {
 
     #[test]
     fn terminal_failure_is_dead_lettered_as_it_is() {
-        let mut e = HandlerError::terminal(ErrorKind::StateInvalid, "job is done");
-        e.context.push(("job".into(), "j-2".into()));
+        let e =
+            HandlerError::terminal(ErrorKind::StateInvalid, "job is done").context("job", "j-2");
         assert_eq!(
             Retries::new(5).decide(Err(e.clone())),
             Disposition::DeadLetter(e)

@@ -72,9 +72,8 @@ impl MqttTransport {
             }
         };
         // A reply to a request this instance is waiting for?
-        let inbound = match self.complete_pending(inbound) {
-            Some(i) => i,
-            None => return self.ack(&p).await,
+        let Some(inbound) = self.complete_pending(inbound) else {
+            return self.ack(&p).await;
         };
         let route = self.route_for(&topic, &inbound.event.ty);
         let refused = refuse(
@@ -163,7 +162,7 @@ impl MqttTransport {
                     if first {
                         // Tell the requester now; the message stays
                         // unacknowledged and is retried.
-                        self.metrics.error(error.kind);
+                        self.metrics.error(error.kind());
                         warn!(processor = route.processor.name(), id = %ev.id, ty = %ev.ty, correlation_id = ?ev.correlationid.as_ref().map(|c| c.as_str().to_owned()), error = %error, "retryable failure; will retry");
                         self.send_error_reply(ev, inbound.reply_to.as_ref(), &error)
                             .await;
@@ -173,8 +172,8 @@ impl MqttTransport {
                 }
                 Disposition::DeadLetter(e) => {
                     let r = Rejected {
-                        kind: e.kind,
-                        message: e.message,
+                        kind: e.kind(),
+                        message: e.message().to_owned(),
                         partial: ev.clone(),
                         reply_to: inbound.reply_to.clone(),
                     };
@@ -183,7 +182,7 @@ impl MqttTransport {
                         &inbound.topic,
                         &r,
                         Some(route.processor.name()),
-                        &e.context,
+                        e.context_entries(),
                     )
                     .await;
                     return true;

@@ -180,7 +180,7 @@ impl MqttTransport {
     }
 
     /// Enables deduplication by (`source`, `id`).
-    pub fn set_dedupe(&self, d: Dedupe) {
+    pub(crate) fn set_dedupe(&self, d: Dedupe) {
         *write(&self.dedupe) = Some(d);
     }
 
@@ -261,7 +261,7 @@ impl MqttTransport {
         }
     }
 
-    async fn publish_now(&self, msg: Outgoing) -> Result<(), TransportError> {
+    async fn encode_and_send(&self, msg: Outgoing) -> Result<(), TransportError> {
         let out = mb::encode(&msg.event, msg.correlation_data.clone());
         let mut props = out.properties;
         props.response_topic = msg.response_topic.clone();
@@ -294,7 +294,7 @@ impl Publisher for MqttTransport {
                 .message_expiry
                 .map(|d| d.as_secs().min(u32::MAX as u64) as u32);
         }
-        Box::pin(self.publish_now(msg))
+        Box::pin(self.encode_and_send(msg))
     }
 
     fn request(
@@ -320,7 +320,7 @@ impl Publisher for MqttTransport {
                 .map(|c| c.as_str().to_owned())
                 .unwrap_or_default();
             let rx = self.pending.register(key.clone());
-            if let Err(e) = self.publish_now(msg).await {
+            if let Err(e) = self.encode_and_send(msg).await {
                 self.pending.forget(&key);
                 return Err(e);
             }

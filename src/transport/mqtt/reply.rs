@@ -85,10 +85,10 @@ fn replayed(source: &str, req: &CloudEvent, stored: StoredReply) -> CloudEvent {
 /// MQTT allows.
 fn failure(source: &str, req: &CloudEvent, e: &HandlerError) -> CloudEvent {
     let mut reply = skeleton(source, req);
-    reply.mdcserrorkind = Some(e.kind.as_str().to_owned());
-    reply.mdcserrormessage = Some(escape_for_mqtt(&e.message).into_owned());
+    reply.mdcserrorkind = Some(e.kind().as_str().to_owned());
+    reply.mdcserrormessage = Some(escape_for_mqtt(e.message()).into_owned());
     reply.mdcserrorcontext = e
-        .context
+        .context_entries()
         .iter()
         .map(|(k, v)| {
             (
@@ -142,7 +142,7 @@ impl MqttTransport {
     async fn publish_reply(&self, reply: CloudEvent, to: &ReplyTo) -> Result<(), TransportError> {
         let mut msg = Outgoing::new(to.topic.clone(), reply);
         msg.correlation_data = to.correlation_data.clone();
-        self.publish_now(msg).await?;
+        self.encode_and_send(msg).await?;
         self.metrics.replies();
         Ok(())
     }
@@ -209,14 +209,14 @@ mod tests {
             data: Err("nan".into()),
         };
         let e = success("station", &request(), body).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::InternalLogicError);
-        assert!(!e.retryable);
+        assert_eq!(e.kind(), ErrorKind::InternalLogicError);
+        assert!(!e.is_retryable());
     }
 
     #[test]
     fn error_reply_escapes_what_the_client_sent() {
-        let mut e = HandlerError::terminal(ErrorKind::StateInvalid, "bad \u{0} job");
-        e.context.push(("job\u{0}".into(), "j\u{0}".into()));
+        let e = HandlerError::terminal(ErrorKind::StateInvalid, "bad \u{0} job")
+            .context("job\u{0}", "j\u{0}");
         let r = failure("station", &request(), &e);
         assert_eq!(r.mdcserrorkind.as_deref(), Some("STATE_INVALID"));
         assert!(!r.mdcserrormessage.unwrap().contains('\u{0}'));

@@ -3,8 +3,8 @@
 //! computed by a closure; it can also publish events for pull actions.
 
 use bytes::Bytes;
-use microdcs::binding::mqtt as binding;
 use microdcs::testkit::mqtt::TestClient;
+use microdcs::transport::binding;
 use microdcs::CloudEvent;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;

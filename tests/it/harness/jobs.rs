@@ -2,11 +2,11 @@
 //! its own so tests can crash it; the MES speaking only the wire contract is
 //! `microdcs::testkit::Mes`.
 
-use microdcs::app::ShutdownHandle;
 use microdcs::config::Config;
 use microdcs::jobs::JobManager;
 pub use microdcs::testkit::mes::{state_texts, Mes, PREFIX, S, STATUS};
 use microdcs::AppError;
+use microdcs::ShutdownHandle;
 use serde_json::Value;
 use std::time::Duration;
 

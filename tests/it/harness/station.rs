@@ -2,8 +2,8 @@
 //! runtime of its own so a test can crash it (drop every task and socket at
 //! once, no DISCONNECT, no acknowledgements) like a killed process.
 
-use microdcs::app::ShutdownHandle;
 use microdcs::transport::mqtt::{MqttSettings, MqttTransport};
+use microdcs::ShutdownHandle;
 use microdcs::{App, AppError, Processor, TopicBinding};
 use std::sync::Arc;
 use std::time::Duration;
