@@ -80,6 +80,14 @@ impl Effect {
         }
     }
 
+    /// The refusal of a job order without a JobOrderID.
+    fn no_order_id() -> Self {
+        Effect::refused(
+            ReturnStatus::InvalidRequest,
+            "the job order has no JobOrderID",
+        )
+    }
+
     fn done(job: &StoredJob) -> Self {
         Effect {
             status: ReturnStatus::NoError,
@@ -174,10 +182,7 @@ impl JobManager {
         cause: &str,
     ) -> Result<Effect, StoreError> {
         let Some(id) = order_id(order) else {
-            return Ok(Effect::refused(
-                ReturnStatus::InvalidRequest,
-                "the job order has no JobOrderID",
-            ));
+            return Ok(Effect::no_order_id());
         };
         let store = &self.inner.store;
         store.register_scope(scope).await?;
@@ -267,10 +272,7 @@ impl JobManager {
         cause: &str,
     ) -> Result<Effect, StoreError> {
         let Some(id) = order_id(order) else {
-            return Ok(Effect::refused(
-                ReturnStatus::InvalidRequest,
-                "the job order has no JobOrderID",
-            ));
+            return Ok(Effect::no_order_id());
         };
         if self.inner.store.get(scope, id).await?.is_none() {
             return Ok(Effect::refused(

@@ -698,20 +698,7 @@ fn generated_documents_use_the_contract_ids_and_opc_ua_names() {
     let job_order = &isa_doc["$defs"]["ISA95JobOrderDataType"];
     assert_eq!(job_order["required"], json!(["JobOrderID"]));
     assert_eq!(job_order["properties"]["WorkMasterID"]["type"], "array");
-    let methods = [
-        "Store",
-        "StoreAndStart",
-        "Update",
-        "Start",
-        "RevokeStart",
-        "Pause",
-        "Resume",
-        "Stop",
-        "Abort",
-        "Cancel",
-        "Clear",
-    ];
-    for method in methods {
+    for method in crate::harness::jobs::METHODS {
         for suffix in ["Call", "Response"] {
             assert!(
                 isa_doc["$defs"].get(format!("{method}{suffix}")).is_some(),
