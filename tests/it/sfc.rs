@@ -800,26 +800,13 @@ async fn a_hand_written_processor_takes_over_a_command_type() {
                     .unwrap()
                     .into(),
             );
-            let out = microdcs::binding::mqtt::encode(&reply, None);
-            let mut props = out.properties;
-            props.correlation_data = p
-                .properties
-                .as_ref()
-                .and_then(|x| x.correlation_data.clone());
             let to = p
                 .properties
                 .as_ref()
                 .and_then(|x| x.response_topic.clone())
                 .unwrap();
             assert_eq!(to, "app/tools/responses");
-            tool.client
-                .publish_with_properties(
-                    to,
-                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                    false,
-                    out.payload,
-                    props,
-                )
+            crate::harness::equipment::answer_to(&tool, &p, to, &reply)
                 .await
                 .unwrap();
         }
