@@ -22,6 +22,8 @@ use microdcs::{App, Emit, EventType, HandlerError, Meta, Processor, Scope, State
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod support;
+
 /// The command. PascalCase on the wire, like the OPC UA payloads.
 #[derive(Debug, Serialize, Deserialize)]
 struct Greet {
@@ -102,13 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.iter().any(|a| a == "--demo") {
         return demo::run().await;
     }
-    let file = args
-        .iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1))
-        .map(std::path::PathBuf::from);
-    let config = Config::load(file.as_deref())?;
-    microdcs::telemetry::init_logging(config.log_format(), &config.log.level);
+    let config: Config = support::load_config(&args)?;
     App::builder()
         .from_config(&config)
         .processor_configured(processor(), TopicBinding::new("app/greetings"))

@@ -19,6 +19,8 @@ use microdcs::sfc::engine::{Command, Engine};
 use microdcs::{CloudEvent, Emit, HandlerError, Processor, State, TopicBinding};
 use serde_json::{json, Value};
 
+mod support;
+
 /// The command type this processor takes over.
 pub const TIGHTEN: &str = "com.example.axle.tighten.v1";
 
@@ -71,13 +73,7 @@ async fn on_tool_message(
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let file = args
-        .iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1))
-        .map(std::path::PathBuf::from);
-    let config = Config::load(file.as_deref())?;
-    microdcs::telemetry::init_logging(config.log_format(), &config.log.level);
+    let config: Config = support::load_config(&args)?;
     let station = microdcs::station::build_extended(
         &config,
         microdcs::station::job_settings(&config),

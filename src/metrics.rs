@@ -5,20 +5,59 @@
 
 use crate::error::ErrorKind;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// Runtime counters.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    received: AtomicU64,
-    processed: AtomicU64,
-    duplicates: AtomicU64,
-    dead_lettered: AtomicU64,
-    replies: AtomicU64,
-    retries: AtomicU64,
-    reconnects: AtomicU64,
-    errors: Mutex<BTreeMap<&'static str, u64>>,
+/// A struct of `AtomicU64` counters (and one other field, if given) whose
+/// names are `u64` fields of the plain `$snapshot`: a method per counter
+/// that counts one, and `load`, which copies them all into a `$snapshot`
+/// (given the value of its other field).
+macro_rules! counters {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident => $snapshot:ident {
+            $($field:ident),* $(,)?
+        }
+        $(and $extra:ident: $ty:ty => $snapshot_ty:ty)?
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        $vis struct $name {
+            $($field: std::sync::atomic::AtomicU64,)*
+            $($extra: $ty,)?
+        }
+
+        impl $name {
+            $(
+                pub(crate) fn $field(&self) {
+                    self.$field.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            )*
+
+            fn load(&self $(, $extra: $snapshot_ty)?) -> $snapshot {
+                $snapshot {
+                    $($field: self.$field.load(std::sync::atomic::Ordering::Relaxed),)*
+                    $($extra,)?
+                }
+            }
+        }
+    };
+}
+// The simulator keeps its counters the same way.
+#[cfg(feature = "sim")]
+pub(crate) use counters;
+
+counters! {
+    /// Runtime counters.
+    pub struct Metrics => MetricsSnapshot {
+        received,
+        processed,
+        duplicates,
+        dead_lettered,
+        replies,
+        retries,
+        reconnects,
+    }
+    and errors: Mutex<BTreeMap<&'static str, u64>> => BTreeMap<&'static str, u64>
 }
 
 /// A copy of the counters at one moment.
@@ -42,28 +81,6 @@ pub struct MetricsSnapshot {
     pub errors: BTreeMap<&'static str, u64>,
 }
 
-macro_rules! counter {
-    ($($name:ident),*) => {
-        impl Metrics {
-            $(
-                pub(crate) fn $name(&self) {
-                    self.$name.fetch_add(1, Ordering::Relaxed);
-                }
-            )*
-        }
-    };
-}
-
-counter!(
-    received,
-    processed,
-    duplicates,
-    dead_lettered,
-    replies,
-    retries,
-    reconnects
-);
-
 impl Metrics {
     pub(crate) fn error(&self, kind: ErrorKind) {
         let mut m = self.errors.lock().unwrap_or_else(|p| p.into_inner());
@@ -72,20 +89,7 @@ impl Metrics {
 
     /// Reads every counter.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        MetricsSnapshot {
-            received: l(&self.received),
-            processed: l(&self.processed),
-            duplicates: l(&self.duplicates),
-            dead_lettered: l(&self.dead_lettered),
-            replies: l(&self.replies),
-            retries: l(&self.retries),
-            reconnects: l(&self.reconnects),
-            errors: self
-                .errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        }
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        self.load(errors.clone())
     }
 }

@@ -24,7 +24,7 @@ use crate::builtins;
 use crate::error::{Error, Result};
 use crate::naming;
 use crate::nodeset::{
-    Argument, Node, NodeClass, NodeRef, NodeSet, Value as NodeValue, UA_NAMESPACE,
+    Argument, Field, Node, NodeClass, NodeRef, NodeSet, Value as NodeValue, UA_NAMESPACE,
 };
 
 /// Event types of namespace 0 below `BaseEventType` whose own fields the
@@ -259,31 +259,15 @@ impl<'a> DocBuilder<'a> {
             ));
         }
         if root_id == Some(ua::ENUMERATION) {
-            let mut values = Vec::new();
-            let mut names = Vec::new();
-            let mut lines = Vec::new();
-            for field in &definition.fields {
-                let value = field.value.ok_or_else(|| {
-                    self.err(
-                        node,
-                        format!(
-                            "{}.{}: enumeration field without Value",
-                            node.browse_name, field.name
-                        ),
-                    )
-                })?;
-                values.push(json!(value));
-                names.push(json!(field.name));
-                lines.push(format!(
-                    "- `{value}` {}{}",
-                    field.name,
-                    field
-                        .description
-                        .as_deref()
-                        .map(|d| format!(": {d}"))
-                        .unwrap_or_default()
-                ));
-            }
+            let fields = self.valued_fields(
+                node,
+                &definition.fields,
+                "enumeration field without Value",
+                |value| format!("`{value}`"),
+            )?;
+            let values = fields.iter().map(|f| json!(f.value)).collect();
+            let names = fields.iter().map(|f| json!(f.field.name)).collect();
+            let lines: Vec<&str> = fields.iter().map(|f| f.line.as_str()).collect();
             def.insert("type".into(), "integer".into());
             def.insert("format".into(), "int32".into());
             def.insert("enum".into(), Value::Array(values));
@@ -311,29 +295,17 @@ impl<'a> DocBuilder<'a> {
                         ),
                     )
                 })?;
-            let mut bits = Map::new();
-            let mut lines = Vec::new();
-            for field in &definition.fields {
-                let bit = field.value.ok_or_else(|| {
-                    self.err(
-                        node,
-                        format!(
-                            "{}.{}: option set field without Value (its bit)",
-                            node.browse_name, field.name
-                        ),
-                    )
-                })?;
-                bits.insert(field.name.clone(), json!(bit));
-                lines.push(format!(
-                    "- bit {bit} {}{}",
-                    field.name,
-                    field
-                        .description
-                        .as_deref()
-                        .map(|d| format!(": {d}"))
-                        .unwrap_or_default()
-                ));
-            }
+            let fields = self.valued_fields(
+                node,
+                &definition.fields,
+                "option set field without Value (its bit)",
+                |bit| format!("bit {bit}"),
+            )?;
+            let bits: Map<String, Value> = fields
+                .iter()
+                .map(|f| (f.field.name.clone(), json!(f.value)))
+                .collect();
+            let lines: Vec<&str> = fields.iter().map(|f| f.line.as_str()).collect();
             let mut def = base.schema.as_object().cloned().unwrap_or_default();
             def.insert("x-opcua-option-set-bits".into(), Value::Object(bits));
             describe(
@@ -357,26 +329,24 @@ impl<'a> DocBuilder<'a> {
             ));
         }
         // A subtype's Definition lists the inherited fields too (OPC 10000-3 §8.49).
-        let mut properties = Map::new();
-        let mut required = Vec::new();
-        for field in &definition.fields {
-            let context = format!(
-                "{}: {}.{}",
-                self.nodeset.path.display(),
-                node.browse_name,
-                field.name
-            );
-            let property = self.property(
-                &field.data_type,
-                field.value_rank,
-                field.description.as_deref(),
-                &context,
-            )?;
-            if !field.is_optional && !self.is_nullable(&node.browse_name, &field.name) {
-                required.push(json!(field.name));
-            }
-            properties.insert(field.name.clone(), property);
-        }
+        let members = definition
+            .fields
+            .iter()
+            .map(|field| Member {
+                name: &field.name,
+                data_type: &field.data_type,
+                value_rank: field.value_rank,
+                description: field.description.as_deref(),
+                mandatory: !field.is_optional,
+                context: format!(
+                    "{}: {}.{}",
+                    self.nodeset.path.display(),
+                    node.browse_name,
+                    field.name
+                ),
+            })
+            .collect();
+        let (properties, required) = self.object_members(&node.browse_name, members)?;
         def.insert("type".into(), "object".into());
         describe(&mut def, node, None);
         def.insert("properties".into(), Value::Object(properties));
@@ -384,6 +354,65 @@ impl<'a> DocBuilder<'a> {
             def.insert("required".into(), Value::Array(required));
         }
         Ok(Some(Value::Object(def)))
+    }
+
+    /// Each field with its `Value` (an enumeration's value, an option set's
+    /// bit) and its documentation line, `- {label(value)} Name: description`;
+    /// a field without a `Value` is an error saying it is `missing`.
+    fn valued_fields<'f>(
+        &self,
+        node: &Node,
+        fields: &'f [Field],
+        missing: &str,
+        label: impl Fn(i64) -> String,
+    ) -> Result<Vec<Valued<'f>>> {
+        fields
+            .iter()
+            .map(|field| {
+                let value = field.value.ok_or_else(|| {
+                    self.err(
+                        node,
+                        format!("{}.{}: {missing}", node.browse_name, field.name),
+                    )
+                })?;
+                let line = format!(
+                    "- {} {}{}",
+                    label(value),
+                    field.name,
+                    field
+                        .description
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                );
+                Ok(Valued { field, value, line })
+            })
+            .collect()
+    }
+
+    /// An object schema's `properties` and `required` list from its
+    /// members, in order: a mandatory member is required unless `def`'s
+    /// nullable overrides name it.
+    fn object_members(
+        &mut self,
+        def: &str,
+        members: Vec<Member<'_>>,
+    ) -> Result<(Map<String, Value>, Vec<Value>)> {
+        let mut properties = Map::new();
+        let mut required = Vec::new();
+        for member in members {
+            let property = self.property(
+                member.data_type,
+                member.value_rank,
+                member.description,
+                &member.context,
+            )?;
+            if member.mandatory && !self.is_nullable(def, member.name) {
+                required.push(json!(member.name));
+            }
+            properties.insert(member.name.to_owned(), property);
+        }
+        Ok((properties, required))
     }
 
     fn is_nullable(&mut self, def: &str, field: &str) -> bool {
@@ -531,25 +560,25 @@ impl<'a> DocBuilder<'a> {
             ("OutputArguments", "Response", "Output"),
         ] {
             let def_name = format!("{name}{suffix}");
-            let mut properties = Map::new();
-            let mut required = Vec::new();
-            for argument in self.arguments(method, list)? {
-                let context = format!(
-                    "{}: method {name} {list} {}",
-                    self.nodeset.path.display(),
-                    argument.name
-                );
-                let property = self.property(
-                    &argument.data_type,
-                    argument.value_rank,
-                    argument.description.as_deref(),
-                    &context,
-                )?;
-                if argument.value_rank == -1 && !self.is_nullable(&def_name, &argument.name) {
-                    required.push(json!(argument.name));
-                }
-                properties.insert(argument.name.clone(), property);
-            }
+            let arguments = self.arguments(method, list)?;
+            let members = arguments
+                .iter()
+                .map(|argument| Member {
+                    name: &argument.name,
+                    data_type: &argument.data_type,
+                    value_rank: argument.value_rank,
+                    description: argument.description.as_deref(),
+                    // OPC UA has no optional arguments; a null array and an
+                    // absent one are the same.
+                    mandatory: argument.value_rank == -1,
+                    context: format!(
+                        "{}: method {name} {list} {}",
+                        self.nodeset.path.display(),
+                        argument.name
+                    ),
+                })
+                .collect();
+            let (properties, required) = self.object_members(&def_name, members)?;
             let mut def = Map::new();
             def.insert("type".into(), "object".into());
             let intro = format!("{what} arguments of the OPC UA method `{name}` of `{owner}`.");
@@ -727,4 +756,24 @@ fn strip_origin(pair: &(Value, Value)) -> (Value, Value) {
         v
     };
     (strip(&pair.0), strip(&pair.1))
+}
+
+/// A field of an enumeration or option set with its `Value` and its
+/// documentation line.
+struct Valued<'f> {
+    field: &'f Field,
+    value: i64,
+    line: String,
+}
+
+/// A structure field or a method argument: a property of an object schema.
+struct Member<'m> {
+    name: &'m str,
+    data_type: &'m NodeRef,
+    value_rank: i32,
+    description: Option<&'m str>,
+    /// Required, unless a nullable override says otherwise.
+    mandatory: bool,
+    /// Where it is, for errors.
+    context: String,
 }

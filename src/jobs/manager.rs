@@ -102,6 +102,14 @@ impl CommandOutcome {
         }
     }
 
+    /// The refusal of a job order without a JobOrderID.
+    fn no_order_id() -> Self {
+        CommandOutcome::refused(
+            ReturnStatus::InvalidRequest,
+            "the job order has no JobOrderID",
+        )
+    }
+
     fn done(job: &StoredJob) -> Self {
         CommandOutcome {
             status: ReturnStatus::NoError,
@@ -196,10 +204,7 @@ impl JobManager {
         cause: &str,
     ) -> Result<CommandOutcome, StoreError> {
         let Some(id) = order_id(order) else {
-            return Ok(CommandOutcome::refused(
-                ReturnStatus::InvalidRequest,
-                "the job order has no JobOrderID",
-            ));
+            return Ok(CommandOutcome::no_order_id());
         };
         let store = &self.inner.store;
         store.register_scope(scope).await?;
@@ -289,10 +294,7 @@ impl JobManager {
         cause: &str,
     ) -> Result<CommandOutcome, StoreError> {
         let Some(id) = order_id(order) else {
-            return Ok(CommandOutcome::refused(
-                ReturnStatus::InvalidRequest,
-                "the job order has no JobOrderID",
-            ));
+            return Ok(CommandOutcome::no_order_id());
         };
         if self.inner.store.get(scope, id).await?.is_none() {
             return Ok(CommandOutcome::refused(

@@ -105,10 +105,20 @@ enum OrderOp {
     Update,
 }
 
-/// Store, StoreAndStart and Update: validate, normalise, apply.
-async fn order_command<R: EventType>(
-    op: OrderOp,
-    order: Option<Value>,
+/// What a job method asks for, as its request gives it.
+enum Command {
+    /// Store, StoreAndStart or Update with the request's job order.
+    Order(OrderOp, Option<Value>),
+    /// Start, RevokeStart, Pause, Resume, Stop, Abort, Cancel or Clear with
+    /// the request's JobOrderID.
+    Id(Method, Option<String>),
+}
+
+/// A job method: validate, apply, answer with `reply`'s response
+/// (`InvalidRequest`, with the reason logged, for a request that cannot be
+/// applied).
+async fn command<R: EventType>(
+    command: Command,
     scope: Option<Scope>,
     meta: Meta,
     m: &JobManager,
@@ -117,71 +127,68 @@ async fn order_command<R: EventType>(
     let Some(scope) = scope else {
         return Ok(invalid(&meta, "no subject", reply));
     };
+    let cause = cause(&meta);
+    let applied = match command {
+        Command::Order(op, order) => apply_order(op, order, &scope, &cause, m).await?,
+        Command::Id(method, id) => apply_method(method, id, &scope, &cause, m).await?,
+    };
+    Ok(match applied {
+        Ok(effect) => outcome(&scope, &meta, &effect, reply),
+        Err(why) => invalid(&meta, why, reply),
+    })
+}
+
+/// Store, StoreAndStart and Update: validate, normalise, apply; `Ok(Err)`
+/// says why the request is invalid.
+async fn apply_order(
+    op: OrderOp,
+    order: Option<Value>,
+    scope: &str,
+    cause: &str,
+    m: &JobManager,
+) -> Result<Result<CommandOutcome, &'static str>, HandlerError> {
     let Some(order) = order else {
-        return Ok(invalid(&meta, "no JobOrder", reply));
+        return Ok(Err("no JobOrder"));
     };
     let id = ["JobOrderID", "job_order_id"]
         .iter()
         .find_map(|k| order.get(k).filter(|v| !v.is_null()));
     match id.map(|v| v.as_str().map(usable_id)) {
-        None | Some(Some(Err("empty"))) => return Ok(invalid(&meta, "no JobOrderID", reply)),
-        Some(Some(Err(why))) => return Ok(invalid(&meta, why, reply)),
+        None | Some(Some(Err("empty"))) => return Ok(Err("no JobOrderID")),
+        Some(Some(Err(why))) => return Ok(Err(why)),
         // A non-string id is a payload error, reported by `normalise`.
         Some(None) | Some(Some(Ok(()))) => {}
     }
     let order = normalise(order)?;
-    let cause = cause(&meta);
-    let effect = match op {
-        OrderOp::Store => m.store_order(&scope, &order, false, &cause).await?,
-        OrderOp::StoreAndStart => m.store_order(&scope, &order, true, &cause).await?,
-        OrderOp::Update => m.update_order(&scope, &order, &cause).await?,
+    Ok(Ok(match op {
+        OrderOp::Store => m.store_order(scope, &order, false, cause).await?,
+        OrderOp::StoreAndStart => m.store_order(scope, &order, true, cause).await?,
+        OrderOp::Update => m.update_order(scope, &order, cause).await?,
+    }))
+}
+
+/// The methods on an existing job: check the id, apply; `Ok(Err)` says why
+/// the request is invalid.
+async fn apply_method(
+    method: Method,
+    id: Option<String>,
+    scope: &str,
+    cause: &str,
+    m: &JobManager,
+) -> Result<Result<CommandOutcome, &'static str>, HandlerError> {
+    let Some(id) = id.filter(|i| !i.is_empty()) else {
+        return Ok(Err("no JobOrderID"));
     };
-    Ok(outcome(&scope, &meta, &effect, reply))
+    if let Err(why) = usable_id(&id) {
+        return Ok(Err(why));
+    }
+    Ok(Ok(m.call(scope, &id, method, cause).await?))
 }
 
-async fn store(
-    req: StoreRequest,
-    scope: Option<Scope>,
-    meta: Meta,
-    State(m): State<JobManager>,
-) -> Result<Outcome, HandlerError> {
-    order_command(OrderOp::Store, req.job_order, scope, meta, &m, |s| {
-        StoreResponse { return_status: s }
-    })
-    .await
-}
-
-async fn store_and_start(
-    req: StoreAndStartRequest,
-    scope: Option<Scope>,
-    meta: Meta,
-    State(m): State<JobManager>,
-) -> Result<Outcome, HandlerError> {
-    order_command(
-        OrderOp::StoreAndStart,
-        req.job_order,
-        scope,
-        meta,
-        &m,
-        |s| StoreAndStartResponse { return_status: s },
-    )
-    .await
-}
-
-async fn update(
-    req: UpdateRequest,
-    scope: Option<Scope>,
-    meta: Meta,
-    State(m): State<JobManager>,
-) -> Result<Outcome, HandlerError> {
-    order_command(OrderOp::Update, req.job_order, scope, meta, &m, |s| {
-        UpdateResponse { return_status: s }
-    })
-    .await
-}
-
-macro_rules! id_handler {
-    ($fn:ident, $req:ident, $resp:ident, $method:expr) => {
+/// The handler of one job method: the [`Command`] `$kind($op, req.$field)`,
+/// answered with `$resp`.
+macro_rules! command_handler {
+    ($fn:ident, $req:ident => $resp:ident, $kind:ident($op:expr, $field:ident)) => {
         async fn $fn(
             req: $req,
             scope: Option<Scope>,
@@ -189,34 +196,30 @@ macro_rules! id_handler {
             State(m): State<JobManager>,
         ) -> Result<Outcome, HandlerError> {
             let reply = |s| $resp { return_status: s };
-            let Some(scope) = scope else {
-                return Ok(invalid(&meta, "no subject", reply));
-            };
-            let Some(id) = req.job_order_id.filter(|i| !i.is_empty()) else {
-                return Ok(invalid(&meta, "no JobOrderID", reply));
-            };
-            if let Err(why) = usable_id(&id) {
-                return Ok(invalid(&meta, why, reply));
-            }
-            let effect = m.call(&scope, &id, $method, &cause(&meta)).await?;
-            Ok(outcome(&scope, &meta, &effect, reply))
+            command(Command::$kind($op, req.$field), scope, meta, &m, reply).await
         }
     };
 }
 
-id_handler!(start, StartRequest, StartResponse, Method::Start);
-id_handler!(
-    revoke_start,
-    RevokeStartRequest,
-    RevokeStartResponse,
-    Method::RevokeStart
+command_handler!(store, StoreRequest => StoreResponse, Order(OrderOp::Store, job_order));
+command_handler!(
+    store_and_start,
+    StoreAndStartRequest => StoreAndStartResponse,
+    Order(OrderOp::StoreAndStart, job_order)
 );
-id_handler!(pause, PauseRequest, PauseResponse, Method::Pause);
-id_handler!(resume, ResumeRequest, ResumeResponse, Method::Resume);
-id_handler!(stop, StopRequest, StopResponse, Method::Stop);
-id_handler!(abort, AbortRequest, AbortResponse, Method::Abort);
-id_handler!(cancel, CancelRequest, CancelResponse, Method::Cancel);
-id_handler!(clear, ClearRequest, ClearResponse, Method::Clear);
+command_handler!(update, UpdateRequest => UpdateResponse, Order(OrderOp::Update, job_order));
+command_handler!(start, StartRequest => StartResponse, Id(Method::Start, job_order_id));
+command_handler!(
+    revoke_start,
+    RevokeStartRequest => RevokeStartResponse,
+    Id(Method::RevokeStart, job_order_id)
+);
+command_handler!(pause, PauseRequest => PauseResponse, Id(Method::Pause, job_order_id));
+command_handler!(resume, ResumeRequest => ResumeResponse, Id(Method::Resume, job_order_id));
+command_handler!(stop, StopRequest => StopResponse, Id(Method::Stop, job_order_id));
+command_handler!(abort, AbortRequest => AbortResponse, Id(Method::Abort, job_order_id));
+command_handler!(cancel, CancelRequest => CancelResponse, Id(Method::Cancel, job_order_id));
+command_handler!(clear, ClearRequest => ClearResponse, Id(Method::Clear, job_order_id));
 
 async fn by_id(
     req: ByIdRequest,

@@ -38,146 +38,122 @@ macro_rules! typed_as {
 }
 pub(crate) use typed_as;
 
-macro_rules! order_call {
-    ($(#[$doc:meta])* $name:ident, $generated:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-        pub struct $name {
-            /// The job order (checked against `ISA95JobOrderDataType`).
-            #[serde(rename = "JobOrder", alias = "job_order", default, skip_serializing_if = "Option::is_none")]
-            pub job_order: Option<Value>,
-            /// Optional comment (`LocalizedText`, or a list of them).
-            #[serde(rename = "Comment", alias = "comment", default, skip_serializing_if = "Option::is_none")]
-            pub comment: Option<Value>,
+/// Payload structs in the wire's convention: each field PascalCase on the
+/// wire with its snake_case name accepted too; a field given a
+/// `skip_serializing_if` function defaults when missing and is left out
+/// when it says so. The struct's attributes (docs, derives) are given; its
+/// CloudEvent type and schema are those of the generated `$generated`.
+macro_rules! wire_struct {
+    ($(
+        $(#[$meta:meta])*
+        $name:ident as $generated:ty {
+            $(
+                $(#[$doc:meta])*
+                $field:ident: $ty:ty = $wire:literal | $alias:literal $(, skip if $skip:literal)?;
+            )*
         }
-        typed_as!($name, j::$generated);
+    )*) => {$(
+        $(#[$meta])*
+        pub struct $name {
+            $(
+                $(#[$doc])*
+                #[serde(rename = $wire, alias = $alias $(, default, skip_serializing_if = $skip)?)]
+                pub $field: $ty,
+            )*
+        }
+        typed_as!($name, $generated);
+    )*};
+}
+
+/// Requests of the ISA95 methods: one field (the job order, or its id) and
+/// an optional comment, all optional (read leniently).
+macro_rules! calls {
+    (
+        #[doc = $doc:literal]
+        $field:ident: $ty:ty = $wire:literal | $alias:literal;
+        $($method:literal: $name:ident as $generated:ident,)*
+    ) => {
+        $(
+            wire_struct! {
+                #[doc = concat!("`", $method, "` request.")]
+                #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+                $name as j::$generated {
+                    #[doc = $doc]
+                    $field: Option<$ty> = $wire | $alias, skip if "Option::is_none";
+                    /// Optional comment (`LocalizedText`, or a list of them).
+                    comment: Option<Value> = "Comment" | "comment", skip if "Option::is_none";
+                }
+            }
+        )*
     };
 }
 
-macro_rules! id_call {
-    ($(#[$doc:meta])* $name:ident, $generated:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-        pub struct $name {
-            /// The job order id.
-            #[serde(rename = "JobOrderID", alias = "job_order_id", default, skip_serializing_if = "Option::is_none")]
-            pub job_order_id: Option<String>,
-            /// Optional comment (`LocalizedText`, or a list of them).
-            #[serde(rename = "Comment", alias = "comment", default, skip_serializing_if = "Option::is_none")]
-            pub comment: Option<Value>,
-        }
-        typed_as!($name, j::$generated);
-    };
+calls! {
+    /// The job order (checked against `ISA95JobOrderDataType`).
+    job_order: Value = "JobOrder" | "job_order";
+    "Store": StoreRequest as StoreCall,
+    "StoreAndStart": StoreAndStartRequest as StoreAndStartCall,
+    "Update": UpdateRequest as UpdateCall,
 }
 
-order_call!(/// `Store` request.
-    StoreRequest, StoreCall);
-order_call!(/// `StoreAndStart` request.
-    StoreAndStartRequest, StoreAndStartCall);
-order_call!(/// `Update` request.
-    UpdateRequest, UpdateCall);
-id_call!(/// `Start` request.
-    StartRequest, StartCall);
-id_call!(/// `RevokeStart` request.
-    RevokeStartRequest, RevokeStartCall);
-id_call!(/// `Pause` request.
-    PauseRequest, PauseCall);
-id_call!(/// `Resume` request.
-    ResumeRequest, ResumeCall);
-id_call!(/// `Stop` request.
-    StopRequest, StopCall);
-id_call!(/// `Abort` request.
-    AbortRequest, AbortCall);
-id_call!(/// `Cancel` request.
-    CancelRequest, CancelCall);
-id_call!(/// `Clear` request.
-    ClearRequest, ClearCall);
-
-/// `RequestJobResponseByJobOrderID` request.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ByIdRequest {
+calls! {
     /// The job order id.
-    #[serde(
-        rename = "JobOrderID",
-        alias = "job_order_id",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub job_order_id: Option<String>,
+    job_order_id: String = "JobOrderID" | "job_order_id";
+    "Start": StartRequest as StartCall,
+    "RevokeStart": RevokeStartRequest as RevokeStartCall,
+    "Pause": PauseRequest as PauseCall,
+    "Resume": ResumeRequest as ResumeCall,
+    "Stop": StopRequest as StopCall,
+    "Abort": AbortRequest as AbortCall,
+    "Cancel": CancelRequest as CancelCall,
+    "Clear": ClearRequest as ClearCall,
 }
-typed_as!(ByIdRequest, mj::RequestJobResponseByJobOrderIDCall);
 
-/// `RequestJobResponseByJobOrderID` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ByIdResponse {
-    /// The stored job response, if any.
-    #[serde(
-        rename = "JobResponse",
-        alias = "job_response",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub job_response: Option<Box<RawValue>>,
-    /// The `ReturnStatus` bit mask.
-    #[serde(rename = "ReturnStatus", alias = "return_status")]
-    pub return_status: u64,
-}
-typed_as!(ByIdResponse, mj::RequestJobResponseByJobOrderIDResponse);
+wire_struct! {
+    /// `RequestJobResponseByJobOrderID` request.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    ByIdRequest as mj::RequestJobResponseByJobOrderIDCall {
+        /// The job order id.
+        job_order_id: Option<String> = "JobOrderID" | "job_order_id", skip if "Option::is_none";
+    }
 
-/// `RequestJobResponseByJobOrderState` request.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ByStateRequest {
-    /// The state to match exactly (outer state first).
-    #[serde(
-        rename = "JobOrderState",
-        alias = "job_order_state",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub job_order_state: Option<Vec<StateEntry>>,
-}
-typed_as!(ByStateRequest, mj::RequestJobResponseByJobOrderStateCall);
+    /// `RequestJobResponseByJobOrderID` reply.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    ByIdResponse as mj::RequestJobResponseByJobOrderIDResponse {
+        /// The stored job response, if any.
+        job_response: Option<Box<RawValue>> = "JobResponse" | "job_response", skip if "Option::is_none";
+        /// The `ReturnStatus` bit mask.
+        return_status: u64 = "ReturnStatus" | "return_status";
+    }
 
-/// `RequestJobResponseByJobOrderState` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ByStateResponse {
-    /// The matching job responses (omitted when there are none).
-    #[serde(
-        rename = "JobResponses",
-        alias = "job_responses",
-        default,
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub job_responses: Vec<Box<RawValue>>,
-    /// The `ReturnStatus` bit mask.
-    #[serde(rename = "ReturnStatus", alias = "return_status")]
-    pub return_status: u64,
-}
-typed_as!(
-    ByStateResponse,
-    mj::RequestJobResponseByJobOrderStateResponse
-);
+    /// `RequestJobResponseByJobOrderState` request.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    ByStateRequest as mj::RequestJobResponseByJobOrderStateCall {
+        /// The state to match exactly (outer state first).
+        job_order_state: Option<Vec<StateEntry>> = "JobOrderState" | "job_order_state", skip if "Option::is_none";
+    }
 
-/// The status event sent on every transition:
-/// `{"JobOrder":…,"JobState":[…]}` plus `JobResponse` when one exists.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusEvent {
-    /// The job order as stored.
-    #[serde(rename = "JobOrder", alias = "job_order")]
-    pub job_order: Box<RawValue>,
-    /// The new state.
-    #[serde(rename = "JobState", alias = "job_state")]
-    pub job_state: Vec<StateEntry>,
-    /// The job response, when one exists.
-    #[serde(
-        rename = "JobResponse",
-        alias = "job_response",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub job_response: Option<Box<RawValue>>,
+    /// `RequestJobResponseByJobOrderState` reply.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    ByStateResponse as mj::RequestJobResponseByJobOrderStateResponse {
+        /// The matching job responses (omitted when there are none).
+        job_responses: Vec<Box<RawValue>> = "JobResponses" | "job_responses", skip if "Vec::is_empty";
+        /// The `ReturnStatus` bit mask.
+        return_status: u64 = "ReturnStatus" | "return_status";
+    }
+
+    /// The status event sent on every transition:
+    /// `{"JobOrder":…,"JobState":[…]}` plus `JobResponse` when one exists.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    StatusEvent as j::ISA95JobOrderStatusEventType {
+        /// The job order as stored.
+        job_order: Box<RawValue> = "JobOrder" | "job_order";
+        /// The new state.
+        job_state: Vec<StateEntry> = "JobState" | "job_state";
+        /// The job response, when one exists.
+        job_response: Option<Box<RawValue>> = "JobResponse" | "job_response", skip if "Option::is_none";
+    }
 }
-typed_as!(StatusEvent, j::ISA95JobOrderStatusEventType);
 
 #[cfg(test)]
 mod tests {

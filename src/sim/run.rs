@@ -17,7 +17,6 @@ use rumqttc::v5::{AsyncClient, Event};
 use serde_json::Value;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -81,23 +80,21 @@ impl fmt::Display for SimStats {
     }
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    received: AtomicU64,
-    invalid: AtomicU64,
-    replied: AtomicU64,
-    failed: AtomicU64,
-    dropped: AtomicU64,
-    duplicates: AtomicU64,
-    redeliveries: AtomicU64,
-    events: AtomicU64,
-    unanswered: AtomicU64,
-    publish_errors: AtomicU64,
-    reconnects: AtomicU64,
-}
-
-fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+crate::metrics::counters! {
+    /// The counters behind [`SimStats`].
+    struct Counters => SimStats {
+        received,
+        invalid,
+        replied,
+        failed,
+        dropped,
+        duplicates,
+        redeliveries,
+        events,
+        unanswered,
+        publish_errors,
+        reconnects,
+    }
 }
 
 #[derive(Debug)]
@@ -118,21 +115,7 @@ pub struct SimHandle {
 impl SimHandle {
     /// A snapshot of the counters.
     pub fn stats(&self) -> SimStats {
-        let c = &self.shared.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        SimStats {
-            received: get(&c.received),
-            invalid: get(&c.invalid),
-            replied: get(&c.replied),
-            failed: get(&c.failed),
-            dropped: get(&c.dropped),
-            duplicates: get(&c.duplicates),
-            redeliveries: get(&c.redeliveries),
-            events: get(&c.events),
-            unanswered: get(&c.unanswered),
-            publish_errors: get(&c.publish_errors),
-            reconnects: get(&c.reconnects),
-        }
+        self.shared.counters.load()
     }
 
     /// Resolves once connected and subscribed (again, after a reconnect):
@@ -257,7 +240,7 @@ impl Simulator {
                     Polled::Connected { ack, reconnect } => {
                         info!(session_present = ack.session_present, "simulator connected");
                         if reconnect {
-                            inc(&self.shared.counters.reconnects);
+                            self.shared.counters.reconnects();
                         }
                         self.shared.connected.send_replace(true);
                     }
@@ -308,12 +291,12 @@ impl Simulator {
     /// follow the seed) and spawns its publishing.
     fn on_publish(&mut self, p: &Publish, io: &Arc<Io>, tasks: &mut JoinSet<()>) {
         let counters = &self.shared.counters;
-        inc(&counters.received);
+        counters.received();
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         let inbound = match mb::decode(&topic, p.payload.clone(), p.properties.as_ref()) {
             Ok(i) => i,
             Err(r) => {
-                inc(&counters.invalid);
+                counters.invalid();
                 warn!(%topic, kind = %r.kind, message = %r.message, "not a command, ignored");
                 if let Some(to) = r.reply_to.clone() {
                     let reply = error_reply(&io.source, &r.partial, r.kind, &r.message);
@@ -330,7 +313,7 @@ impl Simulator {
             Ok(v) => v,
             Err(DecodeError::Empty) => Value::Null,
             Err(e) => {
-                inc(&counters.invalid);
+                counters.invalid();
                 warn!(%topic, id = %event.id, error = %e, "command data does not decode");
                 if let Some(to) = inbound.reply_to {
                     let reply = error_reply(
@@ -366,12 +349,12 @@ impl Simulator {
         debug!(id = %command.id, ty = %command.ty, subject = ?subject, jobid = ?command.jobid, decision = ?decision, "command");
         let reply_to = inbound.reply_to;
         if reply_to.is_none() && !matches!(decision, Decision::Drop) {
-            inc(&counters.unanswered);
+            counters.unanswered();
         }
         match decision {
-            Decision::Drop => inc(&counters.dropped),
+            Decision::Drop => counters.dropped(),
             Decision::Redelivery { reply } => {
-                inc(&counters.redeliveries);
+                counters.redeliveries();
                 if let Some(to) = reply_to {
                     let io = io.clone();
                     tasks.spawn(async move { io.answer(&to, &event, &reply).await });
@@ -397,7 +380,7 @@ impl Simulator {
                                 .publish_reply(to, &reply_event(&io.source, &event, &copy))
                                 .await
                             {
-                                inc(&io.shared.counters.duplicates);
+                                io.shared.counters.duplicates();
                             }
                         }
                     }
@@ -417,8 +400,8 @@ impl Io {
         let event = reply_event(&self.source, command, reply);
         if self.publish_reply(to, &event).await {
             match reply.answer {
-                Answer::Result(_) => inc(&self.shared.counters.replied),
-                Answer::Error { .. } => inc(&self.shared.counters.failed),
+                Answer::Result(_) => self.shared.counters.replied(),
+                Answer::Error { .. } => self.shared.counters.failed(),
             }
         }
     }
@@ -453,7 +436,7 @@ impl Io {
         };
         let topic = self.events.publish_topic(subject, intent);
         if self.publish(&topic, mb::encode(&e, None)).await {
-            inc(&self.shared.counters.events);
+            self.shared.counters.events();
         }
     }
 
@@ -465,7 +448,7 @@ impl Io {
         {
             Ok(()) => true,
             Err(e) => {
-                inc(&self.shared.counters.publish_errors);
+                self.shared.counters.publish_errors();
                 warn!(%topic, error = %e, "cannot publish");
                 false
             }

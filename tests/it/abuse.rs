@@ -613,7 +613,7 @@ async fn random_traffic_never_stops_the_station_and_every_valid_command_is_answe
     }
     assert!(
         matches!(
-            station.done.try_recv(),
+            station.app.done.try_recv(),
             Err(tokio::sync::oneshot::error::TryRecvError::Empty)
         ),
         "seed {seed}: the station stopped"

@@ -222,28 +222,17 @@ async fn every_method_is_refused_where_the_table_forbids_it_and_changes_nothing(
         (MainState::Ended, "Clear"),
         (MainState::Aborted, "Clear"),
     ];
-    let states = [
-        MainState::NotAllowedToStart,
-        MainState::AllowedToStart,
-        MainState::Running,
-        MainState::Interrupted,
-        MainState::Ended,
-        MainState::Aborted,
-        MainState::EndState,
-    ];
-    let methods = [
-        "Start",
-        "RevokeStart",
-        "Pause",
-        "Resume",
-        "Stop",
-        "Abort",
-        "Cancel",
-        "Clear",
-    ];
-    for (i, target) in states.into_iter().enumerate() {
+    // Every state a stored job can be in, and every method on a stored job
+    // but Update (checked below).
+    let states = MainState::ALL
+        .into_iter()
+        .filter(|s| *s != MainState::InitialState);
+    let methods = jobs::METHODS
+        .into_iter()
+        .filter(|m| !["Store", "StoreAndStart", "Update"].contains(m));
+    for (i, target) in states.clone().enumerate() {
         let scope = format!("matrix-{i}");
-        for method in methods {
+        for method in methods.clone() {
             let job = format!("{method}-{i}");
             reach(&mut mes, &station, &scope, &job, target).await;
             let _ = mes.events.drain(Duration::from_millis(100)).await;
@@ -274,7 +263,7 @@ async fn every_method_is_refused_where_the_table_forbids_it_and_changes_nothing(
     }
     // Update is allowed in the two released/unreleased states only, keeps
     // the main state and resets the substate.
-    for (i, target) in states.into_iter().enumerate() {
+    for (i, target) in states.enumerate() {
         let scope = format!("update-{i}");
         reach(&mut mes, &station, &scope, "u", target).await;
         let _ = mes.events.drain(Duration::from_millis(100)).await;
@@ -842,19 +831,7 @@ async fn the_processor_describes_itself_on_a_retained_metadata_topic() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    for method in [
-        "Store",
-        "StoreAndStart",
-        "Update",
-        "Start",
-        "RevokeStart",
-        "Pause",
-        "Resume",
-        "Stop",
-        "Abort",
-        "Cancel",
-        "Clear",
-    ] {
+    for method in jobs::METHODS {
         assert!(
             commands.contains(&format!("{}{method}.v2", jobs::S).as_str()),
             "{method}"

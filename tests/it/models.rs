@@ -698,20 +698,7 @@ fn generated_documents_use_the_contract_ids_and_opc_ua_names() {
     let job_order = &isa_doc["$defs"]["ISA95JobOrderDataType"];
     assert_eq!(job_order["required"], json!(["JobOrderID"]));
     assert_eq!(job_order["properties"]["WorkMasterID"]["type"], "array");
-    let methods = [
-        "Store",
-        "StoreAndStart",
-        "Update",
-        "Start",
-        "RevokeStart",
-        "Pause",
-        "Resume",
-        "Stop",
-        "Abort",
-        "Cancel",
-        "Clear",
-    ];
-    for method in methods {
+    for method in crate::harness::jobs::METHODS {
         for suffix in ["Call", "Response"] {
             assert!(
                 isa_doc["$defs"].get(format!("{method}{suffix}")).is_some(),
@@ -859,14 +846,16 @@ fn job_order_state_machine_has_exactly_the_transitions_of_the_nodeset() {
             .and_then(|n| n.uint32)
     };
 
-    type Row = (
-        Option<String>,
-        String,
-        u32,
-        String,
-        String,
-        BTreeSet<String>,
-    );
+    /// One transition, from the XML or from the generated table.
+    #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Row {
+        parent: Option<String>,
+        name: String,
+        number: u32,
+        from: String,
+        to: String,
+        causes: BTreeSet<String>,
+    }
     let mut expected: Vec<Row> = Vec::new();
     let mut expected_states = BTreeSet::new();
     // (machine type, parent state) to scan; substate machines are appended.
@@ -887,14 +876,14 @@ fn job_order_state_machine_has_exactly_the_transitions_of_the_nodeset() {
                 let causes = forward(node, "HasCause").iter().map(|c| name(c)).collect();
                 let number = number(id, "TransitionNumber")
                     .unwrap_or_else(|| panic!("{id} has no TransitionNumber"));
-                expected.push((
-                    parent.clone(),
-                    name(id),
+                expected.push(Row {
+                    parent: parent.clone(),
+                    name: name(id),
                     number,
-                    name(&from[0]),
-                    name(&to[0]),
+                    from: name(&from[0]),
+                    to: name(&to[0]),
                     causes,
-                ));
+                });
             } else if definition.iter().any(|d| d == "i=2307") {
                 let number =
                     number(id, "StateNumber").unwrap_or_else(|| panic!("{id} has no StateNumber"));
@@ -914,22 +903,20 @@ fn job_order_state_machine_has_exactly_the_transitions_of_the_nodeset() {
     let mut actual: Vec<Row> = machine
         .transitions
         .iter()
-        .map(|t| {
-            (
-                t.parent.map(str::to_owned),
-                t.name.to_owned(),
-                t.number,
-                t.from.to_owned(),
-                t.to.to_owned(),
-                t.causes.iter().map(|c| (*c).to_owned()).collect(),
-            )
+        .map(|t| Row {
+            parent: t.parent.map(str::to_owned),
+            name: t.name.to_owned(),
+            number: t.number,
+            from: t.from.to_owned(),
+            to: t.to.to_owned(),
+            causes: t.causes.iter().map(|c| (*c).to_owned()).collect(),
         })
         .collect();
     expected.sort();
     actual.sort();
     assert_eq!(actual.len(), expected.len());
     assert_eq!(actual, expected);
-    assert_eq!(actual.iter().filter(|r| r.0.is_none()).count(), 13);
+    assert_eq!(actual.iter().filter(|r| r.parent.is_none()).count(), 13);
 
     let actual_states: BTreeSet<_> = machine
         .states

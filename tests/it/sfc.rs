@@ -91,6 +91,19 @@ async fn setup(answer: Answer) -> (Setup, Equipment) {
     )
 }
 
+/// Stores and releases job order `job` in `scope`: its `ReturnStatus`.
+async fn store_and_start(mes: &mut Mes, scope: &str, job: &str) -> u64 {
+    mes.status("StoreAndStart", scope, json!({"JobOrder": order(job)}))
+        .await
+}
+
+/// Stores and releases job order `job` in `scope` (accepted) and waits
+/// until it ended or aborted: that status event.
+async fn run_to_end(mes: &mut Mes, scope: &str, job: &str) -> Value {
+    assert_eq!(store_and_start(mes, scope, job).await, 1);
+    until_state(mes, job, &["Ended", "Aborted"]).await
+}
+
 /// Status events until the job reaches one of `states` (its main state).
 async fn until_state(mes: &mut Mes, job: &str, states: &[&str]) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -112,12 +125,7 @@ async fn a_recipe_runs_on_equipment_to_ended_completed_with_its_results() {
     // The inspection event arrives before its step is active: it is kept.
     eq.event("axle", INSPECTED, json!({"passed": true}), Some("a1"))
         .await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("a1")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", "a1").await, 1);
     let running = until_state(&mut s.mes, "a1", &["Running"]).await;
     assert_eq!(state_texts(&running["JobState"]), ["Running"]);
     let ended = until_state(&mut s.mes, "a1", &["Ended", "Aborted"]).await;
@@ -171,12 +179,7 @@ async fn progress_events_follow_the_steps() {
     let mut hmi = TestClient::connect(s._m.port(), "hmi").await;
     hmi.subscribe(&format!("{PREFIX}/+/events")).await;
     store_recipe(&mut s.mes, "axle", rear_axle()).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("p1")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", "p1").await, 1);
     until_state(&mut s.mes, "p1", &["Running"]).await;
     eq.event("axle", INSPECTED, json!({"passed": true}), Some("p1"))
         .await;
@@ -223,12 +226,7 @@ async fn an_invalid_recipe_is_refused_before_it_is_stored() {
         "{msg}"
     );
     // Nothing was stored: the work master is unknown to acceptance.
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("x")}))
-            .await,
-        16
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", "x").await, 16);
     s.station.stop().await;
 }
 
@@ -244,12 +242,7 @@ async fn a_job_without_a_recipe_is_left_for_someone_else() {
         )
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("m1")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", "m1").await, 1);
     assert_eq!(s.mes.next_state().await, ["AllowedToStart", "Ready"]);
     assert!(
         s.mes
@@ -274,13 +267,7 @@ async fn an_equipment_error_aborts_the_job_with_a_response() {
     });
     let (mut s, _eq) = setup(answer).await;
     store_recipe(&mut s.mes, "axle", rear_axle()).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("e1")}))
-            .await,
-        1
-    );
-    let ev = until_state(&mut s.mes, "e1", &["Ended", "Aborted"]).await;
+    let ev = run_to_end(&mut s.mes, "axle", "e1").await;
     assert_eq!(state_texts(&ev["JobState"]), ["Aborted"]);
     let why = ev["JobResponse"]["Description"]["Text"].as_str().unwrap();
     assert!(
@@ -298,13 +285,7 @@ async fn a_lost_command_is_resent_with_the_same_id_after_its_timeout() {
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 3, "BackoffSeconds": 0.2});
     store_recipe(&mut s.mes, "axle", r).await;
     eq.event("axle", INSPECTED, json!({}), Some("t1")).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("t1")}))
-            .await,
-        1
-    );
-    let ev = until_state(&mut s.mes, "t1", &["Ended", "Aborted"]).await;
+    let ev = run_to_end(&mut s.mes, "axle", "t1").await;
     assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"]);
     let clamps: Vec<String> = eq
         .commands()
@@ -326,13 +307,7 @@ async fn a_pull_event_that_never_comes_fails_the_job_at_its_timeout() {
     let mut r = rear_axle();
     r["Actions"][4]["TimeoutSeconds"] = json!(1);
     store_recipe(&mut s.mes, "axle", r).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("w1")}))
-            .await,
-        1
-    );
-    let ev = until_state(&mut s.mes, "w1", &["Ended", "Aborted"]).await;
+    let ev = run_to_end(&mut s.mes, "axle", "w1").await;
     assert_eq!(state_texts(&ev["JobState"]), ["Aborted"]);
     assert!(ev["JobResponse"]["Description"]["Text"]
         .as_str()
@@ -345,12 +320,7 @@ async fn a_pull_event_that_never_comes_fails_the_job_at_its_timeout() {
 async fn pause_resume_and_stop_control_a_running_recipe() {
     let (mut s, eq) = setup(answer_all()).await;
     store_recipe(&mut s.mes, "axle", rear_axle()).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("c1")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", "c1").await, 1);
     until_state(&mut s.mes, "c1", &["Running"]).await;
     // The recipe now waits in `inspect` for the event.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -390,12 +360,7 @@ async fn pause_resume_and_stop_control_a_running_recipe() {
 
     // Stop mid-recipe: Ended, outstanding actions cancelled, the response
     // holds what was done so far.
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("c2")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", "c2").await, 1);
     until_state(&mut s.mes, "c2", &["Running"]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -697,12 +662,7 @@ async fn leaving_running_waits_for_a_command_being_sent_on_another_replica() {
     let port = s._m.port();
     store_recipe(&mut s.mes, "axle", one_command()).await;
     for job in ["l1", "l2"] {
-        assert_eq!(
-            s.mes
-                .status("StoreAndStart", "axle", json!({"JobOrder": order(job)}))
-                .await,
-            1
-        );
+        assert_eq!(store_and_start(&mut s.mes, "axle", job).await, 1);
         until_state(&mut s.mes, job, &["Running"]).await;
     }
     let mut c =
@@ -803,26 +763,13 @@ async fn a_hand_written_processor_takes_over_a_command_type() {
                     .unwrap()
                     .into(),
             );
-            let out = microdcs::transport::binding::encode(&reply, None);
-            let mut props = out.properties;
-            props.correlation_data = p
-                .properties
-                .as_ref()
-                .and_then(|x| x.correlation_data.clone());
             let to = p
                 .properties
                 .as_ref()
                 .and_then(|x| x.response_topic.clone())
                 .unwrap();
             assert_eq!(to, "app/tools/responses");
-            tool.client
-                .publish_with_properties(
-                    to,
-                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                    false,
-                    out.payload,
-                    props,
-                )
+            crate::harness::equipment::answer_to(&tool, &p, to, &reply)
                 .await
                 .unwrap();
         }
@@ -831,11 +778,7 @@ async fn a_hand_written_processor_takes_over_a_command_type() {
     store_recipe(&mut mes, "axle", rear_axle()).await;
     eq.event("axle", INSPECTED, json!({"passed": true}), Some("h1"))
         .await;
-    assert_eq!(
-        mes.status("StoreAndStart", "axle", json!({"JobOrder": order("h1")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut mes, "axle", "h1").await, 1);
     let ev = until_state(&mut mes, "h1", &["Ended", "Aborted"]).await;
     assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
     let data = ev["JobResponse"]["JobResponseData"].as_array().unwrap();
@@ -903,12 +846,7 @@ async fn qualifiers_nested_branches_and_a_loop_run_end_to_end() {
     });
     let (mut s, eq) = setup(answer).await;
     store_recipe(&mut s.mes, "q", everything()).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "q", json!({"JobOrder": order("q1")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "q", "q1").await, 1);
     let ev = until_state(&mut s.mes, "q1", &["Ended", "Aborted"]).await;
     assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
     let sent: Vec<String> = eq.commands().into_iter().map(|c| c.0).collect();
@@ -957,12 +895,7 @@ async fn qualifiers_nested_branches_and_a_loop_run_end_to_end() {
 async fn a_running_job_keeps_its_recipe_when_the_work_master_changes_and_abort_ends_it() {
     let (mut s, eq) = setup(answer_all()).await;
     store_recipe(&mut s.mes, "axle", rear_axle()).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("old")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", "old").await, 1);
     until_state(&mut s.mes, "old", &["Running"]).await;
     // The job now waits for its inspection event. A new recipe version
     // (a single step with another command) replaces the work master.
@@ -972,13 +905,7 @@ async fn a_running_job_keeps_its_recipe_when_the_work_master_changes_and_abort_e
         "Actions": [push("engrave", "only")]
     });
     store_recipe(&mut s.mes, "axle", new).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("new")}))
-            .await,
-        1
-    );
-    let ev = until_state(&mut s.mes, "new", &["Ended", "Aborted"]).await;
+    let ev = run_to_end(&mut s.mes, "axle", "new").await;
     assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"]);
     // The old job still runs the old recipe: its inspection completes it.
     eq.event("axle", INSPECTED, json!({"passed": true}), Some("old"))
@@ -994,12 +921,7 @@ async fn a_running_job_keeps_its_recipe_when_the_work_master_changes_and_abort_e
     assert!(!types.iter().any(|t| t.contains("engrave")), "{types:?}");
 
     // Abort mid-recipe: Aborted, nothing more is sent for it.
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("ab")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", "ab").await, 1);
     until_state(&mut s.mes, "ab", &["Running"]).await;
     assert_eq!(
         s.mes
@@ -1022,12 +944,7 @@ async fn an_unaddressed_event_is_kept_until_a_job_waits_for_its_type() {
     r["Actions"][0]["TimeoutSeconds"] = json!(1);
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 2});
     store_recipe(&mut s.mes, "axle", r).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("u1")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", "u1").await, 1);
     until_state(&mut s.mes, "u1", &["Running"]).await;
     // No correlation id, and nobody waits for inspections yet: kept.
     eq.event(
@@ -1075,12 +992,7 @@ async fn parallel_pull_actions_each_get_their_own_equipments_event() {
     // Addressed to the job (correlation id), then unaddressed (routed by
     // scope, type and equipment).
     for (job, addressed) in [("e1", true), ("e2", false)] {
-        assert_eq!(
-            s.mes
-                .status("StoreAndStart", "axle", json!({"JobOrder": order(job)}))
-                .await,
-            1
-        );
+        assert_eq!(store_and_start(&mut s.mes, "axle", job).await, 1);
         until_state(&mut s.mes, job, &["Running"]).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !eq.commands().iter().any(|c| c.4 == job) {
@@ -1123,12 +1035,7 @@ async fn a_kept_event_that_expired_completes_nothing() {
     eq.event_expiring("axle", INSPECTED, json!({"n": 1}), None, Some(1))
         .await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("x1")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", "x1").await, 1);
     until_state(&mut s.mes, "x1", &["Running"]).await;
     eq.event("axle", INSPECTED, json!({"n": 2}), None).await;
     let ev = until_state(&mut s.mes, "x1", &["Ended", "Aborted"]).await;
@@ -1191,11 +1098,7 @@ async fn a_command_that_can_never_be_published_aborts_the_job_with_the_reason() 
         "Actions": [push("clamp", "load"), tighten, push("unload", "unload")]
     });
     store_recipe(&mut mes, "axle", recipe).await;
-    assert_eq!(
-        mes.status("StoreAndStart", "axle", json!({"JobOrder": order("t1")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut mes, "axle", "t1").await, 1);
     let ev = until_state(&mut mes, "t1", &["Ended", "Aborted"]).await;
     assert_eq!(state_texts(&ev["JobState"]), ["Aborted"], "{ev}");
     let why = ev["JobResponse"]["Description"]["Text"].as_str().unwrap();
@@ -1236,11 +1139,7 @@ async fn a_recipe_survives_redis_going_away_mid_run() {
     store_recipe(&mut mes, "axle", recipe).await;
     eq.event("axle", INSPECTED, json!({"passed": true}), Some("rr"))
         .await;
-    assert_eq!(
-        mes.status("StoreAndStart", "axle", json!({"JobOrder": order("rr")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut mes, "axle", "rr").await, 1);
     until_state(&mut mes, "rr", &["Running"]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !eq.commands().iter().any(|c| c.1.contains("tighten")) {
@@ -1288,11 +1187,7 @@ async fn a_device_that_echoes_only_the_correlation_data_completes_its_action() {
         ]
     });
     store_recipe(&mut mes, "q7", recipe).await;
-    assert_eq!(
-        mes.status("StoreAndStart", "q7", json!({"JobOrder": order("J-ab12")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut mes, "q7", "J-ab12").await, 1);
     let ended = until_state(&mut mes, "J-ab12", &["Ended", "Aborted"]).await;
     assert_eq!(
         state_texts(&ended["JobState"]),
@@ -1342,12 +1237,7 @@ async fn a_replica_whose_clock_is_a_minute_ahead_fires_no_timeout_early() {
     // The inspection waits up to 30 s; the event comes after 3 s. Judged by
     // its own clock, the skewed replica would see the deadline as passed.
     store_recipe(&mut s.mes, "axle", rear_axle()).await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order("k1")}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", "k1").await, 1);
     until_state(&mut s.mes, "k1", &["Running"]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     eq.event("axle", INSPECTED, json!({"passed": true}), Some("k1"))
@@ -1370,12 +1260,7 @@ async fn a_job_whose_id_has_wildcards_slashes_and_control_characters_runs_its_re
     let job = "PO#7/+\u{1}x";
     eq.event("axle", INSPECTED, json!({"passed": true}), Some(job))
         .await;
-    assert_eq!(
-        s.mes
-            .status("StoreAndStart", "axle", json!({"JobOrder": order(job)}))
-            .await,
-        1
-    );
+    assert_eq!(store_and_start(&mut s.mes, "axle", job).await, 1);
     let ended = until_state(&mut s.mes, job, &["Ended", "Aborted"]).await;
     assert_eq!(
         state_texts(&ended["JobState"]),

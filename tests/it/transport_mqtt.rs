@@ -87,15 +87,21 @@ async fn station(m: &Mosquitto, r: &Redis, instance: &str, seen: Arc<Seen>) -> S
     .await
 }
 
-const WAIT: Duration = Duration::from_secs(10);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mosquitto_pub_request_reaches_handler_and_reply_echoes_correlation_data() {
+/// The harness broker and Redis, and station `s1` with the pinger on them.
+async fn started() -> (Mosquitto, Redis, Arc<Seen>, Station) {
     init_tracing();
     let m = Mosquitto::start();
     let r = Redis::start();
     let seen = Arc::new(Seen::default());
     let st = station(&m, &r, "s1", seen.clone()).await;
+    (m, r, seen, st)
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_request_reaches_handler_and_reply_echoes_correlation_data() {
+    let (m, _r, seen, st) = started().await;
 
     // An MES using only the mosquitto command-line tools.
     let sub = Command::new("mosquitto_sub")
@@ -177,11 +183,7 @@ async fn mosquitto_pub_request_reaches_handler_and_reply_echoes_correlation_data
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_and_event_carry_attributes_and_events_go_to_the_scope_topic() {
-    init_tracing();
-    let m = Mosquitto::start();
-    let r = Redis::start();
-    let seen = Arc::new(Seen::default());
-    let st = station(&m, &r, "s1", seen.clone()).await;
+    let (m, _r, _seen, st) = started().await;
     let mut mes = TestClient::connect(m.port(), "mes").await;
     mes.subscribe("mes/replies").await;
     mes.subscribe("app/test/+/events").await;
@@ -226,11 +228,7 @@ async fn reply_and_event_carry_attributes_and_events_go_to_the_scope_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_command_is_processed_once_acknowledged_and_answered_with_the_first_reply() {
-    init_tracing();
-    let m = Mosquitto::start();
-    let r = Redis::start();
-    let seen = Arc::new(Seen::default());
-    let st = station(&m, &r, "s1", seen.clone()).await;
+    let (m, r, seen, st) = started().await;
     let mut mes = TestClient::connect(m.port(), "mes").await;
     mes.subscribe("mes/replies").await;
     mes.subscribe("mes/replies-2").await;
@@ -337,11 +335,7 @@ async fn unacknowledged_message_is_redelivered_after_a_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_is_survived() {
-    init_tracing();
-    let mut m = Mosquitto::start();
-    let r = Redis::start();
-    let seen = Arc::new(Seen::default());
-    let st = station(&m, &r, "s1", seen.clone()).await;
+    let (mut m, _r, _seen, st) = started().await;
     let mut mes = TestClient::connect(m.port(), "mes").await;
     mes.subscribe("mes/replies").await;
     mes.publish(
@@ -377,11 +371,7 @@ async fn broker_restart_is_survived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_session_is_resubscribed_after_reconnect() {
-    init_tracing();
-    let mut m = Mosquitto::start();
-    let r = Redis::start();
-    let seen = Arc::new(Seen::default());
-    let st = station(&m, &r, "s1", seen.clone()).await;
+    let (mut m, _r, _seen, st) = started().await;
     // A broker that comes back without its persisted sessions.
     m.kill();
     m.wipe_persistence();
@@ -559,11 +549,7 @@ async fn bad_input_gets_error_replies_and_dead_letters_and_the_station_keeps_wor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_delays_processing_until_redis_returns() {
-    init_tracing();
-    let m = Mosquitto::start();
-    let mut r = Redis::start();
-    let seen = Arc::new(Seen::default());
-    let st = station(&m, &r, "s1", seen.clone()).await;
+    let (m, mut r, seen, st) = started().await;
     let mut mes = TestClient::connect(m.port(), "mes").await;
     mes.subscribe("mes/replies").await;
     r.kill();
@@ -871,11 +857,7 @@ async fn one_processor_bound_to_two_transports_serves_both() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn msgpack_payload_is_decoded() {
-    init_tracing();
-    let m = Mosquitto::start();
-    let r = Redis::start();
-    let seen = Arc::new(Seen::default());
-    let st = station(&m, &r, "s1", seen.clone()).await;
+    let (m, _r, _seen, st) = started().await;
     let mut mes = TestClient::connect(m.port(), "mes").await;
     mes.subscribe("mes/replies").await;
     let mut props = ce_props("test.ping.v1", "mp1", None, Some("mes/replies"), None);
@@ -940,11 +922,7 @@ async fn a_message_that_keeps_failing_retryably_is_dead_lettered_after_its_attem
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_reply_to_a_message_without_type_or_id_carries_no_empty_attribute() {
-    init_tracing();
-    let m = Mosquitto::start();
-    let r = Redis::start();
-    let seen = Arc::new(Seen::default());
-    let st = station(&m, &r, "s1", seen.clone()).await;
+    let (m, _r, _seen, st) = started().await;
     let mut mes = TestClient::connect(m.port(), "mes").await;
     mes.subscribe("mes/replies").await;
     let mut props = ce_props("x", "y", None, Some("mes/replies"), Some(b"c"));

@@ -129,6 +129,39 @@ fn sequence() -> Value {
     })
 }
 
+/// [`sequence`] with a timeout on its action at `index`.
+fn sequence_timing_out(index: usize, seconds: u64) -> Value {
+    let mut r = sequence();
+    r["Actions"][index]["TimeoutSeconds"] = json!(seconds);
+    r
+}
+
+/// Two steps, `a` then `b` (always), with `actions`.
+fn a_then_b(actions: &Value) -> Value {
+    json!({
+        "Steps": steps(&["a", "b"]),
+        "Transitions": [tr("a", "b", "always")],
+        "Actions": actions
+    })
+}
+
+/// The event [`sequence`]'s `inspection` waits for.
+fn inspected() -> Input {
+    event(
+        "com.example.inspected.v1",
+        json!({"passed": true}),
+        None,
+        None,
+    )
+}
+
+/// The first timer `effects` set, firing.
+fn first_timer(effects: &[Effect]) -> Input {
+    Input::Timer {
+        key: timers(effects)[0].0.clone(),
+    }
+}
+
 #[test]
 fn a_sequence_runs_step_by_step_and_completes() {
     let t = T::new(sequence());
@@ -144,16 +177,7 @@ fn a_sequence_runs_step_by_step_and_completes() {
     let effects = e.apply(ok(&e, "press_in", json!({"force_kn": 12.5})), t.ctx());
     assert_eq!(entered(&effects), ["inspect"]);
     assert!(names(&effects).is_empty(), "a pull action sends nothing");
-    let effects = e.apply(
-        Input::Event {
-            type_id: "com.example.inspected.v1".into(),
-            data: json!({"passed": true}),
-            id: None,
-            equipment: None,
-            expires_ms: None,
-        },
-        t.ctx(),
-    );
+    let effects = e.apply(inspected(), t.ctx());
     assert_eq!(finished(&effects), Some(Status::Completed));
     assert_eq!(e.results["press_in"]["force_kn"], 12.5);
     assert_eq!(e.history.len(), 3);
@@ -170,16 +194,7 @@ fn a_sequence_runs_step_by_step_and_completes() {
 fn an_event_that_arrives_early_is_kept_and_matched_on_activation() {
     let t = T::new(sequence());
     let (mut e, _) = t.start();
-    let effects = e.apply(
-        Input::Event {
-            type_id: "com.example.inspected.v1".into(),
-            data: json!({"passed": true}),
-            id: None,
-            equipment: None,
-            expires_ms: None,
-        },
-        t.ctx(),
-    );
+    let effects = e.apply(inspected(), t.ctx());
     assert!(effects.is_empty());
     assert_eq!(e.early.len(), 1);
     e.apply(ok(&e, "clamp", json!({})), t.ctx());
@@ -381,8 +396,7 @@ fn a_command_not_sent_before_its_expiry_is_retried_per_policy_or_fails() {
         reason: "expired in the work stream".into(),
     };
     // With retries left: the next attempt, same command id.
-    let mut r = sequence();
-    r["Actions"][0]["TimeoutSeconds"] = json!(5);
+    let mut r = sequence_timing_out(0, 5);
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 2});
     let t = T::new(r);
     let (mut e, _) = t.start();
@@ -460,8 +474,7 @@ fn an_equipment_error_fails_the_job() {
 
 #[test]
 fn timeouts_resend_with_the_same_id_then_fail() {
-    let mut r = sequence();
-    r["Actions"][0]["TimeoutSeconds"] = json!(5);
+    let mut r = sequence_timing_out(0, 5);
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 3, "BackoffSeconds": 1});
     let mut t = T::new(r);
     let (mut e, effects) = t.start();
@@ -487,14 +500,9 @@ fn timeouts_resend_with_the_same_id_then_fail() {
     t.now += 5000;
     let effects = e.apply(Input::Timer { key: key.clone() }, t.ctx());
     t.now += 1000;
-    let fx2 = e.apply(
-        Input::Timer {
-            key: timers(&effects)[0].0.clone(),
-        },
-        t.ctx(),
-    );
-    assert_eq!(dispatched(&fx2)[0].2, 3);
-    key.clone_from(&timers(&fx2)[0].0);
+    let effects2 = e.apply(first_timer(&effects), t.ctx());
+    assert_eq!(dispatched(&effects2)[0].2, 3);
+    key.clone_from(&timers(&effects2)[0].0);
     t.now += 5000;
     let effects = e.apply(Input::Timer { key }, t.ctx());
     assert!(matches!(finished(&effects), Some(Status::Failed(m)) if m.contains("3 attempts")));
@@ -502,18 +510,12 @@ fn timeouts_resend_with_the_same_id_then_fail() {
 
 #[test]
 fn a_result_after_a_resend_still_completes_the_action() {
-    let mut r = sequence();
-    r["Actions"][0]["TimeoutSeconds"] = json!(1);
+    let mut r = sequence_timing_out(0, 1);
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 2});
     let mut t = T::new(r);
     let (mut e, effects) = t.start();
     t.now += 1000;
-    let effects = e.apply(
-        Input::Timer {
-            key: timers(&effects)[0].0.clone(),
-        },
-        t.ctx(),
-    );
+    let effects = e.apply(first_timer(&effects), t.ctx());
     assert_eq!(dispatched(&effects)[0].2, 2);
     let effects = e.apply(ok(&e, "clamp", json!({})), t.ctx());
     assert_eq!(entered(&effects), ["press"]);
@@ -547,15 +549,11 @@ fn qualifier_n_holds_the_step_and_is_cancelled_when_left() {
 
 #[test]
 fn qualifier_p_does_not_hold_the_step_and_p0_runs_on_exit() {
-    let t = T::new(json!({
-        "Steps": steps(&["a", "b"]),
-        "Transitions": [tr("a", "b", "always")],
-        "Actions": [
-            action("pulse", "a", "P", "push_command", "com.example.pulse.v1"),
-            action("bye", "a", "P0", "push_command", "com.example.bye.v1"),
-            push("work", "b")
-        ]
-    }));
+    let t = T::new(a_then_b(&json!([
+        action("pulse", "a", "P", "push_command", "com.example.pulse.v1"),
+        action("bye", "a", "P0", "push_command", "com.example.bye.v1"),
+        push("work", "b")
+    ])));
     let (mut e, effects) = t.start();
     // `a` has no non-stored action: it is finished at once.
     assert_eq!(names(&effects), ["pulse", "bye", "work"]);
@@ -591,11 +589,10 @@ fn qualifier_s_keeps_running_until_r_resets_it() {
 
 #[test]
 fn qualifier_l_is_cancelled_at_its_limit_and_releases_the_step() {
-    let mut r = json!({
-        "Steps": steps(&["a", "b"]),
-        "Transitions": [tr("a", "b", "always")],
-        "Actions": [action("blow", "a", "L", "push_command", "com.example.air.v1"), push("next", "b")]
-    });
+    let mut r = a_then_b(&json!([
+        action("blow", "a", "L", "push_command", "com.example.air.v1"),
+        push("next", "b")
+    ]));
     r["Actions"][0]["DurationSeconds"] = json!(2.0);
     let mut t = T::new(r);
     let (mut e, effects) = t.start();
@@ -609,11 +606,10 @@ fn qualifier_l_is_cancelled_at_its_limit_and_releases_the_step() {
 
 #[test]
 fn qualifier_d_is_sent_after_its_delay_only_if_the_step_is_still_active() {
-    let mut r = json!({
-        "Steps": steps(&["a", "b"]),
-        "Transitions": [tr("a", "b", "always")],
-        "Actions": [action("late", "a", "D", "push_command", "com.example.late.v1"), push("next", "b")]
-    });
+    let mut r = a_then_b(&json!([
+        action("late", "a", "D", "push_command", "com.example.late.v1"),
+        push("next", "b")
+    ]));
     r["Actions"][0]["DelaySeconds"] = json!(3.0);
     let mut t = T::new(r.clone());
     let (mut e, effects) = t.start();
@@ -756,9 +752,7 @@ fn a_recipe_that_loops_without_waiting_fails_instead_of_spinning() {
 
 #[test]
 fn pause_holds_transitions_and_timers_resume_shifts_them() {
-    let mut r = sequence();
-    r["Actions"][1]["TimeoutSeconds"] = json!(10);
-    let mut t = T::new(r);
+    let mut t = T::new(sequence_timing_out(1, 10));
     let (mut e, _) = t.start();
     let effects = e.apply(ok(&e, "clamp", json!({})), t.ctx());
     let (key, at) = timers(&effects)[0].clone();
@@ -777,9 +771,7 @@ fn pause_holds_transitions_and_timers_resume_shifts_them() {
 
 #[test]
 fn a_timeout_while_paused_counts_from_resume() {
-    let mut r = sequence();
-    r["Actions"][0]["TimeoutSeconds"] = json!(10);
-    let mut t = T::new(r);
+    let mut t = T::new(sequence_timing_out(0, 10));
     let (mut e, _) = t.start();
     t.now += 4_000;
     e.apply(Input::Pause, t.ctx());

@@ -6,12 +6,34 @@ use bytes::Bytes;
 use microdcs::testkit::mqtt::TestClient;
 use microdcs::transport::binding;
 use microdcs::CloudEvent;
-use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::ClientError;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 
 pub const EQUIPMENT_PREFIX: &str = "app/equipment";
+
+/// Publishes `reply` to `to` as the answer to the command `request`,
+/// encoded as the binding does but with the request's Correlation Data
+/// (none when it had none), as a device echoes it.
+pub async fn answer_to(
+    client: &TestClient,
+    request: &Publish,
+    to: String,
+    reply: &CloudEvent,
+) -> Result<(), ClientError> {
+    let out = binding::encode(reply, None);
+    let mut props: PublishProperties = out.properties;
+    props.correlation_data = request
+        .properties
+        .as_ref()
+        .and_then(|pr| pr.correlation_data.clone());
+    client
+        .client
+        .publish_with_properties(to, QoS::AtLeastOnce, false, out.payload, props)
+        .await
+}
 
 /// What the equipment saw: (command id, type, subject, data, job id).
 pub type Seen = Arc<Mutex<Vec<(String, String, String, Value, String)>>>;
@@ -85,16 +107,7 @@ impl Equipment {
                         reply.mdcserrormessage = Some("simulated failure".into());
                     }
                 }
-                let out = binding::encode(&reply, None);
-                let mut props: PublishProperties = out.properties;
-                props.correlation_data = p
-                    .properties
-                    .as_ref()
-                    .and_then(|pr| pr.correlation_data.clone());
-                let _ = c
-                    .client
-                    .publish_with_properties(reply_to, QoS::AtLeastOnce, false, out.payload, props)
-                    .await;
+                let _ = answer_to(&c, &p, reply_to, &reply).await;
             }
         });
         let events = TestClient::connect(port, "equipment-events").await;

@@ -2,11 +2,10 @@
 //! its own so tests can crash it; the MES speaking only the wire contract is
 //! `microdcs::testkit::Mes`.
 
+use super::station::Hosted;
 use microdcs::config::Config;
 use microdcs::jobs::JobManager;
 pub use microdcs::testkit::mes::{state_texts, Mes, PREFIX, S, STATUS};
-use microdcs::AppError;
-use microdcs::ShutdownHandle;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -50,10 +49,23 @@ pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     env.push((key.to_string(), value.to_string()));
 }
 
+/// The OPC UA job methods by browse name, in the specification's order.
+pub const METHODS: [&str; 11] = [
+    "Store",
+    "StoreAndStart",
+    "Update",
+    "Start",
+    "RevokeStart",
+    "Pause",
+    "Resume",
+    "Stop",
+    "Abort",
+    "Cancel",
+    "Clear",
+];
+
 pub struct JobStation {
-    rt: Option<tokio::runtime::Runtime>,
-    pub handle: ShutdownHandle,
-    pub done: tokio::sync::oneshot::Receiver<Result<(), AppError>>,
+    pub app: Hosted,
     pub jobs: Option<JobManager>,
 }
 
@@ -70,52 +82,25 @@ pub async fn start_extended(
         + 'static,
 ) -> JobStation {
     let config = Config::from_sources(None, env).expect("valid test configuration");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let (done_tx, done) = tokio::sync::oneshot::channel();
-    rt.spawn(async move {
+    let (app, _, jobs) = Hosted::launch(move || async move {
         let settings = microdcs::station::job_settings(&config);
         let station = microdcs::station::build_extended(&config, settings, extend)
             .await
             .expect("build station");
-        let transport = station.app.transports()[0].clone();
-        let _ = tx.send((
-            transport,
-            station.app.shutdown_handle(),
-            station.jobs.clone(),
-        ));
-        let _ = done_tx.send(station.app.run().await);
-    });
-    let (transport, handle, jobs) = rx.await.expect("station built");
-    tokio::time::timeout(Duration::from_secs(10), transport.ready())
-        .await
-        .expect("station ready");
-    JobStation {
-        rt: Some(rt),
-        handle,
-        done,
-        jobs,
-    }
+        (station.app, station.jobs)
+    })
+    .await;
+    JobStation { app, jobs }
 }
 
 impl JobStation {
-    pub async fn stop(mut self) {
-        self.handle.shutdown();
-        let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.done).await;
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
+    pub async fn stop(self) {
+        let _ = self.app.stop(Duration::from_secs(15)).await;
     }
 
     /// Like SIGKILL: every task and socket dropped at once.
-    pub fn crash(mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
+    pub fn crash(self) {
+        self.app.crash();
     }
 
     /// Runs `f` on the station's own runtime (its Redis connection lives
@@ -125,16 +110,7 @@ impl JobStation {
         F: std::future::Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let rt = self.rt.as_ref().expect("running");
-        rt.spawn(f).await.expect("task")
-    }
-}
-
-impl Drop for JobStation {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
+        self.app.on_runtime(f).await
     }
 }
 

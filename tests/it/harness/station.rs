@@ -5,13 +5,91 @@
 use microdcs::transport::mqtt::{MqttSettings, MqttTransport};
 use microdcs::ShutdownHandle;
 use microdcs::{App, AppError, Processor, TopicBinding};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct Station {
+/// An app running on a runtime of its own: stopped gracefully, or crashed
+/// (also when dropped).
+pub struct Hosted {
     rt: Option<tokio::runtime::Runtime>,
-    pub done: tokio::sync::oneshot::Receiver<Result<(), AppError>>,
     pub handle: ShutdownHandle,
+    pub done: tokio::sync::oneshot::Receiver<Result<(), AppError>>,
+}
+
+impl Hosted {
+    /// Builds the app with `build` on a new runtime, runs it, and returns
+    /// once its first transport is ready, with that transport and what
+    /// `build` handed out besides the app.
+    pub async fn launch<T, F, Fut>(build: F) -> (Hosted, Arc<MqttTransport>, T)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = (App, T)> + Send,
+        T: Send + 'static,
+    {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        rt.spawn(async move {
+            let (app, extra) = build().await;
+            let _ = tx.send((app.transports()[0].clone(), app.shutdown_handle(), extra));
+            let _ = done_tx.send(app.run().await);
+        });
+        let (transport, handle, extra) = rx.await.expect("app built");
+        tokio::time::timeout(Duration::from_secs(10), transport.ready())
+            .await
+            .expect("station ready");
+        let hosted = Hosted {
+            rt: Some(rt),
+            handle,
+            done,
+        };
+        (hosted, transport, extra)
+    }
+
+    /// Graceful stop (as on SIGTERM): the app's result, or `Err` when it did
+    /// not end within `grace`. The runtime is dropped either way.
+    pub async fn stop(
+        mut self,
+        grace: Duration,
+    ) -> Result<
+        Result<Result<(), AppError>, tokio::sync::oneshot::error::RecvError>,
+        tokio::time::error::Elapsed,
+    > {
+        self.handle.shutdown();
+        tokio::time::timeout(grace, &mut self.done).await
+    }
+
+    /// Like a SIGKILL: every task and socket is dropped at once.
+    pub fn crash(self) {
+        drop(self);
+    }
+
+    /// Runs `f` on the app's own runtime (its connections live there).
+    pub async fn on_runtime<F, T>(&self, f: F) -> T
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let rt = self.rt.as_ref().expect("running");
+        rt.spawn(f).await.expect("task")
+    }
+}
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+pub struct Station {
+    pub app: Hosted,
     pub transport: Arc<MqttTransport>,
 }
 
@@ -29,14 +107,7 @@ pub async fn start(
     redis_url: Option<String>,
     processors: Vec<(Processor, TopicBinding)>,
 ) -> Station {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let (done_tx, done) = tokio::sync::oneshot::channel();
-    rt.spawn(async move {
+    let (app, transport, ()) = Hosted::launch(move || async move {
         let mut b = App::builder().mqtt("mqtt", settings);
         if let Some(url) = redis_url {
             b = b
@@ -46,48 +117,24 @@ pub async fn start(
         for (p, binding) in processors {
             b = b.processor(p, binding);
         }
-        let app = b.build().await.expect("build app");
-        let _ = tx.send((app.transports()[0].clone(), app.shutdown_handle()));
-        let _ = done_tx.send(app.run().await);
-    });
-    let (transport, handle) = rx.await.expect("app built");
-    tokio::time::timeout(Duration::from_secs(10), transport.ready())
-        .await
-        .expect("station ready");
-    Station {
-        rt: Some(rt),
-        done,
-        handle,
-        transport,
-    }
+        (b.build().await.expect("build app"), ())
+    })
+    .await;
+    Station { app, transport }
 }
 
 impl Station {
     /// Graceful stop (as on SIGTERM); returns the app's result.
-    pub async fn stop(mut self) -> Result<(), AppError> {
-        self.handle.shutdown();
-        let r = tokio::time::timeout(Duration::from_secs(20), &mut self.done)
+    pub async fn stop(self) -> Result<(), AppError> {
+        self.app
+            .stop(Duration::from_secs(20))
             .await
             .expect("station stops within its grace period")
-            .expect("app task ended");
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-        r
+            .expect("app task ended")
     }
 
     /// Like a SIGKILL: every task and socket is dropped at once.
-    pub fn crash(mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-impl Drop for Station {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
+    pub fn crash(self) {
+        self.app.crash();
     }
 }
