@@ -7,7 +7,7 @@
 
 use super::stats::{rate, Latencies};
 use super::{BenchResult, Sizes};
-use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
+use microdcs::testkit::devenv::{Autosave, LocalMosquitto, LocalRedis};
 use microdcs::testkit::mqtt::{ce_props_from, TestClient as Client};
 use redis::Script;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
@@ -55,7 +55,8 @@ impl Floor {
 
 /// Runs the floor on a broker and Redis of its own.
 pub(crate) async fn run(sizes: Sizes) -> BenchResult<Floor> {
-    let m = LocalMosquitto::start().map_err(|e| format!("cannot start mosquitto: {e}"))?;
+    let m = LocalMosquitto::start_with(Autosave::AsShipped)
+        .map_err(|e| format!("cannot start mosquitto: {e}"))?;
     let r = LocalRedis::start().map_err(|e| format!("cannot start redis-server: {e}"))?;
     let client = redis::Client::open(r.url()).map_err(|e| format!("redis url: {e}"))?;
     let conn = tokio::time::timeout(

@@ -8,7 +8,7 @@ use super::spy::{self, Spy, StepTypes, Steps};
 use super::stats::rate;
 use super::{BenchResult, Sizes};
 use microdcs::sim::{EmitSpec, Rule, SimConfig, Simulator};
-use microdcs::testkit::devenv::{LocalMosquitto, LocalRedis};
+use microdcs::testkit::devenv::{Autosave, LocalMosquitto, LocalRedis};
 use microdcs::testkit::mqtt::user_prop;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
@@ -76,7 +76,8 @@ impl StationRun {
 
 /// Runs the station with `replicas` replicas of `bin`.
 pub(crate) async fn run(bin: &Path, replicas: usize, sizes: Sizes) -> BenchResult<StationRun> {
-    let m = LocalMosquitto::start().map_err(|e| format!("cannot start mosquitto: {e}"))?;
+    let m = LocalMosquitto::start_with(Autosave::AsShipped)
+        .map_err(|e| format!("cannot start mosquitto: {e}"))?;
     let r = LocalRedis::start().map_err(|e| format!("cannot start redis-server: {e}"))?;
     let logs = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
 

@@ -81,9 +81,21 @@ fn stop_child(child: &mut Option<Child>, graceful: bool) {
     }
 }
 
+/// How often a [`LocalMosquitto`] writes its persistence file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Autosave {
+    /// After every change: a SIGKILL loses nothing (crash tests). Every
+    /// message costs a write of the whole database, so throughput is far
+    /// below a production broker's.
+    EveryChange,
+    /// As `mosquitto/mosquitto.conf` ships (every 30 s, and on a clean
+    /// shutdown): what a plant runs, for measurements.
+    AsShipped,
+}
+
 /// A Mosquitto broker using the project's configuration with its own port
-/// and persistence directory (saved on every change, so a crash-restart
-/// keeps retained messages and sessions).
+/// and persistence directory (by default saved on every change, so a
+/// crash-restart keeps retained messages and sessions; see [`Autosave`]).
 #[derive(Debug)]
 pub struct LocalMosquitto {
     child: Option<Child>,
@@ -98,6 +110,14 @@ impl LocalMosquitto {
     /// # Errors
     /// mosquitto is not installed or does not start.
     pub fn start() -> io::Result<Self> {
+        Self::start_with(Autosave::EveryChange)
+    }
+
+    /// Starts a broker that saves its persistence as `autosave` says.
+    ///
+    /// # Errors
+    /// mosquitto is not installed or does not start.
+    pub fn start_with(autosave: Autosave) -> io::Result<Self> {
         let dir = tempfile::tempdir()?;
         // Started as root, mosquitto drops to its own user, which must be
         // able to write its persistence here (else a restart loses it all).
@@ -108,7 +128,22 @@ impl LocalMosquitto {
         )?;
         let port = free_port()?;
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, Self::config_for(port, dir.path()))?;
+        let mut text = Self::config_for(port, dir.path());
+        if autosave == Autosave::AsShipped {
+            text = text
+                .lines()
+                .filter(|l| *l != "autosave_on_changes true")
+                .map(|l| {
+                    if l.starts_with("autosave_interval") {
+                        "autosave_interval 30"
+                    } else {
+                        l
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        std::fs::write(&conf, text)?;
         let mut m = LocalMosquitto {
             child: None,
             port,
