@@ -4,7 +4,7 @@
 //! compare-and-swap evolution, retried when it lost a race.
 
 use super::early::recipe_wants;
-use super::response::{failed_exec, response_json};
+use super::response::response_json;
 use super::store::{waiting_types, Stored, Write};
 use super::{now_ms, Engine, EngineError};
 use crate::jobs::store::parse_state_key;
@@ -152,7 +152,7 @@ impl Engine {
                 warn!(scope, job = id, %reason, "recipe invalid; failing the job");
                 let response = response_json(
                     id,
-                    &failed_exec(id, scope, &reason),
+                    &Execution::failed(id, scope, &reason, now_ms()),
                     &JobState::new(MainState::Aborted, None),
                 );
                 let raw = serde_json::value::to_raw_value(&response)?;

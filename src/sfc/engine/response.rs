@@ -1,36 +1,13 @@
 //! The job response of a finished execution (`ISA95JobResponseDataType`).
 
-use super::now_ms;
 use crate::jobs::JobState;
 use crate::sfc::exec::{Execution, Status};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 fn rfc3339(ms: u64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// The execution of a job that failed before it ran (its recipe is
-/// invalid), for its job response.
-pub(super) fn failed_exec(job: &str, scope: &str, reason: &str) -> Execution {
-    let now = now_ms();
-    Execution {
-        job: job.to_owned(),
-        scope: scope.to_owned(),
-        status: Status::Failed(reason.to_owned()),
-        paused_at_ms: None,
-        started_ms: now,
-        ended_ms: Some(now),
-        active: Default::default(),
-        activations: Default::default(),
-        actions: Default::default(),
-        results: Map::new(),
-        params: Map::new(),
-        early: Default::default(),
-        history: Default::default(),
-        seen_events: Default::default(),
-    }
 }
 
 /// The job response of a finished execution (`ISA95JobResponseDataType`):
@@ -70,7 +47,7 @@ mod tests {
 
     #[test]
     fn responses_carry_results_history_and_reason() {
-        let e = failed_exec("j", "s", "boom");
+        let e = Execution::failed("j", "s", "boom", 1_700_000_000_000);
         let r = response_json("j", &e, &JobState::new(MainState::Aborted, None));
         assert_eq!(r["Description"]["Text"], "boom");
         assert_eq!(r["JobOrderID"], "j");
