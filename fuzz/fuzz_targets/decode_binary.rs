@@ -6,7 +6,7 @@ mod shared;
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use microdcs::binding::mqtt::decode;
+use microdcs::transport::binding::decode;
 use microdcs::envelope::ATTRIBUTE_NAMES;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 

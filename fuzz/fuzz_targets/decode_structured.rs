@@ -5,7 +5,7 @@ mod shared;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use microdcs::binding::mqtt::{decode, STRUCTURED_CONTENT_TYPE};
+use microdcs::transport::binding::{decode, STRUCTURED_CONTENT_TYPE};
 
 fuzz_target!(|body: &[u8]| {
     let mut props = shared::base_properties();

@@ -1,7 +1,7 @@
 //! Invariants every decoded message must keep, shared by the decode targets.
 
 use bytes::Bytes;
-use microdcs::binding::mqtt::{check_outbound, decode, encode, Inbound, Rejected};
+use microdcs::transport::binding::{check_outbound, decode, encode, Inbound, Rejected};
 use microdcs::envelope::{escape_for_mqtt, is_mqtt_string};
 use microdcs::CloudEvent;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
