@@ -20,7 +20,7 @@
 use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::processor::Processor;
-pub use crate::redis::Redis;
+pub use crate::redis::{Redis, RedisConnection};
 pub use crate::runtime::{Shutdown, ShutdownHandle};
 use crate::transport::mqtt::{MqttSettings, MqttTransport};
 use crate::transport::takeover::{SessionKeeper, SessionRegistry, TakeoverSettings};
@@ -113,7 +113,7 @@ impl App {
     }
 
     /// The shared Redis connection (auto-reconnecting), if configured.
-    pub fn redis(&self) -> Option<redis::aio::ConnectionManager> {
+    pub fn redis(&self) -> Option<RedisConnection> {
         self.redis.as_ref().map(|r| r.conn.clone())
     }
 
@@ -190,7 +190,10 @@ impl App {
                 Err(_) => warn!(task = %name, "task did not stop within the grace period"),
             }
         }
-        info!("stopped");
+        info!(
+            redis_round_trips = RedisConnection::round_trips(),
+            "stopped"
+        );
         first_error.map_or(Ok(()), Err)
     }
 }

@@ -22,7 +22,7 @@ pub(crate) use layer::{Delivery, Guarded};
 
 use crate::redis::scripts::{DEDUPE_CLAIM, DEDUPE_EXTEND, DEDUPE_RELEASE};
 use crate::redis::Keys;
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use std::time::Duration;
 
 /// The reply a processed message got, kept to answer its duplicates.
@@ -56,7 +56,7 @@ pub(crate) enum Claim {
 /// The Redis-backed dedupe store.
 #[derive(Clone)]
 pub(crate) struct Dedupe {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     keys: Keys,
     ttl: Duration,
     lease: Duration,
@@ -67,7 +67,7 @@ impl Dedupe {
     /// `ttl` (the dedupe window) and blocking a crashed claimer's message for
     /// at most `lease`.
     pub(crate) fn new(
-        conn: ConnectionManager,
+        conn: RedisConnection,
         prefix: &str,
         ttl: Duration,
         lease: Duration,

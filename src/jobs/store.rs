@@ -25,7 +25,7 @@
 use super::state::{JobState, MainState, StateError};
 use crate::redis::scripts::{JOB_APPLY, JOB_LEASES_LIVE, JOB_PURGE};
 use crate::redis::Keys;
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use redis::AsyncCommands;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -166,7 +166,7 @@ impl ResourceKind {
 /// The Redis job store. Cheap to clone.
 #[derive(Clone)]
 pub struct JobStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     keys: Keys,
     retention: Duration,
     stream_len: u64,
@@ -188,7 +188,7 @@ fn now_ms() -> u64 {
 
 impl JobStore {
     /// A store under `prefix`, keeping EndState jobs for `retention`.
-    pub fn new(conn: ConnectionManager, prefix: impl Into<String>, retention: Duration) -> Self {
+    pub fn new(conn: RedisConnection, prefix: impl Into<String>, retention: Duration) -> Self {
         JobStore {
             conn,
             keys: Keys::new(prefix),
@@ -229,7 +229,7 @@ impl JobStore {
     }
 
     /// The connection (for components that share it, like the publisher).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
 

@@ -46,5 +46,5 @@ mod connection;
 mod keys;
 pub(crate) mod scripts;
 
-pub use connection::Redis;
+pub use connection::{Redis, RedisConnection};
 pub(crate) use keys::Keys;

@@ -9,7 +9,7 @@
 
 use crate::redis::scripts::{LOCK_RELEASE, LOCK_RENEW};
 use crate::runtime::Shutdown;
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use std::future::Future;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -17,7 +17,7 @@ use tracing::{info, warn};
 /// A lock held by at most one owner.
 #[derive(Clone)]
 pub(crate) struct SingletonLock {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     key: String,
     owner: String,
     ttl: Duration,
@@ -36,7 +36,7 @@ impl SingletonLock {
     /// A lock at `key` for `owner` (an instance id), expiring `ttl` after the
     /// last renewal.
     pub(crate) fn new(
-        conn: ConnectionManager,
+        conn: RedisConnection,
         key: impl Into<String>,
         owner: impl Into<String>,
         ttl: Duration,

@@ -1308,9 +1308,11 @@ async fn jobs_released_while_the_change_stream_overflowed_still_run() {
     // No engine runs: jobs are released, then far more other changes than
     // the stream keeps pass (a manager of the test's own, same Redis).
     let config = microdcs::config::Config::from_sources(None, env.clone()).unwrap();
-    let conn = redis::aio::ConnectionManager::new(r.client())
-        .await
-        .unwrap();
+    let conn = microdcs::RedisConnection::new(
+        redis::aio::ConnectionManager::new(r.client())
+            .await
+            .unwrap(),
+    );
     let store =
         microdcs::jobs::JobStore::new(conn, "t", Duration::from_secs(3600)).with_stream_len(20);
     let manager =

@@ -300,7 +300,7 @@ impl Engine {
         self.inner.jobs.store()
     }
 
-    pub(super) fn conn(&self) -> redis::aio::ConnectionManager {
+    pub(super) fn conn(&self) -> crate::redis::RedisConnection {
         self.inner.jobs.store().connection()
     }
 }

@@ -43,7 +43,7 @@ use crate::runtime::Shutdown;
 use crate::singleton::SingletonLock;
 use crate::transport::mqtt::MqttTransport;
 use crate::transport::Publisher;
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -117,7 +117,7 @@ pub struct SessionInfo {
 /// `{mqtt}` hash tag keeps the keys a script touches in one cluster slot.
 #[derive(Clone)]
 pub struct SessionRegistry {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     keys: Keys,
 }
 
@@ -131,7 +131,7 @@ impl std::fmt::Debug for SessionRegistry {
 
 impl SessionRegistry {
     /// The registry under the key prefix `prefix`.
-    pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
+    pub fn new(conn: RedisConnection, prefix: impl Into<String>) -> Self {
         SessionRegistry {
             conn,
             keys: Keys::new(prefix),
