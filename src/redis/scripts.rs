@@ -115,7 +115,7 @@ mod tests {
             ),
             ("early_push.lua", "5464532bd4e9be8c6508bd84e95d649fc78406b8"),
             ("exec_apply.lua", "e37437ac283ffaa4d6e923d13af82204b59bd125"),
-            ("timers_due.lua", "e1009ac8eef03b173279e7340b0cf650a3baa367"),
+            ("timers_due.lua", "b858928cc82639ed7748de851fbe1507190e3cab"),
             (
                 "lock_release.lua",
                 "b98ac5b64d011c483f2c788cf24272476e9a8487",

@@ -74,6 +74,14 @@ pub(crate) async fn take(
     })
 }
 
+impl Lease {
+    /// Adds the release of this lease to `pipe` (the engine releases the
+    /// leases of a batch with its acknowledgements).
+    pub(crate) fn release_in(&self, pipe: &mut redis::Pipeline) {
+        pipe.zrem(&self.key, &self.member).ignore();
+    }
+}
+
 /// Releases a lease once the command is with the transport (or was not
 /// sent at all).
 pub(crate) async fn release(store: &JobStore, lease: &Lease) -> Result<(), redis::RedisError> {

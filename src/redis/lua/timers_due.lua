@@ -1,9 +1,9 @@
 -- Moves due timers of a scope into its work stream, each exactly once (the
 -- ZREM and the XADD are one atomic step, so two replicas never both fire
--- the same timer).
+-- the same timer), and tells when the next one is due.
 -- KEYS[1] timers zset   KEYS[2] work stream
 -- ARGV[1] now (ms)   ARGV[2] most timers to move
--- Returns the number moved.
+-- Returns {moved, due time (ms) of the first timer left, or -1 if none}.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, member in ipairs(due) do
   redis.call('ZREM', KEYS[1], member)
@@ -13,4 +13,9 @@ for _, member in ipairs(due) do
     redis.call('XADD', KEYS[2], '*', 'item', item)
   end
 end
-return #due
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local next_due = -1
+if first[2] then
+  next_due = tonumber(first[2])
+end
+return {#due, next_due}

@@ -4,9 +4,16 @@
 //! hand each entry to its handler and acknowledge it once its effect is
 //! committed. The handlers are `lifecycle` (changes) and `work`; failures
 //! go through `retry`.
+//!
+//! What a batch leaves to do in Redis once its entries are handled
+//! (acknowledging them, dropping done work items and failure counters,
+//! releasing dispatch leases) is collected in a [`Settle`] and sent as one
+//! pipeline per scope: a batch of many entries costs a few commands, not a
+//! few per entry.
 
 use super::retry::Failure;
 use super::work::WorkItem;
+use crate::sfc::fence::Lease;
 use super::{now_ms, Engine, EngineError, GROUP};
 use crate::redis::scripts::TIMERS_DUE;
 use crate::redis::Redis;
@@ -22,6 +29,18 @@ use tracing::{debug, warn};
 
 /// A stream entry read: (stream key, entry id, fields).
 type StreamEntry = (String, String, HashMap<String, redis::Value>);
+
+/// Whether an entry is a work item that never moves its job out of Running
+/// (a dispatch or a progress event): the leases of the job's earlier
+/// dispatches may wait for the end of the batch.
+fn leaves_job_running(map: &HashMap<String, redis::Value>) -> bool {
+    match map.get("item") {
+        Some(redis::Value::BulkString(b)) => {
+            b.starts_with(br#"{"kind":"dispatch""#) || b.starts_with(br#"{"kind":"progress""#)
+        }
+        _ => false,
+    }
+}
 
 /// The job a stream entry is about (change entries carry it as a field,
 /// work items inside their JSON), for grouping a batch by job.
@@ -39,6 +58,119 @@ fn entry_job(map: &HashMap<String, redis::Value>) -> String {
         .unwrap_or_default()
 }
 
+/// What handled entries leave to do in Redis, sent at the end of their
+/// batch in one pipeline per scope.
+#[derive(Debug, Default)]
+pub(super) struct Settle {
+    /// Per scope: stream key → entry ids to acknowledge.
+    acks: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// Per scope: work stream key → done work items to delete.
+    deletes: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// Per scope: failure counters of entries that may have failed before.
+    counters: BTreeMap<String, Vec<String>>,
+    /// Per scope: dispatch leases whose command is with the transport.
+    leases: BTreeMap<String, Vec<Lease>>,
+}
+
+impl Settle {
+    /// Entry `id` of `stream` is done: acknowledge it (and delete it, if it
+    /// is a work item; drop its failure counter `counter`, if it may have
+    /// one).
+    fn done(&mut self, scope: &str, stream: &str, id: &str, is_work: bool, counter: Option<String>) {
+        let per = |m: &mut BTreeMap<String, BTreeMap<String, Vec<String>>>| {
+            m.entry(scope.to_owned())
+                .or_default()
+                .entry(stream.to_owned())
+                .or_default()
+                .push(id.to_owned());
+        };
+        per(&mut self.acks);
+        if is_work {
+            per(&mut self.deletes);
+        }
+        if let Some(k) = counter {
+            self.counters.entry(scope.to_owned()).or_default().push(k);
+        }
+    }
+
+    /// A dispatch lease to release once the batch is settled.
+    pub(super) fn release(&mut self, scope: &str, lease: Lease) {
+        self.leases.entry(scope.to_owned()).or_default().push(lease);
+    }
+
+    /// Releases the leases held so far at once: before a job's entry that
+    /// may move the job out of Running, which waits for the job's leases
+    /// (the fence) and must not wait for its own batch. A release that
+    /// fails is logged: the lease expires by itself.
+    async fn release_now(&mut self, engine: &Engine) {
+        for (scope, leases) in std::mem::take(&mut self.leases) {
+            let mut pipe = redis::pipe();
+            for lease in &leases {
+                lease.release_in(&mut pipe);
+            }
+            let r: redis::RedisResult<()> = pipe.query_async(&mut engine.conn()).await;
+            if let Err(e) = r {
+                warn!(scope, error = %e, "dispatch leases not released");
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Settle) {
+        fn deep(a: &mut BTreeMap<String, BTreeMap<String, Vec<String>>>, b: BTreeMap<String, BTreeMap<String, Vec<String>>>) {
+            for (scope, streams) in b {
+                let mine = a.entry(scope).or_default();
+                for (stream, ids) in streams {
+                    mine.entry(stream).or_default().extend(ids);
+                }
+            }
+        }
+        deep(&mut self.acks, other.acks);
+        deep(&mut self.deletes, other.deletes);
+        for (s, k) in other.counters {
+            self.counters.entry(s).or_default().extend(k);
+        }
+        for (s, l) in other.leases {
+            self.leases.entry(s).or_default().extend(l);
+        }
+    }
+
+    /// Scopes with something to settle.
+    fn scopes(&self) -> BTreeSet<&String> {
+        self.acks
+            .keys()
+            .chain(self.deletes.keys())
+            .chain(self.counters.keys())
+            .chain(self.leases.keys())
+            .collect()
+    }
+
+    /// One pipeline per scope (a scope's keys share one cluster slot).
+    /// Leases are released even if an acknowledgement fails.
+    async fn send(self, engine: &Engine) -> Result<(), EngineError> {
+        let mut first_error = None;
+        for scope in self.scopes() {
+            let mut pipe = redis::pipe();
+            for (stream, ids) in self.acks.get(scope).into_iter().flatten() {
+                pipe.xack(stream, GROUP, ids).ignore();
+            }
+            for (stream, ids) in self.deletes.get(scope).into_iter().flatten() {
+                pipe.cmd("XDEL").arg(stream).arg(ids).ignore();
+            }
+            if let Some(keys) = self.counters.get(scope) {
+                pipe.del(keys).ignore();
+            }
+            for lease in self.leases.get(scope).into_iter().flatten() {
+                lease.release_in(&mut pipe);
+            }
+            let r: redis::RedisResult<()> = pipe.query_async(&mut engine.conn()).await;
+            if let Err(e) = r {
+                first_error.get_or_insert(EngineError::from(e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
 impl Engine {
     /// One session: a blocking connection of its own, until Redis fails.
     pub(super) async fn session(&self, marks: &mut Marks) -> Result<(), EngineError> {
@@ -48,9 +180,18 @@ impl Engine {
         crate::runtime::clock::sync(&mut blocking).await?;
         let mut known: BTreeSet<String> = BTreeSet::new();
         let mut last_claim = std::time::Instant::now();
+        let mut scopes_checked: Option<std::time::Instant> = None;
         loop {
             let mut fresh = BTreeSet::new();
-            for scope in self.inner.jobs.store().scopes().await? {
+            // New scopes are looked for once per poll, not on every batch.
+            let look = scopes_checked.is_none_or(|t| t.elapsed() >= self.inner.settings.poll);
+            let scopes = if look {
+                scopes_checked = Some(std::time::Instant::now());
+                self.inner.jobs.store().scopes().await?
+            } else {
+                Vec::new()
+            };
+            for scope in scopes {
                 if !known.contains(&scope) {
                     for (_, stream) in self.streams(&scope) {
                         let r: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -112,7 +253,7 @@ impl Engine {
                             .map(move |e| (sk.key.clone(), e.id, e.map))
                     })
                     .collect();
-                self.handle_batch(&known, entries).await?;
+                self.handle_batch(&known, entries, true).await?;
             }
         }
     }
@@ -120,10 +261,14 @@ impl Engine {
     /// Handles a batch of entries: the entries of one job in order, the
     /// jobs concurrently (they only meet in Redis, through their own
     /// compare-and-swap), so one slow job does not hold the others up.
+    /// `fresh`: the entries were read for the first time (`XREADGROUP >`),
+    /// so none has failed before. The handled entries are settled together
+    /// at the end.
     async fn handle_batch(
         &self,
         scopes: &BTreeSet<String>,
         entries: Vec<StreamEntry>,
+        fresh: bool,
     ) -> Result<(), EngineError> {
         let mut by_job: BTreeMap<String, Vec<StreamEntry>> = BTreeMap::new();
         for (stream, id, map) in entries {
@@ -137,26 +282,42 @@ impl Engine {
             let this = self.clone();
             let scopes = scopes.clone();
             tasks.spawn(async move {
+                let mut settle = Settle::default();
                 for (stream, id, map) in group {
-                    this.handle_entry(&scopes, &stream, &id, &map).await?;
+                    if !leaves_job_running(&map) {
+                        settle.release_now(&this).await;
+                    }
+                    // Entries after a failed one of the same job stay
+                    // pending (their order matters), the done ones are
+                    // settled.
+                    if let Err(e) = this
+                        .handle_entry(&scopes, &stream, &id, &map, fresh, &mut settle)
+                        .await
+                    {
+                        return (settle, Err(e));
+                    }
                 }
-                Ok::<(), EngineError>(())
+                (settle, Ok(()))
             });
         }
         let mut first_error = None;
+        let mut settle = Settle::default();
         while let Some(r) = tasks.join_next().await {
             match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
+                Ok((s, r)) => {
+                    settle.merge(s);
+                    if let Err(e) = r {
+                        first_error.get_or_insert(e);
+                    }
                 }
                 Err(e) => {
                     first_error.get_or_insert(EngineError::Task(e.to_string()));
                 }
             }
         }
+        let settled = settle.send(self).await;
         // A failed entry stays pending and is taken over later.
-        first_error.map_or(Ok(()), Err)
+        first_error.map_or(settled, Err)
     }
 
     /// Handles one stream entry and acknowledges it; an entry whose effect
@@ -168,6 +329,8 @@ impl Engine {
         stream: &str,
         id: &str,
         map: &HashMap<String, redis::Value>,
+        fresh: bool,
+        settle: &mut Settle,
     ) -> Result<(), EngineError> {
         let Some(scope) = scopes
             .iter()
@@ -187,7 +350,7 @@ impl Engine {
             }
         } else {
             match field("item").map(|i| serde_json::from_str::<WorkItem>(&i)) {
-                Some(Ok(item)) => self.on_work(scope, id, item).await,
+                Some(Ok(item)) => self.on_work(scope, id, item, settle).await,
                 Some(Err(e)) => {
                     warn!(scope, entry = id, error = %e, "unreadable work item dropped");
                     Ok(())
@@ -197,40 +360,33 @@ impl Engine {
         };
         match result {
             Ok(()) => {
-                let mut c = self.conn();
-                let mut pipe = redis::pipe();
-                pipe.xack(stream, GROUP, &[id]).ignore();
-                if is_work {
-                    // Work items are ours alone: drop them once done. The
-                    // change stream is shared with the publisher and capped
-                    // by the job store instead.
-                    pipe.cmd("XDEL").arg(stream).arg(id).ignore();
-                }
-                pipe.del(self.failures_key(scope, is_work, id)).ignore();
-                let _: () = pipe.query_async(&mut c).await?;
+                // Work items are ours alone: dropped once done. The change
+                // stream is shared with the publisher and capped by the job
+                // store instead. An entry read for the first time has no
+                // failure counter to drop.
+                let counter = (!fresh).then(|| self.failures_key(scope, is_work, id));
+                settle.done(scope, stream, id, is_work, counter);
                 Ok(())
             }
             Err(f) => self.on_failure(scope, stream, id, map, f).await,
         }
     }
 
-    /// Moves due timers into the work streams; returns the next due time.
+    /// Moves due timers into the work streams; returns the next due time
+    /// (one script call per scope).
     async fn move_due_timers(&self, scopes: &BTreeSet<String>) -> Result<Option<u64>, EngineError> {
         let now = now_ms();
         let mut next: Option<u64> = None;
         let mut c = self.conn();
         for s in scopes {
-            let _: i64 = TIMERS_DUE
+            let (_moved, due): (i64, i64) = TIMERS_DUE
                 .key(self.keys().timers(s))
                 .key(self.keys().work(s))
                 .arg(now)
                 .arg(500)
                 .invoke_async(&mut c)
                 .await?;
-            let first: Vec<(String, f64)> =
-                c.zrange_withscores(self.keys().timers(s), 0, 0).await?;
-            if let Some((_, due)) = first.first() {
-                let due = *due as u64;
+            if let Ok(due) = u64::try_from(due) {
                 next = Some(next.map_or(due, |n| n.min(due)));
             }
         }
@@ -264,7 +420,7 @@ impl Engine {
                     .into_iter()
                     .map(|e| (key.clone(), e.id, e.map))
                     .collect();
-                self.handle_batch(scopes, entries).await?;
+                self.handle_batch(scopes, entries, false).await?;
             }
         }
         Ok(())
@@ -277,5 +433,65 @@ impl Engine {
             ("changes", self.keys().changes(scope)),
             ("work", self.keys().work(scope)),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(item: &WorkItem) -> HashMap<String, redis::Value> {
+        let json = serde_json::to_string(item).unwrap();
+        HashMap::from([("item".to_owned(), redis::Value::BulkString(json.into_bytes()))])
+    }
+
+    #[test]
+    fn only_dispatch_and_progress_items_let_leases_wait_for_the_batch() {
+        let dispatch = WorkItem::Dispatch {
+            job: "j".into(),
+            command_id: "s/j/a/1".into(),
+            action: "a".into(),
+            type_id: "t".into(),
+            equipment: None,
+            parameters: serde_json::Map::new(),
+            attempt: 1,
+        };
+        let progress = WorkItem::Progress {
+            job: "j".into(),
+            step: "s".into(),
+            activation: 1,
+            entered: true,
+        };
+        assert!(leaves_job_running(&entry(&dispatch)));
+        assert!(leaves_job_running(&entry(&progress)));
+        assert!(!leaves_job_running(&entry(&WorkItem::Finished { job: "j".into() })));
+        let timer = WorkItem::Timer {
+            job: "j".into(),
+            key: "k".into(),
+        };
+        assert!(!leaves_job_running(&entry(&timer)));
+        // A change entry may move the job: leases go first.
+        let change = HashMap::from([
+            ("job".to_owned(), redis::Value::BulkString(b"j".to_vec())),
+            ("state".to_owned(), redis::Value::BulkString(b"4".to_vec())),
+        ]);
+        assert!(!leaves_job_running(&change));
+    }
+
+    #[test]
+    fn a_settled_batch_groups_its_work_by_scope() {
+        let mut a = Settle::default();
+        a.done("s1", "t:{s1}:work", "1-0", true, None);
+        a.done("s1", "t:{s1}:changes", "2-0", false, Some("t:{s1}:changefail:2-0".into()));
+        let mut b = Settle::default();
+        b.done("s1", "t:{s1}:work", "1-1", true, None);
+        b.done("s2", "t:{s2}:work", "3-0", true, None);
+        a.merge(b);
+        assert_eq!(a.scopes().len(), 2);
+        assert_eq!(a.acks["s1"]["t:{s1}:work"], ["1-0", "1-1"]);
+        assert_eq!(a.deletes["s1"]["t:{s1}:work"], ["1-0", "1-1"]);
+        assert!(!a.deletes["s1"].contains_key("t:{s1}:changes"));
+        assert_eq!(a.counters["s1"], ["t:{s1}:changefail:2-0"]);
+        assert!(!a.counters.contains_key("s2"));
     }
 }

@@ -7,6 +7,7 @@
 use super::response::response_json;
 use super::retry::Failure;
 use super::store::Stored;
+use super::streams::Settle;
 use super::{command_subject, now_ms, Command, Engine, EngineError, PROGRESS_TYPE};
 use crate::envelope::{CloudEvent, ContentType, CorrelationId};
 use crate::jobs::store::DISPATCH_LEASE;
@@ -76,12 +77,13 @@ impl Engine {
         scope: &str,
         entry: &str,
         item: WorkItem,
+        settle: &mut Settle,
     ) -> Result<(), Failure> {
         match item {
             WorkItem::Timer { job, key } => {
                 Ok(self.apply(scope, &job, Input::Timer { key }).await?)
             }
-            WorkItem::Dispatch { .. } => self.on_dispatch(scope, entry, item).await,
+            WorkItem::Dispatch { .. } => self.on_dispatch(scope, entry, item, settle).await,
             WorkItem::Progress {
                 job,
                 step,
@@ -126,7 +128,13 @@ impl Engine {
     /// send that can never succeed, or failed retryably
     /// `max_attempts` times, fails the action (and the job) with the
     /// reason, like an error reply from the equipment would.
-    async fn on_dispatch(&self, scope: &str, entry: &str, item: WorkItem) -> Result<(), Failure> {
+    async fn on_dispatch(
+        &self,
+        scope: &str,
+        entry: &str,
+        item: WorkItem,
+        settle: &mut Settle,
+    ) -> Result<(), Failure> {
         let WorkItem::Dispatch {
             job,
             command_id,
@@ -160,7 +168,7 @@ impl Engine {
                 )
                 .await?);
         };
-        let error = match self.send_command(scope, item, left_ms).await {
+        let error = match self.send_command(scope, item, left_ms, settle).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
@@ -203,12 +211,14 @@ impl Engine {
 
     /// Sends a dispatch's command through its processor, fenced against
     /// the job leaving Running; `left_ms` is what is left of its message
-    /// expiry (its Message Expiry Interval).
+    /// expiry (its Message Expiry Interval). The lease of a command the
+    /// transport took is released when the batch is settled.
     async fn send_command(
         &self,
         scope: &str,
         item: WorkItem,
         left_ms: u64,
+        settle: &mut Settle,
     ) -> Result<(), EngineError> {
         // A dispatch met while its job is paused is kept as it is, for Resume.
         let held = serde_json::to_string(&item)?;
@@ -308,7 +318,11 @@ impl Engine {
         // pressure is given up (the item stays pending and is tried
         // again) well before the lease could expire.
         let sent = tokio::time::timeout(DISPATCH_LEASE / 2, emitter.emit(emit)).await;
-        if let Err(e) = fence::release(store, &lease).await {
+        if matches!(sent, Ok(Ok(()))) {
+            // Released with the batch's acknowledgements, in the same
+            // round trip.
+            settle.release(scope, lease);
+        } else if let Err(e) = fence::release(store, &lease).await {
             // It expires by itself; a transition out of Running
             // waits for it until then.
             warn!(scope, job, command_id, error = %e, "dispatch lease not released");
