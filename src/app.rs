@@ -137,8 +137,10 @@ impl App {
     }
 
     /// Runs until SIGTERM, SIGINT or [`ShutdownHandle::shutdown`], then shuts
-    /// down gracefully: transports stop taking messages and finish in-flight
-    /// work, tasks see [`Shutdown`], everything within the grace period.
+    /// down gracefully: tasks see [`Shutdown`] and get half the grace period
+    /// to stop while the transports still publish; then transports stop
+    /// taking messages and finish in-flight work, everything within the
+    /// grace period.
     ///
     /// # Errors
     /// A background task returned an error.
@@ -162,19 +164,38 @@ impl App {
             _ = requested.wait() => info!("shutdown requested"),
             s = termination_signal() => info!(signal = s, "shutdown signal received"),
         }
+        // Tasks stop first, while the transports still publish: what a task
+        // sends as it stops (the MES publisher's last state index) reaches
+        // the broker. They get half the grace period; then the transports
+        // stop taking messages and finish their in-flight work.
         self.shutdown.shutdown();
+        let deadline = tokio::time::Instant::now() + self.grace + Duration::from_secs(2);
+        let tasks_first = tokio::time::Instant::now() + self.grace / 2;
+        let mut task_joins: Vec<_> = task_joins.into_iter().map(|(n, j)| (n, Some(j))).collect();
+        let mut outcomes = Vec::new();
+        for (name, slot) in &mut task_joins {
+            let Some(j) = slot.as_mut() else { continue };
+            if let Ok(r) = tokio::time::timeout_at(tasks_first, j).await {
+                slot.take();
+                outcomes.push((name.clone(), Ok(r)));
+            }
+        }
         for t in &self.transports {
             t.shutdown();
         }
-        let deadline = tokio::time::Instant::now() + self.grace + Duration::from_secs(2);
         for j in joins {
             if tokio::time::timeout_at(deadline, j).await.is_err() {
                 warn!("a transport did not stop within the grace period");
             }
         }
+        for (name, slot) in task_joins {
+            if let Some(j) = slot {
+                outcomes.push((name, tokio::time::timeout_at(deadline, j).await));
+            }
+        }
         let mut first_error = None;
-        for (name, j) in task_joins {
-            match tokio::time::timeout_at(deadline, j).await {
+        for (name, outcome) in outcomes {
+            match outcome {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(reason))) => {
                     error!(task = %name, %reason, "task failed");

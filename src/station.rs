@@ -184,6 +184,8 @@ pub async fn build_extended(
         let out: Arc<dyn Publisher> = transport;
         let mut settings = PublisherSettings::new(binding.prefix.clone());
         settings.retained_ttl = Duration::from_secs(config.publisher.retained_ttl_seconds);
+        settings.state_index_interval =
+            Duration::from_millis(config.publisher.state_index_interval_ms);
         settings.source = config.processing.cloudevent_source.clone();
         let lock = SingletonLock::new(
             redis.conn.clone(),

@@ -428,6 +428,16 @@ pub(super) static KEYS: &[Key] = &[
         },
         get: |c| Shown::Int(c.publisher.retained_ttl_seconds),
     },
+    Key {
+        section: "publisher",
+        name: "state_index_interval_ms",
+        env: Some("APP_PUBLISHER_STATE_INDEX_INTERVAL_MS"),
+        set: |c, v| {
+            c.publisher.state_index_interval_ms = v.integer(0, 60_000)?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.publisher.state_index_interval_ms),
+    },
     // [jobs]
     Key {
         section: "jobs",

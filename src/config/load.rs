@@ -148,6 +148,7 @@ impl Config {
             processors: BTreeMap::new(),
             publisher: PublisherConfig {
                 retained_ttl_seconds: 172_800,
+                state_index_interval_ms: 50,
             },
             jobs: JobsConfig {
                 check_equipment: true,

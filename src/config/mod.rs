@@ -43,6 +43,7 @@
 //! | `processors.{name}.response_topic` | `APP_PROCESSING_RESPONSE_TOPICS` (`name:topic,…`) | the processor's |
 //! | `processors.{name}.shared_group` | — | `processing.shared_subscription_name` |
 //! | `publisher.retained_ttl_seconds` | `APP_PUBLISHER_RETAINED_TTL_SECONDS` | `172800` |
+//! | `publisher.state_index_interval_ms` | `APP_PUBLISHER_STATE_INDEX_INTERVAL_MS` | `50` (0 to 60000) |
 //! | `jobs.check_equipment`, `jobs.check_material_class`, `jobs.check_material_definition`, `jobs.check_personnel`, `jobs.check_physical_asset`, `jobs.check_work_master`, `jobs.check_job_limit` | `APP_JOBS_CHECK_EQUIPMENT`, … (same suffixes) | `true` |
 //! | `jobs.max_downloadable_job_orders` | `APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS` | `0` (unlimited) |
 //! | `jobs.retention_seconds` | `APP_JOBS_RETENTION_SECONDS` | `86400` |
@@ -289,6 +290,10 @@ pub struct ProcessorTopics {
 pub struct PublisherConfig {
     /// Message Expiry Interval of retained MES topics, in seconds.
     pub retained_ttl_seconds: u64,
+    /// Least time between two state-index publishes of a scope, in
+    /// milliseconds (one more interval per started thousand jobs listed;
+    /// 0: after every batch of changes).
+    pub state_index_interval_ms: u64,
 }
 
 /// `[jobs]`: the `machinery-jobs` processor's job acceptance and

@@ -10,11 +10,19 @@
 //!    changed job, a zero-byte retained message when it reached EndState or
 //!    was purged; `{prefix}/{scope}/result/{id}` = the job response when the
 //!    job is Ended or Aborted and has one (zero bytes on EndState).
-//! 2. `{prefix}/{scope}/state-index` with `seq` incremented in Redis
-//!    (`INCR`, so it survives restarts and never goes backwards).
-//! 3. The stream cursor is stored only after the publishes were queued: a
-//!    crash replays the batch (retained publishes are idempotent) and the
-//!    next index simply gets the next `seq`.
+//! 2. The scope's state index, kept in memory ([`index`]: read in full once
+//!    when the scope is adopted, then updated from the jobs the batch read
+//!    anyway), is marked changed.
+//!
+//! A changed index is published as `{prefix}/{scope}/state-index` at most
+//! once per `state_index_interval` (default 50 ms; one more interval per
+//! started thousand jobs listed, so a long history does not multiply the
+//! bytes on the broker), always with the latest states, `seq` incremented
+//! in Redis (`INCR`, so it survives restarts and never goes backwards).
+//! The stream cursor is stored with it: a crash replays the changes since
+//! (retained publishes are idempotent) and the restart republishes the
+//! index, so the cost per change does not grow with the number of jobs in
+//! the scope.
 //!
 //! A publisher that (re)starts first republishes every scope's index, then
 //! continues after the stored cursors. New scopes are picked up on every
@@ -29,7 +37,7 @@
 
 use crate::envelope::{encode_level, escape_for_mqtt, CloudEvent, ContentType};
 use crate::jobs::state::{JobState, MainState};
-use crate::jobs::store::{parse_state_key, JobStore, StoreError};
+use crate::jobs::store::{parse_state_key, JobStore, StoreError, StoredJob};
 use crate::redis::Redis;
 use crate::runtime::backoff::Backoff;
 use crate::runtime::Shutdown;
@@ -38,9 +46,12 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+mod index;
+use index::ScopeIndex;
 use tracing::{debug, info, warn};
 
 /// CloudEvent `type` of state-index messages.
@@ -63,10 +74,15 @@ pub(crate) struct PublisherSettings {
     pub poll: Duration,
     /// Changes read per scope and batch.
     pub batch: usize,
+    /// Least time between two state-index publishes of a scope (stretched
+    /// by one interval per started thousand jobs listed). Zero: after every
+    /// batch.
+    pub state_index_interval: Duration,
 }
 
 impl PublisherSettings {
-    /// Defaults for `prefix`: 172800 s retained TTL, 1 s poll, batches of 500.
+    /// Defaults for `prefix`: 172800 s retained TTL, 1 s poll, batches of
+    /// 500, a state index at most every 50 ms.
     pub(crate) fn new(prefix: impl Into<String>) -> Self {
         PublisherSettings {
             prefix: prefix.into(),
@@ -74,6 +90,7 @@ impl PublisherSettings {
             source: "microdcs".into(),
             poll: Duration::from_secs(1),
             batch: 500,
+            state_index_interval: Duration::from_millis(50),
         }
     }
 }
@@ -92,7 +109,6 @@ pub(crate) enum PublishError {
     Transport(#[from] crate::transport::TransportError),
 }
 
-use crate::models::mes_publishing::StateIndex;
 /// One job in a state index (generated from `schemas/`).
 pub(crate) use crate::models::mes_publishing::StateIndexEntry as IndexEntry;
 
@@ -104,13 +120,26 @@ struct OrderTopic<'a> {
     state: Vec<crate::jobs::state::StateEntry>,
 }
 
+/// What the publisher holds of one scope it follows.
+struct Followed {
+    /// The last change entry handled.
+    cursor: String,
+    /// The cursor as stored in Redis.
+    stored_cursor: String,
+    /// The state index.
+    index: ScopeIndex,
+    /// Ids known to be in `P:{S}:pub:retained` (read when the scope is
+    /// adopted): only new ones are added.
+    retained: HashSet<String>,
+}
+
 /// The MES publisher.
 pub(crate) struct MesPublisher {
     store: JobStore,
     out: Arc<dyn Publisher>,
     client: redis::Client,
     settings: PublisherSettings,
-    cursors: BTreeMap<String, String>,
+    scopes: BTreeMap<String, Followed>,
 }
 
 impl MesPublisher {
@@ -128,7 +157,7 @@ impl MesPublisher {
             out,
             client,
             settings,
-            cursors: BTreeMap::new(),
+            scopes: BTreeMap::new(),
         }
     }
 
@@ -148,7 +177,15 @@ impl MesPublisher {
             let started = std::time::Instant::now();
             let r = tokio::select! {
                 r = self.session() => r,
-                _ = shutdown.wait() => return,
+                _ = shutdown.wait() => {
+                    // Changes already handled but not yet in a published
+                    // index are published now (a restart would anyway).
+                    let flush = self.flush(None);
+                    if tokio::time::timeout(Duration::from_secs(2), flush).await.is_err() {
+                        warn!("MES publisher: the last state index was not published within 2 s");
+                    }
+                    return;
+                }
             };
             if let Err(e) = r {
                 warn!(error = %e, "MES publisher interrupted; reconnecting");
@@ -162,68 +199,118 @@ impl MesPublisher {
     /// One connected session: start-up republish, then the follow loop.
     async fn session(&mut self) -> Result<(), PublishError> {
         let mut blocking = Redis::blocking_connection(&self.client).await?;
-        self.cursors.clear();
+        self.scopes.clear();
         for scope in self.store.scopes().await? {
             self.adopt_scope(&scope).await?;
         }
+        self.flush(None).await?;
         info!(
-            scopes = self.cursors.len(),
+            scopes = self.scopes.len(),
             "MES publisher republished every state index"
         );
+        let mut scopes_checked = Instant::now();
         loop {
-            for scope in self.store.scopes().await? {
-                if !self.cursors.contains_key(&scope) {
-                    self.adopt_scope(&scope).await?;
+            // New scopes are looked for once per poll, not on every batch.
+            if scopes_checked.elapsed() >= self.settings.poll || self.scopes.is_empty() {
+                for scope in self.store.scopes().await? {
+                    if !self.scopes.contains_key(&scope) {
+                        self.adopt_scope(&scope).await?;
+                    }
                 }
+                scopes_checked = Instant::now();
             }
-            if self.cursors.is_empty() {
+            self.flush(Some(Instant::now())).await?;
+            if self.scopes.is_empty() {
                 tokio::time::sleep(self.settings.poll).await;
                 continue;
             }
             let keys: Vec<String> = self
-                .cursors
+                .scopes
                 .keys()
                 .map(|s| self.keys().changes(s))
                 .collect();
-            let ids: Vec<&String> = self.cursors.values().collect();
+            let ids: Vec<&String> = self.scopes.values().map(|f| &f.cursor).collect();
             let opts = StreamReadOptions::default()
                 .count(self.settings.batch)
-                .block(self.settings.poll.as_millis() as usize);
+                .block(self.block_for(Instant::now()).as_millis().max(1) as usize);
             let reply: Option<StreamReadReply> = blocking.xread_options(&keys, &ids, &opts).await?;
             let Some(reply) = reply else { continue };
             for sk in reply.keys {
                 let Some(scope) = self
-                    .cursors
+                    .scopes
                     .keys()
                     .find(|s| self.keys().changes(s) == sk.key)
                     .cloned()
                 else {
                     continue;
                 };
-                let before = self
-                    .cursors
-                    .get(&scope)
-                    .cloned()
-                    .unwrap_or_else(|| "0".into());
-                let Some(last) = self.advance(&scope, &before, &sk.ids).await? else {
-                    continue;
-                };
-                self.publish_index(&scope).await?;
-                let mut c = self.store.connection();
-                let _: () = c.set(self.keys().pub_cursor(&scope), &last).await?;
-                self.cursors.insert(scope, last);
+                let before = self.scopes[&scope].cursor.clone();
+                if let Some(last) = self.advance(&scope, &before, &sk.ids).await? {
+                    if let Some(f) = self.scopes.get_mut(&scope) {
+                        f.cursor = last;
+                    }
+                }
             }
         }
     }
 
-    /// First sight of a scope in this session: catch up from its stored
-    /// cursor, then (re)publish its index.
+    /// How long the next stream read may block: until the first changed
+    /// index is due, at most the poll interval.
+    fn block_for(&self, now: Instant) -> Duration {
+        self.scopes
+            .values()
+            .filter_map(|f| f.index.due_at(now))
+            .map(|t| t.saturating_duration_since(now))
+            .min()
+            .unwrap_or(self.settings.poll)
+            .min(self.settings.poll)
+    }
+
+    /// Publishes every changed index that is due at `now` (`None`: every
+    /// changed index), then stores its scope's cursor.
+    async fn flush(&mut self, now: Option<Instant>) -> Result<(), PublishError> {
+        let due: Vec<String> = self
+            .scopes
+            .iter()
+            .filter(|(_, f)| now.map_or(f.index.changed(), |t| f.index.due(t)))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for scope in due {
+            self.publish_index(&scope).await?;
+            let key = self.keys().pub_cursor(&scope);
+            let Some(f) = self.scopes.get_mut(&scope) else {
+                continue;
+            };
+            if f.cursor != f.stored_cursor {
+                let mut c = self.store.connection();
+                let _: () = c.set(key, &f.cursor).await?;
+                f.stored_cursor = f.cursor.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// First sight of a scope in this session: read its index and the ids
+    /// it has retained, catch up from its stored cursor; its index is then
+    /// due at once.
     async fn adopt_scope(&mut self, scope: &str) -> Result<(), PublishError> {
         let mut c = self.store.connection();
-        let mut cursor: String = c
+        let cursor: String = c
             .get::<_, Option<String>>(self.keys().pub_cursor(scope))
             .await?
             .unwrap_or_else(|| "0".into());
+        let retained: HashSet<String> = c.smembers(self.keys().pub_retained(scope)).await?;
+        let index = ScopeIndex::from_entries(index_entries(&self.store, scope).await?);
+        self.scopes.insert(
+            scope.to_owned(),
+            Followed {
+                cursor: cursor.clone(),
+                stored_cursor: cursor.clone(),
+                index,
+                retained,
+            },
+        );
+        let mut cursor = cursor;
         loop {
             let opts = StreamReadOptions::default().count(self.settings.batch);
             let reply: Option<StreamReadReply> = c
@@ -236,11 +323,11 @@ impl MesPublisher {
             let Some(last) = self.advance(scope, &cursor, &entries).await? else {
                 break;
             };
-            let _: () = c.set(self.keys().pub_cursor(scope), &last).await?;
             cursor = last;
+            if let Some(f) = self.scopes.get_mut(scope) {
+                f.cursor = cursor.clone();
+            }
         }
-        self.publish_index(scope).await?;
-        self.cursors.insert(scope.to_owned(), cursor);
         Ok(())
     }
 
@@ -307,6 +394,12 @@ impl MesPublisher {
         for chunk in ids.chunks(self.settings.batch.max(1)) {
             self.publish_batch(scope, chunk).await?;
         }
+        // The index is read again in full: the batches above only saw the
+        // jobs that are live or were retained.
+        let index = ScopeIndex::from_entries(index_entries(&self.store, scope).await?);
+        if let Some(f) = self.scopes.get_mut(scope) {
+            f.index = index;
+        }
         info!(scope = %escape_for_mqtt(scope), jobs = ids.len(), "scope resynchronised");
         Ok(info.last_generated.clone())
     }
@@ -343,21 +436,27 @@ impl MesPublisher {
         }
     }
 
-    async fn publish_batch(&self, scope: &str, ids: &[String]) -> Result<(), PublishError> {
+    /// Publishes the order and result topics of the jobs `ids` of `scope`
+    /// and takes their states into the scope's index.
+    async fn publish_batch(&mut self, scope: &str, ids: &[String]) -> Result<(), PublishError> {
         let jobs = self.store.get_many(scope, ids).await?;
+        let by_id: HashMap<&str, &StoredJob> = jobs.iter().map(|j| (j.id.as_str(), j)).collect();
+        let known = self.scopes.get(scope).map(|f| &f.retained);
         // Which order topics this publisher retains, so a resynchronisation
         // knows what to clear: added before the publish (a crash in between
         // leaves an id too many, whose clearing is harmless), removed after
-        // the clear.
+        // the clear. Ids already recorded are not sent again.
         let shown: Vec<&str> = jobs
             .iter()
             .filter(|j| j.state.main != MainState::EndState)
             .map(|j| j.id.as_str())
+            .filter(|id| known.is_none_or(|k| !k.contains(*id)))
             .collect();
         let mut c = self.store.connection();
         if !shown.is_empty() {
             let _: i64 = c.sadd(self.keys().pub_retained(scope), &shown).await?;
         }
+        let shown: Vec<String> = shown.into_iter().map(str::to_owned).collect();
         let mut cleared: Vec<&str> = Vec::new();
         for id in ids {
             // Ids are data, topic levels are addressing: `PO#4711` is
@@ -365,7 +464,7 @@ impl MesPublisher {
             let level = encode_level(id);
             let order_topic = self.topic(scope, &format!("order/{level}"));
             let result_topic = self.topic(scope, &format!("result/{level}"));
-            match jobs.iter().find(|j| &j.id == id) {
+            match by_id.get(id.as_str()) {
                 Some(j) if j.state.main != MainState::EndState => {
                     let body = serde_json::to_vec(&OrderTopic {
                         job_order: &j.order,
@@ -398,21 +497,27 @@ impl MesPublisher {
         if !cleared.is_empty() {
             let _: i64 = c.srem(self.keys().pub_retained(scope), &cleared).await?;
         }
+        if let Some(f) = self.scopes.get_mut(scope) {
+            f.retained.extend(shown);
+            for id in &cleared {
+                f.retained.remove(*id);
+            }
+            f.index.apply(ids, &jobs);
+        }
         debug!(scope, jobs = ids.len(), "published order/result topics");
         Ok(())
     }
 
-    async fn publish_index(&self, scope: &str) -> Result<(), PublishError> {
-        let jobs = index_entries(&self.store, scope).await?;
+    /// Publishes the scope's index from memory with the next `seq`.
+    async fn publish_index(&mut self, scope: &str) -> Result<(), PublishError> {
         let mut c = self.store.connection();
         let seq: u64 = c.incr(self.keys().pub_seq(scope), 1).await?;
-        let body = serde_json::to_vec(&StateIndex {
-            seq,
-            scope: scope.to_owned(),
-            published_at: chrono::Utc::now(),
-            jobs,
-        })
-        .unwrap_or_default();
+        let interval = self.settings.state_index_interval;
+        let Some(f) = self.scopes.get_mut(scope) else {
+            return Ok(());
+        };
+        let jobs = f.index.len();
+        let body = f.index.publish(scope, seq, Instant::now(), interval);
         self.retained(
             self.topic(scope, "state-index"),
             STATE_INDEX_TYPE,
@@ -420,13 +525,14 @@ impl MesPublisher {
             Some(body),
         )
         .await?;
-        debug!(scope, seq, "published state index");
+        debug!(scope, seq, jobs, "published state index");
         Ok(())
     }
 }
 
 /// The live jobs of a scope with their states and whether they have a
-/// result, in two Redis round trips whatever the number of jobs.
+/// result, in two Redis round trips (and two commands per job): read once
+/// when the publisher adopts or resynchronises a scope, never per change.
 ///
 /// # Errors
 /// Redis is unavailable or a stored state is unreadable.

@@ -107,6 +107,7 @@ fn every_microdcs_environment_variable_is_mapped() {
         ("APP_PROCESSING_SHUTDOWN_GRACE_PERIOD", "25"),
         ("APP_MQTT_DEDUPE_TTL_SECONDS", "900"),
         ("APP_PUBLISHER_RETAINED_TTL_SECONDS", "3600"),
+        ("APP_PUBLISHER_STATE_INDEX_INTERVAL_MS", "250"),
         ("APP_MSGPACK_HOSTNAME", "0.0.0.0"),
         ("APP_MSGPACK_PORT", "9999"),
         ("APP_MSGPACK_MAX_CONCURRENT_REQUESTS", "4"),
@@ -166,6 +167,7 @@ fn every_microdcs_environment_variable_is_mapped() {
     assert_eq!(jobs.discriminator.as_deref(), Some("v2"));
     assert_eq!(jobs.response_topic.as_deref(), Some("app/jobs/responses"));
     assert_eq!(c.publisher.retained_ttl_seconds, 3600);
+    assert_eq!(c.publisher.state_index_interval_ms, 250);
     assert_eq!(c.msgpack.host, "0.0.0.0");
     assert_eq!(c.msgpack.port, 9999);
     assert_eq!(c.msgpack.max_concurrent_requests, 4);
@@ -206,6 +208,7 @@ fn defaults_match_microdcs_and_the_wire_contract() {
     assert_eq!(c.mqtt.dedupe_ttl_seconds, 600);
     assert_eq!(c.mqtt.events_qos, 1);
     assert_eq!(c.publisher.retained_ttl_seconds, 172_800);
+    assert_eq!(c.publisher.state_index_interval_ms, 50);
     assert_eq!(c.msgpack.port, 8888);
     assert!(c.instance.is_processor_instance && c.instance.is_publisher_instance);
     assert_eq!(c.processing.message_expiry_interval, None);

@@ -579,3 +579,62 @@ async fn a_publisher_behind_a_trimmed_change_stream_resynchronises_the_scope() {
     processor.stop().await;
     publisher.stop().await;
 }
+
+/// Many changes within one state-index interval make one index, with the
+/// latest states: with a 60 s interval, 20 `Store`s after the first index
+/// publish every order topic at once, and the index only when the station
+/// stops (a changed index is published before the publisher stops), listing
+/// all 20 jobs under the next `seq`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_within_the_interval_coalesce_into_one_state_index_with_the_latest_states() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let mut env = jobs::env(m.port(), r.0.port(), "p1");
+    env.push((
+        "APP_PUBLISHER_STATE_INDEX_INTERVAL_MS".into(),
+        "60000".into(),
+    ));
+    let station = jobs::start(env).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    let mut sub = subscriber(m.port(), "mes-view").await;
+    let mut view = View::default();
+
+    assert_eq!(mes.status("Store", "s", json!({"JobOrder": order("j0")})).await, 1);
+    until(&mut sub, &mut view, Duration::from_secs(10), |v| {
+        !v.seq_of("s").is_empty()
+    })
+    .await;
+    let first = view.seq_of("s");
+    assert!(!first.is_empty(), "the scope's first index is published at once");
+    for i in 1..20 {
+        assert_eq!(
+            mes.status("Store", "s", json!({"JobOrder": order(&format!("j{i}"))}))
+                .await,
+            1
+        );
+    }
+    until(&mut sub, &mut view, Duration::from_secs(10), |v| {
+        v.json("s/order/j19").is_some()
+    })
+    .await;
+    assert!(view.json("s/order/j19").is_some(), "order topics per change");
+    view.absorb(sub.drain(Duration::from_millis(300)).await);
+    assert_eq!(
+        view.seq_of("s"),
+        first,
+        "no index within the interval after the first"
+    );
+
+    station.stop().await;
+    until(&mut sub, &mut view, Duration::from_secs(10), |v| {
+        v.seq_of("s").len() > first.len()
+    })
+    .await;
+    let seqs = view.seq_of("s");
+    assert_eq!(seqs.len(), first.len() + 1, "one index for 19 changes: {seqs:?}");
+    assert_eq!(*seqs.last().unwrap(), first.last().unwrap() + 1);
+    let index = view.json("s/state-index").unwrap();
+    let listed = ids(&index);
+    assert_eq!(listed.len(), 20, "{listed:?}");
+}
