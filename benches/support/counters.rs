@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 const SYS_RECEIVED: &str = "$SYS/broker/messages/received";
 const SYS_SENT: &str = "$SYS/broker/messages/sent";
 /// How long the broker's counters are read for: longer than its
-/// `sys_interval`, so the values seen last were published after the batch.
-const SYS_SETTLE: Duration = Duration::from_millis(1_500);
+/// `sys_interval` (1 s) plus the publisher's longest wait before it
+/// publishes a coalesced state index (about 1 s with 20,000 jobs listed),
+/// so the values seen last include the batch's last packet.
+const SYS_SETTLE: Duration = Duration::from_millis(2_500);
 /// How often Redis is polled while waiting for the station to go idle.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// Commands per [`IDLE_POLL`] below which Redis counts as idle: an idle

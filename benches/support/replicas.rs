@@ -95,6 +95,8 @@ pub(crate) struct Replica {
     lives: usize,
     /// Warning and error lines of the earlier lives.
     earlier_lines: usize,
+    /// SIGTERM was sent to the current life.
+    terminated: bool,
 }
 
 impl Replica {
@@ -114,6 +116,7 @@ impl Replica {
             log_dir: log_dir.to_owned(),
             lives: 0,
             earlier_lines: 0,
+            terminated: false,
         };
         r.start()?;
         Ok(r)
@@ -144,6 +147,7 @@ impl Replica {
             .spawn()
             .map_err(|e| format!("cannot start {} run: {e}", self.bin.display()))?;
         self.child = Some(child);
+        self.terminated = false;
         self.log = log;
         Ok(())
     }
@@ -229,15 +233,28 @@ impl Replica {
             .unwrap_or(0)
     }
 
-    /// SIGTERM, then SIGKILL if it has not stopped within 10 s.
-    pub(crate) fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+    /// Sends SIGTERM (once per life) without waiting: replicas stopped
+    /// together shut down in parallel.
+    pub(crate) fn terminate(&mut self) {
+        let Some(child) = self.child.as_ref() else {
             return;
         };
+        if self.terminated {
+            return;
+        }
+        self.terminated = true;
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
             .status();
+    }
+
+    /// SIGTERM, then SIGKILL if it has not stopped within 10 s.
+    pub(crate) fn stop(&mut self) {
+        self.terminate();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {

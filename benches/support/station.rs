@@ -199,7 +199,10 @@ pub(crate) async fn run(
             }
         }
     }
-    tokio::task::block_in_place(|| procs.iter_mut().for_each(Replica::stop));
+    tokio::task::block_in_place(|| {
+        procs.iter_mut().for_each(Replica::terminate);
+        procs.iter_mut().for_each(Replica::stop);
+    });
     sim_handle.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(5), sim_task).await;
     let driven = result?;
@@ -410,7 +413,9 @@ async fn restarted(mes: &mut Mes, probes: &mut Probes, procs: &mut [Replica]) ->
 /// report).
 fn restart_all(procs: &mut [Replica]) -> BenchResult<Option<u64>> {
     tokio::task::block_in_place(|| {
-        // Every life ends before the first one starts again.
+        // Every life ends before the first one starts again; they shut
+        // down in parallel.
+        procs.iter_mut().for_each(Replica::terminate);
         let trips: Vec<Option<u64>> = procs.iter_mut().map(Replica::end_life).collect();
         let sum = trips.into_iter().sum();
         for p in procs.iter_mut() {
