@@ -412,6 +412,11 @@ fn print_summary(floor: Option<&Floor>, runs: &[StationRun]) {
             )),
         );
         row(
+            "job start p99, 1 in flight",
+            &Ms(r.sequential.start.p99()).to_string(),
+            "",
+        );
+        row(
             "step p99, 1 in flight",
             &Ms(seq.p99()).to_string(),
             &one(target(
