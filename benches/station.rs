@@ -2,11 +2,15 @@
 //!
 //! Prints figures, asserts nothing. It starts its own Mosquitto and Redis,
 //! measures the floor (a bare MQTT v5 request→reply plus one Redis Lua call
-//! per round trip through the same broker), then runs the real
-//! `microdcs run` binary as 1 and 3 replica processes against the
-//! equipment simulator: an MES keeps jobs of a 3-step recipe in flight and
-//! waits for each job's Ended status event; a spy client beside the
-//! equipment times the steps. The README's `## Benchmark` section explains
+//! per round trip through the same broker, Redis without persistence),
+//! then runs the real `microdcs run` binary as 1 and 3 replica processes
+//! on a durable Redis (AOF, `appendfsync always`) against the equipment
+//! simulator: an MES keeps jobs of a 3-step recipe in flight and waits for
+//! each job's Ended status event; a spy client beside the equipment times
+//! the steps; Redis's `INFO` and the broker's `$SYS` counters, read while
+//! the station is idle before and after each loaded batch, count the work
+//! per step. With 1 replica the scope is then filled with stored jobs and
+//! the batch measured again. The README's `## Benchmark` section explains
 //! every figure.
 
 mod support;
@@ -14,19 +18,34 @@ mod support;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use support::floor::{self, Floor};
-use support::station::{self, StationRun, STEPS_PER_JOB};
-use support::stats::{load_average, machine, ratio, Latencies, Ms};
+use support::spy::Steps;
+use support::station::{self, Batch, StationRun};
+use support::stats::{load_average, machine, rate, ratio, Latencies, Ms};
 use support::Sizes;
 
-/// Targets printed next to the figures (not asserted).
-const TARGET_STEPS_PER_S: f64 = 2000.0;
+/// Targets printed next to the figures (not asserted; issues #4 and #9).
+/// Steps/s of 1 replica, durable Redis, [`Sizes::stored_small`] stored.
+const TARGET_STEPS_PER_S: f64 = 4000.0;
+/// The same steps/s ÷ the floor's round trips/s.
+const TARGET_FLOOR_SHARE: f64 = 0.45;
+/// Steps/s with [`Sizes::stored_large`] stored ÷ with `stored_small`.
+const TARGET_SCALING: f64 = 0.9;
+/// Redis commands per step with `stored_large` stored.
+const TARGET_COMMANDS_PER_STEP: f64 = 30.0;
+/// Job start (order → first command) p50, 1 in flight, durable Redis.
+const TARGET_START_P50: Duration = Duration::from_millis(2);
+/// Step p99, 1 in flight, durable Redis.
+const TARGET_STEP_P99: Duration = Duration::from_millis(3);
+/// Step p99 ÷ the floor's p99.
 const TARGET_P99_RATIO: f64 = 3.0;
+/// RSS of a replica, MB.
 const TARGET_RSS_MB: f64 = 50.0;
 
 const USAGE: &str = "\
 usage: cargo bench --bench station [-- --quick]
 
-  --quick   a short run (fewer round trips and jobs)
+  --quick   a short run (fewer round trips and jobs; 5,000 jobs stored
+            instead of 20,000 for the scaling batch)
 
 Starts mosquitto and redis-server (scripts/setup.sh installs them) and the
 microdcs binary cargo built beside this benchmark. Without `--bench` (which
@@ -111,7 +130,9 @@ async fn run(quick: bool, sizes: Sizes) -> bool {
     if let Some(bin) = bin {
         for replicas in [1, 3] {
             eprintln!("station with {replicas} replica(s) ...");
-            match station::run(&bin, replicas, sizes).await {
+            // The scaling batches need one replica only: its cost per step
+            // is what must not grow with the history.
+            match station::run(&bin, replicas, sizes, replicas == 1).await {
                 Ok(r) => {
                     print_station(&r, sizes);
                     runs.push(r);
@@ -150,33 +171,114 @@ fn print_floor(f: &Floor, sizes: Sizes) {
     }
 }
 
+fn print_steps(indent: &str, steps: &Steps) {
+    println!("{indent}step latency, all steps    {}", steps.all());
+    println!(
+        "{indent}  reply -> next command    {}",
+        steps.command_to_command
+    );
+    println!("{indent}  pull event -> job Ended  {}", steps.event_to_end);
+    println!("{indent}job start: order -> 1st command  {}", steps.start);
+}
+
 fn print_station(r: &StationRun, sizes: Sizes) {
     println!(
-        "\nstation: {} replica(s) of `microdcs run`, 3-step recipe, simulator answering at once",
+        "\nstation: {} replica(s) of `microdcs run`, 3-step recipe, simulator answering at once,\n  Redis durable (AOF, appendfsync always)",
         r.replicas
     );
-    println!(
-        "  {:>3} jobs in flight: {} jobs in {:.2} s   {:.0} jobs/s   {:.0} steps/s",
-        sizes.in_flight,
-        r.loaded_jobs,
-        r.loaded_elapsed.as_secs_f64(),
-        r.jobs_per_s(),
-        r.steps_per_s()
-    );
-    for (label, steps) in [
-        ("1 job in flight", &r.sequential),
-        ("100 jobs in flight", &r.loaded),
-    ] {
-        println!("  step latency, {label}:");
-        println!("    all steps                  {}", steps.all());
-        println!(
-            "    reply -> next command      {}",
-            steps.command_to_command
-        );
-        println!("    pull event -> job Ended    {}", steps.event_to_end);
-        println!("    (job start: order -> 1st command  {})", steps.start);
+    println!("  1 job in flight ({} jobs):", sizes.sequential_jobs);
+    print_steps("    ", &r.sequential);
+    let mut previous: Option<&Batch> = None;
+    for b in &r.batches {
+        if let (Some(f), Some(_)) = (&r.fill, previous) {
+            println!(
+                "  stored {} more jobs ({} Store orders in flight) in {:.1} s ({:.0} jobs/s); Redis memory per stored job {}",
+                f.jobs,
+                sizes.fill_in_flight,
+                f.elapsed.as_secs_f64(),
+                rate(f.jobs, f.elapsed),
+                bytes_per(f.used_memory, f.jobs)
+            );
+        }
+        print_batch(b, sizes);
+        previous = Some(b);
     }
-    let rss: Vec<String> = r
+    if let [small, large] = r.batches.as_slice() {
+        println!(
+            "  scaling, {} -> {} jobs stored:",
+            small.stored, large.stored
+        );
+        println!(
+            "    steps/s                     {:>8.0} -> {:<8.0} ratio {}",
+            small.steps_per_s(),
+            large.steps_per_s(),
+            fmt_opt(
+                ratio(Some(large.steps_per_s()), Some(small.steps_per_s())),
+                3
+            )
+        );
+        println!(
+            "    Redis commands per step     {:>8.1} -> {:.1}",
+            small.per_step(small.redis.total()),
+            large.per_step(large.redis.total())
+        );
+        println!(
+            "    RSS (largest replica), MB   {:>8} -> {}",
+            fmt_opt(small.max_rss(), 1),
+            fmt_opt(large.max_rss(), 1)
+        );
+        println!(
+            "    Redis memory per job run    {:>8} -> {}",
+            bytes_per(small.redis.used_memory, small.jobs),
+            bytes_per(large.redis.used_memory, large.jobs)
+        );
+    }
+    if r.log_lines > 0 {
+        println!(
+            "  (the replicas logged {} warning/error lines, the first: {})",
+            r.log_lines,
+            r.first_warning.as_deref().unwrap_or("-")
+        );
+    }
+    if r.not_idle > 0 {
+        println!(
+            "  (the station was still busy {} time(s) when the counters were read: they miss some of its work)",
+            r.not_idle
+        );
+    }
+}
+
+fn print_batch(b: &Batch, sizes: Sizes) {
+    println!(
+        "  {:>3} jobs in flight, {} jobs stored at the start: {} jobs in {:.2} s   {:.0} jobs/s   {:.0} steps/s",
+        sizes.in_flight,
+        b.stored,
+        b.jobs,
+        b.elapsed.as_secs_f64(),
+        b.jobs_per_s(),
+        b.steps_per_s()
+    );
+    print_steps("    ", &b.steps);
+    println!(
+        "    Redis commands per step     {:>8.1}   ({})",
+        b.per_step(b.redis.total()),
+        b.redis.top_per(b.steps(), 6)
+    );
+    println!(
+        "    Redis round trips per step  {:>8}",
+        fmt_opt(b.round_trips.map(|n| b.per_step(n)), 1)
+    );
+    println!(
+        "    MQTT packets per step       {:>8.1}   (broker received {:.1}, sent {:.1})",
+        b.per_step(b.packets.received + b.packets.sent),
+        b.per_step(b.packets.received),
+        b.per_step(b.packets.sent)
+    );
+    println!(
+        "    Redis memory per job run    {:>8}",
+        bytes_per(b.redis.used_memory, b.jobs)
+    );
+    let rss: Vec<String> = b
         .rss
         .iter()
         .map(|(id, m)| match m {
@@ -184,13 +286,15 @@ fn print_station(r: &StationRun, sizes: Sizes) {
             None => format!("{id} unknown"),
         })
         .collect();
-    println!("  RSS after the run: {}", rss.join(", "));
-    if r.log_lines > 0 {
-        println!(
-            "  (the replicas logged {} warning/error lines)",
-            r.log_lines
-        );
+    println!("    RSS after the batch: {}", rss.join(", "));
+}
+
+/// `bytes` ÷ `jobs`, as bytes per job.
+fn bytes_per(bytes: i64, jobs: usize) -> String {
+    if jobs == 0 {
+        return "-".to_owned();
     }
+    format!("{:.0} bytes", bytes as f64 / jobs as f64)
 }
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
@@ -209,61 +313,147 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
+/// One summary line: label, value, and the target or a remark.
+fn row(label: &str, value: &str, note: &str) {
+    let note = if note.is_empty() {
+        String::new()
+    } else {
+        format!("   ({note})")
+    };
+    println!("    {label:<44}{value:>10}{note}");
+}
+
+/// `target {text}: met|MISSED|-`.
+fn target(text: &str, met: Option<bool>) -> String {
+    format!("target {text}: {}", verdict(met))
+}
+
 fn print_summary(floor: Option<&Floor>, runs: &[StationRun]) {
     println!("\nsummary (targets are printed, not asserted)");
     let floor_rate = floor.map(Floor::round_trips_per_s);
     let floor_p99_seq = floor.and_then(|f| secs(f.sequential.p99()));
     let floor_p99_loaded = floor.and_then(|f| secs(f.loaded.p99()));
     println!(
-        "  floor: {} round trips/s (100 in flight), p99 {} (1 in flight), p99 {} (100 in flight)",
+        "  floor (Redis without persistence): {} round trips/s (100 in flight), p99 {} (1 in flight), p99 {} (100 in flight)",
         fmt_opt(floor_rate, 0),
         Ms(floor.and_then(|f| f.sequential.p99())),
         Ms(floor.and_then(|f| f.loaded.p99())),
     );
     for r in runs {
-        let steps = r.steps_per_s();
+        let Some(first) = r.batches.first() else {
+            continue;
+        };
+        let last = r.batches.last().unwrap_or(first);
+        // The throughput, work and latency targets are for 1 replica.
+        let one = |text: String| if r.replicas == 1 { text } else { String::new() };
+        let steps = first.steps_per_s();
         let seq: Latencies = r.sequential.all();
-        let loaded: Latencies = r.loaded.all();
+        let loaded: Latencies = first.steps.all();
         let seq_ratio = ratio(secs(seq.p99()), floor_p99_seq);
         let loaded_ratio = ratio(secs(loaded.p99()), floor_p99_loaded);
+        let share = ratio(Some(steps), floor_rate);
+        println!("  {} replica(s), Redis durable:", r.replicas);
+        row(
+            &format!("steps/s, {} stored", first.stored),
+            &format!("{steps:.0}"),
+            &one(target(
+                &format!(">= {TARGET_STEPS_PER_S:.0}"),
+                Some(steps >= TARGET_STEPS_PER_S),
+            )),
+        );
+        row(
+            "steps/s / floor round trips/s",
+            &fmt_opt(share, 3),
+            &one(target(
+                &format!(">= {TARGET_FLOOR_SHARE}"),
+                share.map(|x| x >= TARGET_FLOOR_SHARE),
+            )),
+        );
+        if r.batches.len() > 1 {
+            let scaling = ratio(Some(last.steps_per_s()), Some(steps));
+            row(
+                &format!("steps/s, {} / {} stored", last.stored, first.stored),
+                &fmt_opt(scaling, 3),
+                &target(
+                    &format!(">= {TARGET_SCALING}"),
+                    scaling.map(|x| x >= TARGET_SCALING),
+                ),
+            );
+        }
+        let commands = last.per_step(last.redis.total());
+        row(
+            &format!("Redis commands per step, {} stored", last.stored),
+            &format!("{commands:.1}"),
+            &one(target(
+                &format!("<= {TARGET_COMMANDS_PER_STEP:.0}"),
+                Some(commands <= TARGET_COMMANDS_PER_STEP),
+            )),
+        );
+        row(
+            &format!("Redis round trips per step, {} stored", last.stored),
+            &fmt_opt(last.round_trips.map(|n| last.per_step(n)), 1),
+            "",
+        );
+        row(
+            &format!("MQTT packets per step, {} stored", last.stored),
+            &format!(
+                "{:.1}",
+                last.per_step(last.packets.received + last.packets.sent)
+            ),
+            "",
+        );
+        let start_p50 = r.sequential.start.p50();
+        row(
+            "job start p50, 1 in flight",
+            &Ms(start_p50).to_string(),
+            &one(target(
+                &format!("<= {}", Ms(Some(TARGET_START_P50))),
+                start_p50.map(|d| d <= TARGET_START_P50),
+            )),
+        );
+        row(
+            "job start p99, 1 in flight",
+            &Ms(r.sequential.start.p99()).to_string(),
+            "",
+        );
+        row(
+            "step p99, 1 in flight",
+            &Ms(seq.p99()).to_string(),
+            &one(target(
+                &format!("<= {}", Ms(Some(TARGET_STEP_P99))),
+                seq.p99().map(|d| d <= TARGET_STEP_P99),
+            )),
+        );
+        row(
+            "step p99 / floor p99, 1 in flight",
+            &fmt_opt(seq_ratio, 2),
+            &target(
+                &format!("<= {TARGET_P99_RATIO}"),
+                seq_ratio.map(|x| x <= TARGET_P99_RATIO),
+            ),
+        );
+        row(
+            "step p99 / floor p99, 100 in flight",
+            &fmt_opt(loaded_ratio, 2),
+            &target(
+                &format!("<= {TARGET_P99_RATIO}"),
+                loaded_ratio.map(|x| x <= TARGET_P99_RATIO),
+            ),
+        );
         let max_rss = r
-            .rss
+            .batches
             .iter()
-            .filter_map(|(_, m)| m.map(|(now, _)| now))
+            .filter_map(Batch::max_rss)
             .fold(None, |acc: Option<f64>, v| {
                 Some(acc.map_or(v, |a| a.max(v)))
             });
-        println!("  {} replica(s):", r.replicas);
-        let steps_target = if r.replicas == 1 {
-            format!(
-                "target >= {TARGET_STEPS_PER_S:.0} with 1 replica: {}",
-                verdict(Some(steps >= TARGET_STEPS_PER_S))
-            )
-        } else {
-            "no target".to_owned()
-        };
-        println!(
-            "    steps/s                                   {steps:>8.0}   ({:.0} jobs/s x {STEPS_PER_JOB}; {steps_target})",
-            r.jobs_per_s()
-        );
-        println!(
-            "    steps/s / floor round trips/s             {:>8}",
-            fmt_opt(ratio(Some(steps), floor_rate), 3)
-        );
-        println!(
-            "    step p99 / floor p99, 1 in flight         {:>8}   (target <= {TARGET_P99_RATIO}: {})",
-            fmt_opt(seq_ratio, 2),
-            verdict(seq_ratio.map(|x| x <= TARGET_P99_RATIO))
-        );
-        println!(
-            "    step p99 / floor p99, 100 in flight       {:>8}   (target <= {TARGET_P99_RATIO}: {})",
-            fmt_opt(loaded_ratio, 2),
-            verdict(loaded_ratio.map(|x| x <= TARGET_P99_RATIO))
-        );
-        println!(
-            "    RSS per replica (largest), MB             {:>8}   (target < {TARGET_RSS_MB:.0}: {})",
-            fmt_opt(max_rss, 1),
-            verdict(max_rss.map(|x| x < TARGET_RSS_MB))
+        row(
+            "RSS per replica (largest), MB",
+            &fmt_opt(max_rss, 1),
+            &target(
+                &format!("< {TARGET_RSS_MB:.0}"),
+                max_rss.map(|x| x < TARGET_RSS_MB),
+            ),
         );
     }
 }

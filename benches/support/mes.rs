@@ -20,9 +20,10 @@ pub(crate) const WORK_MASTER: &str = "wm-bench";
 /// One batch of jobs as the MES saw it.
 #[derive(Debug)]
 pub(crate) struct Phase {
-    /// When each job's `StoreAndStart` was published.
+    /// When each job's order (`StoreAndStart` or `Store`) was published.
     pub(crate) sent: HashMap<String, Instant>,
-    /// When each job's Ended status event arrived.
+    /// When each job's Ended status event arrived (for `Store` orders:
+    /// when the successful reply arrived).
     pub(crate) ended: HashMap<String, Instant>,
     /// Jobs refused or aborted, with the reason.
     pub(crate) failed: Vec<(String, String)>,
@@ -70,6 +71,33 @@ impl Mes {
         in_flight: usize,
         stall: Duration,
     ) -> BenchResult<Phase> {
+        self.orders(Method::StoreAndStart, prefix, count, in_flight, stall)
+            .await
+    }
+
+    /// Stores `count` jobs named `{prefix}-{n}` without starting them
+    /// (`Store`, as an MES fills a station's queue), `in_flight` orders
+    /// outstanding, until every order was answered. A job counts as done
+    /// ([`Phase::ended`]) when its reply says `NO_ERROR`.
+    pub(crate) async fn store_jobs(
+        &mut self,
+        prefix: &str,
+        count: usize,
+        in_flight: usize,
+        stall: Duration,
+    ) -> BenchResult<Phase> {
+        self.orders(Method::Store, prefix, count, in_flight, stall)
+            .await
+    }
+
+    async fn orders(
+        &mut self,
+        method: Method,
+        prefix: &str,
+        count: usize,
+        in_flight: usize,
+        stall: Duration,
+    ) -> BenchResult<Phase> {
         let mut phase = Phase {
             sent: HashMap::with_capacity(count),
             ended: HashMap::with_capacity(count),
@@ -85,14 +113,14 @@ impl Mes {
                 let job = format!("{prefix}-{next:05}");
                 next += 1;
                 let c = uuid::Uuid::new_v4().as_bytes().to_vec();
-                let id = Scripted::next_id("store");
+                let id = Scripted::next_id(method.name());
                 let body = json!({"JobOrder": order(&job)});
                 corr.insert(c.clone(), job.clone());
                 open.insert(job.clone());
                 phase.sent.insert(job, Instant::now());
                 self.0
                     .send(
-                        &format!("{S}StoreAndStart.v2"),
+                        &format!("{S}{}.v2", method.name()),
                         &id,
                         Some(SCOPE),
                         &body,
@@ -125,10 +153,12 @@ impl Mes {
                         let why = user_prop(&p, "mdcserrormessage").unwrap_or("");
                         phase
                             .failed
-                            .push((job, format!("StoreAndStart answered {status:?} {why}")));
+                            .push((job, format!("{} answered {status:?} {why}", method.name())));
+                    } else if method == Method::Store && open.remove(&job) {
+                        phase.ended.insert(job, at);
                     }
                 }
-            } else if user_prop(&p, "type") == Some(STATUS) {
+            } else if method == Method::StoreAndStart && user_prop(&p, "type") == Some(STATUS) {
                 let Some((job, state)) = job_state(&p.payload) else {
                     continue;
                 };
@@ -145,6 +175,24 @@ impl Mes {
         }
         phase.elapsed = started.elapsed();
         Ok(phase)
+    }
+}
+
+/// The job order methods the benchmark sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// Stored and started: the job runs to Ended.
+    StoreAndStart,
+    /// Stored only: the job waits (history for the scaling figures).
+    Store,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::StoreAndStart => "StoreAndStart",
+            Method::Store => "Store",
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! without the station), the station's replicas as processes driven by the
 //! MES of `microdcs::testkit`, and the statistics.
 
+pub(crate) mod counters;
 pub(crate) mod floor;
 pub(crate) mod mes;
 pub(crate) mod replicas;
@@ -30,6 +31,14 @@ pub(crate) struct Sizes {
     pub(crate) loaded_jobs: usize,
     /// Requests or jobs kept outstanding in the loaded phases.
     pub(crate) in_flight: usize,
+    /// Jobs stored in the scope when the first loaded batch starts (the
+    /// warm-up and sequential jobs, then `Store` orders).
+    pub(crate) stored_small: usize,
+    /// Jobs stored in the scope when the second loaded batch starts
+    /// (1 replica only).
+    pub(crate) stored_large: usize,
+    /// `Store` orders kept outstanding while filling the scope.
+    pub(crate) fill_in_flight: usize,
 }
 
 impl Sizes {
@@ -41,6 +50,9 @@ impl Sizes {
         sequential_jobs: 50,
         loaded_jobs: 200,
         in_flight: 100,
+        stored_small: 1_000,
+        stored_large: 5_000,
+        fill_in_flight: 500,
     };
 
     /// The full run.
@@ -51,5 +63,8 @@ impl Sizes {
         sequential_jobs: 200,
         loaded_jobs: 1_000,
         in_flight: 100,
+        stored_small: 1_000,
+        stored_large: 20_000,
+        fill_in_flight: 500,
     };
 }

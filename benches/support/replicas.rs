@@ -65,7 +65,9 @@ pub(crate) fn env(
         ("APP_JOBS_CHECK_PERSONNEL", "false".to_owned()),
         ("APP_JOBS_CHECK_PHYSICAL_ASSET", "false".to_owned()),
         ("APP_JOBS_CHECK_WORK_MASTER", "false".to_owned()),
-        ("APP_LOG_LEVEL", "warn".to_owned()),
+        // Warnings and errors, and the `stopped` line with the process's
+        // Redis round trips.
+        ("APP_LOG_LEVEL", "warn,microdcs::app=info".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -79,29 +81,56 @@ pub(crate) fn env(
     e
 }
 
-/// One `microdcs run` process; its output goes to a log file.
+/// One `microdcs run` process; its output goes to a log file, one per
+/// life (a restart starts a new one).
 pub(crate) struct Replica {
     /// Its `POD_ID`.
     pub(crate) id: String,
     child: Option<Child>,
     log: PathBuf,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    log_dir: PathBuf,
+    /// Lives started so far.
+    lives: usize,
+    /// Warning and error lines of the earlier lives.
+    earlier_lines: usize,
+    /// SIGTERM was sent to the current life.
+    terminated: bool,
 }
 
 impl Replica {
-    /// Starts `bin run` with `env`, logging to `{log_dir}/{id}.log`.
+    /// Starts `bin run` with `env`, logging to `{log_dir}/{id}-1.log`.
     pub(crate) fn spawn(
         bin: &Path,
         id: &str,
         env: Vec<(String, String)>,
         log_dir: &Path,
     ) -> BenchResult<Self> {
-        let log = log_dir.join(format!("{id}.log"));
+        let mut r = Replica {
+            id: id.to_owned(),
+            child: None,
+            log: PathBuf::new(),
+            bin: bin.to_owned(),
+            env,
+            log_dir: log_dir.to_owned(),
+            lives: 0,
+            earlier_lines: 0,
+            terminated: false,
+        };
+        r.start()?;
+        Ok(r)
+    }
+
+    fn start(&mut self) -> BenchResult<()> {
+        self.lives += 1;
+        let log = self.log_dir.join(format!("{}-{}.log", self.id, self.lives));
         let out = std::fs::File::create(&log)
             .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let err = out
             .try_clone()
             .map_err(|e| format!("cannot share {}: {e}", log.display()))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("run");
         // Our own settings only: nothing of the caller's APP_* leaks in.
         for (k, _) in std::env::vars_os() {
@@ -111,16 +140,46 @@ impl Replica {
         }
         let child = cmd
             .env_remove("RUST_LOG")
-            .envs(env)
+            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|e| format!("cannot start {} run: {e}", bin.display()))?;
-        Ok(Replica {
-            id: id.to_owned(),
-            child: Some(child),
-            log,
+            .map_err(|e| format!("cannot start {} run: {e}", self.bin.display()))?;
+        self.child = Some(child);
+        self.terminated = false;
+        self.log = log;
+        Ok(())
+    }
+
+    /// Ends its life ([`Replica::stop`]); the Redis round trips it
+    /// reported ([`Replica::round_trips`]). [`Replica::start_again`]
+    /// starts the next one.
+    pub(crate) fn end_life(&mut self) -> Option<u64> {
+        self.stop();
+        let trips = self.round_trips();
+        self.earlier_lines += self.log_lines_of_life();
+        trips
+    }
+
+    /// Starts a new life after [`Replica::end_life`] (a new log file, the
+    /// same `POD_ID`, so it resumes its MQTT session).
+    pub(crate) fn start_again(&mut self) -> BenchResult<()> {
+        self.start()
+    }
+
+    /// The Redis round trips (client calls) the current life reported when
+    /// it stopped: the `redis_round_trips=` field of its `stopped` log
+    /// line. `None` while it runs, or when it stopped without saying.
+    pub(crate) fn round_trips(&self) -> Option<u64> {
+        if self.child.is_some() {
+            return None;
+        }
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        text.lines().rev().find_map(|l| {
+            let (_, rest) = l.split_once("redis_round_trips=")?;
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
         })
     }
 
@@ -154,22 +213,48 @@ impl Replica {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// Its log, if it wrote anything (warnings and errors only).
+    /// Warning and error lines it logged, over all its lives.
     pub(crate) fn log_lines(&self) -> usize {
+        self.earlier_lines + self.log_lines_of_life()
+    }
+
+    /// The first warning or error line it logged, over all its lives.
+    pub(crate) fn first_warning(&self) -> Option<String> {
+        (1..=self.lives).find_map(|life| {
+            let log = self.log_dir.join(format!("{}-{life}.log", self.id));
+            let text = std::fs::read_to_string(log).ok()?;
+            text.lines().find(|l| is_warning(l)).map(str::to_owned)
+        })
+    }
+
+    fn log_lines_of_life(&self) -> usize {
         std::fs::read_to_string(&self.log)
-            .map(|t| t.lines().count())
+            .map(|t| t.lines().filter(|l| is_warning(l)).count())
             .unwrap_or(0)
     }
 
-    /// SIGTERM, then SIGKILL if it has not stopped within 10 s.
-    pub(crate) fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+    /// Sends SIGTERM (once per life) without waiting: replicas stopped
+    /// together shut down in parallel.
+    pub(crate) fn terminate(&mut self) {
+        let Some(child) = self.child.as_ref() else {
             return;
         };
+        if self.terminated {
+            return;
+        }
+        self.terminated = true;
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
             .status();
+    }
+
+    /// SIGTERM, then SIGKILL if it has not stopped within 10 s.
+    pub(crate) fn stop(&mut self) {
+        self.terminate();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -190,4 +275,9 @@ impl Drop for Replica {
             let _ = child.wait();
         }
     }
+}
+
+/// A warning or error line of a replica's log (`{timestamp} {LEVEL} …`).
+fn is_warning(line: &str) -> bool {
+    matches!(line.split_whitespace().nth(1), Some("WARN" | "ERROR"))
 }

@@ -118,6 +118,22 @@ impl LocalMosquitto {
     /// # Errors
     /// mosquitto is not installed or does not start.
     pub fn start_with(autosave: Autosave) -> io::Result<Self> {
+        Self::start_configured(autosave, None)
+    }
+
+    /// [`LocalMosquitto::start_with`] that also publishes the broker's
+    /// `$SYS/broker/…` counters every `seconds` (mosquitto's
+    /// `sys_interval`; the shipped configuration keeps the default of
+    /// 10 s). The benchmark reads `$SYS/broker/messages/received` and
+    /// `…/sent` (MQTT packets of any type) before and after a batch.
+    ///
+    /// # Errors
+    /// mosquitto is not installed or does not start.
+    pub fn start_with_sys_interval(autosave: Autosave, seconds: u32) -> io::Result<Self> {
+        Self::start_configured(autosave, Some(seconds))
+    }
+
+    fn start_configured(autosave: Autosave, sys_interval: Option<u32>) -> io::Result<Self> {
         let dir = tempfile::tempdir()?;
         // Started as root, mosquitto drops to its own user, which must be
         // able to write its persistence here (else a restart loses it all).
@@ -142,6 +158,9 @@ impl LocalMosquitto {
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
+        }
+        if let Some(seconds) = sys_interval {
+            text.push_str(&format!("\nsys_interval {seconds}\n"));
         }
         std::fs::write(&conf, text)?;
         let mut m = LocalMosquitto {
@@ -223,7 +242,10 @@ impl Drop for LocalMosquitto {
     }
 }
 
-/// A Redis server that keeps nothing on disk.
+/// A Redis server that keeps nothing on disk ([`LocalRedis::start`]), or
+/// one that writes every change to its append-only file before answering
+/// ([`LocalRedis::start_durable`], the setting the README recommends for
+/// production).
 #[derive(Debug)]
 pub struct LocalRedis {
     child: Option<Child>,
