@@ -114,7 +114,7 @@ mod tests {
                 "062a2167a9751f83714004d68bfb44298fb62c73",
             ),
             ("early_push.lua", "5464532bd4e9be8c6508bd84e95d649fc78406b8"),
-            ("exec_apply.lua", "e37437ac283ffaa4d6e923d13af82204b59bd125"),
+            ("exec_apply.lua", "a6da8924ce42848d483af228216314cac984f1f3"),
             ("timers_due.lua", "b858928cc82639ed7748de851fbe1507190e3cab"),
             (
                 "lock_release.lua",

@@ -7,7 +7,9 @@
 -- KEYS[4..] waiting-for-type zsets, one per entry of the waiting list
 -- ARGV[1] expected version (0: must not exist)   ARGV[2] state JSON
 -- ARGV[3] recipe JSON ('' keeps the stored one)   ARGV[4] job id
--- ARGV[5] number of timers T, then T pairs (key, due ms)
+-- ARGV[5] number of disarmed timers D, then D keys (timers the new state
+-- no longer reacts to: removed, so they never fire as no-ops)
+-- then the number of timers T, then T pairs (key, due ms)
 -- then the number of work items W, then W JSON items
 -- then for each waiting zset (same order as KEYS[4..]): op ('add'|'rem'), score
 -- Returns {'OK', version} | {'VERSION', current version}
@@ -22,6 +24,15 @@ if ARGV[3] ~= '' then
 end
 local job = ARGV[4]
 local i = 5
+local disarmed = tonumber(ARGV[i]); i = i + 1
+if disarmed > 0 then
+  local members = {}
+  for d = 1, disarmed do
+    members[d] = job .. '\31' .. ARGV[i]
+    i = i + 1
+  end
+  redis.call('ZREM', KEYS[2], unpack(members))
+end
 local timers = tonumber(ARGV[i]); i = i + 1
 for _ = 1, timers do
   redis.call('ZADD', KEYS[2], tonumber(ARGV[i + 1]), job .. '\31' .. ARGV[i])

@@ -29,12 +29,21 @@ impl Engine {
         job: &str,
         input: Input,
     ) -> Result<bool, EngineError> {
+        // The first attempt starts from the state this replica wrote last,
+        // if it has it; what it cannot write, or would drop, is tried again
+        // from Redis.
+        let mut cached = self.inner.execs.get(scope, job);
         for _ in 0..CAS_ATTEMPTS {
+            let from_cache = cached.is_some();
+            let stored = match cached.take() {
+                Some(s) => Some(s),
+                None => self.load(scope, job).await?,
+            };
             let Some(Stored {
                 version: v,
                 exec: mut e,
                 recipe: recipe_json,
-            }) = self.load(scope, job).await?
+            }) = stored
             else {
                 debug!(
                     scope,
@@ -45,6 +54,7 @@ impl Engine {
                 return Ok(false);
             };
             if e.is_finished() {
+                // Final, cached or not.
                 return Ok(true);
             }
             let c = self
@@ -65,10 +75,16 @@ impl Engine {
                 },
             );
             if effects.is_empty() && e == before_state {
+                if from_cache {
+                    continue;
+                }
                 return Ok(true);
             }
             let waiting_after = waiting_types(&e, &c.recipe);
-            if self
+            let armed_before = before_state.armed_timers();
+            let armed_after = e.armed_timers();
+            let disarmed: Vec<&String> = armed_before.difference(&armed_after).collect();
+            let written = self
                 .write(Write {
                     scope,
                     expected: v,
@@ -77,8 +93,29 @@ impl Engine {
                     effects: &effects,
                     waiting_before: &waiting_before,
                     waiting_after: &waiting_after,
+                    disarmed: &disarmed,
                 })
-                .await?
+                .await;
+            let written = match written {
+                Ok(w) => w,
+                Err(err) => {
+                    // Whether it was written is unknown.
+                    self.inner.execs.forget(scope, job);
+                    return Err(err);
+                }
+            };
+            let Some(version) = written else {
+                self.inner.execs.forget(scope, job);
+                continue;
+            };
+            self.inner.execs.put(
+                scope,
+                Stored {
+                    version,
+                    exec: e.clone(),
+                    recipe: recipe_json.clone(),
+                },
+            );
             {
                 // It waits for new event types now: events of those types
                 // kept for no job in particular are its.
@@ -184,7 +221,7 @@ impl Engine {
         };
         let (e, effects) = Execution::start(id, scope, params, ctx);
         let waiting = waiting_types(&e, &compiled.recipe);
-        if !self
+        let Some(version) = self
             .write(Write {
                 scope,
                 expected: 0,
@@ -193,11 +230,20 @@ impl Engine {
                 effects: &effects,
                 waiting_before: &BTreeSet::new(),
                 waiting_after: &waiting,
+                disarmed: &[],
             })
             .await?
-        {
+        else {
             return Ok(()); // another replica created it
-        }
+        };
+        self.inner.execs.put(
+            scope,
+            Stored {
+                version,
+                exec: e.clone(),
+                recipe: std::sync::Arc::from(recipe_json.as_str()),
+            },
+        );
         info!(
             scope,
             job = id,
@@ -247,11 +293,13 @@ impl Engine {
                     Input::Abort
                 };
                 self.apply(scope, job, input).await?;
+                self.inner.execs.forget(scope, job);
                 // Held commands are never sent now.
                 Ok(fence::forget_held(self.inner.jobs.store(), scope, job).await?)
             }
             MainState::EndState => {
                 let mut c = self.conn();
+                self.inner.execs.forget(scope, job);
                 let _: () = c.del(self.keys().exec(scope, job)).await?;
                 Ok(fence::forget_held(self.inner.jobs.store(), scope, job).await?)
             }

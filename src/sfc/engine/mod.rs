@@ -136,6 +136,8 @@ struct Inner {
     equipment: OnceLock<Emitter>,
     takeovers: std::sync::RwLock<HashMap<String, TakeOver>>,
     cache: Mutex<HashMap<u64, Arc<store::Compiled>>>,
+    /// The executions this replica wrote last (see `store`).
+    execs: store::ExecCache,
 }
 
 /// A command as the engine is about to send it, for a hand-written
@@ -201,6 +203,7 @@ impl Engine {
                 equipment: OnceLock::new(),
                 takeovers: std::sync::RwLock::new(HashMap::new()),
                 cache: Mutex::new(HashMap::new()),
+                execs: store::ExecCache::default(),
             }),
         }
     }

@@ -1,6 +1,7 @@
 //! The engine's storage of execution states: load, the compare-and-swap
 //! write of a new state with its timers and work items
-//! (`redis/lua/exec_apply.lua`), and the cache of compiled recipes.
+//! (`redis/lua/exec_apply.lua`), the cache of compiled recipes, and the
+//! cache of the executions this replica wrote last ([`ExecCache`]).
 
 use super::work::WorkItem;
 use super::{Engine, EngineError};
@@ -14,6 +15,67 @@ use std::sync::Arc;
 
 /// Compiled recipes kept at most (the cache is cleared when full).
 const CACHED_RECIPES: usize = 1000;
+/// Executions kept at most by [`ExecCache`] (expired ones dropped, then all,
+/// when full): well above the jobs a replica has in flight. A job's entry
+/// is dropped when its end was handled, so the cache holds the jobs in
+/// flight, not the history.
+const CACHED_EXECUTIONS: usize = 4096;
+
+/// The executions this replica wrote last, by (scope, job). A job's next
+/// input usually reaches the replica that handled its last one, which then
+/// skips reading the state back (one `HGETALL` of the state and its recipe
+/// per step). Only the compare-and-swap path uses it: a write from a stale
+/// entry finds another version and is retried from Redis, and an input
+/// that looks like a no-op against a cached running state is evaluated
+/// again against Redis before it is dropped. A finished execution is final,
+/// so its cached state is used as it is.
+///
+/// Entries are used for [`EXEC_CACHE_AGE`] at most: a job id can be reused
+/// after its job was purged, and a new execution under it could reach the
+/// cached version number; within that time no job can end, be cleared,
+/// purged (after `jobs.retention_seconds`), stored again and advanced.
+#[derive(Default)]
+pub(super) struct ExecCache(std::sync::Mutex<ExecMap>);
+
+/// How long a cached execution is used (see [`ExecCache`]).
+const EXEC_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+
+type ExecMap = HashMap<(String, String), (std::time::Instant, Stored)>;
+
+impl ExecCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ExecMap> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The execution of `job` as this replica last wrote it, if that was
+    /// recent.
+    pub(super) fn get(&self, scope: &str, job: &str) -> Option<Stored> {
+        self.lock()
+            .get(&(scope.to_owned(), job.to_owned()))
+            .filter(|(at, _)| at.elapsed() < EXEC_CACHE_AGE)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// Remembers what was written. A finished execution never changes
+    /// again, so a cached finished state is final (its job end is reported
+    /// from it, and inputs after it are dropped without a read).
+    pub(super) fn put(&self, scope: &str, stored: Stored) {
+        let key = (scope.to_owned(), stored.exec.job.clone());
+        let mut m = self.lock();
+        if m.len() >= CACHED_EXECUTIONS && !m.contains_key(&key) {
+            m.retain(|_, (at, _)| at.elapsed() < EXEC_CACHE_AGE);
+            if m.len() >= CACHED_EXECUTIONS {
+                m.clear();
+            }
+        }
+        m.insert(key, (std::time::Instant::now(), stored));
+    }
+
+    /// Forgets `job` (its cached state proved stale).
+    pub(super) fn forget(&self, scope: &str, job: &str) {
+        self.lock().remove(&(scope.to_owned(), job.to_owned()));
+    }
+}
 
 /// A recipe parsed, validated and compiled once, shared by every job that
 /// runs it.
@@ -24,10 +86,11 @@ pub(super) struct Compiled {
 
 /// A job's stored execution: its version (for the compare-and-swap), the
 /// state, and the recipe it runs (JSON, as stored).
+#[derive(Clone)]
 pub(super) struct Stored {
     pub(super) version: u64,
     pub(super) exec: Execution,
-    pub(super) recipe: String,
+    pub(super) recipe: Arc<str>,
 }
 
 /// One compare-and-swap write of a job's execution state with its effects.
@@ -45,6 +108,9 @@ pub(super) struct Write<'a> {
     /// (its membership in the scope's `waiting:{type}` sets).
     pub(super) waiting_before: &'a BTreeSet<String>,
     pub(super) waiting_after: &'a BTreeSet<String>,
+    /// Timers the state before had armed and the new one does not
+    /// ([`Execution::armed_timers`]): removed in the same write.
+    pub(super) disarmed: &'a [&'a String],
 }
 
 /// The pull event types a job's execution waits for right now.
@@ -147,7 +213,7 @@ impl Engine {
             .map_err(|e| corrupt(e.to_string()))?;
         let recipe = h
             .get("recipe")
-            .cloned()
+            .map(|r| Arc::from(r.as_str()))
             .ok_or_else(|| corrupt("no recipe".into()))?;
         Ok(Some(Stored {
             version,
@@ -156,9 +222,10 @@ impl Engine {
         }))
     }
 
-    /// The compare-and-swap write of a new state with its effects: `true`
-    /// if it was written, `false` if the state moved since it was read.
-    pub(super) async fn write(&self, w: Write<'_>) -> Result<bool, EngineError> {
+    /// The compare-and-swap write of a new state with its effects: the new
+    /// version if it was written, `None` if the state moved since it was
+    /// read.
+    pub(super) async fn write(&self, w: Write<'_>) -> Result<Option<u64>, EngineError> {
         let Write {
             scope,
             expected,
@@ -167,6 +234,7 @@ impl Engine {
             effects,
             waiting_before,
             waiting_after,
+            disarmed,
         } = w;
         let job = &exec.job;
         let doc = serde_json::to_string(exec)?;
@@ -188,6 +256,10 @@ impl Engine {
             .arg(doc)
             .arg(recipe.unwrap_or(""))
             .arg(job);
+        inv.arg(disarmed.len());
+        for k in disarmed {
+            inv.arg(k.as_str());
+        }
         let timers: Vec<(&String, u64)> = effects
             .iter()
             .filter_map(|e| match e {
@@ -211,8 +283,8 @@ impl Engine {
             inv.arg(*op).arg(exec.started_ms);
         }
         let mut c = self.conn();
-        let (tag, _v): (String, u64) = inv.invoke_async(&mut c).await?;
-        Ok(tag == "OK")
+        let (tag, v): (String, u64) = inv.invoke_async(&mut c).await?;
+        Ok((tag == "OK").then_some(v))
     }
 }
 

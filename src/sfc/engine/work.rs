@@ -345,7 +345,18 @@ impl Engine {
     /// Reports a finished execution to the job manager: its job ends (or is
     /// aborted) with the job response.
     async fn report_finished(&self, scope: &str, id: &str) -> Result<(), EngineError> {
-        let Some(Stored { exec: e, .. }) = self.load(scope, id).await? else {
+        // The replica that finished the execution usually has its final
+        // state cached (a finished state never changes).
+        let finished = self
+            .inner
+            .execs
+            .get(scope, id)
+            .filter(|s| s.exec.is_finished());
+        let stored = match finished {
+            Some(s) => Some(s),
+            None => self.load(scope, id).await?,
+        };
+        let Some(Stored { exec: e, .. }) = stored else {
             return Ok(());
         };
         let jobs = &self.inner.jobs;

@@ -385,6 +385,23 @@ proptest! {
             }
             no_holding_action_runs_in_an_inactive_step(&e, &run.recipe).map_err(TestCaseError::fail)?;
             every_dispatch_has_its_timer(&effects, &run.recipe).map_err(TestCaseError::fail)?;
+            // The runtime deletes the timers a new state no longer has armed:
+            // each of them, had it fired at any time after, would have done
+            // what a timer matching nothing does.
+            let armed = e.armed_timers();
+            for key in before.armed_timers().difference(&armed) {
+                for later in [0, 1, 3_600_000] {
+                    let ctx = EvolutionContext { now_ms: run.now + later, ..run.ctx() };
+                    let mut fired = e.clone();
+                    let by_key = fired.apply(Input::Timer { key: key.clone() }, ctx);
+                    let mut none = e.clone();
+                    let by_nothing = none.apply(Input::Timer { key: "a/0/limit/-".into() }, ctx);
+                    prop_assert!(
+                        by_key == by_nothing && fired == none,
+                        "disarmed timer {} still acts: {:?}", key, by_key
+                    );
+                }
+            }
             prop_assert_eq!(
                 effects.iter().any(|f| matches!(f, Effect::Finished(_))),
                 e.is_finished(),

@@ -175,6 +175,28 @@ impl Effect {
 }
 
 impl Execution {
+    /// The keys of the action timers this state still reacts to: a run's
+    /// current timer while it has a deadline. A timer set before whose key
+    /// is not among them would be ignored if it fired (another activation,
+    /// another kind, or a run that is over), so the runtime may drop it.
+    /// Step ticks are not listed (they are never dropped early).
+    pub fn armed_timers(&self) -> std::collections::BTreeSet<String> {
+        self.actions
+            .iter()
+            .filter(|(_, run)| run.deadline_ms.is_some())
+            .filter_map(|(name, run)| {
+                run.timer.map(|kind| {
+                    TimerKey::Action {
+                        action: name.clone(),
+                        activation: run.activation,
+                        kind,
+                    }
+                    .to_string()
+                })
+            })
+            .collect()
+    }
+
     /// A due timer. Ignored while paused (Resume issues every pending
     /// timer again with its deadline shifted), and when it no longer
     /// matches the state: another activation, another kind, or not due
