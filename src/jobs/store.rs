@@ -282,6 +282,7 @@ impl JobStore {
             .key(self.keys.by_state(scope, &change.to.key()))
             .key(self.keys.ended(scope))
             .key(self.keys.changes(scope))
+            .key(self.keys.state_index(scope))
             .arg(change.expected_version)
             .arg(change.order.map_or("", RawValue::get))
             .arg(change.to.key())
@@ -294,6 +295,7 @@ impl JobStore {
             .arg(self.stream_len)
             .arg(change.id)
             .arg(change.kind)
+            .arg(serde_json::to_string(&change.to.to_wire()).unwrap_or_else(|_| "[]".into()))
             .invoke_async(&mut c)
             .await?;
         Ok(match tag.as_str() {

@@ -10,9 +10,9 @@
 //!    changed job, a zero-byte retained message when it reached EndState or
 //!    was purged; `{prefix}/{scope}/result/{id}` = the job response when the
 //!    job is Ended or Aborted and has one (zero bytes on EndState).
-//! 2. The scope's state index, kept in memory ([`index`]: read in full once
-//!    when the scope is adopted, then updated from the jobs the batch read
-//!    anyway), is marked changed.
+//! 2. The scope's state index is marked changed. Its entries live in Redis
+//!    (`P:{S}:index`), written by `job_apply.lua` with each job, so the
+//!    publisher holds nothing per job ([`index`]).
 //!
 //! A changed index is published as `{prefix}/{scope}/state-index` at most
 //! once per `state_index_interval` (default 50 ms; one more interval per
@@ -36,8 +36,9 @@
 //! ended or were purged meanwhile, and goes on from the stream's end.
 
 use crate::envelope::{encode_level, escape_for_mqtt, CloudEvent, ContentType};
-use crate::jobs::state::{JobState, MainState};
+use crate::jobs::state::MainState;
 use crate::jobs::store::{parse_state_key, JobStore, StoreError, StoredJob};
+use crate::redis::scripts::INDEX_FILL;
 use crate::redis::Redis;
 use crate::runtime::backoff::Backoff;
 use crate::runtime::Shutdown;
@@ -51,7 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod index;
-use index::ScopeIndex;
+use index::Schedule;
 use tracing::{debug, info, warn};
 
 /// CloudEvent `type` of state-index messages.
@@ -109,8 +110,6 @@ pub(crate) enum PublishError {
     Transport(#[from] crate::transport::TransportError),
 }
 
-/// One job in a state index (generated from `schemas/`).
-pub(crate) use crate::models::mes_publishing::StateIndexEntry as IndexEntry;
 
 #[derive(Serialize)]
 struct OrderTopic<'a> {
@@ -120,17 +119,14 @@ struct OrderTopic<'a> {
     state: Vec<crate::jobs::state::StateEntry>,
 }
 
-/// What the publisher holds of one scope it follows.
+/// What the publisher holds of one scope it follows (nothing per job).
 struct Followed {
     /// The last change entry handled.
     cursor: String,
     /// The cursor as stored in Redis.
     stored_cursor: String,
-    /// The state index.
-    index: ScopeIndex,
-    /// Ids known to be in `P:{S}:pub:retained` (read when the scope is
-    /// adopted): only new ones are added.
-    retained: HashSet<String>,
+    /// When its state index is due.
+    index: Schedule,
 }
 
 /// The MES publisher.
@@ -272,7 +268,7 @@ impl MesPublisher {
         let due: Vec<String> = self
             .scopes
             .iter()
-            .filter(|(_, f)| now.map_or(f.index.changed(), |t| f.index.due(t)))
+            .filter(|(_, f)| now.map_or(f.index.is_changed(), |t| f.index.due(t)))
             .map(|(s, _)| s.clone())
             .collect();
         for scope in due {
@@ -299,15 +295,13 @@ impl MesPublisher {
             .get::<_, Option<String>>(self.keys().pub_cursor(scope))
             .await?
             .unwrap_or_else(|| "0".into());
-        let retained: HashSet<String> = c.smembers(self.keys().pub_retained(scope)).await?;
-        let index = ScopeIndex::from_entries(index_entries(&self.store, scope).await?);
+        self.repair_index(scope).await?;
         self.scopes.insert(
             scope.to_owned(),
             Followed {
                 cursor: cursor.clone(),
                 stored_cursor: cursor.clone(),
-                index,
-                retained,
+                index: Schedule::due_now(),
             },
         );
         let mut cursor = cursor;
@@ -394,12 +388,7 @@ impl MesPublisher {
         for chunk in ids.chunks(self.settings.batch.max(1)) {
             self.publish_batch(scope, chunk).await?;
         }
-        // The index is read again in full: the batches above only saw the
-        // jobs that are live or were retained.
-        let index = ScopeIndex::from_entries(index_entries(&self.store, scope).await?);
-        if let Some(f) = self.scopes.get_mut(scope) {
-            f.index = index;
-        }
+        self.repair_index(scope).await?;
         info!(scope = %escape_for_mqtt(scope), jobs = ids.len(), "scope resynchronised");
         Ok(info.last_generated.clone())
     }
@@ -441,22 +430,19 @@ impl MesPublisher {
     async fn publish_batch(&mut self, scope: &str, ids: &[String]) -> Result<(), PublishError> {
         let jobs = self.store.get_many(scope, ids).await?;
         let by_id: HashMap<&str, &StoredJob> = jobs.iter().map(|j| (j.id.as_str(), j)).collect();
-        let known = self.scopes.get(scope).map(|f| &f.retained);
         // Which order topics this publisher retains, so a resynchronisation
         // knows what to clear: added before the publish (a crash in between
         // leaves an id too many, whose clearing is harmless), removed after
-        // the clear. Ids already recorded are not sent again.
+        // the clear.
         let shown: Vec<&str> = jobs
             .iter()
             .filter(|j| j.state.main != MainState::EndState)
             .map(|j| j.id.as_str())
-            .filter(|id| known.is_none_or(|k| !k.contains(*id)))
             .collect();
         let mut c = self.store.connection();
         if !shown.is_empty() {
             let _: i64 = c.sadd(self.keys().pub_retained(scope), &shown).await?;
         }
-        let shown: Vec<String> = shown.into_iter().map(str::to_owned).collect();
         let mut cleared: Vec<&str> = Vec::new();
         for id in ids {
             // Ids are data, topic levels are addressing: `PO#4711` is
@@ -498,26 +484,32 @@ impl MesPublisher {
             let _: i64 = c.srem(self.keys().pub_retained(scope), &cleared).await?;
         }
         if let Some(f) = self.scopes.get_mut(scope) {
-            f.retained.extend(shown);
-            for id in &cleared {
-                f.retained.remove(*id);
-            }
-            f.index.apply(ids, &jobs);
+            f.index.changed();
         }
         debug!(scope, jobs = ids.len(), "published order/result topics");
         Ok(())
     }
 
-    /// Publishes the scope's index from memory with the next `seq`.
+    /// Publishes the scope's index as Redis holds it, with the next `seq`
+    /// (one round trip: `HGETALL` of the entries and `INCR` of `seq`).
     async fn publish_index(&mut self, scope: &str) -> Result<(), PublishError> {
         let mut c = self.store.connection();
-        let seq: u64 = c.incr(self.keys().pub_seq(scope), 1).await?;
+        let (entries, seq): (Vec<(String, String)>, u64) = redis::pipe()
+            .hgetall(self.keys().state_index(scope))
+            .incr(self.keys().pub_seq(scope), 1)
+            .query_async(&mut c)
+            .await?;
+        let jobs = entries.len();
+        let body = index::body(
+            seq,
+            scope,
+            entries.iter().map(|(id, e)| (id.as_str(), e.as_str())),
+        );
+        drop(entries);
         let interval = self.settings.state_index_interval;
-        let Some(f) = self.scopes.get_mut(scope) else {
-            return Ok(());
-        };
-        let jobs = f.index.len();
-        let body = f.index.publish(scope, seq, Instant::now(), interval);
+        if let Some(f) = self.scopes.get_mut(scope) {
+            f.index.published(Instant::now(), interval, jobs);
+        }
         self.retained(
             self.topic(scope, "state-index"),
             STATE_INDEX_TYPE,
@@ -530,52 +522,72 @@ impl MesPublisher {
     }
 }
 
-/// The live jobs of a scope with their states and whether they have a
-/// result, in two Redis round trips (and two commands per job): read once
-/// when the publisher adopts or resynchronises a scope, never per change.
-///
-/// # Errors
-/// Redis is unavailable or a stored state is unreadable.
-pub(crate) async fn index_entries(
-    store: &JobStore,
-    scope: &str,
-) -> Result<Vec<IndexEntry>, StoreError> {
-    let ids = store.live_ids(scope).await?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
+impl MesPublisher {
+    /// Makes the scope's stored state index agree with its live jobs where
+    /// the two differ in number: data written by a version without the
+    /// index, or changes an older replica made during an upgrade. Reads the
+    /// live jobs in chunks; entries are written only for jobs still at the
+    /// version read (`index_fill.lua`), so it never undoes a newer change.
+    async fn repair_index(&self, scope: &str) -> Result<(), PublishError> {
+        let keys = self.keys();
+        let (index_key, live_key) = (keys.state_index(scope), keys.live(scope));
+        let mut c = self.store.connection();
+        let (listed, live): (usize, usize) = redis::pipe()
+            .hlen(&index_key)
+            .scard(&live_key)
+            .query_async(&mut c)
+            .await?;
+        if listed == live {
+            return Ok(());
+        }
+        info!(scope = %escape_for_mqtt(scope), listed, live, "state index repaired from the live jobs");
+        let ids = self.store.live_ids(scope).await?;
+        for chunk in ids.chunks(REPAIR_CHUNK) {
+            let mut read = redis::pipe();
+            for id in chunk {
+                let k = keys.job(scope, id);
+                read.hget(&k, "v").hget(&k, "state").hexists(&k, "resp");
+            }
+            let rows: Vec<(Option<String>, Option<String>, bool)> = {
+                let flat: Vec<redis::Value> = read.query_async(&mut c).await?;
+                flat.chunks_exact(3)
+                    .map(|r| {
+                        (
+                            redis::from_redis_value::<Option<String>>(r[0].clone()).ok().flatten(),
+                            redis::from_redis_value::<Option<String>>(r[1].clone()).ok().flatten(),
+                            redis::from_redis_value::<bool>(r[2].clone()).unwrap_or(false),
+                        )
+                    })
+                    .collect()
+            };
+            let mut fill = INDEX_FILL.prepare_invoke();
+            fill.key(&index_key).key(&live_key).arg(keys.scope_prefix(scope));
+            let mut triples = Vec::new();
+            for (id, (v, state, has_result)) in chunk.iter().zip(rows) {
+                let (Some(v), Some(state)) = (v, state) else { continue };
+                let Ok(state) = parse_state_key(&state) else { continue };
+                triples.push((id, v, index::entry(id, state, has_result)));
+            }
+            fill.arg(triples.len());
+            for (id, v, entry) in &triples {
+                fill.arg(id.as_str()).arg(v).arg(entry);
+            }
+            let _: i64 = fill.invoke_async(&mut c).await?;
+        }
+        let listed: Vec<String> = c.hkeys(&index_key).await?;
+        let live: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let stale: Vec<&String> = listed.iter().filter(|id| !live.contains(id.as_str())).collect();
+        for chunk in stale.chunks(REPAIR_CHUNK) {
+            let mut fill = INDEX_FILL.prepare_invoke();
+            fill.key(&index_key).key(&live_key).arg(keys.scope_prefix(scope)).arg(0);
+            for id in chunk {
+                fill.arg(id.as_str());
+            }
+            let _: i64 = fill.invoke_async(&mut c).await?;
+        }
+        Ok(())
     }
-    let mut pipe = redis::pipe();
-    for id in &ids {
-        let k = store.keys().job(scope, id);
-        pipe.hget(&k, "state").hexists(&k, "resp");
-    }
-    let mut c = store.connection();
-    let rows: Vec<(Option<String>, bool)> = {
-        let flat: Vec<redis::Value> = pipe.query_async(&mut c).await?;
-        flat.chunks_exact(2)
-            .map(|pair| {
-                let state = redis::from_redis_value::<Option<String>>(pair[0].clone())
-                    .ok()
-                    .flatten();
-                let has = redis::from_redis_value::<bool>(pair[1].clone()).unwrap_or(false);
-                (state, has)
-            })
-            .collect()
-    };
-    let mut out = Vec::with_capacity(ids.len());
-    for (id, (state, has_result)) in ids.into_iter().zip(rows) {
-        // A job purged between the two reads is simply not listed.
-        let Some(state) = state else { continue };
-        let state: JobState = parse_state_key(&state).map_err(|e| StoreError::Corrupt {
-            scope: scope.to_owned(),
-            job: id.clone(),
-            reason: e.to_string(),
-        })?;
-        out.push(IndexEntry {
-            job_order_id: id,
-            state: state.to_wire(),
-            has_result,
-        });
-    }
-    Ok(out)
 }
+
+/// Jobs read per round trip when a state index is repaired.
+const REPAIR_CHUNK: usize = 500;

@@ -175,6 +175,12 @@ impl Keys {
         format!("{}:{{{scope}}}:deadletters", self.prefix)
     }
 
+    /// `P:{S}:index` (hash): job id → its state-index entry (JSON), for
+    /// every live job; written by `job_apply.lua` with the job.
+    pub(crate) fn state_index(&self, scope: &str) -> String {
+        format!("{}:{{{scope}}}:index", self.prefix)
+    }
+
     /// `P:{S}:pub:retained` (set): job ids whose order topic the publisher
     /// has retained.
     pub(crate) fn pub_retained(&self, scope: &str) -> String {

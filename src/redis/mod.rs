@@ -38,6 +38,7 @@
 //! | `P:{S}:sendfail:{entry}` | list | failed attempts at a work item | [`Keys::send_failures`] |
 //! | `P:{S}:changefail:{entry}` | list | failed attempts at a change entry | [`Keys::change_failures`] |
 //! | `P:{S}:deadletters` | list | stream entries given up on | [`Keys::dead_letters`] |
+//! | `P:{S}:index` | hash | job id → state-index entry (JSON) of every live job | [`Keys::state_index`] |
 //! | `P:{S}:pub:retained` | set | job ids with a retained order topic | [`Keys::pub_retained`] |
 //! | `P:{S}:pub:seq` | string | state-index sequence | [`Keys::pub_seq`] |
 //! | `P:{S}:pub:cursor` | string | publisher's change stream cursor | [`Keys::pub_cursor`] |

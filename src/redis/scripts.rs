@@ -32,6 +32,12 @@ scripts! {
     /// Counts a job's unexpired dispatch leases (`job_leases_live.lua`).
     JOB_LEASES_LIVE = "job_leases_live.lua";
 
+    // The MES publisher (`publisher`).
+
+    /// Repairs a scope's state index where it disagrees with the live set
+    /// (`index_fill.lua`).
+    INDEX_FILL = "index_fill.lua";
+
     // The SFC engine (`sfc::engine`, `sfc::fence`).
 
     /// The compare-and-swap of a job's execution state with its timers,
@@ -99,12 +105,13 @@ mod tests {
                 "dedupe_release.lua",
                 "7ece0ac4911ac0b2d47bbe14a272e3e7f5f2359b",
             ),
-            ("job_apply.lua", "4f2d6729e463ba5807e7ef899614cdc517993737"),
+            ("job_apply.lua", "12e56aee0059db060dcbef916f3dc116fdbb6793"),
             (
                 "job_leases_live.lua",
                 "ad1ee2059d5b8ba7db38fe40a03804607af1c952",
             ),
             ("job_purge.lua", "25619fb0c360b83e5743afc2b86b94d187c179e9"),
+            ("index_fill.lua", "5f79ceb3d17baac70f44cd8ec50bed7b32a00848"),
             (
                 "dispatch_lease.lua",
                 "1ca8a4620c11a134530d09e916f8792ef329083b",

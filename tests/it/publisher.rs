@@ -638,3 +638,40 @@ async fn changes_within_the_interval_coalesce_into_one_state_index_with_the_late
     let listed = ids(&index);
     assert_eq!(listed.len(), 20, "{listed:?}");
 }
+
+/// Jobs stored by a version that kept no state index in Redis (simulated:
+/// the index hash deleted, a stale entry left for a job that is gone) are
+/// listed again when the publisher adopts the scope: the index is repaired
+/// from the live jobs, each at the version read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_without_a_stored_index_is_repaired_when_the_publisher_adopts_it() {
+    use redis::AsyncCommands;
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let station = jobs::start(jobs::env(m.port(), r.0.port(), "p1")).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    for j in ["a", "PO#4711", "c"] {
+        assert_eq!(mes.status("Store", "old", json!({"JobOrder": order(j)})).await, 1);
+    }
+    station.stop().await;
+    let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
+    let index = "t:{old}:index";
+    let listed: usize = c.hlen(index).await.unwrap();
+    assert_eq!(listed, 3, "job_apply.lua keeps the index with the jobs");
+    let _: () = c.del(index).await.unwrap();
+    let _: () = c.hset(index, "ghost", r#"{"has_result":false,"job_order_id":"ghost","state":[]}"#).await.unwrap();
+
+    let _station = jobs::start(jobs::env(m.port(), r.0.port(), "p2")).await;
+    let mut sub = subscriber(m.port(), "view").await;
+    let mut view = View::default();
+    until(&mut sub, &mut view, Duration::from_secs(10), |v| {
+        v.json("old/state-index").is_some_and(|i| ids(&i).len() == 3)
+    })
+    .await;
+    let index_topic = view.json("old/state-index").expect("state index");
+    assert_eq!(ids(&index_topic), ["PO#4711", "a", "c"]);
+    let stored: std::collections::HashMap<String, String> = c.hgetall(index).await.unwrap();
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert!(!stored.contains_key("ghost"));
+}

@@ -5,6 +5,7 @@
 --
 -- KEYS[1] job hash          KEYS[2] live-jobs set     KEYS[3] old state set
 -- KEYS[4] new state set     KEYS[5] ended zset        KEYS[6] change stream
+-- KEYS[7] state-index hash (job id -> entry JSON, live jobs only)
 -- ARGV[1] expected version (0: the job must not exist)
 -- ARGV[2] job order JSON ('' keeps the stored one)
 -- ARGV[3] new state key     ARGV[4] 1 if the new state is live, else 0
@@ -13,6 +14,7 @@
 -- ARGV[8] retention (ms) for an EndState job
 -- ARGV[9] live-job limit for a new job (0: none)
 -- ARGV[10] change stream max length   ARGV[11] job id   ARGV[12] kind
+-- ARGV[13] the new state in its wire form (JSON array), for the index
 -- Returns {'OK', version} | {'VERSION', current version} | {'LIMIT', live}
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if current ~= tonumber(ARGV[1]) then
@@ -39,8 +41,12 @@ end
 redis.call('SADD', KEYS[4], ARGV[11])
 if ARGV[4] == '1' then
   redis.call('SADD', KEYS[2], ARGV[11])
+  local has_result = redis.call('HEXISTS', KEYS[1], 'resp') == 1
+  redis.call('HSET', KEYS[7], ARGV[11], '{"has_result":' .. tostring(has_result) ..
+    ',"job_order_id":' .. cjson.encode(ARGV[11]) .. ',"state":' .. ARGV[13] .. '}')
 else
   redis.call('SREM', KEYS[2], ARGV[11])
+  redis.call('HDEL', KEYS[7], ARGV[11])
   redis.call('ZADD', KEYS[5], tonumber(ARGV[7]) + tonumber(ARGV[8]), ARGV[11])
 end
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*',
