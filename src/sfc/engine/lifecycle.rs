@@ -142,6 +142,11 @@ impl Engine {
     /// idempotent, so a crash in between is repaired by the redelivered
     /// change).
     async fn start(&self, scope: &str, id: &str) -> Result<(), EngineError> {
+        // This replica created the execution moments ago (the Running
+        // change of its own Begin arrives after it): nothing to read.
+        if self.inner.execs.get(scope, id).is_some() {
+            return Ok(());
+        }
         let store = self.inner.jobs.store();
         let Some(job) = store.get(scope, id).await? else {
             return Ok(());

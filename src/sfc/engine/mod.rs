@@ -138,6 +138,10 @@ struct Inner {
     cache: Mutex<HashMap<u64, Arc<store::Compiled>>>,
     /// The executions this replica wrote last (see `store`).
     execs: store::ExecCache,
+    /// The earliest due time (ms) of the timers this replica scheduled since
+    /// it last moved due timers (`u64::MAX`: none), so the session calls
+    /// `timers_due.lua` when something can be due, not on every batch.
+    timer_hint: std::sync::atomic::AtomicU64,
 }
 
 /// A command as the engine is about to send it, for a hand-written
@@ -204,6 +208,7 @@ impl Engine {
                 takeovers: std::sync::RwLock::new(HashMap::new()),
                 cache: Mutex::new(HashMap::new()),
                 execs: store::ExecCache::default(),
+                timer_hint: std::sync::atomic::AtomicU64::new(u64::MAX),
             }),
         }
     }

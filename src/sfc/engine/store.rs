@@ -3,7 +3,7 @@
 //! (`redis/lua/exec_apply.lua`), the cache of compiled recipes, and the
 //! cache of the executions this replica wrote last ([`ExecCache`]).
 
-use super::work::WorkItem;
+use super::work::{StepChange, WorkItem};
 use super::{Engine, EngineError};
 use crate::redis::scripts::EXEC_APPLY;
 use crate::sfc::exec::{self, Effect, Execution};
@@ -132,42 +132,50 @@ pub(super) fn waiting_types(e: &Execution, recipe: &Recipe) -> BTreeSet<String> 
 }
 
 /// The work items of `job`'s effects, in order (timers are no work items:
-/// they are scheduled).
+/// they are scheduled). Consecutive step changes become one item.
 fn work_items(job: &str, effects: &[Effect]) -> Vec<WorkItem> {
-    effects
-        .iter()
-        .filter_map(|e| {
-            Some(match e {
-                Effect::Dispatch {
-                    command_id,
-                    action,
-                    type_id,
-                    equipment,
-                    parameters,
-                    attempt,
-                } => WorkItem::Dispatch {
-                    job: job.to_owned(),
-                    command_id: command_id.clone(),
-                    action: action.clone(),
-                    type_id: type_id.clone(),
-                    equipment: equipment.clone(),
-                    parameters: parameters.clone(),
-                    attempt: *attempt,
-                },
-                Effect::StepEntered { step, activation }
-                | Effect::StepLeft { step, activation } => WorkItem::Progress {
-                    job: job.to_owned(),
+    let mut items: Vec<WorkItem> = Vec::new();
+    for e in effects {
+        let item = match e {
+            Effect::Dispatch {
+                command_id,
+                action,
+                type_id,
+                equipment,
+                parameters,
+                attempt,
+            } => WorkItem::Dispatch {
+                job: job.to_owned(),
+                command_id: command_id.clone(),
+                action: action.clone(),
+                type_id: type_id.clone(),
+                equipment: equipment.clone(),
+                parameters: parameters.clone(),
+                attempt: *attempt,
+            },
+            Effect::StepEntered { step, activation } | Effect::StepLeft { step, activation } => {
+                let change = StepChange {
                     step: step.clone(),
                     activation: *activation,
                     entered: matches!(e, Effect::StepEntered { .. }),
-                },
-                Effect::Finished(_) => WorkItem::Finished {
+                };
+                if let Some(WorkItem::Steps { changes, .. }) = items.last_mut() {
+                    changes.push(change);
+                    continue;
+                }
+                WorkItem::Steps {
                     job: job.to_owned(),
-                },
-                Effect::Timer { .. } => return None,
-            })
-        })
-        .collect()
+                    changes: vec![change],
+                }
+            }
+            Effect::Finished(_) => WorkItem::Finished {
+                job: job.to_owned(),
+            },
+            Effect::Timer { .. } => continue,
+        };
+        items.push(item);
+    }
+    items
 }
 
 impl Engine {
@@ -268,6 +276,7 @@ impl Engine {
             })
             .collect();
         inv.arg(timers.len());
+        let earliest = timers.iter().map(|(_, at)| *at).min();
         for (k, at) in timers {
             inv.arg(k).arg(at);
         }
@@ -284,6 +293,12 @@ impl Engine {
         }
         let mut c = self.conn();
         let (tag, v): (String, u64) = inv.invoke_async(&mut c).await?;
+        if let Some(at) = earliest {
+            // Set even if the write lost: harmless, the session looks once more.
+            self.inner
+                .timer_hint
+                .fetch_min(at, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok((tag == "OK").then_some(v))
     }
 }
@@ -309,22 +324,42 @@ mod tests {
             },
         ];
         let items = work_items("j", &effects);
+        let change = |entered| StepChange {
+            step: "s".into(),
+            activation: 2,
+            entered,
+        };
         assert_eq!(
             items,
-            vec![
-                WorkItem::Progress {
-                    job: "j".into(),
-                    step: "s".into(),
-                    activation: 2,
-                    entered: true
-                },
-                WorkItem::Progress {
-                    job: "j".into(),
-                    step: "s".into(),
-                    activation: 2,
-                    entered: false
-                },
-            ]
+            vec![WorkItem::Steps {
+                job: "j".into(),
+                changes: vec![change(true), change(false)],
+            }],
+            "consecutive step changes are one item"
         );
+        // A dispatch between step changes keeps its place.
+        let effects = vec![
+            Effect::StepEntered {
+                step: "s".into(),
+                activation: 2,
+            },
+            Effect::Dispatch {
+                command_id: "c".into(),
+                action: "a".into(),
+                type_id: "t".into(),
+                equipment: None,
+                parameters: serde_json::Map::new(),
+                attempt: 1,
+            },
+            Effect::StepLeft {
+                step: "s".into(),
+                activation: 2,
+            },
+        ];
+        let items = work_items("j", &effects);
+        assert_eq!(items.len(), 3);
+        assert!(matches!(&items[0], WorkItem::Steps { changes, .. } if changes == &[change(true)]));
+        assert!(matches!(&items[1], WorkItem::Dispatch { .. }));
+        assert!(matches!(&items[2], WorkItem::Steps { changes, .. } if changes == &[change(false)]));
     }
 }

@@ -24,6 +24,7 @@ use redis::streams::{
 use redis::AsyncCommands;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -36,7 +37,9 @@ type StreamEntry = (String, String, HashMap<String, redis::Value>);
 fn leaves_job_running(map: &HashMap<String, redis::Value>) -> bool {
     match map.get("item") {
         Some(redis::Value::BulkString(b)) => {
-            b.starts_with(br#"{"kind":"dispatch""#) || b.starts_with(br#"{"kind":"progress""#)
+            b.starts_with(br#"{"kind":"dispatch""#)
+                || b.starts_with(br#"{"kind":"progress""#)
+                || b.starts_with(br#"{"kind":"steps""#)
         }
         _ => false,
     }
@@ -181,6 +184,9 @@ impl Engine {
         let mut known: BTreeSet<String> = BTreeSet::new();
         let mut last_claim = std::time::Instant::now();
         let mut scopes_checked: Option<std::time::Instant> = None;
+        let mut next_timer: Option<u64> = None;
+        let mut timers_checked = std::time::Instant::now();
+        let mut settling: Option<tokio::task::JoinHandle<Result<(), EngineError>>> = None;
         loop {
             let mut fresh = BTreeSet::new();
             // New scopes are looked for once per poll, not on every batch.
@@ -221,13 +227,31 @@ impl Engine {
                 tokio::time::sleep(self.inner.settings.poll).await;
                 continue;
             }
-            let next_timer = self.move_due_timers(&known).await?;
+            // Due timers are moved when one can be due: one of ours is due,
+            // the earliest one seen is due, or a poll interval passed (timers
+            // other replicas set, whose hint we do not have).
+            let now = now_ms();
+            let hinted = self.inner.timer_hint.load(Ordering::Relaxed);
+            if hinted <= now
+                || next_timer.is_some_and(|d| d <= now)
+                || timers_checked.elapsed() >= self.inner.settings.poll
+                || !fresh.is_empty()
+            {
+                self.inner.timer_hint.store(u64::MAX, Ordering::Relaxed);
+                next_timer = self.move_due_timers(&known).await?;
+                timers_checked = std::time::Instant::now();
+            }
+            let next_timer_or_hint = match (next_timer, self.inner.timer_hint.load(Ordering::Relaxed)) {
+                (t, u64::MAX) => t,
+                (Some(t), h) => Some(t.min(h)),
+                (None, h) => Some(h),
+            };
             if last_claim.elapsed() >= self.inner.settings.claim_idle / 2 {
                 self.check_change_gaps(&known, marks).await?;
                 self.reclaim(&known).await?;
                 last_claim = std::time::Instant::now();
             }
-            let block = next_timer
+            let block = next_timer_or_hint
                 .map_or(self.inner.settings.poll, |due| {
                     Duration::from_millis(due.saturating_sub(now_ms()))
                         .min(self.inner.settings.poll)
@@ -253,7 +277,19 @@ impl Engine {
                             .map(move |e| (sk.key.clone(), e.id, e.map))
                     })
                     .collect();
-                self.handle_batch(&known, entries, true).await?;
+                let (settle, handled) = self.handle_entries(&known, entries, true).await;
+                // The settlement of a batch runs while the next one is read
+                // (it is off the path from one step to the next); at most one
+                // is in flight, and its failure ends the session like any
+                // other Redis failure.
+                if let Some(previous) = settling.take() {
+                    previous
+                        .await
+                        .map_err(|e| EngineError::Task(e.to_string()))??;
+                }
+                let this = self.clone();
+                settling = Some(tokio::spawn(async move { settle.send(&this).await }));
+                handled?;
             }
         }
     }
@@ -270,6 +306,20 @@ impl Engine {
         entries: Vec<StreamEntry>,
         fresh: bool,
     ) -> Result<(), EngineError> {
+        let (settle, handled) = self.handle_entries(scopes, entries, fresh).await;
+        let settled = settle.send(self).await;
+        // A failed entry stays pending and is taken over later.
+        handled.and(settled)
+    }
+
+    /// [`Engine::handle_batch`] without the settlement: what the handled
+    /// entries leave to do, and the first failure.
+    async fn handle_entries(
+        &self,
+        scopes: &BTreeSet<String>,
+        entries: Vec<StreamEntry>,
+        fresh: bool,
+    ) -> (Settle, Result<(), EngineError>) {
         let mut by_job: BTreeMap<String, Vec<StreamEntry>> = BTreeMap::new();
         for (stream, id, map) in entries {
             by_job
@@ -315,9 +365,7 @@ impl Engine {
                 }
             }
         }
-        let settled = settle.send(self).await;
-        // A failed entry stays pending and is taken over later.
-        first_error.map_or(settled, Err)
+        (settle, first_error.map_or(Ok(()), Err))
     }
 
     /// Handles one stream entry and acknowledges it; an entry whose effect
@@ -464,6 +512,11 @@ mod tests {
         };
         assert!(leaves_job_running(&entry(&dispatch)));
         assert!(leaves_job_running(&entry(&progress)));
+        let steps = WorkItem::Steps {
+            job: "j".into(),
+            changes: Vec::new(),
+        };
+        assert!(leaves_job_running(&entry(&steps)));
         assert!(!leaves_job_running(&entry(&WorkItem::Finished { job: "j".into() })));
         let timer = WorkItem::Timer {
             job: "j".into(),

@@ -34,11 +34,19 @@ pub(super) enum WorkItem {
         parameters: Map<String, Value>,
         attempt: u32,
     },
+    /// One step change (written by earlier versions; read for
+    /// compatibility).
     Progress {
         job: String,
         step: String,
         activation: u32,
         entered: bool,
+    },
+    /// The step changes of one evolution, in order: one work item, one
+    /// progress event each.
+    Steps {
+        job: String,
+        changes: Vec<StepChange>,
     },
     Finished {
         job: String,
@@ -47,6 +55,14 @@ pub(super) enum WorkItem {
         job: String,
         key: String,
     },
+}
+
+/// A step left or entered (one progress event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct StepChange {
+    pub(super) step: String,
+    pub(super) activation: u32,
+    pub(super) entered: bool,
 }
 
 /// The creation time (ms, Redis server clock) of a stream entry, from its
@@ -92,6 +108,13 @@ impl Engine {
             } => Ok(self
                 .progress(scope, &job, &step, activation, entered)
                 .await?),
+            WorkItem::Steps { job, changes } => {
+                for c in changes {
+                    self.progress(scope, &job, &c.step, c.activation, c.entered)
+                        .await?;
+                }
+                Ok(())
+            }
             WorkItem::Finished { job } => Ok(self.report_finished(scope, &job).await?),
         }
     }
