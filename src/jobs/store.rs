@@ -296,6 +296,7 @@ impl JobStore {
             .arg(change.id)
             .arg(change.kind)
             .arg(serde_json::to_string(&change.to.to_wire()).unwrap_or_else(|_| "[]".into()))
+            .arg(if change.from.main.is_live() { "1" } else { "0" })
             .invoke_async(&mut c)
             .await?;
         Ok(match tag.as_str() {

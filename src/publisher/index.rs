@@ -6,7 +6,6 @@
 //! holds nothing per job and reads no job to publish the index: one
 //! `HGETALL` per publish, whatever changed.
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 use std::time::{Duration, Instant};
 
@@ -82,18 +81,10 @@ pub(super) fn entry(id: &str, state: crate::jobs::state::JobState, has_result: b
     )
 }
 
-/// The state-index message body; `jobs` is the stored entries joined.
-#[derive(Serialize)]
-struct Body<'a> {
-    seq: u64,
-    scope: &'a str,
-    published_at: chrono::DateTime<chrono::Utc>,
-    jobs: &'a RawValue,
-}
-
 /// The body of index number `seq` of `scope` from the stored entries (id →
-/// entry JSON), listed by job id. An entry that is not JSON (written by
-/// hand) is left out.
+/// entry JSON), listed by job id, written in one buffer (the index is the
+/// one message whose size grows with the jobs stored: it is not copied on
+/// the way). An entry that is not JSON (written by hand) is left out.
 pub(super) fn body<'a>(
     seq: u64,
     scope: &str,
@@ -104,25 +95,19 @@ pub(super) fn body<'a>(
         .filter(|(_, e)| serde_json::from_str::<&RawValue>(e).is_ok())
         .collect();
     sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut jobs = String::with_capacity(2 + sorted.iter().map(|(_, e)| e.len() + 1).sum::<usize>());
-    jobs.push('[');
+    let published_at = serde_json::to_string(&chrono::Utc::now()).unwrap_or_else(|_| "null".into());
+    let scope = serde_json::to_string(scope).unwrap_or_else(|_| "\"\"".into());
+    let size = 64 + scope.len() + published_at.len() + sorted.iter().map(|(_, e)| e.len() + 1).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(format!(r#"{{"seq":{seq},"scope":{scope},"published_at":{published_at},"jobs":["#).as_bytes());
     for (i, (_, e)) in sorted.iter().enumerate() {
         if i > 0 {
-            jobs.push(',');
+            out.push(b',');
         }
-        jobs.push_str(e);
+        out.extend_from_slice(e.as_bytes());
     }
-    jobs.push(']');
-    match RawValue::from_string(jobs) {
-        Ok(raw) => serde_json::to_vec(&Body {
-            seq,
-            scope,
-            published_at: chrono::Utc::now(),
-            jobs: &raw,
-        })
-        .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 #[cfg(test)]

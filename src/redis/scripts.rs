@@ -105,16 +105,16 @@ mod tests {
                 "dedupe_release.lua",
                 "7ece0ac4911ac0b2d47bbe14a272e3e7f5f2359b",
             ),
-            ("job_apply.lua", "12e56aee0059db060dcbef916f3dc116fdbb6793"),
+            ("job_apply.lua", "823122a3a30e6dd62fa4fcf23b4b9408014d96f7"),
             (
                 "job_leases_live.lua",
-                "ad1ee2059d5b8ba7db38fe40a03804607af1c952",
+                "42a1eff9745869fe7a119c28d8e7713e08b9e32b",
             ),
             ("job_purge.lua", "25619fb0c360b83e5743afc2b86b94d187c179e9"),
             ("index_fill.lua", "5f79ceb3d17baac70f44cd8ec50bed7b32a00848"),
             (
                 "dispatch_lease.lua",
-                "1ca8a4620c11a134530d09e916f8792ef329083b",
+                "85be6eda6d1d2e9c111ca65e98a72ea397f15c6c",
             ),
             (
                 "dispatch_resume.lua",

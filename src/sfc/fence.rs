@@ -65,6 +65,7 @@ pub(crate) async fn take(
         .arg(&member)
         .arg(u64::try_from(DISPATCH_LEASE.as_millis()).unwrap_or(u64::MAX))
         .arg(item)
+        .arg(crate::runtime::clock::now_ms())
         .invoke_async(&mut c)
         .await?;
     Ok(match verdict.as_str() {

@@ -15,6 +15,7 @@
 -- ARGV[9] live-job limit for a new job (0: none)
 -- ARGV[10] change stream max length   ARGV[11] job id   ARGV[12] kind
 -- ARGV[13] the new state in its wire form (JSON array), for the index
+-- ARGV[14] 1 if the old state was live (then the job is in the live set)
 -- Returns {'OK', version} | {'VERSION', current version} | {'LIMIT', live}
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if current ~= tonumber(ARGV[1]) then
@@ -35,12 +36,16 @@ end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'resp', ARGV[5])
 end
-if current > 0 then
+if current == 0 then
+  redis.call('SADD', KEYS[4], ARGV[11])
+elseif KEYS[3] ~= KEYS[4] then
   redis.call('SREM', KEYS[3], ARGV[11])
+  redis.call('SADD', KEYS[4], ARGV[11])
 end
-redis.call('SADD', KEYS[4], ARGV[11])
 if ARGV[4] == '1' then
-  redis.call('SADD', KEYS[2], ARGV[11])
+  if current == 0 or ARGV[14] ~= '1' then
+    redis.call('SADD', KEYS[2], ARGV[11])
+  end
   local has_result = redis.call('HEXISTS', KEYS[1], 'resp') == 1
   redis.call('HSET', KEYS[7], ARGV[11], '{"has_result":' .. tostring(has_result) ..
     ',"job_order_id":' .. cjson.encode(ARGV[11]) .. ',"state":' .. ARGV[13] .. '}')

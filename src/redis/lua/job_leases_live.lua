@@ -1,6 +1,7 @@
 -- Counts a job's unexpired dispatch leases (taken by the SFC engine's
 -- `dispatch_lease.lua` while a command is being sent) and drops the
--- expired ones. Server time (TIME), as when they were taken.
+-- expired ones. Server time (TIME): the clock leases are taken on (the
+-- station passes its measure of it to dispatch_lease.lua).
 --
 -- KEYS[1] the job's dispatch lease zset
 -- Returns the number of live leases.

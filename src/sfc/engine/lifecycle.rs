@@ -156,7 +156,9 @@ impl Engine {
         if !allowed && !running {
             return Ok(());
         }
-        if self.load(scope, id).await?.is_some() {
+        // A job that is not Running yet has no execution (Begin comes
+        // first); one that is may have one already (a redelivered change).
+        if running && self.load(scope, id).await?.is_some() {
             return Ok(());
         }
         let order: Value = serde_json::from_str(job.order.get()).unwrap_or(Value::Null);

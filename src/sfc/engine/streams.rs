@@ -73,6 +73,8 @@ pub(super) struct Settle {
     counters: BTreeMap<String, Vec<String>>,
     /// Per scope: dispatch leases whose command is with the transport.
     leases: BTreeMap<String, Vec<Lease>>,
+    /// The progress events being sent (the last of a chain, in order).
+    progress: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Settle {
@@ -99,6 +101,26 @@ impl Settle {
     /// A dispatch lease to release once the batch is settled.
     pub(super) fn release(&mut self, scope: &str, lease: Lease) {
         self.leases.entry(scope.to_owned()).or_default().push(lease);
+    }
+
+    /// Sends progress events after those already being sent, beside the
+    /// handling of the job's next entries.
+    pub(super) fn progress_after(&mut self, send: impl std::future::Future<Output = ()> + Send + 'static) {
+        let before = self.progress.take();
+        self.progress = Some(tokio::spawn(async move {
+            if let Some(b) = before {
+                let _ = b.await;
+            }
+            send.await;
+        }));
+    }
+
+    /// Waits until the progress events started so far were sent (or
+    /// failed, which is only logged).
+    async fn progress_sent(&mut self) {
+        if let Some(p) = self.progress.take() {
+            let _ = p.await;
+        }
     }
 
     /// Releases the leases held so far at once: before a job's entry that
@@ -335,6 +357,9 @@ impl Engine {
                 let mut settle = Settle::default();
                 for (stream, id, map) in group {
                     if !leaves_job_running(&map) {
+                        // What may end the job comes after its progress
+                        // events and after its commands' leases are gone.
+                        settle.progress_sent().await;
                         settle.release_now(&this).await;
                     }
                     // Entries after a failed one of the same job stay
@@ -344,9 +369,11 @@ impl Engine {
                         .handle_entry(&scopes, &stream, &id, &map, fresh, &mut settle)
                         .await
                     {
+                        settle.progress_sent().await;
                         return (settle, Err(e));
                     }
                 }
+                settle.progress_sent().await;
                 (settle, Ok(()))
             });
         }

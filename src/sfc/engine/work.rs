@@ -105,44 +105,58 @@ impl Engine {
                 step,
                 activation,
                 entered,
-            } => Ok(self
-                .progress(scope, &job, &step, activation, entered)
-                .await?),
-            WorkItem::Steps { job, changes } => {
-                for c in changes {
-                    self.progress(scope, &job, &c.step, c.activation, c.entered)
-                        .await?;
-                }
-                Ok(())
-            }
+            } => Ok(self.progress(
+                scope,
+                &job,
+                &[StepChange {
+                    step,
+                    activation,
+                    entered,
+                }],
+                settle,
+            )?),
+            WorkItem::Steps { job, changes } => Ok(self.progress(scope, &job, &changes, settle)?),
             WorkItem::Finished { job } => Ok(self.report_finished(scope, &job).await?),
         }
     }
 
-    /// Publishes a step's progress through the job manager's emitter, if
-    /// it has one; a progress event that cannot be sent is only logged.
-    async fn progress(
+    /// Publishes step changes as progress events through the job manager's
+    /// emitter, if it has one, in order. The sends run beside the job's
+    /// next entries (a command is not delayed by its step's progress
+    /// event) and are awaited before the job's entries that may end it and
+    /// before the batch is settled ([`Settle::progress_after`]); one that
+    /// cannot be sent is only logged.
+    fn progress(
         &self,
         scope: &str,
         job: &str,
-        step: &str,
-        activation: u32,
-        entered: bool,
+        changes: &[StepChange],
+        settle: &mut Settle,
     ) -> Result<(), EngineError> {
         let Some(emitter) = self.inner.jobs.emitter() else {
             return Ok(());
         };
-        let mut ev = CloudEvent::new(PROGRESS_TYPE, "");
-        ev.subject = Some(job.to_owned());
-        ev.set_data(
-            ContentType::Json,
-            &json!({"Scope": scope, "JobOrderID": job, "Step": step, "Activation": activation,
-                    "Event": if entered { "entered" } else { "left" }}),
-        )
-        .map_err(EngineError::Progress)?;
-        if let Err(e) = emitter.emit(Emit::raw(ev)).await {
-            warn!(scope, job, error = %e, "progress event not sent");
+        let mut events = Vec::with_capacity(changes.len());
+        for c in changes {
+            let mut ev = CloudEvent::new(PROGRESS_TYPE, "");
+            ev.subject = Some(job.to_owned());
+            ev.set_data(
+                ContentType::Json,
+                &json!({"Scope": scope, "JobOrderID": job, "Step": c.step,
+                        "Activation": c.activation,
+                        "Event": if c.entered { "entered" } else { "left" }}),
+            )
+            .map_err(EngineError::Progress)?;
+            events.push(ev);
         }
+        let (scope, job) = (scope.to_owned(), job.to_owned());
+        settle.progress_after(async move {
+            for ev in events {
+                if let Err(e) = emitter.emit(Emit::raw(ev)).await {
+                    warn!(scope, job, error = %e, "progress event not sent");
+                }
+            }
+        });
         Ok(())
     }
 
