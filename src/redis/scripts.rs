@@ -105,7 +105,7 @@ mod tests {
                 "dedupe_release.lua",
                 "7ece0ac4911ac0b2d47bbe14a272e3e7f5f2359b",
             ),
-            ("job_apply.lua", "823122a3a30e6dd62fa4fcf23b4b9408014d96f7"),
+            ("job_apply.lua", "8f70a41fc95d52434080aa8c10585eb269f5daba"),
             (
                 "job_leases_live.lua",
                 "42a1eff9745869fe7a119c28d8e7713e08b9e32b",
@@ -121,7 +121,7 @@ mod tests {
                 "062a2167a9751f83714004d68bfb44298fb62c73",
             ),
             ("early_push.lua", "5464532bd4e9be8c6508bd84e95d649fc78406b8"),
-            ("exec_apply.lua", "a6da8924ce42848d483af228216314cac984f1f3"),
+            ("exec_apply.lua", "93d4c8a6a9eac40382a7e70b6926a29c59eccf41"),
             ("timers_due.lua", "b858928cc82639ed7748de851fbe1507190e3cab"),
             (
                 "lock_release.lua",

@@ -18,9 +18,10 @@ if current ~= tonumber(ARGV[1]) then
   return {'VERSION', current}
 end
 local v = current + 1
-redis.call('HSET', KEYS[1], 'v', v, 'doc', ARGV[2])
 if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[1], 'recipe', ARGV[3])
+  redis.call('HSET', KEYS[1], 'v', v, 'doc', ARGV[2], 'recipe', ARGV[3])
+else
+  redis.call('HSET', KEYS[1], 'v', v, 'doc', ARGV[2])
 end
 local job = ARGV[4]
 local i = 5

@@ -29,13 +29,16 @@ if current == 0 and limit > 0 then
   end
 end
 local v = current + 1
-redis.call('HSET', KEYS[1], 'v', v, 'state', ARGV[3], 'cause', ARGV[6], 'updated', ARGV[7])
+local fields = {'v', v, 'state', ARGV[3], 'cause', ARGV[6], 'updated', ARGV[7]}
 if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 'order', ARGV[2])
+  table.insert(fields, 'order')
+  table.insert(fields, ARGV[2])
 end
 if ARGV[5] ~= '' then
-  redis.call('HSET', KEYS[1], 'resp', ARGV[5])
+  table.insert(fields, 'resp')
+  table.insert(fields, ARGV[5])
 end
+redis.call('HSET', KEYS[1], unpack(fields))
 if current == 0 then
   redis.call('SADD', KEYS[4], ARGV[11])
 elseif KEYS[3] ~= KEYS[4] then
@@ -46,7 +49,7 @@ if ARGV[4] == '1' then
   if current == 0 or ARGV[14] ~= '1' then
     redis.call('SADD', KEYS[2], ARGV[11])
   end
-  local has_result = redis.call('HEXISTS', KEYS[1], 'resp') == 1
+  local has_result = ARGV[5] ~= '' or redis.call('HEXISTS', KEYS[1], 'resp') == 1
   redis.call('HSET', KEYS[7], ARGV[11], '{"has_result":' .. tostring(has_result) ..
     ',"job_order_id":' .. cjson.encode(ARGV[11]) .. ',"state":' .. ARGV[13] .. '}')
 else
