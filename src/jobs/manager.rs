@@ -361,6 +361,27 @@ impl JobManager {
         Ok(effect)
     }
 
+    /// [`JobManager::internal`] without its status event, which the caller
+    /// sends with [`JobManager::send_status`] when it suits it: the SFC
+    /// engine sends a job's Running event beside the write of its
+    /// execution, so the event does not delay the first command.
+    pub(crate) async fn internal_unsent(
+        &self,
+        scope: &str,
+        id: &str,
+        what: Internal,
+        cause: &str,
+    ) -> Result<CommandOutcome, StoreError> {
+        self.change(scope, id, Some(Trigger::Internal(what)), None, None, cause)
+            .await
+    }
+
+    /// Sends the status event of an outcome of
+    /// [`JobManager::internal_unsent`] (a failure is logged).
+    pub(crate) async fn send_status(&self, scope: &str, outcome: &CommandOutcome) {
+        self.emit(scope, outcome).await;
+    }
+
     /// Stores (replaces) the job response of a job without changing its
     /// state: progress of a running job. Sends a status event.
     ///

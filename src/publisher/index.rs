@@ -97,9 +97,15 @@ pub(super) fn body<'a>(
     sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let published_at = serde_json::to_string(&chrono::Utc::now()).unwrap_or_else(|_| "null".into());
     let scope = serde_json::to_string(scope).unwrap_or_else(|_| "\"\"".into());
-    let size = 64 + scope.len() + published_at.len() + sorted.iter().map(|(_, e)| e.len() + 1).sum::<usize>();
+    let size = 64
+        + scope.len()
+        + published_at.len()
+        + sorted.iter().map(|(_, e)| e.len() + 1).sum::<usize>();
     let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(format!(r#"{{"seq":{seq},"scope":{scope},"published_at":{published_at},"jobs":["#).as_bytes());
+    out.extend_from_slice(
+        format!(r#"{{"seq":{seq},"scope":{scope},"published_at":{published_at},"jobs":["#)
+            .as_bytes(),
+    );
     for (i, (_, e)) in sorted.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -121,7 +127,11 @@ mod tests {
         let ended = JobState::new(MainState::Ended, Some(SubState::Completed));
         let b = entry("b", ended, true);
         let a = entry("PO#4711", ready, false);
-        let b = body(7, "s", [("b", b.as_str()), ("PO#4711", a.as_str()), ("x", "{oops")]);
+        let b = body(
+            7,
+            "s",
+            [("b", b.as_str()), ("PO#4711", a.as_str()), ("x", "{oops")],
+        );
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["seq"], 7);
         assert_eq!(v["scope"], "s");

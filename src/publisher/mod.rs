@@ -110,7 +110,6 @@ pub(crate) enum PublishError {
     Transport(#[from] crate::transport::TransportError),
 }
 
-
 #[derive(Serialize)]
 struct OrderTopic<'a> {
     #[serde(rename = "JobOrder")]
@@ -220,11 +219,7 @@ impl MesPublisher {
                 tokio::time::sleep(self.settings.poll).await;
                 continue;
             }
-            let keys: Vec<String> = self
-                .scopes
-                .keys()
-                .map(|s| self.keys().changes(s))
-                .collect();
+            let keys: Vec<String> = self.scopes.keys().map(|s| self.keys().changes(s)).collect();
             let ids: Vec<&String> = self.scopes.values().map(|f| &f.cursor).collect();
             let opts = StreamReadOptions::default()
                 .count(self.settings.batch)
@@ -553,19 +548,29 @@ impl MesPublisher {
                 flat.chunks_exact(3)
                     .map(|r| {
                         (
-                            redis::from_redis_value::<Option<String>>(r[0].clone()).ok().flatten(),
-                            redis::from_redis_value::<Option<String>>(r[1].clone()).ok().flatten(),
+                            redis::from_redis_value::<Option<String>>(r[0].clone())
+                                .ok()
+                                .flatten(),
+                            redis::from_redis_value::<Option<String>>(r[1].clone())
+                                .ok()
+                                .flatten(),
                             redis::from_redis_value::<bool>(r[2].clone()).unwrap_or(false),
                         )
                     })
                     .collect()
             };
             let mut fill = INDEX_FILL.prepare_invoke();
-            fill.key(&index_key).key(&live_key).arg(keys.scope_prefix(scope));
+            fill.key(&index_key)
+                .key(&live_key)
+                .arg(keys.scope_prefix(scope));
             let mut triples = Vec::new();
             for (id, (v, state, has_result)) in chunk.iter().zip(rows) {
-                let (Some(v), Some(state)) = (v, state) else { continue };
-                let Ok(state) = parse_state_key(&state) else { continue };
+                let (Some(v), Some(state)) = (v, state) else {
+                    continue;
+                };
+                let Ok(state) = parse_state_key(&state) else {
+                    continue;
+                };
                 triples.push((id, v, index::entry(id, state, has_result)));
             }
             fill.arg(triples.len());
@@ -576,10 +581,16 @@ impl MesPublisher {
         }
         let listed: Vec<String> = c.hkeys(&index_key).await?;
         let live: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        let stale: Vec<&String> = listed.iter().filter(|id| !live.contains(id.as_str())).collect();
+        let stale: Vec<&String> = listed
+            .iter()
+            .filter(|id| !live.contains(id.as_str()))
+            .collect();
         for chunk in stale.chunks(REPAIR_CHUNK) {
             let mut fill = INDEX_FILL.prepare_invoke();
-            fill.key(&index_key).key(&live_key).arg(keys.scope_prefix(scope)).arg(0);
+            fill.key(&index_key)
+                .key(&live_key)
+                .arg(keys.scope_prefix(scope))
+                .arg(0);
             for id in chunk {
                 fill.arg(id.as_str());
             }

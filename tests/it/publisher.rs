@@ -600,13 +600,20 @@ async fn changes_within_the_interval_coalesce_into_one_state_index_with_the_late
     let mut sub = subscriber(m.port(), "mes-view").await;
     let mut view = View::default();
 
-    assert_eq!(mes.status("Store", "s", json!({"JobOrder": order("j0")})).await, 1);
+    assert_eq!(
+        mes.status("Store", "s", json!({"JobOrder": order("j0")}))
+            .await,
+        1
+    );
     until(&mut sub, &mut view, Duration::from_secs(10), |v| {
         !v.seq_of("s").is_empty()
     })
     .await;
     let first = view.seq_of("s");
-    assert!(!first.is_empty(), "the scope's first index is published at once");
+    assert!(
+        !first.is_empty(),
+        "the scope's first index is published at once"
+    );
     for i in 1..20 {
         assert_eq!(
             mes.status("Store", "s", json!({"JobOrder": order(&format!("j{i}"))}))
@@ -618,7 +625,10 @@ async fn changes_within_the_interval_coalesce_into_one_state_index_with_the_late
         v.json("s/order/j19").is_some()
     })
     .await;
-    assert!(view.json("s/order/j19").is_some(), "order topics per change");
+    assert!(
+        view.json("s/order/j19").is_some(),
+        "order topics per change"
+    );
     view.absorb(sub.drain(Duration::from_millis(300)).await);
     assert_eq!(
         view.seq_of("s"),
@@ -632,7 +642,11 @@ async fn changes_within_the_interval_coalesce_into_one_state_index_with_the_late
     })
     .await;
     let seqs = view.seq_of("s");
-    assert_eq!(seqs.len(), first.len() + 1, "one index for 19 changes: {seqs:?}");
+    assert_eq!(
+        seqs.len(),
+        first.len() + 1,
+        "one index for 19 changes: {seqs:?}"
+    );
     assert_eq!(*seqs.last().unwrap(), first.last().unwrap() + 1);
     let index = view.json("s/state-index").unwrap();
     let listed = ids(&index);
@@ -652,7 +666,11 @@ async fn a_scope_without_a_stored_index_is_repaired_when_the_publisher_adopts_it
     let station = jobs::start(jobs::env(m.port(), r.0.port(), "p1")).await;
     let mut mes = Mes::connect(m.port(), "mes").await;
     for j in ["a", "PO#4711", "c"] {
-        assert_eq!(mes.status("Store", "old", json!({"JobOrder": order(j)})).await, 1);
+        assert_eq!(
+            mes.status("Store", "old", json!({"JobOrder": order(j)}))
+                .await,
+            1
+        );
     }
     station.stop().await;
     let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
@@ -660,13 +678,21 @@ async fn a_scope_without_a_stored_index_is_repaired_when_the_publisher_adopts_it
     let listed: usize = c.hlen(index).await.unwrap();
     assert_eq!(listed, 3, "job_apply.lua keeps the index with the jobs");
     let _: () = c.del(index).await.unwrap();
-    let _: () = c.hset(index, "ghost", r#"{"has_result":false,"job_order_id":"ghost","state":[]}"#).await.unwrap();
+    let _: () = c
+        .hset(
+            index,
+            "ghost",
+            r#"{"has_result":false,"job_order_id":"ghost","state":[]}"#,
+        )
+        .await
+        .unwrap();
 
     let _station = jobs::start(jobs::env(m.port(), r.0.port(), "p2")).await;
     let mut sub = subscriber(m.port(), "view").await;
     let mut view = View::default();
     until(&mut sub, &mut view, Duration::from_secs(10), |v| {
-        v.json("old/state-index").is_some_and(|i| ids(&i).len() == 3)
+        v.json("old/state-index")
+            .is_some_and(|i| ids(&i).len() == 3)
     })
     .await;
     let index_topic = view.json("old/state-index").expect("state index");

@@ -173,27 +173,36 @@ impl Engine {
             return Ok(()); // not an SFC recipe: left alone
         }
         let recipe_json = wm["data"].to_string();
+        // Running first; its status event goes out beside the execution's
+        // write (below), ahead of the first command either way.
+        let mut begun = None;
         if allowed {
             let e = self
                 .inner
                 .jobs
-                .internal(
+                .internal_unsent(
                     scope,
                     id,
                     Internal::Begin,
-                    None,
                     &format!("sfc/begin/{id}/{}", job.version),
                 )
                 .await?;
             if e.status != crate::jobs::ReturnStatus::NoError {
                 return Ok(()); // someone else moved it
             }
+            begun = Some(e);
         }
+        let running_event = async {
+            if let Some(b) = &begun {
+                self.inner.jobs.send_status(scope, b).await;
+            }
+        };
         let compiled = match self.compiled(&recipe_json) {
             Ok(c) => c,
             Err(reason) => {
                 // Stored before validation existed, or edited by hand.
                 warn!(scope, job = id, %reason, "recipe invalid; failing the job");
+                running_event.await;
                 let response = response_json(
                     id,
                     &Execution::failed(id, scope, &reason, now_ms()),
@@ -228,19 +237,21 @@ impl Engine {
         };
         let (e, effects) = Execution::start(id, scope, params, ctx);
         let waiting = waiting_types(&e, &compiled.recipe);
-        let Some(version) = self
-            .write(Write {
+        let none_before = BTreeSet::new();
+        let (written, ()) = tokio::join!(
+            self.write(Write {
                 scope,
                 expected: 0,
                 exec: &e,
                 recipe: Some(&recipe_json),
                 effects: &effects,
-                waiting_before: &BTreeSet::new(),
+                waiting_before: &none_before,
                 waiting_after: &waiting,
                 disarmed: &[],
-            })
-            .await?
-        else {
+            }),
+            running_event
+        );
+        let Some(version) = written? else {
             return Ok(()); // another replica created it
         };
         self.inner.execs.put(

@@ -360,6 +360,8 @@ mod tests {
         assert_eq!(items.len(), 3);
         assert!(matches!(&items[0], WorkItem::Steps { changes, .. } if changes == &[change(true)]));
         assert!(matches!(&items[1], WorkItem::Dispatch { .. }));
-        assert!(matches!(&items[2], WorkItem::Steps { changes, .. } if changes == &[change(false)]));
+        assert!(
+            matches!(&items[2], WorkItem::Steps { changes, .. } if changes == &[change(false)])
+        );
     }
 }

@@ -13,10 +13,10 @@
 
 use super::retry::Failure;
 use super::work::WorkItem;
-use crate::sfc::fence::Lease;
 use super::{now_ms, Engine, EngineError, GROUP};
 use crate::redis::scripts::TIMERS_DUE;
 use crate::redis::Redis;
+use crate::sfc::fence::Lease;
 use crate::sfc::resync::Marks;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
@@ -81,7 +81,14 @@ impl Settle {
     /// Entry `id` of `stream` is done: acknowledge it (and delete it, if it
     /// is a work item; drop its failure counter `counter`, if it may have
     /// one).
-    fn done(&mut self, scope: &str, stream: &str, id: &str, is_work: bool, counter: Option<String>) {
+    fn done(
+        &mut self,
+        scope: &str,
+        stream: &str,
+        id: &str,
+        is_work: bool,
+        counter: Option<String>,
+    ) {
         let per = |m: &mut BTreeMap<String, BTreeMap<String, Vec<String>>>| {
             m.entry(scope.to_owned())
                 .or_default()
@@ -105,7 +112,10 @@ impl Settle {
 
     /// Sends progress events after those already being sent, beside the
     /// handling of the job's next entries.
-    pub(super) fn progress_after(&mut self, send: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(super) fn progress_after(
+        &mut self,
+        send: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let before = self.progress.take();
         self.progress = Some(tokio::spawn(async move {
             if let Some(b) = before {
@@ -141,7 +151,10 @@ impl Settle {
     }
 
     fn merge(&mut self, other: Settle) {
-        fn deep(a: &mut BTreeMap<String, BTreeMap<String, Vec<String>>>, b: BTreeMap<String, BTreeMap<String, Vec<String>>>) {
+        fn deep(
+            a: &mut BTreeMap<String, BTreeMap<String, Vec<String>>>,
+            b: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+        ) {
             for (scope, streams) in b {
                 let mine = a.entry(scope).or_default();
                 for (stream, ids) in streams {
@@ -263,11 +276,12 @@ impl Engine {
                 next_timer = self.move_due_timers(&known).await?;
                 timers_checked = std::time::Instant::now();
             }
-            let next_timer_or_hint = match (next_timer, self.inner.timer_hint.load(Ordering::Relaxed)) {
-                (t, u64::MAX) => t,
-                (Some(t), h) => Some(t.min(h)),
-                (None, h) => Some(h),
-            };
+            let next_timer_or_hint =
+                match (next_timer, self.inner.timer_hint.load(Ordering::Relaxed)) {
+                    (t, u64::MAX) => t,
+                    (Some(t), h) => Some(t.min(h)),
+                    (None, h) => Some(h),
+                };
             if last_claim.elapsed() >= self.inner.settings.claim_idle / 2 {
                 self.check_change_gaps(&known, marks).await?;
                 self.reclaim(&known).await?;
@@ -517,7 +531,10 @@ mod tests {
 
     fn entry(item: &WorkItem) -> HashMap<String, redis::Value> {
         let json = serde_json::to_string(item).unwrap();
-        HashMap::from([("item".to_owned(), redis::Value::BulkString(json.into_bytes()))])
+        HashMap::from([(
+            "item".to_owned(),
+            redis::Value::BulkString(json.into_bytes()),
+        )])
     }
 
     #[test]
@@ -544,7 +561,9 @@ mod tests {
             changes: Vec::new(),
         };
         assert!(leaves_job_running(&entry(&steps)));
-        assert!(!leaves_job_running(&entry(&WorkItem::Finished { job: "j".into() })));
+        assert!(!leaves_job_running(&entry(&WorkItem::Finished {
+            job: "j".into()
+        })));
         let timer = WorkItem::Timer {
             job: "j".into(),
             key: "k".into(),
@@ -562,7 +581,13 @@ mod tests {
     fn a_settled_batch_groups_its_work_by_scope() {
         let mut a = Settle::default();
         a.done("s1", "t:{s1}:work", "1-0", true, None);
-        a.done("s1", "t:{s1}:changes", "2-0", false, Some("t:{s1}:changefail:2-0".into()));
+        a.done(
+            "s1",
+            "t:{s1}:changes",
+            "2-0",
+            false,
+            Some("t:{s1}:changefail:2-0".into()),
+        );
         let mut b = Settle::default();
         b.done("s1", "t:{s1}:work", "1-1", true, None);
         b.done("s2", "t:{s2}:work", "3-0", true, None);
