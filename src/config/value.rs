@@ -153,12 +153,19 @@ pub(super) fn cluster_nodes(raw: &Raw<'_>) -> Result<Vec<String>, String> {
         host(bare).map_err(|m| format!("cluster node {e:?}: {m}"))?;
         match port.parse::<u16>() {
             Ok(p) if p > 0 => {}
-            _ => return Err(format!("cluster node {e:?}: invalid port {port:?} (1 to 65535)")),
+            _ => {
+                return Err(format!(
+                    "cluster node {e:?}: invalid port {port:?} (1 to 65535)"
+                ))
+            }
         }
         nodes.push(e.to_owned());
     }
     if nodes.is_empty() {
-        return Err("expected at least one host:port for a cluster node (leave it out for a single Redis)".into());
+        return Err(
+            "expected at least one host:port for a cluster node (leave it out for a single Redis)"
+                .into(),
+        );
     }
     Ok(nodes)
 }
@@ -322,7 +329,17 @@ mod tests {
     fn cluster_nodes_are_host_port_pairs() {
         let ok = cluster_nodes(&Raw::Env("10.0.0.1:7000, redis-b:7001,[::1]:7002")).unwrap();
         assert_eq!(ok, ["10.0.0.1:7000", "redis-b:7001", "[::1]:7002"]);
-        for bad in ["", " , ", "redis-a", "redis-a:", "redis-a:0", "redis-a:70000", ":7000", "::1:7000", "redis://a:7000"] {
+        for bad in [
+            "",
+            " , ",
+            "redis-a",
+            "redis-a:",
+            "redis-a:0",
+            "redis-a:70000",
+            ":7000",
+            "::1:7000",
+            "redis://a:7000",
+        ] {
             assert!(cluster_nodes(&Raw::Env(bad)).is_err(), "{bad:?} accepted");
         }
         let arr = toml::Value::Array(vec!["a:1".into(), "b:2".into()]);

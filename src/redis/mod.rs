@@ -50,5 +50,5 @@ pub(crate) mod scripts;
 mod streams;
 
 pub use connection::{Redis, RedisClient, RedisConnection};
-pub(crate) use streams::{StreamRead, StreamReader};
 pub(crate) use keys::Keys;
+pub(crate) use streams::{StreamRead, StreamReader};

@@ -24,8 +24,8 @@
 use super::connection::{Client, RedisClient};
 use redis::cluster_routing::Slot;
 use redis::streams::{StreamKey, StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
 use redis::ServerErrorKind;
+use redis::{AsyncCommands, ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -301,7 +301,9 @@ async fn slot_loop(
             .collect();
         let keys: Vec<&str> = cursors.iter().map(|(k, _)| k.as_str()).collect();
         let ids: Vec<&str> = cursors.iter().map(|(_, at)| at.as_str()).collect();
-        let opts = w.how.options(w.how.block.clamp(MIN_SLOT_BLOCK, MAX_SLOT_BLOCK));
+        let opts = w
+            .how
+            .options(w.how.block.clamp(MIN_SLOT_BLOCK, MAX_SLOT_BLOCK));
         let mut r: RedisResult<Option<StreamReadReply>> =
             conn.xread_options(&keys, &ids, &opts).await;
         if let Err(e) = &r {
@@ -331,9 +333,10 @@ async fn slot_loop(
                 let Some(reply) = reply else { continue };
                 if w.how.group.is_none() {
                     for sk in &reply.keys {
-                        if let (Some(last), Some(c)) =
-                            (sk.ids.last(), cursors.iter_mut().find(|(k, _)| *k == sk.key))
-                        {
+                        if let (Some(last), Some(c)) = (
+                            sk.ids.last(),
+                            cursors.iter_mut().find(|(k, _)| *k == sk.key),
+                        ) {
                             c.1.clone_from(&last.id);
                         }
                     }
@@ -364,6 +367,64 @@ async fn slot_loop(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::streams::StreamId;
+
+    fn reply(parts: &[(&str, &[&str])]) -> StreamReadReply {
+        StreamReadReply {
+            keys: parts
+                .iter()
+                .map(|(k, ids)| StreamKey {
+                    key: (*k).to_owned(),
+                    ids: ids
+                        .iter()
+                        .map(|id| StreamId {
+                            id: (*id).to_owned(),
+                            ..StreamId::default()
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn flat(r: &StreamReadReply) -> Vec<(String, String)> {
+        r.keys
+            .iter()
+            .flat_map(|k| k.ids.iter().map(move |e| (k.key.clone(), e.id.clone())))
+            .collect()
+    }
+
+    #[test]
+    fn merged_replies_keep_each_streams_entries_in_order() {
+        let mut into = reply(&[("a", &["1-0", "2-0"]), ("b", &["1-0"])]);
+        merge(&mut into, reply(&[("c", &["5-0"]), ("a", &["3-0"])]));
+        assert_eq!(into.keys.len(), 3, "one entry list per stream");
+        assert_eq!(
+            flat(&into),
+            [
+                ("a", "1-0"),
+                ("a", "2-0"),
+                ("a", "3-0"),
+                ("b", "1-0"),
+                ("c", "5-0")
+            ]
+            .map(|(k, i)| (k.to_owned(), i.to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_scopes_streams_share_one_slot() {
+        let keys = crate::redis::Keys::new("p");
+        for scope in ["line-1", "a}b", "cell/7"] {
+            let slot = Slot::for_key(keys.changes(scope));
+            assert_eq!(Slot::for_key(keys.work(scope)), slot, "{scope}");
         }
     }
 }

@@ -430,7 +430,12 @@ impl LocalRedisCluster {
         let out = Command::new(&cli)
             .arg("--cluster")
             .arg("create")
-            .args(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("127.0.0.1:{}", n.port)),
+            )
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()?;
@@ -466,15 +471,15 @@ impl LocalRedisCluster {
         if replicas == 0 {
             return true;
         }
-        self.nodes.iter().all(|n| {
-            match cli_text(cli, n.port, &["INFO", "replication"]) {
+        self.nodes
+            .iter()
+            .all(|n| match cli_text(cli, n.port, &["INFO", "replication"]) {
                 Ok(t) if t.contains("role:master") => {
                     t.contains(&format!("connected_slaves:{replicas}"))
                 }
                 Ok(t) => t.contains("master_link_status:up"),
                 Err(_) => false,
-            }
-        })
+            })
     }
 
     /// The ports (on 127.0.0.1) of every node, masters and replicas.
@@ -589,7 +594,10 @@ impl LocalRedisCluster {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(port) = self.master_of(key) {
-                let live = self.nodes.iter().any(|n| n.port == port && n.child.is_some());
+                let live = self
+                    .nodes
+                    .iter()
+                    .any(|n| n.port == port && n.child.is_some());
                 let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
                     cli_text(&cli, n.port, &["CLUSTER", "INFO"])
                         .is_ok_and(|t| t.contains("cluster_state:ok"))

@@ -234,7 +234,11 @@ async fn recipes_in_several_scopes_run_side_by_side(backend: Backend) {
         eq.event(scope, INSPECTED, json!({"passed": true}), Some(&job))
             .await;
         let ev = run_to_end(&mut s.mes, scope, &job).await;
-        assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{scope}: {ev}");
+        assert_eq!(
+            state_texts(&ev["JobState"]),
+            ["Ended", "Completed"],
+            "{scope}: {ev}"
+        );
     }
     // Once every scope is known, all at once.
     for (i, scope) in scopes.iter().enumerate() {
@@ -248,7 +252,10 @@ async fn recipes_in_several_scopes_run_side_by_side(backend: Backend) {
     while ended.len() < scopes.len() && tokio::time::Instant::now() < deadline {
         if let Some((_, ev)) = s.mes.next_event().await {
             let state = state_texts(&ev["JobState"]);
-            let job = ev["JobOrder"]["JobOrderID"].as_str().unwrap_or("").to_owned();
+            let job = ev["JobOrder"]["JobOrderID"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
             if job.starts_with('t') && ["Ended", "Aborted"].contains(&state[0].as_str()) {
                 ended.insert(job, state);
             }
@@ -754,7 +761,8 @@ async fn leaving_running_waits_for_a_command_being_sent_on_another_replica() {
         until_state(&mut s.mes, job, &["Running"]).await;
     }
     let mut c =
-        s._r.single().client()
+        s._r.single()
+            .client()
             .get_multiplexed_async_connection()
             .await
             .unwrap();
@@ -1305,7 +1313,8 @@ async fn a_replica_whose_clock_is_a_minute_ahead_fires_no_timeout_early() {
         .expect("faketime (scripts/setup.sh installs it)");
     // Up once its session heartbeat is in Redis.
     let mut c =
-        s._r.single().client()
+        s._r.single()
+            .client()
             .get_multiplexed_async_connection()
             .await
             .unwrap();
@@ -1363,17 +1372,18 @@ async fn a_job_whose_id_has_wildcards_slashes_and_control_characters_runs_its_re
     s.station.stop().await;
 }
 
+on_each_backend!(jobs_released_while_the_change_stream_overflowed_still_run);
 /// The engine's consumer group falls more than the change stream's cap
 /// behind (no engine ran while jobs were released and many other changes
 /// passed): the entries that released the jobs are trimmed before the
 /// group read them. The engine notices and reconciles the scope from the
 /// stored job states, so every released job still runs to completion.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_released_while_the_change_stream_overflowed_still_run() {
+async fn jobs_released_while_the_change_stream_overflowed_still_run(backend: Backend) {
     init_tracing();
     let m = Mosquitto::start();
-    let r = Redis::start();
-    let mut env = jobs::env(m.port(), r.0.port(), "sfc-cap");
+    let r = Store::start(backend);
+    let mut env = jobs::env(m.port(), 0, "sfc-cap");
+    r.configure(&mut env);
     jobs::set(&mut env, "APP_JOBS_CHANGE_STREAM_MAX_LEN", "20");
     // A first engine creates its consumer group and reads what there is.
     let station = jobs::start(env.clone()).await;
@@ -1396,11 +1406,7 @@ async fn jobs_released_while_the_change_stream_overflowed_still_run() {
     // No engine runs: jobs are released, then far more other changes than
     // the stream keeps pass (a manager of the test's own, same Redis).
     let config = microdcs::config::Config::from_sources(None, env.clone()).unwrap();
-    let conn = microdcs::RedisConnection::new(
-        redis::aio::ConnectionManager::new(r.client())
-            .await
-            .unwrap(),
-    );
+    let conn = r.connection();
     let store =
         microdcs::jobs::JobStore::new(conn, "t", Duration::from_secs(3600)).with_stream_len(20);
     let manager =
@@ -1430,7 +1436,7 @@ async fn jobs_released_while_the_change_stream_overflowed_still_run() {
             .unwrap();
     }
     // The premise, checked: the group stands behind the first entry left.
-    let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
+    let mut c = r.connection();
     let info = microdcs::jobs::store::stream_info(&mut c, "t:{cap}:changes")
         .await
         .unwrap()

@@ -282,8 +282,8 @@ impl Engine {
                 keys.extend(self.streams(s).map(|(_, key)| key));
             }
             let ids: Vec<&str> = keys.iter().map(|_| ">").collect();
-            let opts =
-                StreamRead::new(self.inner.settings.batch, block).group(GROUP, &self.inner.consumer);
+            let opts = StreamRead::new(self.inner.settings.batch, block)
+                .group(GROUP, &self.inner.consumer);
             let reply = blocking.read(&keys, &ids, &opts).await?;
             if let Some(reply) = reply {
                 let entries = reply
