@@ -98,6 +98,7 @@ impl StreamReader {
                 Reader::Cluster(ClusterReader {
                     seeds: seeds.clone(),
                     slots: HashMap::new(),
+                    failed: None,
                     tx,
                     rx,
                 })
@@ -132,6 +133,10 @@ impl StreamReader {
 struct ClusterReader {
     seeds: Arc<[ConnectionInfo]>,
     slots: HashMap<Slot, SlotReader>,
+    /// A slot task's error that came after replies of other slots: those
+    /// are handed over first (their entries are pending already), the
+    /// error on the next read.
+    failed: Option<RedisError>,
     tx: mpsc::Sender<RedisResult<StreamReadReply>>,
     rx: mpsc::Receiver<RedisResult<StreamReadReply>>,
 }
@@ -171,6 +176,9 @@ impl ClusterReader {
         ids: &[I],
         how: &StreamRead,
     ) -> RedisResult<Option<StreamReadReply>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let mut by_slot: HashMap<Slot, Want> = HashMap::new();
         for (key, id) in keys.iter().zip(ids) {
             let w = by_slot.entry(Slot::for_key(key)).or_insert_with(|| Want {
@@ -214,7 +222,13 @@ impl ClusterReader {
         };
         let mut reply = first;
         while let Ok(more) = self.rx.try_recv() {
-            merge(&mut reply, more?);
+            match more {
+                Ok(more) => merge(&mut reply, more),
+                Err(e) => {
+                    self.failed = Some(e);
+                    break;
+                }
+            }
         }
         Ok(Some(reply))
     }

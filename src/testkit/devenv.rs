@@ -352,7 +352,7 @@ impl Drop for LocalRedis {
 /// [`LocalRedis`], with `cluster-enabled yes`), created with
 /// `redis-cli --cluster create`: three masters sharing the 16384 slots,
 /// optionally one replica each (for failover tests). Nothing is kept on
-/// disk; `cluster-node-timeout` is short (1 s) so a failover is quick, and
+/// disk; `cluster-node-timeout` is short (2 s) so a failover is quick, and
 /// the cluster keeps serving the slots of live masters while one is down.
 /// Every server is killed when dropped.
 #[derive(Debug)]
@@ -405,7 +405,7 @@ impl LocalRedisCluster {
                     "--cluster-enabled",
                     "yes",
                     "--cluster-node-timeout",
-                    "1000",
+                    "2000",
                     "--cluster-require-full-coverage",
                     "no",
                     "--save",

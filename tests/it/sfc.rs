@@ -203,7 +203,7 @@ async fn a_recipe_completes_across_a_cluster_master_failover() {
     cluster.sync_replica_of("{axle}").expect("replica in sync");
     let old = cluster.kill_master_of("{axle}").expect("kill the master");
     let new = cluster
-        .wait_served("{axle}", Duration::from_secs(30))
+        .wait_served("{axle}", Duration::from_secs(60))
         .expect("the replica takes over");
     assert_ne!(old, new, "a replica serves the slot now");
     eq.event("axle", INSPECTED, json!({"passed": true}), Some("f1"))
@@ -218,6 +218,30 @@ async fn a_recipe_completes_across_a_cluster_master_failover() {
         .await;
     let ev = run_to_end(&mut s.mes, "axle", "f2").await;
     assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
+    // The publisher follows the scope on its new master too: the retained
+    // state index comes to show both jobs ended.
+    let mut view = TestClient::connect(s._m.port(), "index-view").await;
+    view.subscribe(&format!("{PREFIX}/axle/state-index")).await;
+    let ended_in_index = |index: &Value| {
+        let jobs = index["jobs"].as_array().cloned().unwrap_or_default();
+        ["f1", "f2"].iter().all(|id| {
+            jobs.iter()
+                .any(|j| j["job_order_id"] == *id && state_texts(&j["state"])[0] == "Ended")
+        })
+    };
+    let mut last = Value::Null;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !ended_in_index(&last) && tokio::time::Instant::now() < deadline {
+        if let Some(p) = view.recv(Duration::from_millis(500)).await {
+            if !p.payload.is_empty() {
+                last = serde_json::from_slice(&p.payload).expect("index JSON");
+            }
+        }
+    }
+    assert!(
+        ended_in_index(&last),
+        "state index after the failover: {last}"
+    );
     s.station.stop().await;
 }
 
