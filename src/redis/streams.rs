@@ -366,6 +366,12 @@ async fn slot_loop(
                 let target = e.redirect_node().map(|(a, _)| a.to_owned());
                 conn = connect(seeds, target.as_deref()).await?;
             }
+            Err(e) if e.code() == Some("UNBLOCKED") && redirects < 5 => {
+                // The slot moved away under a blocked read (`MIGRATE`
+                // deleted the streams here); nothing was read. The next
+                // read is redirected to the new owner.
+                redirects += 1;
+            }
             Err(e)
                 if matches!(
                     e.kind(),

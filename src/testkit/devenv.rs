@@ -571,6 +571,64 @@ impl LocalRedisCluster {
         }
     }
 
+    /// Moves the slot of `key`, with its keys, from its master to another
+    /// live master (the way `redis-cli --cluster reshard` moves a slot:
+    /// `IMPORTING`/`MIGRATING`, `MIGRATE` of every key, then the new owner
+    /// announced to every master); returns the new master's port. Clients
+    /// meet `ASK` while it runs and `MOVED` after.
+    ///
+    /// # Errors
+    /// There is no other live master, or a step fails.
+    pub fn move_slot_of(&self, key: &str) -> io::Result<u16> {
+        let cli = find_binary("redis-cli").ok_or_else(|| missing("redis-cli"))?;
+        let from = self.master_of(key)?;
+        let slot = cli_text(&cli, from, &["CLUSTER", "KEYSLOT", key])?
+            .trim()
+            .to_owned();
+        let masters: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some() && n.port != from)
+            .filter(|n| {
+                cli_text(&cli, n.port, &["INFO", "replication"])
+                    .is_ok_and(|t| t.contains("role:master"))
+            })
+            .map(|n| n.port)
+            .collect();
+        let to = *masters
+            .first()
+            .ok_or_else(|| io::Error::other("no other live master"))?;
+        let id =
+            |port: u16| cli_text(&cli, port, &["CLUSTER", "MYID"]).map(|t| t.trim().to_owned());
+        let (from_id, to_id) = (id(from)?, id(to)?);
+        let check = |port: u16, args: &[&str]| -> io::Result<()> {
+            let out = cli_text(&cli, port, args)?;
+            if out.trim() == "OK" || out.trim() == "NOKEY" {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!("{args:?} on {port}: {out}")))
+            }
+        };
+        check(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])?;
+        check(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id])?;
+        loop {
+            let keys = cli_text(&cli, from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"])?;
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            check(from, &args)?;
+        }
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            // Replicas refuse SETSLOT; they learn the owner from their master.
+            let _ = check(n.port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+        Ok(to)
+    }
+
     /// SIGKILLs the master that serves `key` (its replica, if any, takes
     /// over after the node timeout); returns its port.
     ///

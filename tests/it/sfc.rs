@@ -292,6 +292,41 @@ async fn recipes_in_several_scopes_run_side_by_side(backend: Backend) {
     s.station.stop().await;
 }
 
+/// A scope's slot moves to another master while a recipe waits in a step
+/// (a resharding): the station is redirected (`ASK` while the keys move,
+/// `MOVED` after, for the shared connection and the engine's blocking
+/// reads alike) and the recipe completes; a new job runs on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipe_completes_while_its_scope_moves_to_another_master() {
+    let (mut s, eq) = setup_on(Backend::Cluster, answer_all()).await;
+    store_recipe(&mut s.mes, "axle", rear_axle()).await;
+    assert_eq!(store_and_start(&mut s.mes, "axle", "m1").await, 1);
+    until_state(&mut s.mes, "m1", &["Running"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while eq.commands().len() < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(eq.commands().len(), 4, "every push action ran");
+    let cluster = s._r.cluster();
+    let old = cluster.master_of("{axle}").expect("owner");
+    let new = cluster.move_slot_of("{axle}").expect("slot moved");
+    assert_ne!(old, new);
+    assert_eq!(cluster.master_of("{axle}").expect("owner"), new);
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("m1"))
+        .await;
+    let ended = until_state(&mut s.mes, "m1", &["Ended", "Aborted"]).await;
+    assert_eq!(
+        state_texts(&ended["JobState"]),
+        ["Ended", "Completed"],
+        "{ended}"
+    );
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("m2"))
+        .await;
+    let ev = run_to_end(&mut s.mes, "axle", "m2").await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
+    s.station.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_events_follow_the_steps() {
     let (mut s, eq) = setup(answer_all()).await;
