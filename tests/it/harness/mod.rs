@@ -3,7 +3,9 @@
 //! restart them mid-test. The MES and the MQTT client of the tests are
 //! `microdcs::testkit`'s; what is only the tests' lives here: stations on
 //! runtimes of their own ([`station`], [`jobs`]), test equipment
-//! ([`equipment`]) and recipe builders ([`recipes`]).
+//! ([`equipment`]) and recipe builders ([`recipes`]). A test body that takes
+//! a [`Backend`] runs against one Redis and against a Redis Cluster
+//! ([`on_each_backend`]).
 #![allow(dead_code, missing_docs, unreachable_pub)]
 
 pub mod equipment;
