@@ -162,12 +162,11 @@ impl Drop for SlotReader {
     }
 }
 
-/// How long a slot task blocks at most: a stream added to a slot already
-/// being read is read from the next round on.
-const MAX_SLOT_BLOCK: Duration = Duration::from_secs(1);
-/// How long a slot task blocks at least (a caller waiting for a timer may
-/// ask for a millisecond; the task need not spin for it).
-const MIN_SLOT_BLOCK: Duration = Duration::from_millis(100);
+/// How long one read of a slot task blocks. The caller waits its own
+/// `block` time on the channel, so this only bounds how late a stream
+/// added to a slot already being read is first read (from the next round
+/// on), and sets what an idle slot costs: one read a second.
+const SLOT_BLOCK: Duration = Duration::from_secs(1);
 
 impl ClusterReader {
     async fn read<I: AsRef<str>>(
@@ -315,9 +314,7 @@ async fn slot_loop(
             .collect();
         let keys: Vec<&str> = cursors.iter().map(|(k, _)| k.as_str()).collect();
         let ids: Vec<&str> = cursors.iter().map(|(_, at)| at.as_str()).collect();
-        let opts = w
-            .how
-            .options(w.how.block.clamp(MIN_SLOT_BLOCK, MAX_SLOT_BLOCK));
+        let opts = w.how.options(SLOT_BLOCK);
         let mut r: RedisResult<Option<StreamReadReply>> =
             conn.xread_options(&keys, &ids, &opts).await;
         if let Err(e) = &r {
