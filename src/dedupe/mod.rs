@@ -66,7 +66,12 @@ impl Dedupe {
     /// A store under `{prefix}:dedupe:`, remembering processed messages for
     /// `ttl` (the dedupe window) and blocking a crashed claimer's message for
     /// at most `lease`.
-    pub(crate) fn new(conn: RedisConnection, prefix: &str, ttl: Duration, lease: Duration) -> Self {
+    pub(crate) fn new(
+        conn: RedisConnection,
+        prefix: &str,
+        ttl: Duration,
+        lease: Duration,
+    ) -> Self {
         Dedupe {
             conn,
             keys: Keys::new(prefix),

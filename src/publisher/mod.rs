@@ -220,7 +220,11 @@ impl MesPublisher {
                 tokio::time::sleep(self.settings.poll).await;
                 continue;
             }
-            let keys: Vec<String> = self.scopes.keys().map(|s| self.keys().changes(s)).collect();
+            let keys: Vec<String> = self
+                .scopes
+                .keys()
+                .map(|s| self.keys().changes(s))
+                .collect();
             let ids: Vec<&String> = self.scopes.values().map(|f| &f.cursor).collect();
             let opts = StreamRead::new(self.settings.batch, self.block_for(Instant::now()));
             let reply = blocking.read(&keys, &ids, &opts).await?;

@@ -8,8 +8,8 @@
 //! more than the clock skew of one renewal period.
 
 use crate::redis::scripts::{LOCK_RELEASE, LOCK_RENEW};
-use crate::redis::RedisConnection;
 use crate::runtime::Shutdown;
+use crate::redis::RedisConnection;
 use std::future::Future;
 use std::time::Duration;
 use tracing::{info, warn};

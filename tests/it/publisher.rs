@@ -602,20 +602,13 @@ async fn changes_within_the_interval_coalesce_into_one_state_index_with_the_late
     let mut sub = subscriber(m.port(), "mes-view").await;
     let mut view = View::default();
 
-    assert_eq!(
-        mes.status("Store", "s", json!({"JobOrder": order("j0")}))
-            .await,
-        1
-    );
+    assert_eq!(mes.status("Store", "s", json!({"JobOrder": order("j0")})).await, 1);
     until(&mut sub, &mut view, Duration::from_secs(10), |v| {
         !v.seq_of("s").is_empty()
     })
     .await;
     let first = view.seq_of("s");
-    assert!(
-        !first.is_empty(),
-        "the scope's first index is published at once"
-    );
+    assert!(!first.is_empty(), "the scope's first index is published at once");
     for i in 1..20 {
         assert_eq!(
             mes.status("Store", "s", json!({"JobOrder": order(&format!("j{i}"))}))
@@ -627,10 +620,7 @@ async fn changes_within_the_interval_coalesce_into_one_state_index_with_the_late
         v.json("s/order/j19").is_some()
     })
     .await;
-    assert!(
-        view.json("s/order/j19").is_some(),
-        "order topics per change"
-    );
+    assert!(view.json("s/order/j19").is_some(), "order topics per change");
     view.absorb(sub.drain(Duration::from_millis(300)).await);
     assert_eq!(
         view.seq_of("s"),
@@ -644,11 +634,7 @@ async fn changes_within_the_interval_coalesce_into_one_state_index_with_the_late
     })
     .await;
     let seqs = view.seq_of("s");
-    assert_eq!(
-        seqs.len(),
-        first.len() + 1,
-        "one index for 19 changes: {seqs:?}"
-    );
+    assert_eq!(seqs.len(), first.len() + 1, "one index for 19 changes: {seqs:?}");
     assert_eq!(*seqs.last().unwrap(), first.last().unwrap() + 1);
     let index = view.json("s/state-index").unwrap();
     let listed = ids(&index);

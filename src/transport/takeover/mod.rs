@@ -39,11 +39,11 @@
 
 use crate::redis::scripts::{SESSION_DEAD, SESSION_FORGET, SESSION_HEARTBEAT};
 use crate::redis::Keys;
-use crate::redis::RedisConnection;
 use crate::runtime::Shutdown;
 use crate::singleton::SingletonLock;
 use crate::transport::mqtt::MqttTransport;
 use crate::transport::Publisher;
+use crate::redis::RedisConnection;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
