@@ -20,7 +20,7 @@
 use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::processor::Processor;
-pub use crate::redis::{Redis, RedisConnection};
+pub use crate::redis::{Redis, RedisClient, RedisConnection};
 pub use crate::runtime::{Shutdown, ShutdownHandle};
 use crate::transport::mqtt::{MqttSettings, MqttTransport};
 use crate::transport::takeover::{SessionKeeper, SessionRegistry, TakeoverSettings};
@@ -84,6 +84,8 @@ pub struct App {
 /// Where the app's Redis connection comes from.
 enum RedisSource {
     Url(String),
+    /// The node URLs of a Redis Cluster.
+    Cluster(Vec<String>),
     Shared(Redis),
 }
 
@@ -261,6 +263,18 @@ impl AppBuilder {
         self
     }
 
+    /// Uses the Redis Cluster whose nodes (some or all) are at `urls`
+    /// (`redis://[user[:password]@]host:port`) for deduplication (and for
+    /// tasks that need it), with keys under `key_prefix`.
+    pub fn redis_cluster(mut self, urls: Vec<String>, key_prefix: impl Into<String>) -> Self {
+        self.redis = Some((
+            RedisSource::Cluster(urls),
+            key_prefix.into(),
+            Duration::from_secs(600),
+        ));
+        self
+    }
+
     /// Uses an already opened [`Redis`] (shared with components built
     /// before the app, like the job store), with keys under `key_prefix`.
     pub fn redis_shared(mut self, redis: Redis, key_prefix: impl Into<String>) -> Self {
@@ -344,7 +358,11 @@ impl AppBuilder {
     /// transport named `mqtt`, Redis for dedupe, the shutdown grace period.
     pub fn from_config(mut self, config: &Config) -> Self {
         self = self.mqtt("mqtt", config.mqtt_settings());
-        self = self.redis_url(config.redis_url(), config.redis.key_prefix.clone());
+        let prefix = config.redis.key_prefix.clone();
+        self = match config.redis_cluster_urls() {
+            Some(urls) => self.redis_cluster(urls, prefix),
+            None => self.redis_url(config.redis_url(), prefix),
+        };
         self = self.dedupe_window(Duration::from_secs(config.mqtt.dedupe_ttl_seconds));
         self = self.session_takeover(config.mqtt.session_takeover.then_some(TakeoverSettings {
             heartbeat_interval: config.mqtt.session_heartbeat_interval,
@@ -384,6 +402,7 @@ impl AppBuilder {
         if let Some((source, prefix, ttl)) = self.redis {
             let r = match source {
                 RedisSource::Url(url) => Redis::open(&url)?,
+                RedisSource::Cluster(urls) => Redis::open_cluster(&urls)?,
                 RedisSource::Shared(r) => r,
             };
             for (name, t) in &transports {
@@ -413,6 +432,17 @@ impl AppBuilder {
             // judge them by Redis's clock. Measure once now (a Redis that is
             // down is not fatal), then keep measuring.
             let mut conn = r.conn.clone();
+            // On a cluster, every script on every node before the first
+            // `EVALSHA` (a node that misses one later loads it then).
+            if r.conn.is_cluster() {
+                if let Ok(Err(e)) | Err(e) =
+                    tokio::time::timeout(Duration::from_secs(5), conn.load_scripts())
+                        .await
+                        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "timed out")))
+                {
+                    warn!(error = %e, "cannot load the scripts into every cluster node at start; each is loaded where it is first missing");
+                }
+            }
             if let Ok(Err(e)) | Err(e) = tokio::time::timeout(
                 Duration::from_secs(2),
                 crate::runtime::clock::sync(&mut conn),

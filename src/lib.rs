@@ -23,7 +23,9 @@ pub mod telemetry;
 pub mod testkit;
 pub mod transport;
 
-pub use app::{App, AppBuilder, AppError, Redis, RedisConnection, Shutdown, ShutdownHandle};
+pub use app::{
+    App, AppBuilder, AppError, Redis, RedisClient, RedisConnection, Shutdown, ShutdownHandle,
+};
 pub use envelope::{CloudEvent, ContentType, CorrelationId, EventType, MethodCall};
 pub use error::{ErrorKind, HandlerError, ResultExt};
 pub use metrics::{Metrics, MetricsSnapshot};

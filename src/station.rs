@@ -109,7 +109,7 @@ pub async fn build_extended(
     settings: JobSettings,
     extend: impl FnOnce(AppBuilder, Option<&Engine>) -> AppBuilder,
 ) -> Result<Station, AppError> {
-    let redis = Redis::open(&config.redis_url())?;
+    let redis = open_redis(config)?;
     let prefix = config.redis.key_prefix.clone();
     let retention = settings.retention;
     let store = JobStore::new(redis.conn.clone(), prefix.clone(), retention)
@@ -211,6 +211,18 @@ pub async fn build_extended(
         "station built"
     );
     Ok(Station { app, jobs, engine })
+}
+
+/// The Redis `config` names: a Redis Cluster when `redis.cluster_nodes`
+/// is set, else the one Redis at `redis.host`/`redis.port`.
+///
+/// # Errors
+/// An unusable URL (see [`Redis::open`], [`Redis::open_cluster`]).
+pub fn open_redis(config: &Config) -> Result<Redis, redis::RedisError> {
+    match config.redis_cluster_urls() {
+        Some(urls) => Redis::open_cluster(&urls),
+        None => Redis::open(&config.redis_url()),
+    }
 }
 
 async fn purge_all(store: &JobStore) {

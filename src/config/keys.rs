@@ -353,6 +353,22 @@ pub(super) static KEYS: &[Key] = &[
         },
         get: |c| Shown::Int(c.redis.db.into()),
     },
+    Key {
+        section: "redis",
+        name: "cluster_nodes",
+        env: Some("APP_REDIS_CLUSTER_NODES"),
+        set: |c, v| {
+            c.redis.cluster_nodes = value::cluster_nodes(v)?;
+            Ok(())
+        },
+        get: |c| {
+            if c.redis.cluster_nodes.is_empty() {
+                Shown::Unset
+            } else {
+                Shown::Str(c.redis.cluster_nodes.join(","))
+            }
+        },
+    },
     // [processing]
     Key {
         section: "processing",

@@ -137,6 +137,7 @@ impl Config {
                 password: None,
                 key_prefix: "microdcs".into(),
                 db: 0,
+                cluster_nodes: Vec::new(),
             },
             processing: ProcessingConfig {
                 cloudevent_source: t.source,
@@ -407,6 +408,17 @@ fn check_consistency(c: &Config, out: &mut Vec<Problem>) {
                 origin: o,
                 message: format!(
                     "is false and so is {other}: an instance must run processors, the publisher, or both"
+                ),
+            });
+        }
+    }
+    if !c.redis.cluster_nodes.is_empty() && c.redis.db != 0 {
+        if let Some(o) = origin("redis.db") {
+            out.push(Problem {
+                origin: o,
+                message: format!(
+                    "is {}, but a Redis Cluster (`redis.cluster_nodes`) has only database 0: leave `redis.db` out, or separate stations by `redis.key_prefix`",
+                    c.redis.db
                 ),
             });
         }

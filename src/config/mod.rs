@@ -32,6 +32,7 @@
 //! | `redis.username`, `redis.password` | `APP_REDIS_USERNAME`, `APP_REDIS_PASSWORD` | unset |
 //! | `redis.key_prefix` | `APP_REDIS_KEY_PREFIX` | `microdcs` |
 //! | `redis.db` | `APP_REDIS_DB` | `0` |
+//! | `redis.cluster_nodes` (`host:port,…`) | `APP_REDIS_CLUSTER_NODES` | unset (one Redis at `redis.host`) |
 //! | `processing.cloudevent_source` | `APP_PROCESSING_CLOUDEVENT_SOURCE` | `microdcs` |
 //! | `processing.message_expiry_interval` (s) | `APP_PROCESSING_MESSAGE_EXPIRY_INTERVAL` | unset |
 //! | `processing.shared_subscription_name` | `APP_PROCESSING_SHARED_SUBSCRIPTION_NAME` | unset |
@@ -248,6 +249,11 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Database number.
     pub db: u32,
+    /// Nodes (`host:port`, some or all) of a Redis Cluster; empty: one
+    /// Redis at `host`/`port`. With a cluster, `host` and `port` are not
+    /// used, `username` and `password` apply to every node, and `db` must
+    /// be 0.
+    pub cluster_nodes: Vec<String>,
 }
 
 /// `[processing]`.
@@ -413,6 +419,35 @@ impl Config {
         }
         url.push_str(&format!(":{}/{}", r.port, r.db));
         url
+    }
+
+    /// The node URLs of the Redis Cluster, `redis://[user[:password]@]host:port`
+    /// each (user and password percent-encoded), when `redis.cluster_nodes`
+    /// is set; `None` for a single Redis. They contain the password: never
+    /// log them.
+    pub fn redis_cluster_urls(&self) -> Option<Vec<String>> {
+        let r = &self.redis;
+        if r.cluster_nodes.is_empty() {
+            return None;
+        }
+        let mut auth = String::new();
+        let password = r.password.as_ref().map(Secret::expose);
+        if r.username.is_some() || password.is_some() {
+            if let Some(u) = &r.username {
+                value::percent_encode_into(&mut auth, u);
+            }
+            if let Some(p) = password {
+                auth.push(':');
+                value::percent_encode_into(&mut auth, p);
+            }
+            auth.push('@');
+        }
+        Some(
+            r.cluster_nodes
+                .iter()
+                .map(|node| format!("redis://{auth}{node}"))
+                .collect(),
+        )
     }
 
     /// The topics of processor `name`: `default` with every field the

@@ -117,6 +117,59 @@ pub(super) fn host(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The nodes of a Redis Cluster: `host:port` entries separated by commas
+/// (in the file also an array of such strings), each host as [`host`]
+/// checks it (an IPv6 address in brackets, `[::1]:7000`), each port 1 to
+/// 65535; at least one.
+pub(super) fn cluster_nodes(raw: &Raw<'_>) -> Result<Vec<String>, String> {
+    let entries: Vec<String> = match raw {
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                v => Err(format!(
+                    "expected \"host:port\" strings, found {}",
+                    type_name(v)
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        r => r.text()?.split(',').map(str::to_owned).collect(),
+    };
+    let mut nodes = Vec::new();
+    for e in entries {
+        let e = e.trim();
+        if e.is_empty() {
+            continue;
+        }
+        let bad = || format!("expected host:port for a cluster node, found {e:?}");
+        let (name, port) = e.rsplit_once(':').ok_or_else(bad)?;
+        let bare = name
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(name);
+        if bare.is_empty() || (bare.contains(':') && bare == name) {
+            return Err(bad());
+        }
+        host(bare).map_err(|m| format!("cluster node {e:?}: {m}"))?;
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => {
+                return Err(format!(
+                    "cluster node {e:?}: invalid port {port:?} (1 to 65535)"
+                ))
+            }
+        }
+        nodes.push(e.to_owned());
+    }
+    if nodes.is_empty() {
+        return Err(
+            "expected at least one host:port for a cluster node (leave it out for a single Redis)"
+                .into(),
+        );
+    }
+    Ok(nodes)
+}
+
 /// An MQTT topic name we publish to or subscribe below: no wildcards, not
 /// reserved (`$…`), no trailing `/` (it would produce an empty level).
 pub(super) fn topic(s: &str) -> Result<(), String> {
@@ -270,6 +323,29 @@ mod tests {
         assert!(log_level("WARN").is_ok());
         assert!(log_level("warning").is_err());
         assert!(log_level("verbose").is_err());
+    }
+
+    #[test]
+    fn cluster_nodes_are_host_port_pairs() {
+        let ok = cluster_nodes(&Raw::Env("10.0.0.1:7000, redis-b:7001,[::1]:7002")).unwrap();
+        assert_eq!(ok, ["10.0.0.1:7000", "redis-b:7001", "[::1]:7002"]);
+        for bad in [
+            "",
+            " , ",
+            "redis-a",
+            "redis-a:",
+            "redis-a:0",
+            "redis-a:70000",
+            ":7000",
+            "::1:7000",
+            "redis://a:7000",
+        ] {
+            assert!(cluster_nodes(&Raw::Env(bad)).is_err(), "{bad:?} accepted");
+        }
+        let arr = toml::Value::Array(vec!["a:1".into(), "b:2".into()]);
+        assert_eq!(cluster_nodes(&Raw::Toml(&arr)).unwrap(), ["a:1", "b:2"]);
+        let mixed = toml::Value::Array(vec!["a:1".into(), 2.into()]);
+        assert!(cluster_nodes(&Raw::Toml(&mixed)).is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::envelope::{encode_level, escape_for_mqtt, CloudEvent, ContentType};
 use crate::jobs::state::MainState;
 use crate::jobs::store::{parse_state_key, JobStore, StoreError, StoredJob};
 use crate::redis::scripts::INDEX_FILL;
-use crate::redis::Redis;
+use crate::redis::{StreamRead, StreamReader};
 use crate::runtime::backoff::Backoff;
 use crate::runtime::Shutdown;
 use crate::transport::{Outgoing, Publisher};
@@ -132,7 +132,7 @@ struct Followed {
 pub(crate) struct MesPublisher {
     store: JobStore,
     out: Arc<dyn Publisher>,
-    client: redis::Client,
+    client: crate::redis::RedisClient,
     settings: PublisherSettings,
     scopes: BTreeMap<String, Followed>,
 }
@@ -143,7 +143,7 @@ impl MesPublisher {
     /// would stall a shared multiplexed connection).
     pub(crate) fn new(
         store: JobStore,
-        client: redis::Client,
+        client: crate::redis::RedisClient,
         out: Arc<dyn Publisher>,
         settings: PublisherSettings,
     ) -> Self {
@@ -193,7 +193,7 @@ impl MesPublisher {
 
     /// One connected session: start-up republish, then the follow loop.
     async fn session(&mut self) -> Result<(), PublishError> {
-        let mut blocking = Redis::blocking_connection(&self.client).await?;
+        let mut blocking = StreamReader::open(&self.client).await?;
         self.scopes.clear();
         for scope in self.store.scopes().await? {
             self.adopt_scope(&scope).await?;
@@ -221,10 +221,8 @@ impl MesPublisher {
             }
             let keys: Vec<String> = self.scopes.keys().map(|s| self.keys().changes(s)).collect();
             let ids: Vec<&String> = self.scopes.values().map(|f| &f.cursor).collect();
-            let opts = StreamReadOptions::default()
-                .count(self.settings.batch)
-                .block(self.block_for(Instant::now()).as_millis().max(1) as usize);
-            let reply: Option<StreamReadReply> = blocking.xread_options(&keys, &ids, &opts).await?;
+            let opts = StreamRead::new(self.settings.batch, self.block_for(Instant::now()));
+            let reply = blocking.read(&keys, &ids, &opts).await?;
             let Some(reply) = reply else { continue };
             for sk in reply.keys {
                 let Some(scope) = self

@@ -1,8 +1,16 @@
-//! The connection every component shares, and the dedicated ones for
-//! blocking reads.
+//! The connection every component shares, and the client that opens the
+//! dedicated connections for blocking reads: each for one Redis or for a
+//! Redis Cluster.
 
 use redis::aio::ConnectionLike;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
+use redis::{
+    Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, Pipeline, RedisFuture, Value,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -11,28 +19,62 @@ use std::time::Duration;
 /// answers), whatever Redis runs for it.
 static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
 
+/// How long the shared connection waits for a connection to a node.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the shared connection waits for an answer.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The connection the components share: cheap to clone (clones share one
 /// multiplexed, auto-reconnecting connection), usable wherever the `redis`
 /// crate takes a [`ConnectionLike`] (`AsyncCommands`, `Script::invoke_async`,
 /// `Pipeline::query_async`).
 ///
+/// Over a Redis Cluster it holds one multiplexed connection per node and
+/// sends each command (each pipeline, each script) to the master of its
+/// keys' slot, following `MOVED`/`ASK` redirections and refreshing the
+/// slot map after a failover. Every command of a pipeline must then name
+/// keys of one slot: the crate's keys share their scope's hash tag.
+///
 /// It counts round trips ([`RedisConnection::round_trips`]): the figure the
 /// benchmark reports beside Redis's own command count.
 #[derive(Clone)]
 pub struct RedisConnection {
-    inner: redis::aio::ConnectionManager,
+    inner: Shared,
+}
+
+#[derive(Clone)]
+enum Shared {
+    Single(redis::aio::ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
 impl std::fmt::Debug for RedisConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConnection").finish_non_exhaustive()
+        f.debug_struct("RedisConnection")
+            .field("cluster", &self.is_cluster())
+            .finish_non_exhaustive()
     }
 }
 
 impl RedisConnection {
     /// A shared connection over a connection manager (reconnects by itself).
     pub fn new(manager: redis::aio::ConnectionManager) -> Self {
-        RedisConnection { inner: manager }
+        RedisConnection {
+            inner: Shared::Single(manager),
+        }
+    }
+
+    /// A shared connection over a Redis Cluster connection (routes by slot,
+    /// follows redirections, reconnects by itself).
+    pub fn cluster(conn: ClusterConnection) -> Self {
+        RedisConnection {
+            inner: Shared::Cluster(conn),
+        }
+    }
+
+    /// Whether this connection talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner, Shared::Cluster(_))
     }
 
     /// Requests (commands or pipelines, each one round trip) this process
@@ -40,12 +82,66 @@ impl RedisConnection {
     pub fn round_trips() -> u64 {
         ROUND_TRIPS.load(Ordering::Relaxed)
     }
+
+    /// Runs `cmd` on the node that owns `key`'s slot: for commands that
+    /// name no key but are about keys of one slot (`SCAN` of one scope's
+    /// keys, which on a cluster must ask the owner of the scope's slot). On
+    /// a single Redis, simply runs it.
+    ///
+    /// # Errors
+    /// Redis is unavailable, or the reply is not a `T`.
+    pub(crate) async fn query_at_key<T: FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: &Cmd,
+    ) -> redis::RedisResult<T> {
+        ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
+        let value = match &mut self.inner {
+            Shared::Single(c) => c.req_packed_command(cmd).await?,
+            Shared::Cluster(c) => {
+                let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                    key.as_bytes(),
+                    SlotAddr::Master,
+                ));
+                c.route_command(cmd.clone(), RoutingInfo::SingleNode(route))
+                    .await?
+            }
+        };
+        redis::from_redis_value(value).map_err(Into::into)
+    }
+
+    /// Loads every script of the crate into every node of a cluster, so
+    /// the first `EVALSHA` on each master (and on a replica promoted later)
+    /// finds it. Nothing to do on a single Redis: a script missing after a
+    /// restart is loaded on its first `NOSCRIPT`.
+    ///
+    /// # Errors
+    /// A node is unavailable.
+    pub(crate) async fn load_scripts(&mut self) -> redis::RedisResult<()> {
+        let Shared::Cluster(c) = &mut self.inner else {
+            return Ok(());
+        };
+        for script in super::scripts::all() {
+            ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(script);
+            let routing = RoutingInfo::MultiNode((
+                MultipleNodeRoutingInfo::AllNodes,
+                Some(ResponsePolicy::AllSucceeded),
+            ));
+            c.route_command(load, routing).await?;
+        }
+        Ok(())
+    }
 }
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
-        self.inner.req_packed_command(cmd)
+        match &mut self.inner {
+            Shared::Single(c) => c.req_packed_command(cmd),
+            Shared::Cluster(c) => c.req_packed_command(cmd),
+        }
     }
 
     fn req_packed_commands<'a>(
@@ -55,21 +151,65 @@ impl ConnectionLike for RedisConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
-        self.inner.req_packed_commands(pipeline, offset, count)
+        match &mut self.inner {
+            Shared::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Shared::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
     }
 
     fn get_db(&self) -> i64 {
-        self.inner.get_db()
+        match &self.inner {
+            Shared::Single(c) => c.get_db(),
+            Shared::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What opens the dedicated connections of blocking stream reads
+/// ([`StreamReader`](super::StreamReader)): a client of one Redis, or the
+/// nodes of a Redis Cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisClient {
+    inner: Client,
+}
+
+#[derive(Clone)]
+pub(super) enum Client {
+    Single(redis::Client),
+    /// The configured nodes (where a reader starts; it follows `MOVED` to
+    /// the owner of its slot from there).
+    Cluster(std::sync::Arc<[ConnectionInfo]>),
+}
+
+impl std::fmt::Debug for RedisClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisClient")
+            .field("cluster", &matches!(self.inner, Client::Cluster(_)))
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<redis::Client> for RedisClient {
+    fn from(client: redis::Client) -> Self {
+        RedisClient {
+            inner: Client::Single(client),
+        }
+    }
+}
+
+impl RedisClient {
+    pub(super) fn kind(&self) -> &Client {
+        &self.inner
     }
 }
 
 /// A Redis client with its shared, auto-reconnecting connection. Components
-/// that block on Redis (stream reads) open their own connection from
+/// that block on Redis (stream reads) open their own connections from
 /// `client`; everything else shares `conn`.
 #[derive(Clone)]
 pub struct Redis {
     /// The client (for dedicated connections).
-    pub client: redis::Client,
+    pub client: RedisClient,
     /// The shared multiplexed connection.
     pub conn: RedisConnection,
 }
@@ -92,7 +232,7 @@ impl Redis {
         client: &redis::Client,
     ) -> Result<redis::aio::MultiplexedConnection, redis::RedisError> {
         let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
             .set_response_timeout(None);
         client
             .get_multiplexed_async_connection_with_config(&cfg)
@@ -107,14 +247,59 @@ impl Redis {
     pub fn open(url: &str) -> Result<Redis, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_max_delay(Duration::from_secs(2))
             .set_number_of_retries(2);
         let conn = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), cfg)?;
         Ok(Redis {
-            client,
+            client: client.into(),
             conn: RedisConnection::new(conn),
+        })
+    }
+
+    /// Opens the Redis Cluster whose nodes (some or all of them) are at
+    /// `urls` (`redis://[user[:password]@]host:port`), lazily: the
+    /// connections to the nodes are made in the background, and a cluster
+    /// that is down is retried rather than fatal. Commands go to the
+    /// master of their keys' slot.
+    ///
+    /// # Errors
+    /// A URL cannot be parsed, the URLs disagree on user or password, or
+    /// one names a database other than 0 (a cluster has only database 0).
+    pub fn open_cluster<T: AsRef<str>>(urls: &[T]) -> Result<Redis, redis::RedisError> {
+        let nodes = urls
+            .iter()
+            .map(|u| u.as_ref().into_connection_info())
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a Redis Cluster needs at least one node",
+            )));
+        }
+        if nodes.iter().any(|n| n.redis_settings().db() != 0) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a Redis Cluster has only database 0",
+            )));
+        }
+        let client: ClusterClient = ClusterClientBuilder::new(nodes.clone())
+            .connection_timeout(CONNECTION_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            // Room for the retries of a failover (redirections, slot map
+            // refreshes) beyond one answer's time.
+            .overall_response_timeout(Some(RESPONSE_TIMEOUT * 2))
+            .build()?;
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(CONNECTION_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT);
+        let conn = client.get_pending_async_connection_with_config(config);
+        Ok(Redis {
+            client: RedisClient {
+                inner: Client::Cluster(nodes.into()),
+            },
+            conn: RedisConnection::cluster(conn),
         })
     }
 }

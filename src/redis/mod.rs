@@ -1,6 +1,7 @@
 //! One home for Redis: the key schema ([`Keys`], one accessor per kind of
 //! key), every Lua script (`lua/`, loaded in [`scripts`]) and the
-//! connection type ([`Redis`]). The components that use Redis (job store,
+//! connection types ([`Redis`], one Redis or a Redis Cluster) with the
+//! blocking reader of many streams (`streams`). The components that use Redis (job store,
 //! SFC engine, publisher, dedupe, singleton locks, the MQTT session
 //! registry) build their keys and invoke their scripts through here, so
 //! what lives in Redis can be read in one place.
@@ -46,6 +47,8 @@
 mod connection;
 mod keys;
 pub(crate) mod scripts;
+mod streams;
 
-pub use connection::{Redis, RedisConnection};
+pub use connection::{Redis, RedisClient, RedisConnection};
 pub(crate) use keys::Keys;
+pub(crate) use streams::{StreamRead, StreamReader};

@@ -18,6 +18,12 @@ macro_rules! scripts {
         /// Every script with its file name (for the hash pin).
         #[cfg(test)]
         const ALL: &[(&str, &LazyLock<Script>)] = &[$(($file, &$name)),*];
+
+        /// The text of every script (to load them on every node of a
+        /// cluster at start).
+        pub(crate) fn all() -> &'static [&'static str] {
+            &[$(include_str!(concat!("lua/", $file))),*]
+        }
     };
 }
 

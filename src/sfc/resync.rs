@@ -126,14 +126,15 @@ impl Engine {
         let mut c = self.conn();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
+            // The scope's keys share one slot: on a cluster, its owner
+            // holds them all.
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(500)
-                .query_async(&mut c)
-                .await?;
+                .arg(500);
+            let (next, keys): (u64, Vec<String>) = c.query_at_key(&exec_prefix, &scan).await?;
             ids.extend(
                 keys.iter()
                     .filter_map(|k| k.strip_prefix(&exec_prefix))

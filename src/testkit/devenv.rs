@@ -347,3 +347,365 @@ impl Drop for LocalRedis {
         self.kill();
     }
 }
+
+/// A Redis Cluster of local `redis-server` processes (the same binary as
+/// [`LocalRedis`], with `cluster-enabled yes`), created with
+/// `redis-cli --cluster create`: three masters sharing the 16384 slots,
+/// optionally one replica each (for failover tests). Nothing is kept on
+/// disk; `cluster-node-timeout` is short (2 s) so a failover is quick, and
+/// the cluster keeps serving the slots of live masters while one is down.
+/// Every server is killed when dropped.
+#[derive(Debug)]
+pub struct LocalRedisCluster {
+    nodes: Vec<ClusterNode>,
+}
+
+#[derive(Debug)]
+struct ClusterNode {
+    child: Option<Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Masters of a [`LocalRedisCluster`].
+const CLUSTER_MASTERS: usize = 3;
+
+impl LocalRedisCluster {
+    /// Starts three masters.
+    ///
+    /// # Errors
+    /// redis-server or redis-cli is not installed, or the cluster does not
+    /// form within 20 s.
+    pub fn start() -> io::Result<Self> {
+        Self::start_with(0)
+    }
+
+    /// Starts three masters with one replica each: a master that is killed
+    /// is replaced by its replica.
+    ///
+    /// # Errors
+    /// As [`LocalRedisCluster::start`].
+    pub fn start_with_replicas() -> io::Result<Self> {
+        Self::start_with(1)
+    }
+
+    fn start_with(replicas: usize) -> io::Result<Self> {
+        let bin = find_binary("redis-server").ok_or_else(|| missing("redis-server"))?;
+        let cli = find_binary("redis-cli").ok_or_else(|| missing("redis-cli"))?;
+        let mut cluster = LocalRedisCluster { nodes: Vec::new() };
+        for _ in 0..CLUSTER_MASTERS * (1 + replicas) {
+            let port = cluster_port()?;
+            let dir = tempfile::tempdir()?;
+            let mut child = Command::new(&bin)
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let up = wait_listening(port, "redis-server (cluster node)", &mut child);
+            cluster.nodes.push(ClusterNode {
+                child: Some(child),
+                port,
+                _dir: dir,
+            });
+            up?;
+        }
+        let out = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("127.0.0.1:{}", n.port)),
+            )
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )));
+        }
+        // Every node must agree before the first client asks: a node that
+        // has not yet learnt the slot map answers CLUSTERDOWN.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = cluster.nodes.iter().all(|n| {
+                cli_text(&cli, n.port, &["CLUSTER", "INFO"])
+                    .is_ok_and(|t| t.contains("cluster_state:ok"))
+            }) && cluster.replicas_in_sync(&cli, replicas);
+            if ready {
+                return Ok(cluster);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the local Redis Cluster did not become ready within 20 s",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether every master has its `replicas` replicas connected.
+    fn replicas_in_sync(&self, cli: &Path, replicas: usize) -> bool {
+        if replicas == 0 {
+            return true;
+        }
+        self.nodes
+            .iter()
+            .all(|n| match cli_text(cli, n.port, &["INFO", "replication"]) {
+                Ok(t) if t.contains("role:master") => {
+                    t.contains(&format!("connected_slaves:{replicas}"))
+                }
+                Ok(t) => t.contains("master_link_status:up"),
+                Err(_) => false,
+            })
+    }
+
+    /// The ports (on 127.0.0.1) of every node, masters and replicas.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// `127.0.0.1:{port},…` of every node: the value of
+    /// `APP_REDIS_CLUSTER_NODES`.
+    pub fn nodes(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `redis://127.0.0.1:{port}/` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .collect()
+    }
+
+    /// The port of the master that serves `key` now (asked of a live node).
+    ///
+    /// # Errors
+    /// No live node answers, or none claims the slot.
+    pub fn master_of(&self, key: &str) -> io::Result<u16> {
+        let cli = find_binary("redis-cli").ok_or_else(|| missing("redis-cli"))?;
+        let mut last = io::Error::other("no cluster node is running");
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let slot = match cli_text(&cli, n.port, &["CLUSTER", "KEYSLOT", key]) {
+                Ok(s) => s.trim().parse::<u16>().map_err(io::Error::other)?,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let nodes = match cli_text(&cli, n.port, &["CLUSTER", "NODES"]) {
+                Ok(t) => t,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            for line in nodes.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                    continue;
+                }
+                let serves = f[8..].iter().any(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+                });
+                if serves {
+                    let port = f[1]
+                        .split('@')
+                        .next()
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| p.parse().ok());
+                    if let Some(port) = port {
+                        return Ok(port);
+                    }
+                }
+            }
+            last = io::Error::other(format!("no master serves slot {slot}"));
+        }
+        Err(last)
+    }
+
+    /// Waits until the master of `key` has passed every write it
+    /// acknowledged to its replica (`WAIT 1`): a failover after this loses
+    /// nothing (replication is asynchronous otherwise).
+    ///
+    /// # Errors
+    /// The master cannot be asked, or its replica did not confirm in 5 s.
+    pub fn sync_replica_of(&self, key: &str) -> io::Result<()> {
+        let cli = find_binary("redis-cli").ok_or_else(|| missing("redis-cli"))?;
+        let port = self.master_of(key)?;
+        let n = cli_text(&cli, port, &["WAIT", "1", "5000"])?;
+        if n.trim() == "1" {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "the replica of 127.0.0.1:{port} did not confirm: {n}"
+            )))
+        }
+    }
+
+    /// Moves the slot of `key`, with its keys, from its master to another
+    /// live master (the way `redis-cli --cluster reshard` moves a slot:
+    /// `IMPORTING`/`MIGRATING`, `MIGRATE` of every key, then the new owner
+    /// announced to every master); returns the new master's port. Clients
+    /// meet `ASK` while it runs and `MOVED` after.
+    ///
+    /// # Errors
+    /// There is no other live master, or a step fails.
+    pub fn move_slot_of(&self, key: &str) -> io::Result<u16> {
+        let cli = find_binary("redis-cli").ok_or_else(|| missing("redis-cli"))?;
+        let from = self.master_of(key)?;
+        let slot = cli_text(&cli, from, &["CLUSTER", "KEYSLOT", key])?
+            .trim()
+            .to_owned();
+        let masters: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some() && n.port != from)
+            .filter(|n| {
+                cli_text(&cli, n.port, &["INFO", "replication"])
+                    .is_ok_and(|t| t.contains("role:master"))
+            })
+            .map(|n| n.port)
+            .collect();
+        let to = *masters
+            .first()
+            .ok_or_else(|| io::Error::other("no other live master"))?;
+        let id =
+            |port: u16| cli_text(&cli, port, &["CLUSTER", "MYID"]).map(|t| t.trim().to_owned());
+        let (from_id, to_id) = (id(from)?, id(to)?);
+        let check = |port: u16, args: &[&str]| -> io::Result<()> {
+            let out = cli_text(&cli, port, args)?;
+            if out.trim() == "OK" || out.trim() == "NOKEY" {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!("{args:?} on {port}: {out}")))
+            }
+        };
+        check(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])?;
+        check(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id])?;
+        loop {
+            let keys = cli_text(&cli, from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"])?;
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            check(from, &args)?;
+        }
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            // Replicas refuse SETSLOT; they learn the owner from their master.
+            let _ = check(n.port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+        Ok(to)
+    }
+
+    /// SIGKILLs the master that serves `key` (its replica, if any, takes
+    /// over after the node timeout); returns its port.
+    ///
+    /// # Errors
+    /// As [`LocalRedisCluster::master_of`].
+    pub fn kill_master_of(&mut self, key: &str) -> io::Result<u16> {
+        let port = self.master_of(key)?;
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
+            stop_child(&mut n.child, false);
+        }
+        Ok(port)
+    }
+
+    /// Waits until a live master serves `key` again and every live node
+    /// reports the cluster as ok.
+    ///
+    /// # Errors
+    /// Not within `timeout`.
+    pub fn wait_served(&self, key: &str, timeout: Duration) -> io::Result<u16> {
+        let cli = find_binary("redis-cli").ok_or_else(|| missing("redis-cli"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(port) = self.master_of(key) {
+                let live = self
+                    .nodes
+                    .iter()
+                    .any(|n| n.port == port && n.child.is_some());
+                let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                    cli_text(&cli, n.port, &["CLUSTER", "INFO"])
+                        .is_ok_and(|t| t.contains("cluster_state:ok"))
+                });
+                if live && ok {
+                    return Ok(port);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no live master serves {key:?} after {timeout:?}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for LocalRedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            stop_child(&mut n.child, false);
+        }
+    }
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn cluster_port() -> io::Result<u16> {
+    for _ in 0..100 {
+        let port = free_port()?;
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other("no free port pair for a cluster node"))
+}
+
+/// `redis-cli -p port args…`'s output.
+fn cli_text(cli: &Path, port: u16, args: &[&str]) -> io::Result<String> {
+    let out = Command::new(cli)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "redis-cli -p {port} {args:?} failed"
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -772,3 +772,65 @@ fn command_line_mistakes_exit_with_2_and_help_with_0() {
         assert!(text(&out.stderr).contains("--help"), "{args:?}");
     }
 }
+
+#[test]
+fn redis_cluster_nodes_come_from_the_environment_or_the_file() {
+    let c = load(
+        None,
+        &[
+            (
+                "APP_REDIS_CLUSTER_NODES",
+                "10.0.0.1:7000, redis-b:7001,[::1]:7002",
+            ),
+            ("APP_REDIS_USERNAME", "st@tion"),
+            ("APP_REDIS_PASSWORD", "p:w"),
+        ],
+    );
+    assert_eq!(
+        c.redis.cluster_nodes,
+        ["10.0.0.1:7000", "redis-b:7001", "[::1]:7002"]
+    );
+    assert_eq!(
+        c.redis_cluster_urls().unwrap(),
+        [
+            "redis://st%40tion:p%3Aw@10.0.0.1:7000",
+            "redis://st%40tion:p%3Aw@redis-b:7001",
+            "redis://st%40tion:p%3Aw@[::1]:7002",
+        ]
+    );
+    let file = r#"
+        [redis]
+        cluster_nodes = ["a:7000", "b:7000"]
+    "#;
+    assert_eq!(
+        load(Some(file), &NO_ENV).redis.cluster_nodes,
+        ["a:7000", "b:7000"]
+    );
+    assert_eq!(
+        load(None, &NO_ENV).redis_cluster_urls(),
+        None,
+        "one Redis by default"
+    );
+    // The effective configuration reads back as the same nodes.
+    let c = load(None, &[("APP_REDIS_CLUSTER_NODES", "a:7000,b:7001")]);
+    let again = load(Some(&c.redacted_toml()), &NO_ENV);
+    assert_eq!(again.redis.cluster_nodes, ["a:7000", "b:7001"]);
+}
+
+#[test]
+fn redis_cluster_nodes_must_be_host_port_and_db_zero() {
+    for bad in ["redis-a", "redis-a:0", "redis-a:99999", ":7000", " , "] {
+        let e = error(None, &[("APP_REDIS_CLUSTER_NODES", bad)]);
+        assert_problem(&e, "APP_REDIS_CLUSTER_NODES", "cluster node");
+    }
+    let e = error(
+        None,
+        &[("APP_REDIS_CLUSTER_NODES", "a:7000"), ("APP_REDIS_DB", "2")],
+    );
+    assert_problem(&e, "APP_REDIS_DB", "only database 0");
+    // db 0 stated explicitly is fine.
+    load(
+        None,
+        &[("APP_REDIS_CLUSTER_NODES", "a:7000"), ("APP_REDIS_DB", "0")],
+    );
+}

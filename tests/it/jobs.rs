@@ -2,7 +2,7 @@
 //! the wire contract drives jobs through `microdcs::station`.
 
 use crate::harness::jobs::{self, order, state_texts, JobStation, Mes, PREFIX};
-use crate::harness::{init_tracing, Mosquitto, Redis};
+use crate::harness::{init_tracing, on_each_backend, Backend, Mosquitto, Redis, Store};
 use microdcs::jobs::{Internal, JobManager, JobState, MainState, Method, ReturnStatus};
 use microdcs::testkit::mqtt::{user_prop, TestClient};
 use redis::AsyncCommands;
@@ -25,6 +25,18 @@ async fn setup() -> (Mosquitto, Redis, JobStation, Mes) {
     (m, r, station, mes)
 }
 
+/// [`setup`] on the Redis `backend` names.
+async fn setup_on(backend: Backend) -> (Mosquitto, Store, JobStation, Mes) {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Store::start(backend);
+    let mut env = jobs::env(m.port(), 0, "st-1");
+    r.configure(&mut env);
+    let station = jobs::start(env).await;
+    let mes = Mes::connect(m.port(), "mes").await;
+    (m, r, station, mes)
+}
+
 fn id(v: &str) -> Value {
     json!({ "JobOrderID": v })
 }
@@ -33,9 +45,9 @@ fn manager(s: &JobStation) -> JobManager {
     s.jobs.clone().expect("processor instance")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_mes_drives_a_job_through_its_whole_lifecycle() {
-    let (_m, _r, station, mut mes) = setup().await;
+on_each_backend!(an_mes_drives_a_job_through_its_whole_lifecycle);
+async fn an_mes_drives_a_job_through_its_whole_lifecycle(backend: Backend) {
+    let (_m, _r, station, mut mes) = setup_on(backend).await;
     let scope = "line-1";
     assert_eq!(
         mes.status("Store", scope, json!({"JobOrder": order("j1")}))
@@ -103,6 +115,10 @@ async fn an_mes_drives_a_job_through_its_whole_lifecycle() {
     assert_eq!(mes.next_state().await, ["EndState"]);
     assert_eq!(mes.status("Clear", scope, id("j1")).await, BAD_STATE);
     assert_eq!(mes.status("Start", scope, id("j1")).await, BAD_STATE);
+    // It all lives in the Redis under test (one server or the cluster).
+    let mut c = _r.connection();
+    let state: Option<String> = c.hget("t:{line-1}:job:j1", "state").await.unwrap();
+    assert!(state.is_some(), "the job is stored in the Redis under test");
     station.stop().await;
 }
 

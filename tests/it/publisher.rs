@@ -2,7 +2,7 @@
 //! (wire contract §4), against real Mosquitto and Redis.
 
 use crate::harness::jobs::{self, order, state_texts, JobStation, Mes, PREFIX};
-use crate::harness::{init_tracing, Mosquitto, Redis};
+use crate::harness::{init_tracing, on_each_backend, Backend, Mosquitto, Redis, Store};
 use microdcs::jobs::Internal;
 use microdcs::testkit::mqtt::{user_prop, TestClient};
 use rumqttc::v5::mqttbytes::v5::Publish;
@@ -96,12 +96,14 @@ fn ids(index: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mes_sees_state_index_order_and_result_topics() {
+on_each_backend!(mes_sees_state_index_order_and_result_topics);
+async fn mes_sees_state_index_order_and_result_topics(backend: Backend) {
     init_tracing();
     let m = Mosquitto::start();
-    let r = Redis::start();
-    let station = jobs::start(jobs::env(m.port(), r.0.port(), "p1")).await;
+    let r = Store::start(backend);
+    let mut env = jobs::env(m.port(), 0, "p1");
+    r.configure(&mut env);
+    let station = jobs::start(env).await;
     let mut mes = Mes::connect(m.port(), "mes").await;
     let mut sub = subscriber(m.port(), "mes-view").await;
     let mut view = View::default();

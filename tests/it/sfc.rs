@@ -5,7 +5,7 @@
 use crate::harness::equipment::{Answer, Equipment};
 use crate::harness::jobs::{self, order, state_texts, Mes, PREFIX};
 use crate::harness::recipes::{pull_event, push_command, store_recipe, SFC};
-use crate::harness::{init_tracing, Mosquitto, Redis};
+use crate::harness::{init_tracing, on_each_backend, Backend, Mosquitto, Redis, Store};
 use microdcs::testkit::mqtt::{ce_props, user_prop, TestClient};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,16 +66,22 @@ fn first_clamp_lost() -> Answer {
 
 struct Setup {
     _m: Mosquitto,
-    _r: Redis,
+    _r: Store,
     station: jobs::JobStation,
     mes: Mes,
 }
 
 async fn setup(answer: Answer) -> (Setup, Equipment) {
+    setup_on(Backend::Single, answer).await
+}
+
+/// [`setup`] on the Redis `backend` names.
+async fn setup_on(backend: Backend, answer: Answer) -> (Setup, Equipment) {
     init_tracing();
     let m = Mosquitto::start();
-    let r = Redis::start();
-    let mut env = jobs::env(m.port(), r.0.port(), "sfc-1");
+    let r = Store::start(backend);
+    let mut env = jobs::env(m.port(), 0, "sfc-1");
+    r.configure(&mut env);
     jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
     let station = jobs::start(env).await;
     let equipment = Equipment::start(m.port(), answer).await;
@@ -118,9 +124,9 @@ async fn until_state(mes: &mut Mes, job: &str, states: &[&str]) -> Value {
     panic!("job {job} did not reach {states:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recipe_runs_on_equipment_to_ended_completed_with_its_results() {
-    let (mut s, eq) = setup(answer_all()).await;
+on_each_backend!(a_recipe_runs_on_equipment_to_ended_completed_with_its_results);
+async fn a_recipe_runs_on_equipment_to_ended_completed_with_its_results(backend: Backend) {
+    let (mut s, eq) = setup_on(backend, answer_all()).await;
     store_recipe(&mut s.mes, "axle", rear_axle()).await;
     // The inspection event arrives before its step is active: it is kept.
     eq.event("axle", INSPECTED, json!({"passed": true}), Some("a1"))
@@ -170,6 +176,154 @@ async fn a_recipe_runs_on_equipment_to_ended_completed_with_its_results() {
         )
         .await;
     assert_eq!(r["ReturnStatus"], 1);
+    s.station.stop().await;
+}
+
+/// A Redis Cluster master fails over while a recipe waits in a step: the
+/// station follows the scope's slot to the promoted replica (shared
+/// connection and the engine's blocking reads alike), the recipe completes,
+/// and a new job in the same scope runs from start to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipe_completes_across_a_cluster_master_failover() {
+    let (mut s, eq) = setup_on(Backend::ClusterWithReplicas, answer_all()).await;
+    store_recipe(&mut s.mes, "axle", rear_axle()).await;
+    assert_eq!(store_and_start(&mut s.mes, "axle", "f1").await, 1);
+    until_state(&mut s.mes, "f1", &["Running"]).await;
+    // The recipe now waits in `inspect` for the event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while eq.commands().len() < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(eq.commands().len(), 4, "every push action ran");
+    // Every key of the scope lives in the slot of its hash tag.
+    let cluster = s._r.cluster();
+    // Replication is asynchronous: let the replica catch up first, so the
+    // failover loses no acknowledged write (what is tested is the
+    // station's recovery, not Redis's durability).
+    cluster.sync_replica_of("{axle}").expect("replica in sync");
+    let old = cluster.kill_master_of("{axle}").expect("kill the master");
+    let new = cluster
+        .wait_served("{axle}", Duration::from_secs(60))
+        .expect("the replica takes over");
+    assert_ne!(old, new, "a replica serves the slot now");
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("f1"))
+        .await;
+    let ended = until_state(&mut s.mes, "f1", &["Ended", "Aborted"]).await;
+    assert_eq!(
+        state_texts(&ended["JobState"]),
+        ["Ended", "Completed"],
+        "{ended}"
+    );
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("f2"))
+        .await;
+    let ev = run_to_end(&mut s.mes, "axle", "f2").await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
+    // The publisher follows the scope on its new master too: the retained
+    // state index comes to show both jobs ended.
+    let mut view = TestClient::connect(s._m.port(), "index-view").await;
+    view.subscribe(&format!("{PREFIX}/axle/state-index")).await;
+    let ended_in_index = |index: &Value| {
+        let jobs = index["jobs"].as_array().cloned().unwrap_or_default();
+        ["f1", "f2"].iter().all(|id| {
+            jobs.iter()
+                .any(|j| j["job_order_id"] == *id && state_texts(&j["state"])[0] == "Ended")
+        })
+    };
+    let mut last = Value::Null;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !ended_in_index(&last) && tokio::time::Instant::now() < deadline {
+        if let Some(p) = view.recv(Duration::from_millis(500)).await {
+            if !p.payload.is_empty() {
+                last = serde_json::from_slice(&p.payload).expect("index JSON");
+            }
+        }
+    }
+    assert!(
+        ended_in_index(&last),
+        "state index after the failover: {last}"
+    );
+    s.station.stop().await;
+}
+
+on_each_backend!(recipes_in_several_scopes_run_side_by_side);
+/// Scopes are the unit of distribution over a cluster (one slot each): the
+/// engine reads every scope's streams, whichever master holds them, and
+/// picks up scopes that appear while it runs.
+async fn recipes_in_several_scopes_run_side_by_side(backend: Backend) {
+    let (mut s, eq) = setup_on(backend, answer_all()).await;
+    let scopes = ["axle", "line-2", "line-3", "line-4", "line-5"];
+    for (i, scope) in scopes.iter().enumerate() {
+        store_recipe(&mut s.mes, scope, rear_axle()).await;
+        let job = format!("s{i}");
+        eq.event(scope, INSPECTED, json!({"passed": true}), Some(&job))
+            .await;
+        let ev = run_to_end(&mut s.mes, scope, &job).await;
+        assert_eq!(
+            state_texts(&ev["JobState"]),
+            ["Ended", "Completed"],
+            "{scope}: {ev}"
+        );
+    }
+    // Once every scope is known, all at once.
+    for (i, scope) in scopes.iter().enumerate() {
+        let job = format!("t{i}");
+        eq.event(scope, INSPECTED, json!({"passed": true}), Some(&job))
+            .await;
+        assert_eq!(store_and_start(&mut s.mes, scope, &job).await, 1);
+    }
+    let mut ended = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while ended.len() < scopes.len() && tokio::time::Instant::now() < deadline {
+        if let Some((_, ev)) = s.mes.next_event().await {
+            let state = state_texts(&ev["JobState"]);
+            let job = ev["JobOrder"]["JobOrderID"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            if job.starts_with('t') && ["Ended", "Aborted"].contains(&state[0].as_str()) {
+                ended.insert(job, state);
+            }
+        }
+    }
+    assert_eq!(ended.len(), scopes.len(), "every job ended: {ended:?}");
+    for (job, state) in ended {
+        assert_eq!(state, ["Ended", "Completed"], "{job}");
+    }
+    s.station.stop().await;
+}
+
+/// A scope's slot moves to another master while a recipe waits in a step
+/// (a resharding): the station is redirected (`ASK` while the keys move,
+/// `MOVED` after, for the shared connection and the engine's blocking
+/// reads alike) and the recipe completes; a new job runs on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipe_completes_while_its_scope_moves_to_another_master() {
+    let (mut s, eq) = setup_on(Backend::Cluster, answer_all()).await;
+    store_recipe(&mut s.mes, "axle", rear_axle()).await;
+    assert_eq!(store_and_start(&mut s.mes, "axle", "m1").await, 1);
+    until_state(&mut s.mes, "m1", &["Running"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while eq.commands().len() < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(eq.commands().len(), 4, "every push action ran");
+    let cluster = s._r.cluster();
+    let old = cluster.master_of("{axle}").expect("owner");
+    let new = cluster.move_slot_of("{axle}").expect("slot moved");
+    assert_ne!(old, new);
+    assert_eq!(cluster.master_of("{axle}").expect("owner"), new);
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("m1"))
+        .await;
+    let ended = until_state(&mut s.mes, "m1", &["Ended", "Aborted"]).await;
+    assert_eq!(
+        state_texts(&ended["JobState"]),
+        ["Ended", "Completed"],
+        "{ended}"
+    );
+    eq.event("axle", INSPECTED, json!({"passed": true}), Some("m2"))
+        .await;
+    let ev = run_to_end(&mut s.mes, "axle", "m2").await;
+    assert_eq!(state_texts(&ev["JobState"]), ["Ended", "Completed"], "{ev}");
     s.station.stop().await;
 }
 
@@ -277,9 +431,9 @@ async fn an_equipment_error_aborts_the_job_with_a_response() {
     s.station.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_command_is_resent_with_the_same_id_after_its_timeout() {
-    let (mut s, eq) = setup(first_clamp_lost()).await;
+on_each_backend!(a_lost_command_is_resent_with_the_same_id_after_its_timeout);
+async fn a_lost_command_is_resent_with_the_same_id_after_its_timeout(backend: Backend) {
+    let (mut s, eq) = setup_on(backend, first_clamp_lost()).await;
     let mut r = rear_axle();
     r["Actions"][0]["TimeoutSeconds"] = json!(1);
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 3, "BackoffSeconds": 0.2});
@@ -316,9 +470,9 @@ async fn a_pull_event_that_never_comes_fails_the_job_at_its_timeout() {
     s.station.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_resume_and_stop_control_a_running_recipe() {
-    let (mut s, eq) = setup(answer_all()).await;
+on_each_backend!(pause_resume_and_stop_control_a_running_recipe);
+async fn pause_resume_and_stop_control_a_running_recipe(backend: Backend) {
+    let (mut s, eq) = setup_on(backend, answer_all()).await;
     store_recipe(&mut s.mes, "axle", rear_axle()).await;
     assert_eq!(store_and_start(&mut s.mes, "axle", "c1").await, 1);
     until_state(&mut s.mes, "c1", &["Running"]).await;
@@ -666,13 +820,14 @@ async fn leaving_running_waits_for_a_command_being_sent_on_another_replica() {
         until_state(&mut s.mes, job, &["Running"]).await;
     }
     let mut c =
-        s._r.client()
+        s._r.single()
+            .client()
             .get_multiplexed_async_connection()
             .await
             .unwrap();
 
     // The other replica finishes its send: Aborted follows at once.
-    let member = foreign_lease(&s._r, "l1", 20_000).await;
+    let member = foreign_lease(s._r.single(), "l1", 20_000).await;
     let abort = abort_in_background(port, "l1");
     not_aborted_within(&mut s.mes, "l1", Duration::from_millis(800)).await;
     let _: i64 = redis::cmd("ZREM")
@@ -688,7 +843,7 @@ async fn leaving_running_waits_for_a_command_being_sent_on_another_replica() {
 
     // The other replica died mid-send: Aborted follows when its lease
     // expires, not before.
-    foreign_lease(&s._r, "l2", 1_500).await;
+    foreign_lease(s._r.single(), "l2", 1_500).await;
     let started = tokio::time::Instant::now();
     let abort = abort_in_background(port, "l2");
     until_state(&mut s.mes, "l2", &["Aborted"]).await;
@@ -830,8 +985,8 @@ fn everything() -> Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qualifiers_nested_branches_and_a_loop_run_end_to_end() {
+on_each_backend!(qualifiers_nested_branches_and_a_loop_run_end_to_end);
+async fn qualifiers_nested_branches_and_a_loop_run_end_to_end(backend: Backend) {
     let rounds = Arc::new(AtomicUsize::new(0));
     let r2 = rounds.clone();
     let answer: Answer = Arc::new(move |ty: &str, _: &Value| {
@@ -844,7 +999,7 @@ async fn qualifiers_nested_branches_and_a_loop_run_end_to_end() {
             _ => json!({"ok": true}),
         }))
     });
-    let (mut s, eq) = setup(answer).await;
+    let (mut s, eq) = setup_on(backend, answer).await;
     store_recipe(&mut s.mes, "q", everything()).await;
     assert_eq!(store_and_start(&mut s.mes, "q", "q1").await, 1);
     let ev = until_state(&mut s.mes, "q1", &["Ended", "Aborted"]).await;
@@ -1205,7 +1360,7 @@ async fn a_replica_whose_clock_is_a_minute_ahead_fires_no_timeout_early() {
     // monotonic time left alone), beside an in-process replica with the
     // right time. Both move due timers.
     let (mut s, eq) = setup(answer_all()).await;
-    let mut env = jobs::env(s._m.port(), s._r.0.port(), "skewed");
+    let mut env = jobs::env(s._m.port(), s._r.single().0.port(), "skewed");
     jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
     let mut skewed = std::process::Command::new("faketime")
         .args(["-f", "+60s", env!("CARGO_BIN_EXE_microdcs"), "run"])
@@ -1217,7 +1372,8 @@ async fn a_replica_whose_clock_is_a_minute_ahead_fires_no_timeout_early() {
         .expect("faketime (scripts/setup.sh installs it)");
     // Up once its session heartbeat is in Redis.
     let mut c =
-        s._r.client()
+        s._r.single()
+            .client()
             .get_multiplexed_async_connection()
             .await
             .unwrap();
@@ -1275,17 +1431,18 @@ async fn a_job_whose_id_has_wildcards_slashes_and_control_characters_runs_its_re
     s.station.stop().await;
 }
 
+on_each_backend!(jobs_released_while_the_change_stream_overflowed_still_run);
 /// The engine's consumer group falls more than the change stream's cap
 /// behind (no engine ran while jobs were released and many other changes
 /// passed): the entries that released the jobs are trimmed before the
 /// group read them. The engine notices and reconciles the scope from the
 /// stored job states, so every released job still runs to completion.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_released_while_the_change_stream_overflowed_still_run() {
+async fn jobs_released_while_the_change_stream_overflowed_still_run(backend: Backend) {
     init_tracing();
     let m = Mosquitto::start();
-    let r = Redis::start();
-    let mut env = jobs::env(m.port(), r.0.port(), "sfc-cap");
+    let r = Store::start(backend);
+    let mut env = jobs::env(m.port(), 0, "sfc-cap");
+    r.configure(&mut env);
     jobs::set(&mut env, "APP_JOBS_CHANGE_STREAM_MAX_LEN", "20");
     // A first engine creates its consumer group and reads what there is.
     let station = jobs::start(env.clone()).await;
@@ -1308,11 +1465,7 @@ async fn jobs_released_while_the_change_stream_overflowed_still_run() {
     // No engine runs: jobs are released, then far more other changes than
     // the stream keeps pass (a manager of the test's own, same Redis).
     let config = microdcs::config::Config::from_sources(None, env.clone()).unwrap();
-    let conn = microdcs::RedisConnection::new(
-        redis::aio::ConnectionManager::new(r.client())
-            .await
-            .unwrap(),
-    );
+    let conn = r.connection();
     let store =
         microdcs::jobs::JobStore::new(conn, "t", Duration::from_secs(3600)).with_stream_len(20);
     let manager =
@@ -1342,7 +1495,7 @@ async fn jobs_released_while_the_change_stream_overflowed_still_run() {
             .unwrap();
     }
     // The premise, checked: the group stands behind the first entry left.
-    let mut c = r.client().get_multiplexed_async_connection().await.unwrap();
+    let mut c = r.connection();
     let info = microdcs::jobs::store::stream_info(&mut c, "t:{cap}:changes")
         .await
         .unwrap()

@@ -130,7 +130,7 @@ pub struct Engine {
 
 struct Inner {
     jobs: JobManager,
-    client: redis::Client,
+    client: crate::redis::RedisClient,
     consumer: String,
     settings: EngineSettings,
     equipment: OnceLock<Emitter>,
@@ -189,19 +189,19 @@ fn now_ms() -> u64 {
 }
 
 impl Engine {
-    /// An engine using `jobs` for job state and the Redis `client` for its
-    /// own (blocking) connection; `consumer` names this replica in the
-    /// consumer groups (its instance id).
+    /// An engine using `jobs` for job state and the Redis `client` (one
+    /// Redis's or a cluster's) for its own blocking connections; `consumer`
+    /// names this replica in the consumer groups (its instance id).
     pub fn new(
         jobs: JobManager,
-        client: redis::Client,
+        client: impl Into<crate::redis::RedisClient>,
         consumer: impl Into<String>,
         settings: EngineSettings,
     ) -> Self {
         Engine {
             inner: Arc::new(Inner {
                 jobs,
-                client,
+                client: client.into(),
                 consumer: consumer.into(),
                 settings,
                 equipment: OnceLock::new(),

@@ -15,12 +15,10 @@ use super::retry::Failure;
 use super::work::WorkItem;
 use super::{now_ms, Engine, EngineError, GROUP};
 use crate::redis::scripts::TIMERS_DUE;
-use crate::redis::Redis;
+use crate::redis::{StreamRead, StreamReader};
 use crate::sfc::fence::Lease;
 use crate::sfc::resync::Marks;
-use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
-};
+use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply};
 use redis::AsyncCommands;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -212,10 +210,10 @@ impl Settle {
 impl Engine {
     /// One session: a blocking connection of its own, until Redis fails.
     pub(super) async fn session(&self, marks: &mut Marks) -> Result<(), EngineError> {
-        let mut blocking = Redis::blocking_connection(&self.inner.client).await?;
+        let mut blocking = StreamReader::open(&self.inner.client).await?;
         // Deadlines are judged by Redis's clock (see `clock`): never decide
         // one before the offset to it is known.
-        crate::runtime::clock::sync(&mut blocking).await?;
+        crate::runtime::clock::sync(&mut self.conn()).await?;
         let mut known: BTreeSet<String> = BTreeSet::new();
         let mut last_claim = std::time::Instant::now();
         let mut scopes_checked: Option<std::time::Instant> = None;
@@ -298,11 +296,9 @@ impl Engine {
                 keys.extend(self.streams(s).map(|(_, key)| key));
             }
             let ids: Vec<&str> = keys.iter().map(|_| ">").collect();
-            let opts = StreamReadOptions::default()
-                .group(GROUP, &self.inner.consumer)
-                .count(self.inner.settings.batch)
-                .block(block.as_millis() as usize);
-            let reply: Option<StreamReadReply> = blocking.xread_options(&keys, &ids, &opts).await?;
+            let opts = StreamRead::new(self.inner.settings.batch, block)
+                .group(GROUP, &self.inner.consumer);
+            let reply = blocking.read(&keys, &ids, &opts).await?;
             if let Some(reply) = reply {
                 let entries = reply
                     .keys
