@@ -12,9 +12,9 @@
 pub(crate) use crate::runtime::backoff::jitter;
 use crate::runtime::backoff::Exponential;
 use crate::transport::takeover::is_session_taken_over;
-use rumqttc::v5::mqttbytes::v5::{ConnAck, DisconnectReasonCode, Filter, Packet};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, DisconnectReasonCode, Filter, Packet, Subscribe};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, Request};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info};
@@ -194,14 +194,18 @@ impl Session {
                 if let Some(filters) = &self.filters {
                     // Subscribe on every CONNACK: a new session has no
                     // subscriptions, and a broker restarted from its
-                    // persistence may keep the session without its shared
-                    // ones (Mosquitto 2.0). From another task, because the
-                    // request channel may be full and this loop must keep
-                    // polling.
-                    let client = self.client.clone();
+                    // persistence keeps the session without its shared
+                    // ones (Mosquitto 2.0 does not persist them), so until
+                    // the broker has this SUBSCRIBE, what is published to
+                    // the group's topics has no subscriber and is dropped.
+                    // Hence it goes first on the new connection: at the
+                    // front of the event loop's pending queue (what rumqttc
+                    // re-sends from the previous connection, before its
+                    // request channel), not at the back of the request
+                    // channel, behind all that was queued while the broker
+                    // was away.
                     let filters = filters();
-                    let name = self.name.clone();
-                    tokio::spawn(async move { subscribe(&name, &client, &filters).await });
+                    subscribe_first(&self.name, &mut self.eventloop, &filters);
                 }
                 Polled::Connected { ack, reconnect }
             }
@@ -243,6 +247,26 @@ impl Session {
         })
         .await;
     }
+}
+
+/// Makes a SUBSCRIBE of `filters` (QoS 1) the next packet `eventloop`
+/// sends, ahead of anything it still has to send again from the previous
+/// connection (and of its request channel); an empty list subscribes
+/// nothing. Call it when the CONNACK is polled: nothing has been sent on
+/// the new connection yet, so the broker has the subscriptions before any
+/// of this client's publishes, replies or acknowledgements.
+fn subscribe_first(name: &str, eventloop: &mut EventLoop, filters: &[String]) {
+    if filters.is_empty() {
+        return;
+    }
+    let subscribe = Subscribe::new_many(
+        filters
+            .iter()
+            .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce)),
+        None,
+    );
+    eventloop.pending.push_front(Request::Subscribe(subscribe));
+    info!(transport = %name, filters = ?filters, ahead_of = eventloop.pending.len() - 1, "subscribing before anything else");
 }
 
 /// Subscribes `filters` (QoS 1) and logs it; an empty list subscribes
