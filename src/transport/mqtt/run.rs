@@ -12,7 +12,7 @@ use rumqttc::v5::Event;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 impl MqttTransport {
     /// Connects, subscribes and processes messages until
@@ -91,6 +91,10 @@ impl MqttTransport {
                     let delay = jitter(loss.delay);
                     if loss.taken_over {
                         error!(transport = %self.name, client_id = %self.settings.client_id, brief = loss.brief, retry_in_s = loss.delay.as_secs(), "the broker gave this session to another connection, or keeps closing it right after accepting it: is client id '{}' (POD_ID, APP_MQTT_CLIENT_ID) used by two processes? backing off", self.settings.client_id);
+                    } else if loss.quick && !loss.was_connected {
+                        // One of the quick attempts right after a loss
+                        // (logged as a warning): the broker is not back yet.
+                        debug!(transport = %self.name, error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt broker not back yet");
                     } else {
                         warn!(transport = %self.name, error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost");
                     }
