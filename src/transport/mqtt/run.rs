@@ -59,6 +59,20 @@ impl MqttTransport {
                         self.metrics.reconnects();
                     }
                     info!(transport = %self.name, session_present = ack.session_present, "mqtt connected");
+                    if !ack.session_present {
+                        self.acks.session_lost();
+                    }
+                    // rumqttc's window is the smaller of the broker's
+                    // Receive Maximum and ours; stay below it.
+                    let receive_max = ack
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.receive_max)
+                        .unwrap_or(u16::MAX);
+                    self.window.resize(super::Window::size_for(
+                        receive_max.min(self.settings.max_inflight.max(1)),
+                        self.subscriptions().len(),
+                    ));
                     self.signals.connected(ack.session_present);
                     self.connected.send_replace(true);
                     if !self.takeover && self.subscriptions().is_empty() {
