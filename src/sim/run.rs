@@ -262,7 +262,11 @@ impl Simulator {
                         self.shared.connected.send_replace(false);
                         self.shared.subscribed.send_replace(false);
                         let delay = jitter(loss.delay);
-                        warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "simulator connection lost");
+                        if loss.quick && !loss.was_connected {
+                            debug!(error = %error, retry_in_ms = delay.as_millis() as u64, "broker not back yet");
+                        } else {
+                            warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "simulator connection lost");
+                        }
                         pause = Some(delay);
                     }
                 }

@@ -221,6 +221,28 @@ impl LocalMosquitto {
         stop_child(&mut self.child, true);
     }
 
+    /// SIGSTOP: a broker that has stopped reading. Its clients' packets pile
+    /// up unacknowledged (like a broker far behind under load) until it is
+    /// killed or restarted.
+    pub fn freeze(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-STOP")
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
+    /// SIGCONT: a frozen broker goes on (see [`LocalMosquitto::freeze`]).
+    pub fn thaw(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
     /// Forgets persisted sessions and retained messages (stop it first).
     pub fn wipe_persistence(&mut self) {
         let _ = std::fs::remove_file(self.dir.path().join("mosquitto.db"));

@@ -407,6 +407,127 @@ async fn lost_session_is_resubscribed_after_reconnect() {
     st.stop().await.unwrap();
 }
 
+/// Mosquitto 2.0 restores a persistent session after a restart without its
+/// shared subscriptions: until the station's SUBSCRIBE is in, whatever is
+/// published to the group's topics has no subscriber and is dropped (the
+/// publisher gets PUBACK "no matching subscribers"). So the SUBSCRIBE must
+/// be the first packet on the new connection; before, it went behind what
+/// the station had queued while the broker was away, which arrived first
+/// and was lost. Here those queued messages are the station's own commands
+/// to its group: each is handled only if the subscription came first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_restart_the_shared_subscription_comes_before_queued_publishes() {
+    init_tracing();
+    let mut m = Mosquitto::start();
+    let r = Redis::start();
+    let seen = Arc::new(Seen::default());
+    let (pinger, mut b) = processor(seen.clone());
+    b.shared_group = Some("grp".into());
+    // Sends commands to `app/test/commands`, the pinger's group topic.
+    let caller = Processor::southbound("caller").build();
+    let commands: Emitter = caller.emitter();
+    let st = station::start(
+        station::settings(m.port(), "s1"),
+        Some(r.url()),
+        vec![(pinger, b), (caller, TopicBinding::new("app/test"))],
+    )
+    .await;
+    assert!(st
+        .transport
+        .subscriptions()
+        .contains(&"$share/grp/app/test/commands".to_string()));
+    m.0.stop(); // SIGTERM: the broker saves its sessions (not their shared subscriptions)
+    const N: u32 = 20;
+    let sends: Vec<_> = (0..N)
+        .map(|n| {
+            let commands = commands.clone();
+            tokio::spawn(async move {
+                commands
+                    .emit(Emit::new(&Ping { n }).intent(Intent::Commands))
+                    .await
+            })
+        })
+        .collect();
+    // Queued in the client while the broker is away (not an assertion: a
+    // command queued after the reconnect proves nothing either way).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    m.restart();
+    for s in sends {
+        s.await.unwrap().expect("the broker took the command");
+    }
+    assert!(
+        crate::harness::eventually(WAIT, || seen.calls.load(Ordering::SeqCst) == N as usize).await,
+        "commands published right after the reconnect reached the group: {} of {N}",
+        seen.calls.load(Ordering::SeqCst)
+    );
+    st.stop().await.unwrap();
+}
+
+/// A broker far behind (here: frozen) is restarted while the station has
+/// more publishes waiting than rumqttc's window of unacknowledged ones
+/// (the broker's Receive Maximum), and is slow again right after the
+/// reconnect. rumqttc sends its window again and then, without flow
+/// control, what waited in its request queue: those packet ids collide
+/// with the window, each collision replaces the one before, which is never
+/// sent, and its PUBACK waiter is matched to a later publish (rumqttc
+/// 0.25). The station's own window keeps rumqttc's from filling, so every
+/// command still reaches the group, and each is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_waiting_behind_a_full_window_survive_a_broker_restart() {
+    init_tracing();
+    let mut m = Mosquitto::start();
+    let r = Redis::start();
+    let seen = Arc::new(Seen::default());
+    let (pinger, mut b) = processor(seen.clone());
+    b.shared_group = Some("grp".into());
+    let caller = Processor::southbound("caller").build();
+    let commands: Emitter = caller.emitter();
+    let st = station::start(
+        station::settings(m.port(), "s1"),
+        Some(r.url()),
+        vec![(pinger, b), (caller, TopicBinding::new("app/test"))],
+    )
+    .await;
+    m.freeze();
+    const N: u32 = 300;
+    let sends: Vec<_> = (0..N)
+        .map(|n| {
+            let commands = commands.clone();
+            tokio::spawn(async move {
+                commands
+                    .emit(Emit::new(&Ping { n }).intent(Intent::Commands))
+                    .await
+            })
+        })
+        .collect();
+    // Written to the frozen broker (the window) or waiting behind it; not
+    // an assertion.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    m.kill();
+    m.restart();
+    tokio::time::timeout(WAIT, st.transport.connected())
+        .await
+        .expect("reconnected");
+    // Slow again while the station sends what it has.
+    m.freeze();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    m.thaw();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut acked = 0;
+    for s in sends {
+        if let Ok(Ok(Ok(()))) = tokio::time::timeout_at(deadline, s).await {
+            acked += 1;
+        }
+    }
+    assert!(
+        crate::harness::eventually(WAIT, || seen.calls.load(Ordering::SeqCst) >= N as usize).await,
+        "every command reached the group: {} of {N} handled, {acked} acknowledged",
+        seen.calls.load(Ordering::SeqCst)
+    );
+    assert_eq!(acked, N);
+    st.stop().await.unwrap();
+}
+
 fn error_reply_kind(p: &rumqttc::v5::mqttbytes::v5::Publish) -> Option<String> {
     user_prop(p, "mdcserrorkind").map(str::to_owned)
 }

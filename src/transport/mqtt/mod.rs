@@ -34,7 +34,7 @@ mod settings;
 pub use reply::ERROR_REPLY_TYPE;
 pub use settings::MqttSettings;
 
-use super::acks::Acks;
+use super::acks::{Acks, Window};
 use super::pending::Pending;
 use super::takeover::Signals;
 use crate::binding::mqtt as mb;
@@ -73,6 +73,8 @@ pub struct MqttTransport {
     metrics: Arc<Metrics>,
     /// Waiters for the broker's PUBACKs of what we publish.
     acks: Acks,
+    /// QoS 1 publishes waiting for their PUBACK at most (see [`Window`]).
+    window: Window,
     /// Held while a publish is queued, so waiters line up with requests.
     submit: tokio::sync::Mutex<()>,
     connected: watch::Sender<bool>,
@@ -119,6 +121,7 @@ impl MqttTransport {
 
     fn with_role(name: String, settings: MqttSettings, takeover: bool) -> Arc<Self> {
         let o = settings.options();
+        let window = Window::new(Window::size_for(settings.max_inflight.max(1), 0));
         let (client, eventloop) = AsyncClient::new(o, settings.queue_capacity.max(1));
         Arc::new(MqttTransport {
             name,
@@ -130,6 +133,7 @@ impl MqttTransport {
             dedupe: RwLock::new(None),
             metrics: Arc::new(Metrics::default()),
             acks: Acks::default(),
+            window,
             submit: tokio::sync::Mutex::new(()),
             connected: watch::channel(false).0,
             subscribed: watch::channel(false).0,
@@ -238,9 +242,15 @@ impl MqttTransport {
         payload: Bytes,
         props: PublishProperties,
     ) -> Result<(), TransportError> {
+        // A place in the window first (rumqttc must never have its own
+        // window full, see `Window`); given back with the PUBACK.
+        let place = match qos {
+            QoS::AtMostOnce => None,
+            _ => Some(self.window.enter().await),
+        };
         let acked = {
             let _order = self.submit.lock().await;
-            let acked = self.acks.queue();
+            let acked = self.acks.queue(place);
             if let Err(e) = self
                 .client
                 .publish_with_properties(topic.clone(), qos, retain, payload, props)

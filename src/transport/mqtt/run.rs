@@ -12,7 +12,7 @@ use rumqttc::v5::Event;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 impl MqttTransport {
     /// Connects, subscribes and processes messages until
@@ -59,6 +59,20 @@ impl MqttTransport {
                         self.metrics.reconnects();
                     }
                     info!(transport = %self.name, session_present = ack.session_present, "mqtt connected");
+                    if !ack.session_present {
+                        self.acks.session_lost();
+                    }
+                    // rumqttc's window is the smaller of the broker's
+                    // Receive Maximum and ours; stay below it.
+                    let receive_max = ack
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.receive_max)
+                        .unwrap_or(u16::MAX);
+                    self.window.resize(super::Window::size_for(
+                        receive_max.min(self.settings.max_inflight.max(1)),
+                        self.subscriptions().len(),
+                    ));
                     self.signals.connected(ack.session_present);
                     self.connected.send_replace(true);
                     if !self.takeover && self.subscriptions().is_empty() {
@@ -91,6 +105,10 @@ impl MqttTransport {
                     let delay = jitter(loss.delay);
                     if loss.taken_over {
                         error!(transport = %self.name, client_id = %self.settings.client_id, brief = loss.brief, retry_in_s = loss.delay.as_secs(), "the broker gave this session to another connection, or keeps closing it right after accepting it: is client id '{}' (POD_ID, APP_MQTT_CLIENT_ID) used by two processes? backing off", self.settings.client_id);
+                    } else if loss.quick && !loss.was_connected {
+                        // One of the quick attempts right after a loss
+                        // (logged as a warning): the broker is not back yet.
+                        debug!(transport = %self.name, error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt broker not back yet");
                     } else {
                         warn!(transport = %self.name, error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost");
                     }

@@ -4,17 +4,18 @@
 //! the equipment simulator; neither routes, dedupes nor replies here.
 //!
 //! The reconnect policy is [`Backoff`], pure state without I/O: exponential
-//! backoff with jitter, started over only after a connection that lasted,
-//! and a long pause when the broker handed the session to another
+//! backoff with jitter, started over only after a connection that lasted
+//! (and then, for a few seconds, quick attempts: a broker restart is short,
+//! and a shared group has no member until we are back), and a long pause when the broker handed the session to another
 //! connection with the same client id or keeps closing it right after
 //! accepting it (two processes fighting over one client id).
 
 pub(crate) use crate::runtime::backoff::jitter;
 use crate::runtime::backoff::Exponential;
 use crate::transport::takeover::is_session_taken_over;
-use rumqttc::v5::mqttbytes::v5::{ConnAck, DisconnectReasonCode, Filter, Packet};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, DisconnectReasonCode, Filter, Packet, Subscribe};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, Request};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info};
@@ -31,6 +32,17 @@ const FLAPS_BEFORE_BACKING_OFF: u32 = 3;
 /// to another connection with the same client id.
 const TAKEN_OVER_BACKOFF: Duration = Duration::from_secs(5);
 
+/// After a connection that lasted is lost, the attempts of the next
+/// [`QUICK_RETRY_FOR`] come this often (before jitter, at most the
+/// configured minimum) instead of backing off. Mosquitto 2.0 restores no
+/// shared subscription after a restart, so until one replica of a group
+/// is back, what others publish to the group is dropped: the replicas must
+/// not come back later than the MES and the equipment.
+const QUICK_RETRY: Duration = Duration::from_millis(25);
+
+/// How long after losing a connection that lasted attempts are quick.
+const QUICK_RETRY_FOR: Duration = Duration::from_secs(3);
+
 /// What a connection loss means for the next attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loss {
@@ -46,6 +58,8 @@ pub(crate) struct Loss {
     pub(crate) brief: u32,
     /// The wait before the next attempt, before jitter.
     pub(crate) delay: Duration,
+    /// Whether the next attempt is a quick one (see [`QUICK_RETRY`]).
+    pub(crate) quick: bool,
 }
 
 /// The reconnect policy: state without I/O, fed with CONNACKs and losses.
@@ -55,6 +69,10 @@ pub(crate) struct Backoff {
     failures: u32,
     connected_at: Option<Instant>,
     brief: u32,
+    /// The delay of quick attempts.
+    quick: Duration,
+    /// Attempts are quick until then (a connection that lasted was lost).
+    quick_until: Option<Instant>,
 }
 
 impl Backoff {
@@ -65,6 +83,8 @@ impl Backoff {
             failures: 0,
             connected_at: None,
             brief: 0,
+            quick: QUICK_RETRY.min(min),
+            quick_until: None,
         }
     }
 
@@ -93,24 +113,37 @@ impl Backoff {
             Some(true) => {
                 self.delays.reset();
                 self.brief = 0;
+                self.quick_until = Some(now + QUICK_RETRY_FOR);
             }
-            Some(false) => self.brief += 1,
+            Some(false) => {
+                self.brief += 1;
+                self.quick_until = None;
+            }
             None => {}
         }
         let taken_over = said_taken_over || self.brief >= FLAPS_BEFORE_BACKING_OFF;
         if taken_over {
             // Reconnecting at once would take the session back and start
             // a fight many times a second.
+            self.quick_until = None;
             self.delays
                 .raise_to(self.delays.max().max(TAKEN_OVER_BACKOFF));
         }
-        let delay = self.delays.next_delay();
+        // Quick attempts leave the exponential delays where they were: once
+        // they are over, the backoff goes on from its minimum.
+        let quick = self.quick_until.is_some_and(|t| now < t);
+        let delay = if quick {
+            self.quick
+        } else {
+            self.delays.next_delay()
+        };
         Loss {
             was_connected,
             said_taken_over,
             taken_over,
             brief: self.brief,
             delay,
+            quick,
         }
     }
 }
@@ -194,14 +227,18 @@ impl Session {
                 if let Some(filters) = &self.filters {
                     // Subscribe on every CONNACK: a new session has no
                     // subscriptions, and a broker restarted from its
-                    // persistence may keep the session without its shared
-                    // ones (Mosquitto 2.0). From another task, because the
-                    // request channel may be full and this loop must keep
-                    // polling.
-                    let client = self.client.clone();
+                    // persistence keeps the session without its shared
+                    // ones (Mosquitto 2.0 does not persist them), so until
+                    // the broker has this SUBSCRIBE, what is published to
+                    // the group's topics has no subscriber and is dropped.
+                    // Hence it goes first on the new connection: at the
+                    // front of the event loop's pending queue (what rumqttc
+                    // re-sends from the previous connection, before its
+                    // request channel), not at the back of the request
+                    // channel, behind all that was queued while the broker
+                    // was away.
                     let filters = filters();
-                    let name = self.name.clone();
-                    tokio::spawn(async move { subscribe(&name, &client, &filters).await });
+                    subscribe_first(&self.name, &mut self.eventloop, &filters);
                 }
                 Polled::Connected { ack, reconnect }
             }
@@ -243,6 +280,26 @@ impl Session {
         })
         .await;
     }
+}
+
+/// Makes a SUBSCRIBE of `filters` (QoS 1) the next packet `eventloop`
+/// sends, ahead of anything it still has to send again from the previous
+/// connection (and of its request channel); an empty list subscribes
+/// nothing. Call it when the CONNACK is polled: nothing has been sent on
+/// the new connection yet, so the broker has the subscriptions before any
+/// of this client's publishes, replies or acknowledgements.
+fn subscribe_first(name: &str, eventloop: &mut EventLoop, filters: &[String]) {
+    if filters.is_empty() {
+        return;
+    }
+    let subscribe = Subscribe::new_many(
+        filters
+            .iter()
+            .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce)),
+        None,
+    );
+    eventloop.pending.push_front(Request::Subscribe(subscribe));
+    info!(transport = %name, filters = ?filters, ahead_of = eventloop.pending.len() - 1, "subscribing before anything else");
 }
 
 /// Subscribes `filters` (QoS 1) and logs it; an empty list subscribes
@@ -305,9 +362,53 @@ mod tests {
         b.connected(t);
         let loss = b.lost(t + STABLE_CONNECTION, false);
         assert!(loss.was_connected);
-        assert_eq!(loss.delay, MIN);
+        assert_eq!(loss.delay, QUICK_RETRY);
         assert_eq!(loss.brief, 0);
         assert!(!loss.taken_over);
+    }
+
+    #[test]
+    fn after_a_stable_connection_is_lost_attempts_are_quick_for_a_while() {
+        let mut b = Backoff::new(MIN, MAX);
+        let t = Instant::now();
+        b.connected(t);
+        let lost_at = t + STABLE_CONNECTION;
+        assert_eq!(b.lost(lost_at, false).delay, QUICK_RETRY);
+        // Failed attempts (the broker restarting) stay quick...
+        for k in 1..10 {
+            let loss = b.lost(lost_at + QUICK_RETRY * k, false);
+            assert!(!loss.was_connected);
+            assert_eq!(loss.delay, QUICK_RETRY);
+        }
+        // ... for a while, then back off from the minimum as usual.
+        let later = lost_at + QUICK_RETRY_FOR;
+        assert_eq!(b.lost(later, false).delay, MIN);
+        assert_eq!(b.lost(later, false).delay, MIN * 2);
+        // A minimum below the quick delay is kept.
+        let tiny = Duration::from_millis(5);
+        let mut b = Backoff::new(tiny, MAX);
+        b.connected(t);
+        assert_eq!(b.lost(lost_at, false).delay, tiny);
+    }
+
+    #[test]
+    fn a_brief_or_taken_over_connection_gets_no_quick_attempts() {
+        let mut b = Backoff::new(MIN, MAX);
+        let t = Instant::now();
+        b.connected(t);
+        let lost_at = t + STABLE_CONNECTION;
+        b.lost(lost_at, false);
+        // Back at once, but closed right after being accepted: flapping.
+        b.connected(lost_at);
+        let loss = b.lost(lost_at + Duration::from_millis(10), false);
+        assert_eq!(loss.brief, 1);
+        assert_eq!(loss.delay, MIN);
+        // Taken over after a stable connection: the long pause, not quick.
+        let mut b = Backoff::new(MIN, MAX);
+        b.connected(t);
+        let loss = b.lost(lost_at, true);
+        assert!(loss.taken_over);
+        assert_eq!(loss.delay, MAX.max(TAKEN_OVER_BACKOFF));
     }
 
     #[test]

@@ -34,6 +34,12 @@ impl Mosquitto {
     pub fn wipe_persistence(&mut self) {
         self.0.wipe_persistence()
     }
+    pub fn freeze(&mut self) {
+        self.0.freeze()
+    }
+    pub fn thaw(&mut self) {
+        self.0.thaw()
+    }
     pub fn restart(&mut self) {
         self.0.restart().expect("restart mosquitto")
     }
