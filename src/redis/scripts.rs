@@ -127,7 +127,7 @@ mod tests {
                 "062a2167a9751f83714004d68bfb44298fb62c73",
             ),
             ("early_push.lua", "5464532bd4e9be8c6508bd84e95d649fc78406b8"),
-            ("exec_apply.lua", "93d4c8a6a9eac40382a7e70b6926a29c59eccf41"),
+            ("exec_apply.lua", "f57fb1a7e21696a521141b48b931b407cfa2af78"),
             ("timers_due.lua", "b858928cc82639ed7748de851fbe1507190e3cab"),
             (
                 "lock_release.lua",

@@ -51,8 +51,10 @@ pub(super) fn recipe_wants(recipe: &Recipe, type_id: &str, equipment: Option<&st
 }
 
 impl Engine {
-    /// Takes the scope's kept events that `wanted` selects (each claimed with
-    /// `LREM`, so only one job gets it) and applies them to `job`.
+    /// Takes the scope's kept events that `wanted` selects and applies them
+    /// to `job`, each removed from the list in the write that applies it
+    /// (so only one job gets it, and a crash between the two cannot lose
+    /// it).
     pub(super) async fn adopt_early(
         &self,
         scope: &str,
@@ -63,11 +65,7 @@ impl Engine {
             if !wanted(&ev) {
                 continue;
             }
-            let mut c = self.conn();
-            let claimed: i64 = c.lrem(self.keys().early(scope), 1, &raw).await?;
-            if claimed == 1 {
-                Box::pin(self.apply(scope, job, ev.input())).await?;
-            }
+            Box::pin(self.apply_taking(scope, job, ev.input(), Some(&raw))).await?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 
 use super::early::recipe_wants;
 use super::response::response_json;
-use super::store::{waiting_types, Stored, Write};
+use super::store::{waiting_types, Stored, Write, Written};
 use super::{now_ms, Engine, EngineError};
 use crate::jobs::store::parse_state_key;
 use crate::jobs::{Internal, JobState, MainState};
@@ -28,6 +28,20 @@ impl Engine {
         scope: &str,
         job: &str,
         input: Input,
+    ) -> Result<bool, EngineError> {
+        self.apply_taking(scope, job, input, None).await
+    }
+
+    /// [`Engine::apply_if_running`] of an event kept in the scope's early
+    /// list (`consumed`, its raw entry): the entry is removed in the same
+    /// write that applies it, and nothing is written if another job took it
+    /// first. An event that changes nothing stays in the list.
+    pub(super) async fn apply_taking(
+        &self,
+        scope: &str,
+        job: &str,
+        input: Input,
+        consumed: Option<&str>,
     ) -> Result<bool, EngineError> {
         // The first attempt starts from the state this replica wrote last,
         // if it has it; what it cannot write, or would drop, is tried again
@@ -94,6 +108,7 @@ impl Engine {
                     waiting_before: &waiting_before,
                     waiting_after: &waiting_after,
                     disarmed: &disarmed,
+                    consumed,
                 })
                 .await;
             let written = match written {
@@ -104,9 +119,13 @@ impl Engine {
                     return Err(err);
                 }
             };
-            let Some(version) = written else {
-                self.inner.execs.forget(scope, job);
-                continue;
+            let version = match written {
+                Written::Ok(version) => version,
+                Written::Moved => {
+                    self.inner.execs.forget(scope, job);
+                    continue;
+                }
+                Written::Gone => return Ok(true),
             };
             self.inner.execs.put(
                 scope,
@@ -157,9 +176,16 @@ impl Engine {
             return Ok(());
         }
         // A job that is not Running yet has no execution (Begin comes
-        // first); one that is may have one already (a redelivered change).
-        if running && self.load(scope, id).await?.is_some() {
-            return Ok(());
+        // first); one that is may have one already (a redelivered change,
+        // or a replica that died after creating it): the events kept for it
+        // are adopted now, in case that replica died before it did.
+        if running {
+            if let Some(stored) = self.load(scope, id).await? {
+                let Ok(compiled) = self.compiled(&stored.recipe) else {
+                    return Ok(());
+                };
+                return self.adopt_kept(scope, id, &compiled.recipe).await;
+            }
         }
         let order: Value = serde_json::from_str(job.order.get()).unwrap_or(Value::Null);
         let Some(wm_id) = order["WorkMasterID"][0]["ID"].as_str() else {
@@ -248,12 +274,22 @@ impl Engine {
                 waiting_before: &none_before,
                 waiting_after: &waiting,
                 disarmed: &[],
+                consumed: None,
             }),
             running_event
         );
-        let Some(version) = written? else {
+        let Written::Ok(version) = written? else {
             return Ok(()); // another replica created it
         };
+        info!(
+            scope,
+            job = id,
+            steps = compiled.recipe.steps.len(),
+            "recipe started"
+        );
+        self.adopt_kept(scope, id, &compiled.recipe).await?;
+        // Cached only now: a start whose adoption failed is retried in
+        // full (the cache would make it skip the adoption).
         self.inner.execs.put(
             scope,
             Stored {
@@ -262,19 +298,22 @@ impl Engine {
                 recipe: std::sync::Arc::from(recipe_json.as_str()),
             },
         );
-        info!(
-            scope,
-            job = id,
-            steps = compiled.recipe.steps.len(),
-            "recipe started"
-        );
-        // Events kept before the job ran: those naming it, and unaddressed
-        // ones that one of its pull actions takes (type and equipment; the
-        // execution exists now, so no new event for it can be kept any
-        // more; see `early_push.lua`).
+        Ok(())
+    }
+
+    /// Adopts the events kept before the job ran: those naming it, and
+    /// unaddressed ones that one of its pull actions takes (type and
+    /// equipment; once the execution exists no new event for it is kept,
+    /// see `early_push.lua`).
+    async fn adopt_kept(
+        &self,
+        scope: &str,
+        id: &str,
+        recipe: &crate::sfc::recipe::Recipe,
+    ) -> Result<(), EngineError> {
         self.adopt_early(scope, id, |ev| match &ev.job {
             Some(j) => j == id,
-            None => recipe_wants(&compiled.recipe, &ev.type_id, ev.equipment.as_deref()),
+            None => recipe_wants(recipe, &ev.type_id, ev.equipment.as_deref()),
         })
         .await
     }

@@ -111,6 +111,20 @@ pub(super) struct Write<'a> {
     /// Timers the state before had armed and the new one does not
     /// ([`Execution::armed_timers`]): removed in the same write.
     pub(super) disarmed: &'a [&'a String],
+    /// The entry of the scope's early-event list this state took: removed
+    /// in the same write, or nothing is written if it is gone.
+    pub(super) consumed: Option<&'a str>,
+}
+
+/// What a [`Engine::write`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    /// Written; the new version.
+    Ok(u64),
+    /// Not written: the state moved since it was read.
+    Moved,
+    /// Not written: the early event it took was taken by another job.
+    Gone,
 }
 
 /// The pull event types a job's execution waits for right now.
@@ -230,10 +244,8 @@ impl Engine {
         }))
     }
 
-    /// The compare-and-swap write of a new state with its effects: the new
-    /// version if it was written, `None` if the state moved since it was
-    /// read.
-    pub(super) async fn write(&self, w: Write<'_>) -> Result<Option<u64>, EngineError> {
+    /// The compare-and-swap write of a new state with its effects.
+    pub(super) async fn write(&self, w: Write<'_>) -> Result<Written, EngineError> {
         let Write {
             scope,
             expected,
@@ -243,13 +255,15 @@ impl Engine {
             waiting_before,
             waiting_after,
             disarmed,
+            consumed,
         } = w;
         let job = &exec.job;
         let doc = serde_json::to_string(exec)?;
         let mut inv = EXEC_APPLY.prepare_invoke();
         inv.key(self.keys().exec(scope, job))
             .key(self.keys().timers(scope))
-            .key(self.keys().work(scope));
+            .key(self.keys().work(scope))
+            .key(self.keys().early(scope));
         let mut waiting_ops = Vec::new();
         for t in waiting_after.difference(waiting_before) {
             waiting_ops.push((t, "add"));
@@ -263,7 +277,8 @@ impl Engine {
         inv.arg(expected)
             .arg(doc)
             .arg(recipe.unwrap_or(""))
-            .arg(job);
+            .arg(job)
+            .arg(consumed.unwrap_or(""));
         inv.arg(disarmed.len());
         for k in disarmed {
             inv.arg(k.as_str());
@@ -299,7 +314,11 @@ impl Engine {
                 .timer_hint
                 .fetch_min(at, std::sync::atomic::Ordering::Relaxed);
         }
-        Ok((tag == "OK").then_some(v))
+        Ok(match tag.as_str() {
+            "OK" => Written::Ok(v),
+            "GONE" => Written::Gone,
+            _ => Written::Moved,
+        })
     }
 }
 
