@@ -436,7 +436,12 @@ impl MesPublisher {
         if !shown.is_empty() {
             let _: i64 = c.sadd(self.keys().pub_retained(scope), &shown).await?;
         }
+        // The batch's topics, then sent together: each waits for its PUBACK,
+        // but not for the one before (a batch of 500 changes is not 500
+        // broker round trips in a row). Each topic appears once per batch,
+        // so nothing is reordered on a topic.
         let mut cleared: Vec<&str> = Vec::new();
+        let mut messages: Vec<(String, &str, Option<Vec<u8>>)> = Vec::new();
         for id in ids {
             // Ids are data, topic levels are addressing: `PO#4711` is
             // retained under `order/PO%234711` (wire contract §8).
@@ -450,29 +455,29 @@ impl MesPublisher {
                         state: j.state.to_wire(),
                     })
                     .unwrap_or_default();
-                    self.retained(order_topic, ORDER_TYPE, scope, Some(body))
-                        .await?;
+                    messages.push((order_topic, ORDER_TYPE, Some(body)));
                     if matches!(j.state.main, MainState::Ended | MainState::Aborted) {
                         if let Some(r) = &j.response {
-                            self.retained(
+                            messages.push((
                                 result_topic,
                                 RESULT_TYPE,
-                                scope,
                                 Some(r.get().as_bytes().to_vec()),
-                            )
-                            .await?;
+                            ));
                         }
                     }
                 }
                 _ => {
                     // EndState or purged: clear both retained topics.
-                    self.retained(order_topic, ORDER_TYPE, scope, None).await?;
-                    self.retained(result_topic, RESULT_TYPE, scope, None)
-                        .await?;
+                    messages.push((order_topic, ORDER_TYPE, None));
+                    messages.push((result_topic, RESULT_TYPE, None));
                     cleared.push(id);
                 }
             }
         }
+        let sends = messages
+            .into_iter()
+            .map(|(topic, ty, body)| self.retained(topic, ty, scope, body));
+        futures_util::future::try_join_all(sends).await?;
         if !cleared.is_empty() {
             let _: i64 = c.srem(self.keys().pub_retained(scope), &cleared).await?;
         }
