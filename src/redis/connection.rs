@@ -166,7 +166,7 @@ impl ConnectionLike for RedisConnection {
 }
 
 /// What opens the dedicated connections of blocking stream reads
-/// ([`StreamReader`](super::StreamReader)): a client of one Redis, or the
+/// (`StreamReader`, `src/redis/streams.rs`): a client of one Redis, or the
 /// nodes of a Redis Cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisClient {
