@@ -48,6 +48,8 @@ pub(super) const SECTIONS: &[&str] = &[
     "publisher",
     "jobs",
     "msgpack",
+    "http",
+    "telemetry",
     "log",
 ];
 
@@ -554,6 +556,41 @@ pub(super) static KEYS: &[Key] = &[
             Ok(())
         },
         get: |c| Shown::Int(c.jobs.change_stream_max_len),
+    },
+    // [http]
+    Key {
+        section: "http",
+        name: "host",
+        env: Some("APP_HTTP_HOSTNAME"),
+        set: |c, v| {
+            c.http.host = v.checked(value::host)?;
+            Ok(())
+        },
+        get: |c| Shown::Str(c.http.host.clone()),
+    },
+    Key {
+        section: "http",
+        name: "port",
+        env: Some("APP_HTTP_PORT"),
+        set: |c, v| {
+            c.http.port = v
+                .integer(0, u16::MAX.into())
+                .map_err(|e| format!("invalid port (0 switches the server off): {e}"))?
+                as u16;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.http.port.into()),
+    },
+    // [telemetry]
+    Key {
+        section: "telemetry",
+        name: "enabled",
+        env: Some("APP_PROCESSING_OTEL_INSTRUMENTATION_ENABLED"),
+        set: |c, v| {
+            c.telemetry.enabled = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.telemetry.enabled),
     },
     // [msgpack]
     Key {

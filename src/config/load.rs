@@ -5,8 +5,9 @@ use super::error::{ConfigError, Origin, Problem};
 use super::keys::{self, KEYS, PROCESSOR_KEYS, SECTIONS};
 use super::value::{self, Raw};
 use super::{
-    Config, InstanceConfig, InstanceIdSource, JobsConfig, LogConfig, MqttConfig, MsgpackConfig,
-    ProcessingConfig, ProcessorTopics, PublisherConfig, RedisConfig, DEFAULT_MQTT_IDENTIFIER,
+    Config, HttpConfig, InstanceConfig, InstanceIdSource, JobsConfig, LogConfig, MqttConfig,
+    MsgpackConfig, ProcessingConfig, ProcessorTopics, PublisherConfig, RedisConfig,
+    TelemetryConfig, DEFAULT_MQTT_IDENTIFIER,
 };
 use crate::telemetry::LogFormat;
 use crate::transport::mqtt::MqttSettings;
@@ -168,6 +169,11 @@ impl Config {
                 port: 8888,
                 max_concurrent_requests: 10,
             },
+            http: HttpConfig {
+                host: "0.0.0.0".into(),
+                port: 0,
+            },
+            telemetry: TelemetryConfig { enabled: false },
             log: LogConfig {
                 level: "info".into(),
                 format: LogFormat::Text,

@@ -153,6 +153,10 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// `[msgpack]`: the MessagePack-RPC sidecar server.
     pub msgpack: MsgpackConfig,
+    /// `[http]`: the health, readiness and metrics endpoints.
+    pub http: HttpConfig,
+    /// `[telemetry]`: OpenTelemetry traces and metrics over OTLP.
+    pub telemetry: TelemetryConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
     /// Where each explicitly set value came from, by dotted key.
@@ -340,6 +344,29 @@ pub struct MsgpackConfig {
     /// Requests processed concurrently per connection before the server
     /// stops reading (back-pressure).
     pub max_concurrent_requests: u32,
+}
+
+/// `[http]`: one small HTTP server per process for Kubernetes probes and
+/// Prometheus (`/healthz`, `/readyz`, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Address the server listens on.
+    pub host: String,
+    /// Port the server listens on; 0 (the default) switches it off, so
+    /// several replicas on one host do not collide.
+    pub port: u16,
+}
+
+/// `[telemetry]`: OpenTelemetry export. Where to export to and what the
+/// service is called come from the standard `OTEL_*` environment
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// Whether traces and metrics are exported over OTLP
+    /// (`APP_PROCESSING_OTEL_INSTRUMENTATION_ENABLED`, as MicroDCS). Off by
+    /// default.
+    pub enabled: bool,
 }
 
 /// `[log]`.
