@@ -274,6 +274,17 @@ fn print_batch(b: &Batch, sizes: Sizes) {
         b.per_step(b.packets.received),
         b.per_step(b.packets.sent)
     );
+    let us = |s: Option<f64>| fmt_opt(s.map(|s| s * 1e6 / b.steps() as f64), 0);
+    println!(
+        "    CPU µs per step             {:>8}   (station {}, redis {}, broker {}, MES + equipment + probes {})",
+        us([b.cpu.station, b.cpu.redis, b.cpu.broker, b.cpu.load]
+            .into_iter()
+            .sum::<Option<f64>>()),
+        us(b.cpu.station),
+        us(b.cpu.redis),
+        us(b.cpu.broker),
+        us(b.cpu.load)
+    );
     println!(
         "    Redis memory per job run    {:>8}",
         bytes_per(b.redis.used_memory, b.jobs)

@@ -10,7 +10,7 @@ use super::counters::{
 use super::mes::{self, Mes, Phase};
 use super::replicas::{self, Replica};
 use super::spy::{self, Spy, StepTypes, Steps};
-use super::stats::rate;
+use super::stats::{cpu_ticks, rate, ticks_per_second};
 use super::{BenchResult, Sizes};
 use microdcs::sim::{EmitSpec, Rule, SimConfig, Simulator};
 use microdcs::testkit::devenv::{Autosave, LocalMosquitto, LocalRedis};
@@ -100,6 +100,65 @@ pub(crate) struct Batch {
     pub(crate) round_trips: Option<u64>,
     /// Per replica after the batch.
     pub(crate) rss: Rss,
+    /// CPU time each process used for the batch.
+    pub(crate) cpu: Cpu,
+}
+
+/// CPU time (user + system) used over a batch, from idle before to idle
+/// after, in seconds; `None` where a process could not be read.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Cpu {
+    /// All station replicas together.
+    pub(crate) station: Option<f64>,
+    /// redis-server.
+    pub(crate) redis: Option<f64>,
+    /// mosquitto.
+    pub(crate) broker: Option<f64>,
+    /// This process: the MES, the simulated equipment, the spy and the
+    /// probes.
+    pub(crate) load: Option<f64>,
+}
+
+/// CPU ticks of the processes of a scenario at one moment.
+#[derive(Debug, Clone, Copy)]
+struct CpuReading {
+    station: Option<u64>,
+    redis: Option<u64>,
+    broker: Option<u64>,
+    load: Option<u64>,
+}
+
+impl CpuReading {
+    fn take(procs: &[Replica], pids: Pids) -> Self {
+        let station = procs
+            .iter()
+            .map(|p| p.pid().and_then(cpu_ticks))
+            .sum::<Option<u64>>();
+        CpuReading {
+            station,
+            redis: pids.redis.and_then(cpu_ticks),
+            broker: pids.broker.and_then(cpu_ticks),
+            load: cpu_ticks(std::process::id()),
+        }
+    }
+
+    fn since(&self, before: &CpuReading) -> Cpu {
+        let hz = ticks_per_second() as f64;
+        let d = |a: Option<u64>, b: Option<u64>| Some(a?.checked_sub(b?)? as f64 / hz);
+        Cpu {
+            station: d(self.station, before.station),
+            redis: d(self.redis, before.redis),
+            broker: d(self.broker, before.broker),
+            load: d(self.load, before.load),
+        }
+    }
+}
+
+/// Process ids of the scenario's servers.
+#[derive(Debug, Clone, Copy)]
+struct Pids {
+    redis: Option<u32>,
+    broker: Option<u32>,
 }
 
 impl Batch {
@@ -188,7 +247,11 @@ pub(crate) async fn run(
         let env = replicas::env(m.port(), r.port(), &id, shared);
         procs.push(Replica::spawn(bin, &id, env, logs.path())?);
     }
-    let result = drive(&mut mes, &mut probes, &mut procs, &r, sizes, scaling).await;
+    let pids = Pids {
+        redis: r.pid(),
+        broker: m.pid(),
+    };
+    let result = drive(&mut mes, &mut probes, &mut procs, &r, pids, sizes, scaling).await;
     let log_lines = procs.iter().map(Replica::log_lines).sum();
     let first_warning = procs.iter().find_map(Replica::first_warning);
     if result.is_err() {
@@ -227,6 +290,7 @@ pub(crate) async fn run(
                 packets: b.broker.1.since(&b.broker.0, spied),
                 round_trips: b.round_trips,
                 rss: b.rss,
+                cpu: b.cpu,
             }
         })
         .collect();
@@ -276,6 +340,7 @@ struct RawBatch {
     broker: (BrokerSnapshot, BrokerSnapshot),
     round_trips: Option<u64>,
     rss: Rss,
+    cpu: Cpu,
 }
 
 struct Driven {
@@ -289,6 +354,7 @@ async fn drive(
     probes: &mut Probes,
     procs: &mut [Replica],
     redis: &LocalRedis,
+    pids: Pids,
     sizes: Sizes,
     scaling: bool,
 ) -> BenchResult<Driven> {
@@ -308,7 +374,7 @@ async fn drive(
     )
     .await?;
 
-    let mut batches = vec![batch(mes, probes, procs, "job", stored, sizes).await?];
+    let mut batches = vec![batch(mes, probes, procs, pids, "job", stored, sizes).await?];
     stored += batches[0].phase.ended.len();
     let mut filled = None;
     if scaling {
@@ -317,7 +383,7 @@ async fn drive(
         let added = fill(mes, "hist", jobs, sizes).await?;
         let elapsed = started.elapsed();
         stored += added;
-        let next = batch(mes, probes, procs, "big", stored, sizes).await?;
+        let next = batch(mes, probes, procs, pids, "big", stored, sizes).await?;
         filled = Some(Fill {
             jobs: added,
             elapsed,
@@ -359,6 +425,7 @@ async fn batch(
     mes: &mut Mes,
     probes: &mut Probes,
     procs: &mut [Replica],
+    pids: Pids,
     prefix: &str,
     stored: usize,
     sizes: Sizes,
@@ -368,12 +435,14 @@ async fn batch(
     let baseline = restart_all(procs)?;
     restarted(mes, probes, procs).await?;
     let before = probes.read().await?;
+    let cpu_before = CpuReading::take(procs, pids);
     eprintln!("  {} jobs, {stored} stored ...", sizes.loaded_jobs);
     let phase = mes
         .run_jobs(prefix, sizes.loaded_jobs, sizes.in_flight, STALL)
         .await?;
     report_failures("loaded", &phase)?;
     let after = probes.read().await?;
+    let cpu = CpuReading::take(procs, pids).since(&cpu_before);
     let rss = procs.iter().map(|p| (p.id.clone(), p.rss())).collect();
     if let Some(why) = procs.iter_mut().find_map(Replica::exited) {
         return Err(why);
@@ -391,6 +460,7 @@ async fn batch(
         broker: (before.1, after.1),
         round_trips,
         rss,
+        cpu,
     })
 }
 

@@ -211,6 +211,11 @@ impl LocalMosquitto {
         self.port
     }
 
+    /// Its process id, while it runs (for CPU and memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL, like a crash.
     pub fn kill(&mut self) {
         stop_child(&mut self.child, false);
@@ -341,6 +346,11 @@ impl LocalRedis {
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Its process id, while it runs (for CPU and memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `redis://127.0.0.1:{port}/`.
