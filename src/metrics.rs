@@ -93,3 +93,320 @@ impl Metrics {
         self.load(errors.clone())
     }
 }
+
+// ---------------------------------------------------------------------------
+// OpenTelemetry instruments
+// ---------------------------------------------------------------------------
+
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+/// The label of a CloudEvent type no processor handles (the `type` label
+/// is bounded to the types the processors register).
+pub const OTHER_TYPE: &str = "other";
+
+/// Why the meter provider could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The Prometheus reader could not be created.
+    #[error("prometheus exporter: {0}")]
+    Prometheus(String),
+    /// The OTLP metric exporter could not be created (e.g. an unusable
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[error("otlp metric exporter: {0}")]
+    Otlp(String),
+}
+
+/// The process's meter provider and, when asked for, the Prometheus
+/// registry `/metrics` renders.
+#[derive(Debug)]
+pub struct Installed {
+    provider: SdkMeterProvider,
+    registry: Option<prometheus::Registry>,
+}
+
+impl Installed {
+    /// The meter provider (to add instruments of your own).
+    pub fn provider(&self) -> &SdkMeterProvider {
+        &self.provider
+    }
+
+    /// Everything measured so far as Prometheus text exposition (format
+    /// 0.0.4), or `None` when no Prometheus reader was installed.
+    pub fn prometheus_text(&self) -> Option<String> {
+        use prometheus::Encoder as _;
+        let registry = self.registry.as_ref()?;
+        let mut out = Vec::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode the metrics as Prometheus text");
+        }
+        Some(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
+
+/// Builds the process's one [`SdkMeterProvider`]: a Prometheus reader when
+/// `prometheus` (the HTTP server's `/metrics`), an OTLP/HTTP periodic
+/// reader when `otlp` (configured by the standard `OTEL_EXPORTER_OTLP_*`
+/// and `OTEL_METRIC_EXPORT_INTERVAL` environment), and the instruments of
+/// the runtime on it. With neither, nothing is installed and counting costs
+/// one atomic load per message.
+///
+/// The first call that installs something wins; later calls return what
+/// it installed (a process has one provider).
+///
+/// # Errors
+/// An exporter cannot be created.
+pub fn install(prometheus: bool, otlp: bool) -> Result<Option<&'static Installed>, MetricsError> {
+    if let Some(i) = INSTALLED.get() {
+        return Ok(Some(i));
+    }
+    if !prometheus && !otlp {
+        return Ok(None);
+    }
+    let mut builder =
+        SdkMeterProvider::builder().with_resource(opentelemetry_sdk::Resource::builder().build());
+    let mut registry = None;
+    if prometheus {
+        let r = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(r.clone())
+            .without_target_info()
+            .build()
+            .map_err(|e| MetricsError::Prometheus(e.to_string()))?;
+        builder = builder.with_reader(exporter);
+        registry = Some(r);
+    }
+    if otlp {
+        // HTTP/protobuf with the blocking client: the periodic reader
+        // exports from a thread of its own, where the async client would
+        // find no reactor.
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| MetricsError::Otlp(e.to_string()))?;
+        builder = builder.with_periodic_exporter(exporter);
+    }
+    let provider = builder.build();
+    let installed = INSTALLED.get_or_init(|| Installed { provider, registry });
+    let meter = installed.provider.meter("microdcs");
+    INSTRUMENTS.get_or_init(|| Instruments::new(&meter));
+    Ok(Some(installed))
+}
+
+/// What [`install`] installed, if anything.
+pub fn installed() -> Option<&'static Installed> {
+    INSTALLED.get()
+}
+
+/// Flushes and stops the provider (the OTLP reader exports what is left).
+/// Blocks: call it from `spawn_blocking` in async code.
+pub fn shutdown() {
+    if let Some(i) = INSTALLED.get() {
+        if let Err(e) = i.provider.shutdown() {
+            tracing::debug!(error = %e, "meter provider shutdown");
+        }
+    }
+}
+
+/// The runtime's instruments, once [`install`]ed.
+pub(crate) fn instruments() -> Option<&'static Instruments> {
+    INSTRUMENTS.get()
+}
+
+/// The runtime's instruments. Labels: `microdcs.processor` (processor
+/// name), `cloudevents.event_type` (bounded: a type the processor handles,
+/// else [`OTHER_TYPE`]), `error.type` (wire error kind),
+/// `microdcs.transport` (transport name).
+pub(crate) struct Instruments {
+    consumed: Counter<u64>,
+    processed: Counter<u64>,
+    duplicates: Counter<u64>,
+    dead_lettered: Counter<u64>,
+    errors: Counter<u64>,
+    duration: Histogram<f64>,
+    replies: Counter<u64>,
+    mqtt_reconnects: Counter<u64>,
+    redis_losses: Counter<u64>,
+}
+
+/// Transports whose connection state the `microdcs.mqtt.connected` gauge
+/// reports, by name; and whether Redis answered its last probe (-1 not yet
+/// probed, 0 no, 1 yes).
+static TRANSPORTS: Mutex<Vec<WatchedTransport>> = Mutex::new(Vec::new());
+
+/// A transport's name and the transport, while it lives.
+type WatchedTransport = (Arc<str>, Weak<dyn ConnectionState>);
+static REDIS_UP: AtomicI64 = AtomicI64::new(-1);
+
+/// Something connected or not (an MQTT transport), for the gauge.
+pub(crate) trait ConnectionState: Send + Sync {
+    /// Connected to its broker now.
+    fn is_connected(&self) -> bool;
+}
+
+/// Reports `t`'s connection state as `microdcs.mqtt.connected{transport}`
+/// while it lives.
+pub(crate) fn watch_transport(name: &str, t: Weak<dyn ConnectionState>) {
+    let mut v = TRANSPORTS.lock().unwrap_or_else(|p| p.into_inner());
+    v.retain(|(_, w)| w.strong_count() > 0);
+    v.push((Arc::from(name), t));
+}
+
+/// Records the outcome of a Redis probe (and counts a loss when it turns
+/// from up to down).
+pub(crate) fn redis_probed(up: bool) {
+    let before = REDIS_UP.swap(i64::from(up), Ordering::Relaxed);
+    if before == 1 && !up {
+        if let Some(i) = instruments() {
+            i.redis_losses.add(1, &[]);
+        }
+    }
+}
+
+fn error_labels(processor: Option<&str>, ty: &str, kind: ErrorKind) -> [KeyValue; 3] {
+    [
+        kv("microdcs.processor", processor.unwrap_or("none")),
+        kv("cloudevents.event_type", ty),
+        KeyValue::new("error.type", kind.as_str()),
+    ]
+}
+
+fn kv(key: &'static str, value: &str) -> KeyValue {
+    KeyValue::new(key, value.to_owned())
+}
+
+impl Instruments {
+    fn new(meter: &Meter) -> Self {
+        meter
+            .i64_observable_gauge("microdcs.mqtt.connected")
+            .with_description("1 while the transport is connected to its MQTT broker, else 0")
+            .with_callback(|o| {
+                let v = TRANSPORTS.lock().unwrap_or_else(|p| p.into_inner());
+                for (name, t) in v.iter() {
+                    if let Some(t) = t.upgrade() {
+                        o.observe(
+                            i64::from(t.is_connected()),
+                            &[KeyValue::new("microdcs.transport", name.to_string())],
+                        );
+                    }
+                }
+            })
+            .build();
+        meter
+            .i64_observable_gauge("microdcs.redis.connected")
+            .with_description("1 while Redis answers the readiness probe's PING, else 0")
+            .with_callback(|o| {
+                let v = REDIS_UP.load(Ordering::Relaxed);
+                if v >= 0 {
+                    o.observe(v, &[]);
+                }
+            })
+            .build();
+        Instruments {
+            consumed: meter
+                .u64_counter("messaging.client.consumed.messages")
+                .with_unit("{message}")
+                .with_description("MQTT messages received, before any check")
+                .build(),
+            processed: meter
+                .u64_counter("microdcs.messages.processed")
+                .with_unit("{message}")
+                .with_description("Messages whose handler succeeded")
+                .build(),
+            duplicates: meter
+                .u64_counter("microdcs.messages.duplicates")
+                .with_unit("{message}")
+                .with_description("Duplicates acknowledged without processing")
+                .build(),
+            dead_lettered: meter
+                .u64_counter("microdcs.messages.dead_lettered")
+                .with_unit("{message}")
+                .with_description("Messages sent to the dead-letter topic")
+                .build(),
+            errors: meter
+                .u64_counter("microdcs.messages.errors")
+                .with_unit("{message}")
+                .with_description(
+                    "Failed handling attempts (first retryable failure, or rejection)",
+                )
+                .build(),
+            duration: meter
+                .f64_histogram("messaging.process.duration")
+                .with_unit("s")
+                .with_description(
+                    "Time from receipt to the handler's outcome (processed or duplicate)",
+                )
+                .with_boundaries(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .build(),
+            replies: meter
+                .u64_counter("microdcs.replies")
+                .with_unit("{message}")
+                .with_description("Replies sent (success and error)")
+                .build(),
+            mqtt_reconnects: meter
+                .u64_counter("microdcs.mqtt.reconnects")
+                .with_unit("{connection}")
+                .with_description("Reconnections to the MQTT broker after a loss")
+                .build(),
+            redis_losses: meter
+                .u64_counter("microdcs.redis.connection_losses")
+                .with_unit("{event}")
+                .with_description("Times Redis stopped answering the readiness probe")
+                .build(),
+        }
+    }
+
+    pub(crate) fn consumed(&self, transport: &str) {
+        self.consumed.add(
+            1,
+            &[
+                KeyValue::new("messaging.system", "mqtt"),
+                kv("microdcs.transport", transport),
+            ],
+        );
+    }
+
+    pub(crate) fn processed(&self, processor: &str, ty: &str, seconds: f64) {
+        let labels = [
+            kv("microdcs.processor", processor),
+            kv("cloudevents.event_type", ty),
+        ];
+        self.processed.add(1, &labels);
+        self.duration.record(seconds, &labels);
+    }
+
+    pub(crate) fn duplicate(&self, processor: &str, ty: &str, seconds: f64) {
+        let labels = [
+            kv("microdcs.processor", processor),
+            kv("cloudevents.event_type", ty),
+        ];
+        self.duplicates.add(1, &labels);
+        self.duration.record(seconds, &labels);
+    }
+
+    pub(crate) fn error(&self, processor: Option<&str>, ty: &str, kind: ErrorKind) {
+        self.errors.add(1, &error_labels(processor, ty, kind));
+    }
+
+    pub(crate) fn dead_lettered(&self, processor: Option<&str>, ty: &str, kind: ErrorKind) {
+        self.dead_lettered
+            .add(1, &error_labels(processor, ty, kind));
+    }
+
+    pub(crate) fn reply(&self, transport: &str) {
+        self.replies.add(1, &[kv("microdcs.transport", transport)]);
+    }
+
+    pub(crate) fn mqtt_reconnect(&self, transport: &str) {
+        self.mqtt_reconnects
+            .add(1, &[kv("microdcs.transport", transport)]);
+    }
+}

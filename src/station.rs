@@ -158,7 +158,7 @@ pub async fn build_extended(
             Ok(())
         });
         let store = store.clone();
-        app = app.task("purge", move |mut shutdown| async move {
+        app = app.service("purge", move |mut shutdown| async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30).min(retention));
             loop {
                 tokio::select! {
@@ -170,7 +170,7 @@ pub async fn build_extended(
         });
     }
     if let Some(e) = engine.clone() {
-        app = app.task("sfc-engine", move |shutdown| async move {
+        app = app.service("sfc-engine", move |shutdown| async move {
             e.run(shutdown).await;
             Ok(())
         });
@@ -194,7 +194,7 @@ pub async fn build_extended(
             Duration::from_secs(15),
         );
         let client = redis.client.clone();
-        app = app.task("mes-publisher", move |shutdown| async move {
+        app = app.service("mes-publisher", move |shutdown| async move {
             lock.run(shutdown, |sd| {
                 MesPublisher::new(store.clone(), client.clone(), out.clone(), settings.clone())
                     .run(sd)

@@ -212,6 +212,18 @@ impl MqttTransport {
         self.connected().await;
     }
 
+    /// Whether the broker accepted the connection and the subscriptions
+    /// were granted (what readiness reports for this transport).
+    pub fn is_ready(&self) -> bool {
+        *self.connected.borrow() && *self.subscribed.borrow()
+    }
+
+    /// Whether the broker accepted the connection and it was not lost
+    /// since.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
     /// Asks [`MqttTransport::run`] to shut down gracefully.
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -350,6 +362,12 @@ impl Publisher for MqttTransport {
 
     fn instance_id(&self) -> &str {
         &self.settings.instance_id
+    }
+}
+
+impl crate::metrics::ConnectionState for MqttTransport {
+    fn is_connected(&self) -> bool {
+        MqttTransport::is_connected(self)
     }
 }
 

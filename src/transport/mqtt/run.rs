@@ -57,6 +57,9 @@ impl MqttTransport {
                 Polled::Connected { ack, reconnect } => {
                     if reconnect {
                         self.metrics.reconnects();
+                        if let Some(i) = crate::metrics::instruments() {
+                            i.mqtt_reconnect(&self.name);
+                        }
                     }
                     info!(transport = %self.name, session_present = ack.session_present, "mqtt connected");
                     if !ack.session_present {
@@ -128,6 +131,9 @@ impl MqttTransport {
         match ev {
             Event::Incoming(Packet::Publish(p)) => {
                 self.metrics.received();
+                if let Some(i) = crate::metrics::instruments() {
+                    i.consumed(&self.name);
+                }
                 self.signals.received();
                 if tx.send((p, tokio::time::Instant::now())).is_err() {
                     error!(transport = %self.name, "dispatcher stopped; message left unacknowledged for redelivery");

@@ -1,0 +1,412 @@
+//! The HTTP endpoints of a station against a real Mosquitto and Redis:
+//! `/metrics` (Prometheus text, counters that move with real CloudEvents),
+//! `/readyz` through Redis and broker outages, `/healthz`, and a taken port.
+
+use crate::harness::station::{settings, Hosted};
+use crate::harness::{init_tracing, Mosquitto, Redis};
+use microdcs::testkit::mqtt::{ce_props, TestClient};
+use microdcs::{App, AppError, EventType, Processor, TopicBinding};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Ping {
+    #[serde(rename = "N")]
+    n: u32,
+}
+impl EventType for Ping {
+    const TYPE: &'static str = "test.ping.v1";
+    const DATASCHEMA: &'static str = "urn:test:ping";
+}
+
+async fn ping(p: Ping) -> Ping {
+    Ping { n: p.n + 1 }
+}
+
+/// A station with one processor (`pinger`, type `test.ping.v1` on
+/// `app/test/commands`) and its HTTP server on a port the system chose.
+async fn station(m: &Mosquitto, r: &Redis) -> (Hosted, SocketAddr) {
+    init_tracing();
+    let s = settings(m.port(), "obs-1");
+    let url = r.url();
+    let (hosted, _t, addr) = Hosted::launch(move || async move {
+        let p = Processor::northbound("pinger").handle(ping).build();
+        let app = App::builder()
+            .mqtt("mqtt", s)
+            .redis_url(url, "test")
+            .processor(p, TopicBinding::new("app/test"))
+            .http("127.0.0.1:0")
+            .build()
+            .await
+            .expect("build app");
+        let addr = app.http_addr().expect("http server asked for");
+        (app, addr)
+    })
+    .await;
+    (hosted, addr)
+}
+
+/// `GET path` over a plain TCP connection: (status, body).
+async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "fixed bodies are sent with a length: {head}"
+    );
+    Ok((status, body.to_owned()))
+}
+
+/// A sample: metric name and its labels, sorted.
+type Series = (String, BTreeMap<String, String>);
+
+/// Parses Prometheus text exposition 0.0.4 strictly: every line is a
+/// `# HELP`, a `# TYPE` (before the family's samples, once) or a sample of
+/// a declared family with well-formed labels and a float value.
+fn parse_prometheus(text: &str) -> Result<BTreeMap<Series, f64>, String> {
+    fn is_name(s: &str) -> bool {
+        let mut c = s.chars();
+        c.next()
+            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+            && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
+    }
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let at = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kw, name) = (parts.next(), parts.next());
+            let name = name.filter(|x| is_name(x)).ok_or_else(|| at("bad name"))?;
+            match kw {
+                Some("HELP") => {}
+                Some("TYPE") => {
+                    let ty = parts.next().ok_or_else(|| at("no type"))?;
+                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty) {
+                        return Err(at("unknown type"));
+                    }
+                    if types.insert(name.to_owned(), ty.to_owned()).is_some() {
+                        return Err(at("second TYPE"));
+                    }
+                }
+                _ => return Err(at("unknown comment")),
+            }
+            continue;
+        }
+        let (name, rest) = match line.find(['{', ' ']) {
+            Some(i) => line.split_at(i),
+            None => return Err(at("no value")),
+        };
+        if !is_name(name) {
+            return Err(at("bad metric name"));
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        if !types.contains_key(family) {
+            return Err(at("sample before its TYPE"));
+        }
+        let mut labels = BTreeMap::new();
+        let mut rest = rest;
+        if let Some(mut l) = rest.strip_prefix('{') {
+            loop {
+                if let Some(r) = l.strip_prefix('}') {
+                    rest = r;
+                    break;
+                }
+                let eq = l.find('=').ok_or_else(|| at("label without ="))?;
+                let key = &l[..eq];
+                if !is_name(key) {
+                    return Err(at("bad label name"));
+                }
+                let mut chars = l[eq + 1..].char_indices();
+                if chars.next().map(|c| c.1) != Some('"') {
+                    return Err(at("label value not quoted"));
+                }
+                let mut value = String::new();
+                let mut end = None;
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => match chars.next().map(|c| c.1) {
+                            Some('n') => value.push('\n'),
+                            Some('\\') => value.push('\\'),
+                            Some('"') => value.push('"'),
+                            _ => return Err(at("bad escape")),
+                        },
+                        '"' => {
+                            end = Some(eq + 1 + i + 1);
+                            break;
+                        }
+                        c => value.push(c),
+                    }
+                }
+                let end = end.ok_or_else(|| at("unterminated label value"))?;
+                if labels.insert(key.to_owned(), value).is_some() {
+                    return Err(at("repeated label"));
+                }
+                l = &l[end..];
+                l = l.strip_prefix(',').unwrap_or(l);
+            }
+        }
+        let mut fields = rest
+            .strip_prefix(' ')
+            .ok_or_else(|| at("no space before value"))?
+            .split(' ');
+        let value = match fields.next().ok_or_else(|| at("no value"))? {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse::<f64>().map_err(|_| at("bad value"))?,
+        };
+        if let Some(ts) = fields.next() {
+            ts.parse::<i64>().map_err(|_| at("bad timestamp"))?;
+        }
+        if fields.next().is_some() {
+            return Err(at("trailing fields"));
+        }
+        if out.insert((name.to_owned(), labels), value).is_some() {
+            return Err(at("repeated series"));
+        }
+    }
+    Ok(out)
+}
+
+/// The sum of every series of `name` whose labels include `with`.
+fn sum(m: &BTreeMap<Series, f64>, name: &str, with: &[(&str, &str)]) -> f64 {
+    m.iter()
+        .filter(|((n, l), _)| {
+            n == name
+                && with
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+async fn metrics(addr: SocketAddr) -> BTreeMap<Series, f64> {
+    let (status, body) = get(addr, "/metrics").await.expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    parse_prometheus(&body).unwrap_or_else(|e| panic!("{e}\n{body}"))
+}
+
+/// Polls `/metrics` until `want` holds (or 30 s pass); the last reading.
+async fn metrics_until(
+    addr: SocketAddr,
+    want: impl Fn(&BTreeMap<Series, f64>) -> bool,
+) -> BTreeMap<Series, f64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics(addr).await;
+        if want(&m) || tokio::time::Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Readiness as (status, names of the failing checks).
+async fn readiness(addr: SocketAddr) -> (u16, Vec<String>) {
+    let (status, body) = get(addr, "/readyz").await.expect("GET /readyz");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("readyz is JSON");
+    let failing = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    (status, failing)
+}
+
+/// Polls readiness until `want(status, failing)` holds (or 30 s pass).
+async fn ready_until(
+    addr: SocketAddr,
+    want: impl Fn(u16, &[String]) -> bool,
+) -> (u16, Vec<String>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, f) = readiness(addr).await;
+        if want(s, &f) || tokio::time::Instant::now() > deadline {
+            return (s, f);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_count_processed_messages() {
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let (st, addr) = station(&m, &r).await;
+    let mut mes = TestClient::connect(m.port(), "mes").await;
+    mes.subscribe("mes/replies").await;
+    for i in 0..3 {
+        let id = format!("p{i}");
+        let props = ce_props("test.ping.v1", &id, None, Some("mes/replies"), None);
+        mes.publish("app/test/commands", r#"{"N":1}"#, props).await;
+        mes.recv(WAIT).await.expect("reply");
+    }
+    // The same id again: a duplicate, answered with the stored reply.
+    let props = ce_props("test.ping.v1", "p0", None, Some("mes/replies"), None);
+    mes.publish("app/test/commands", r#"{"N":1}"#, props).await;
+    mes.recv(WAIT).await.expect("replayed reply");
+    // A type nobody handles: dead-lettered, its type bounded to "other".
+    let props = ce_props("test.unknown.v1", "u1", None, Some("mes/replies"), None);
+    mes.publish("app/test/commands", r#"{"N":1}"#, props).await;
+    mes.recv(WAIT).await.expect("error reply");
+
+    let ping = [
+        ("microdcs_processor", "pinger"),
+        ("cloudevents_event_type", "test.ping.v1"),
+    ];
+    // The dead letter is counted once its PUBACK is in: after the reply.
+    let seen = metrics_until(addr, |m| {
+        sum(m, "microdcs_messages_dead_lettered_total", &[]) >= 1.0
+    })
+    .await;
+    assert_eq!(sum(&seen, "microdcs_messages_processed_total", &ping), 3.0);
+    assert_eq!(sum(&seen, "microdcs_messages_duplicates_total", &ping), 1.0);
+    assert_eq!(
+        sum(&seen, "messaging_process_duration_seconds_count", &ping),
+        4.0
+    );
+    assert_eq!(
+        sum(
+            &seen,
+            "microdcs_messages_dead_lettered_total",
+            &[
+                ("cloudevents_event_type", "other"),
+                ("error_type", "UNKNOWN_PAYLOAD_TYPE")
+            ]
+        ),
+        1.0,
+        "{seen:?}"
+    );
+    assert_eq!(
+        sum(
+            &seen,
+            "messaging_client_consumed_messages_total",
+            &[("microdcs_transport", "mqtt")]
+        ),
+        5.0
+    );
+    assert_eq!(sum(&seen, "microdcs_replies_total", &[]), 5.0);
+    assert_eq!(
+        sum(
+            &seen,
+            "microdcs_mqtt_connected",
+            &[("microdcs_transport", "mqtt")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&seen, "microdcs_redis_connected", &[]), 1.0);
+    assert!(
+        !seen
+            .keys()
+            .any(|(_, l)| l.values().any(|v| v == "p0" || v == "u1")),
+        "no message ids as labels"
+    );
+    st.stop(Duration::from_secs(20))
+        .await
+        .expect("stops")
+        .expect("ran")
+        .expect("ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_redis_while_it_is_down_and_is_ready_again_after_its_restart() {
+    let (m, mut r) = (Mosquitto::start(), Redis::start());
+    let (st, addr) = station(&m, &r).await;
+    let (status, failing) = ready_until(addr, |s, _| s == 200).await;
+    assert_eq!((status, failing), (200, vec![]));
+    r.kill();
+    let (status, failing) = ready_until(addr, |s, _| s == 503).await;
+    assert_eq!((status, failing), (503, vec!["redis".to_owned()]));
+    let (status, _) = get(addr, "/healthz").await.expect("GET /healthz");
+    assert_eq!(status, 200, "losing Redis is not a reason to restart");
+    r.restart();
+    let (status, failing) = ready_until(addr, |s, _| s == 200).await;
+    assert_eq!((status, failing), (200, vec![]));
+    st.stop(Duration::from_secs(20))
+        .await
+        .expect("stops")
+        .expect("ran")
+        .expect("ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_the_broker_while_it_is_down_and_is_ready_again_after_its_restart() {
+    let (mut m, r) = (Mosquitto::start(), Redis::start());
+    let (st, addr) = station(&m, &r).await;
+    let (status, _) = ready_until(addr, |s, _| s == 200).await;
+    assert_eq!(status, 200);
+    m.kill();
+    let (status, failing) = ready_until(addr, |s, _| s == 503).await;
+    assert_eq!((status, failing), (503, vec!["mqtt:mqtt".to_owned()]));
+    m.restart();
+    let (status, failing) = ready_until(addr, |s, _| s == 200).await;
+    assert_eq!((status, failing), (200, vec![]));
+    let seen = metrics(addr).await;
+    assert!(sum(&seen, "microdcs_mqtt_reconnects_total", &[]) >= 1.0);
+    st.stop(Duration::from_secs(20))
+        .await
+        .expect("stops")
+        .expect("ran")
+        .expect("ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_ok_while_running_and_a_taken_port_fails_the_start_naming_it() {
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let (st, addr) = station(&m, &r).await;
+    let (status, body) = get(addr, "/healthz").await.expect("GET /healthz");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["ok"], true);
+    assert!(body.contains("service:redis-probe"), "{body}");
+
+    // A second app on the same port does not start, and says where.
+    let taken = addr.to_string();
+    let err = App::builder()
+        .mqtt("mqtt", settings(m.port(), "obs-2"))
+        .http(taken.clone())
+        .build()
+        .await
+        .err()
+        .expect("a taken port is a start-up error");
+    assert!(
+        matches!(err, AppError::Http { ref addr, .. } if *addr == taken),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&taken), "{err}");
+    st.stop(Duration::from_secs(20))
+        .await
+        .expect("stops")
+        .expect("ran")
+        .expect("ok");
+}
