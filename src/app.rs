@@ -681,6 +681,17 @@ impl AppBuilder {
                 })
             });
             tasks.push(("redis-probe".into(), task, true));
+            // The gauges that are facts in Redis, only when measured.
+            if crate::metrics::installed().is_some() {
+                let (conn, prefix) = (r.conn.clone(), prefix.clone());
+                let task: Task = Box::new(move |sd| {
+                    Box::pin(async move {
+                        crate::metrics::sampler::run(conn, prefix, sd).await;
+                        Ok(())
+                    })
+                });
+                tasks.push(("metrics-sampler".into(), task, true));
+            }
             redis = Some(r);
         }
         Ok(App {

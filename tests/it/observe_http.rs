@@ -410,3 +410,104 @@ async fn healthz_is_ok_while_running_and_a_taken_port_fails_the_start_naming_it(
         .expect("ran")
         .expect("ok");
 }
+
+/// A two-step recipe: `clamp` then `tighten`, one command each.
+fn two_steps() -> serde_json::Value {
+    use crate::harness::recipes::push_command;
+    serde_json::json!({
+        "Version": "1.0.0",
+        "Steps": [{"Name": "load", "Initial": true}, {"Name": "tighten"}],
+        "Transitions": [{"Source": "load", "Target": "tighten", "Condition": "always"}],
+        "Actions": [
+            push_command("clamp", "load", "N", "com.example.obs.clamp.v1", 0),
+            push_command("tighten", "tighten", "N", "com.example.obs.tighten.v1", 0)
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn station_metrics_show_jobs_by_state_steps_entered_and_retained_publishes() {
+    use crate::harness::equipment::Equipment;
+    use crate::harness::jobs::{self, order, state_texts, Mes};
+    use crate::harness::recipes::store_recipe;
+    use std::sync::Arc;
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let port = microdcs::testkit::devenv::free_port().expect("free port");
+    let mut env = jobs::env(m.port(), r.0.port(), "obs-st");
+    jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
+    jobs::set(&mut env, "APP_IS_PUBLISHER_INSTANCE", "true");
+    jobs::set(&mut env, "APP_HTTP_HOSTNAME", "127.0.0.1");
+    jobs::set(&mut env, "APP_HTTP_PORT", &port.to_string());
+    let station = jobs::start(env).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let answer: crate::harness::equipment::Answer =
+        Arc::new(|_: &str, _: &serde_json::Value| Some(Ok(serde_json::json!({"ok": true}))));
+    let _equipment = Equipment::start(m.port(), answer).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    store_recipe(&mut mes, "line-1", two_steps()).await;
+    let status = mes
+        .status(
+            "StoreAndStart",
+            "line-1",
+            serde_json::json!({"JobOrder": order("j-1")}),
+        )
+        .await;
+    assert_eq!(status, 1, "accepted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut ended = false;
+    while !ended && tokio::time::Instant::now() < deadline {
+        if let Some((_, ev)) = mes.next_event().await {
+            ended =
+                ev["JobOrder"]["JobOrderID"] == "j-1" && state_texts(&ev["JobState"])[0] == "Ended";
+        }
+    }
+    assert!(ended, "the job ran to Ended");
+
+    let ended_in_line_1 = [
+        ("microdcs_scope", "line-1"),
+        ("microdcs_job_state", "Ended"),
+    ];
+    let seen = metrics_until(addr, |m| {
+        sum(m, "microdcs_jobs", &ended_in_line_1) == 1.0
+            && sum(m, "microdcs_publisher_retained_total", &[]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        sum(&seen, "microdcs_jobs", &ended_in_line_1),
+        1.0,
+        "{seen:?}"
+    );
+    assert_eq!(
+        sum(&seen, "microdcs_jobs", &[("microdcs_scope", "line-1")]),
+        1.0,
+        "one job in all: {seen:?}"
+    );
+    for step in ["load", "tighten"] {
+        assert!(
+            sum(
+                &seen,
+                "microdcs_sfc_steps_entered_total",
+                &[("microdcs_sfc_step", step)]
+            ) >= 1.0,
+            "{step} entered: {seen:?}"
+        );
+    }
+    assert!(sum(&seen, "microdcs_publisher_retained_total", &[]) >= 1.0);
+    assert!(
+        seen.keys().any(|(n, l)| n == "microdcs_sfc_work_pending"
+            && l.get("microdcs_scope").map(String::as_str) == Some("line-1")),
+        "engine work gauge per scope: {seen:?}"
+    );
+    assert!(
+        !seen.keys().any(|(_, l)| l.values().any(|v| v == "j-1")),
+        "no job ids as labels"
+    );
+    let (status, failing) = ready_until(addr, |s, _| s == 200).await;
+    assert_eq!((status, failing), (200, vec![]));
+    let (_, body) = get(addr, "/readyz").await.expect("readyz");
+    for service in ["service:sfc-engine", "service:mes-publisher"] {
+        assert!(body.contains(service), "{body}");
+    }
+    station.stop().await;
+}

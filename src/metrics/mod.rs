@@ -7,6 +7,9 @@ use crate::error::ErrorKind;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+pub(crate) mod sampler;
+pub use sampler::{LAG_COUNT_CAP, SAMPLE_INTERVAL};
+
 /// A struct of `AtomicU64` counters (and one other field, if given) whose
 /// names are `u64` fields of the plain `$snapshot`: a method per counter
 /// that counts one, and `load`, which copies them all into a `$snapshot`
@@ -233,6 +236,8 @@ pub(crate) struct Instruments {
     replies: Counter<u64>,
     mqtt_reconnects: Counter<u64>,
     redis_losses: Counter<u64>,
+    steps_entered: Counter<u64>,
+    retained: Counter<u64>,
 }
 
 /// Transports whose connection state the `microdcs.mqtt.connected` gauge
@@ -267,6 +272,84 @@ pub(crate) fn redis_probed(up: bool) {
             i.redis_losses.add(1, &[]);
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Registers an observable gauge over one field of the last Redis sample,
+/// labelled by scope (and job state for `jobs`).
+fn sampled_gauges(meter: &Meter) {
+    fn scope(s: &str) -> KeyValue {
+        KeyValue::new("microdcs.scope", s.to_owned())
+    }
+    meter
+        .u64_observable_gauge("microdcs.jobs")
+        .with_unit("{job}")
+        .with_description("Job orders by scope and main state (from the state sets in Redis)")
+        .with_callback(|o| {
+            if let Some(s) = lock(&sampler::SAMPLE).as_ref() {
+                for (sc, state, n) in &s.jobs {
+                    o.observe(
+                        *n,
+                        &[scope(sc), KeyValue::new("microdcs.job.state", *state)],
+                    );
+                }
+            }
+        })
+        .build();
+    macro_rules! gauge {
+        ($kind:ident, $name:literal, $unit:literal, $desc:literal, $field:ident) => {
+            meter
+                .$kind($name)
+                .with_unit($unit)
+                .with_description($desc)
+                .with_callback(|o| {
+                    if let Some(s) = lock(&sampler::SAMPLE).as_ref() {
+                        for (sc, v) in &s.$field {
+                            o.observe(*v, &[scope(sc)]);
+                        }
+                    }
+                })
+                .build();
+        };
+    }
+    gauge!(
+        u64_observable_gauge,
+        "microdcs.sfc.timers.pending",
+        "{timer}",
+        "Engine timers not yet due or not yet moved to the work stream",
+        timers
+    );
+    gauge!(
+        u64_observable_gauge,
+        "microdcs.sfc.work.pending",
+        "{item}",
+        "Engine work items not yet acknowledged (read or not yet read)",
+        work_pending
+    );
+    gauge!(
+        f64_observable_gauge,
+        "microdcs.sfc.work.lag",
+        "s",
+        "Age of the oldest pending engine work item (0 when none)",
+        work_age
+    );
+    gauge!(
+        u64_observable_gauge,
+        "microdcs.publisher.lag",
+        "{change}",
+        "Job changes not yet published to the MES (counted up to LAG_COUNT_CAP)",
+        publisher_lag
+    );
+    gauge!(
+        f64_observable_gauge,
+        "microdcs.publisher.lag.age",
+        "s",
+        "Age of the oldest job change not yet published (0 when caught up)",
+        publisher_age
+    );
 }
 
 fn error_labels(processor: Option<&str>, ty: &str, kind: ErrorKind) -> [KeyValue; 3] {
@@ -308,7 +391,18 @@ impl Instruments {
                 }
             })
             .build();
+        sampled_gauges(meter);
         Instruments {
+            steps_entered: meter
+                .u64_counter("microdcs.sfc.steps.entered")
+                .with_unit("{step}")
+                .with_description("Recipe steps entered, by step name (at least once: a retried work item counts again)")
+                .build(),
+            retained: meter
+                .u64_counter("microdcs.publisher.retained")
+                .with_unit("{message}")
+                .with_description("Retained topics published to the MES (state index, orders, results)")
+                .build(),
             consumed: meter
                 .u64_counter("messaging.client.consumed.messages")
                 .with_unit("{message}")
@@ -403,6 +497,14 @@ impl Instruments {
 
     pub(crate) fn reply(&self, transport: &str) {
         self.replies.add(1, &[kv("microdcs.transport", transport)]);
+    }
+
+    pub(crate) fn step_entered(&self, step: &str) {
+        self.steps_entered.add(1, &[kv("microdcs.sfc.step", step)]);
+    }
+
+    pub(crate) fn retained(&self) {
+        self.retained.add(1, &[]);
     }
 
     pub(crate) fn mqtt_reconnect(&self, transport: &str) {
