@@ -237,6 +237,7 @@ pub(crate) struct Instruments {
     mqtt_reconnects: Counter<u64>,
     redis_losses: Counter<u64>,
     steps_entered: Counter<u64>,
+    step_duration: Histogram<f64>,
     retained: Counter<u64>,
 }
 
@@ -396,12 +397,23 @@ impl Instruments {
             steps_entered: meter
                 .u64_counter("microdcs.sfc.steps.entered")
                 .with_unit("{step}")
-                .with_description("Recipe steps entered, by step name (at least once: a retried work item counts again)")
+                .with_description("Recipe steps entered, by step name")
+                .build(),
+            step_duration: meter
+                .f64_histogram("microdcs.sfc.step.duration")
+                .with_unit("s")
+                .with_description("How long a recipe step was active, by step name")
+                .with_boundaries(vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                    600.0, 1800.0, 3600.0,
+                ])
                 .build(),
             retained: meter
                 .u64_counter("microdcs.publisher.retained")
                 .with_unit("{message}")
-                .with_description("Retained topics published to the MES (state index, orders, results)")
+                .with_description(
+                    "Retained topics published to the MES (state index, orders, results)",
+                )
                 .build(),
             consumed: meter
                 .u64_counter("messaging.client.consumed.messages")
@@ -501,6 +513,11 @@ impl Instruments {
 
     pub(crate) fn step_entered(&self, step: &str) {
         self.steps_entered.add(1, &[kv("microdcs.sfc.step", step)]);
+    }
+
+    pub(crate) fn step_left(&self, step: &str, seconds: f64) {
+        self.step_duration
+            .record(seconds, &[kv("microdcs.sfc.step", step)]);
     }
 
     pub(crate) fn retained(&self) {

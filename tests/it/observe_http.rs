@@ -493,6 +493,27 @@ async fn station_metrics_show_jobs_by_state_steps_entered_and_retained_publishes
             "{step} entered: {seen:?}"
         );
     }
+    // Each step entered once and left once (the job ended): counted once
+    // per committed write, not per delivery.
+    assert_eq!(
+        sum(
+            &seen,
+            "microdcs_sfc_steps_entered_total",
+            &[("microdcs_sfc_step", "load")]
+        ),
+        1.0
+    );
+    for step in ["load", "tighten"] {
+        assert_eq!(
+            sum(
+                &seen,
+                "microdcs_sfc_step_duration_seconds_count",
+                &[("microdcs_sfc_step", step)]
+            ),
+            1.0,
+            "{step} left once: {seen:?}"
+        );
+    }
     assert!(sum(&seen, "microdcs_publisher_retained_total", &[]) >= 1.0);
     assert!(
         seen.keys().any(|(n, l)| n == "microdcs_sfc_work_pending"

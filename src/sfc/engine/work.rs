@@ -133,11 +133,6 @@ impl Engine {
         changes: &[StepChange],
         settle: &mut Settle,
     ) -> Result<(), EngineError> {
-        if let Some(i) = crate::metrics::instruments() {
-            for c in changes.iter().filter(|c| c.entered) {
-                i.step_entered(&c.step);
-            }
-        }
         let Some(emitter) = self.inner.jobs.emitter() else {
             return Ok(());
         };
