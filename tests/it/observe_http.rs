@@ -532,3 +532,101 @@ async fn station_metrics_show_jobs_by_state_steps_entered_and_retained_publishes
     }
     station.stop().await;
 }
+
+/// A minimal OTLP/HTTP receiver: answers every POST with 200 and hands
+/// over (path, body) of each request.
+async fn otlp_receiver() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read_exact(&mut byte).await.is_err() {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if s.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let _ = tx.send((path, body));
+                    let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if s.write_all(ok.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_metrics_reach_a_receiver_over_http() {
+    let (receiver, mut bodies) = otlp_receiver().await;
+    // This test runs in a process of its own (nextest): the environment is
+    // its own too.
+    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{receiver}"));
+    std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "200");
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let s = settings(m.port(), "otlp-1");
+    let url = r.url();
+    let (st, _t, ()) = Hosted::launch(move || async move {
+        let p = Processor::northbound("pinger").handle(ping).build();
+        let app = App::builder()
+            .mqtt("mqtt", s)
+            .redis_url(url, "test")
+            .processor(p, TopicBinding::new("app/test"))
+            .otlp_metrics(true)
+            .build()
+            .await
+            .expect("build app");
+        (app, ())
+    })
+    .await;
+    let mut mes = TestClient::connect(m.port(), "mes").await;
+    mes.subscribe("mes/replies").await;
+    let props = ce_props("test.ping.v1", "o1", None, Some("mes/replies"), None);
+    mes.publish("app/test/commands", r#"{"N":1}"#, props).await;
+    mes.recv(WAIT).await.expect("reply");
+    let want: &[u8] = b"microdcs.messages.processed";
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some((path, body)) = bodies.recv().await {
+            if path == "/v1/metrics" && body.windows(want.len()).any(|w| w == want) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        found,
+        Ok(true),
+        "an export to /v1/metrics carried the processed counter"
+    );
+    st.stop(Duration::from_secs(20))
+        .await
+        .expect("stops")
+        .expect("ran")
+        .expect("ok");
+}
