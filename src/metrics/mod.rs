@@ -1,7 +1,20 @@
-//! Counters of what the runtime did, per transport.
+//! What the runtime measures, in two layers.
 //!
-//! Kept as plain atomics so they cost nothing on the hot path; read them with
-//! [`Metrics::snapshot`] (the app logs a snapshot at shutdown).
+//! - [`Metrics`]: plain atomic counters per transport, always on, read with
+//!   [`Metrics::snapshot`] (the takeover logic and tests read them).
+//! - The OpenTelemetry instruments: one [`SdkMeterProvider`] per process,
+//!   built by [`install`] when the HTTP server (Prometheus reader, rendered
+//!   by `/metrics`) or OTLP export is on. The transport, the SFC engine and
+//!   the publisher count into it where things happen (labels: processor,
+//!   bounded CloudEvent type, error kind, transport, recipe step: never an
+//!   id); what is a fact in Redis (jobs by state, engine work and timers,
+//!   publisher lag) is sampled by `sampler` for observable gauges. When
+//!   nothing is installed, each counting site is one atomic load.
+//!
+//! The instruments and their names are listed in README.md ("Observing a
+//! station"); names follow the OpenTelemetry semantic conventions where one
+//! exists (`messaging.client.consumed.messages`,
+//! `messaging.process.duration` in seconds), `microdcs.*` otherwise.
 
 use crate::error::ErrorKind;
 use std::collections::BTreeMap;

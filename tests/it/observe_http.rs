@@ -630,3 +630,33 @@ async fn otlp_metrics_reach_a_receiver_over_http() {
         .expect("ran")
         .expect("ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_started_without_redis_is_not_ready_until_redis_comes() {
+    let (m, mut r) = (Mosquitto::start(), Redis::start());
+    r.kill();
+    // Starts anyway: Redis is retried, not fatal.
+    let (st, addr) = station(&m, &r).await;
+    let (status, failing) = ready_until(addr, |s, f| s == 503 && f == ["redis"]).await;
+    assert_eq!((status, failing), (503, vec!["redis".to_owned()]));
+    // Once the first PING failed (not only "not probed yet"), the detail
+    // says where Redis was looked for.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut body = String::new();
+    while tokio::time::Instant::now() < deadline && !body.contains("PING to 127.0.0.1:") {
+        body = get(addr, "/readyz").await.expect("readyz").1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        body.contains("PING to 127.0.0.1:"),
+        "the detail says where: {body}"
+    );
+    r.restart();
+    let (status, failing) = ready_until(addr, |s, _| s == 200).await;
+    assert_eq!((status, failing), (200, vec![]));
+    st.stop(Duration::from_secs(20))
+        .await
+        .expect("stops")
+        .expect("ran")
+        .expect("ok");
+}
