@@ -321,6 +321,21 @@ impl App {
             // The OTLP reader exports what is left; it blocks.
             let _ = tokio::task::spawn_blocking(crate::metrics::shutdown).await;
         }
+        for t in &self.transports {
+            let m = t.metrics().snapshot();
+            info!(
+                transport = t.name(),
+                received = m.received,
+                processed = m.processed,
+                duplicates = m.duplicates,
+                dead_lettered = m.dead_lettered,
+                replies = m.replies,
+                retries = m.retries,
+                reconnects = m.reconnects,
+                errors = ?m.errors,
+                "transport counters"
+            );
+        }
         info!(
             redis_round_trips = RedisConnection::round_trips(),
             "stopped"

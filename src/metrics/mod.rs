@@ -1,7 +1,7 @@
 //! What the runtime measures, in two layers.
 //!
 //! - [`Metrics`]: plain atomic counters per transport, always on, read with
-//!   [`Metrics::snapshot`] (the takeover logic and tests read them).
+//!   [`Metrics::snapshot`] (the app logs them when it stops).
 //! - The OpenTelemetry instruments: one [`SdkMeterProvider`] per process,
 //!   built by [`install`] when the HTTP server (Prometheus reader, rendered
 //!   by `/metrics`) or OTLP export is on. The transport, the SFC engine and
