@@ -374,8 +374,29 @@ fn error_labels(processor: Option<&str>, ty: &str, kind: ErrorKind) -> [KeyValue
     ]
 }
 
+/// Label values seen so far, shared: a label costs a lookup and a
+/// reference count, not an allocation, per message. Every value comes from
+/// a bounded set (names of transports, processors, handled types, recipe
+/// steps); the cap only guards against a set that is larger than thought.
+static LABELS: std::sync::RwLock<BTreeMap<Box<str>, opentelemetry::StringValue>> =
+    std::sync::RwLock::new(BTreeMap::new());
+const LABELS_CAP: usize = 10_000;
+
 fn kv(key: &'static str, value: &str) -> KeyValue {
-    KeyValue::new(key, value.to_owned())
+    let known = LABELS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(value)
+        .cloned();
+    let v = known.unwrap_or_else(|| {
+        let v = opentelemetry::StringValue::from(Arc::<str>::from(value));
+        let mut labels = LABELS.write().unwrap_or_else(|p| p.into_inner());
+        if labels.len() < LABELS_CAP {
+            labels.insert(value.into(), v.clone());
+        }
+        v
+    });
+    KeyValue::new(key, opentelemetry::Value::String(v))
 }
 
 impl Instruments {
