@@ -3,7 +3,7 @@
 //! `/readyz` through Redis and broker outages, `/healthz`, and a taken port.
 
 use crate::harness::station::{settings, Hosted};
-use crate::harness::{init_tracing, Mosquitto, Redis};
+use crate::harness::{init_tracing, on_each_backend, Backend, Mosquitto, Redis, Store};
 use microdcs::testkit::mqtt::{ce_props, TestClient};
 use microdcs::{App, AppError, EventType, Processor, TopicBinding};
 use serde::{Deserialize, Serialize};
@@ -425,16 +425,20 @@ fn two_steps() -> serde_json::Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn station_metrics_show_jobs_by_state_steps_entered_and_retained_publishes() {
+on_each_backend!(station_metrics_show_jobs_by_state_steps_entered_and_retained_publishes);
+/// The Redis-held gauges read by key (one slot per scope on a cluster),
+/// the engine's and publisher's counters, and readiness of a whole
+/// station, on one Redis and on a Redis Cluster.
+async fn station_metrics_show_jobs_by_state_steps_entered_and_retained_publishes(backend: Backend) {
     use crate::harness::equipment::Equipment;
     use crate::harness::jobs::{self, order, state_texts, Mes};
     use crate::harness::recipes::store_recipe;
     use std::sync::Arc;
     init_tracing();
-    let (m, r) = (Mosquitto::start(), Redis::start());
+    let (m, r) = (Mosquitto::start(), Store::start(backend));
     let port = microdcs::testkit::devenv::free_port().expect("free port");
-    let mut env = jobs::env(m.port(), r.0.port(), "obs-st");
+    let mut env = jobs::env(m.port(), 0, "obs-st");
+    r.configure(&mut env);
     jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
     jobs::set(&mut env, "APP_IS_PUBLISHER_INSTANCE", "true");
     jobs::set(&mut env, "APP_HTTP_HOSTNAME", "127.0.0.1");
