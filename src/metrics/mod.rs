@@ -185,8 +185,7 @@ pub fn install(prometheus: bool, otlp: bool) -> Result<Option<&'static Installed
     if !prometheus && !otlp {
         return Ok(None);
     }
-    let mut builder =
-        SdkMeterProvider::builder().with_resource(opentelemetry_sdk::Resource::builder().build());
+    let mut builder = SdkMeterProvider::builder().with_resource(resource());
     let mut registry = None;
     if prometheus {
         let r = prometheus::Registry::new();
@@ -213,6 +212,22 @@ pub fn install(prometheus: bool, otlp: bool) -> Result<Option<&'static Installed
     let meter = installed.provider.meter("microdcs");
     INSTRUMENTS.get_or_init(|| Instruments::new(&meter));
     Ok(Some(installed))
+}
+
+/// The resource of the standard environment (`OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`), named `microdcs` when it names no service.
+fn resource() -> opentelemetry_sdk::Resource {
+    let r = opentelemetry_sdk::Resource::builder().build();
+    let named = r
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .is_some_and(|v| !v.as_str().starts_with("unknown_service"));
+    if named {
+        r
+    } else {
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name("microdcs")
+            .build()
+    }
 }
 
 /// What [`install`] installed, if anything.
