@@ -3,7 +3,10 @@
 //! - **Liveness** (`/healthz`): the runtime still runs its work. A ticker
 //!   bumps a heartbeat every half second; a heartbeat older than
 //!   [`STALE_AFTER`] means the runtime is wedged (a blocked worker, a
-//!   runaway task). A transport loop or a long-running service (see
+//!   runaway task). Each MQTT connection loop notes every round; one that
+//!   has not gone round for twice the keep-alive interval plus the longest
+//!   reconnect delay and 30 s is wedged too. A transport loop or a
+//!   long-running service (see
 //!   [`AppBuilder::service`](crate::app::AppBuilder::service)) that ended
 //!   before shutdown is dead too. A restart is the cure for each.
 //! - **Readiness** (`/readyz`): this replica can do its work now. Each MQTT
@@ -165,8 +168,20 @@ impl Health {
             detail: format!("last beat {} ms ago", age.as_millis()),
         }];
         let stopping = self.inner.stopping.load(Ordering::Relaxed);
-        for (name, _, running) in lock(&self.inner.transports).iter() {
-            checks.push(ended(format!("transport:{name}"), running, stopping));
+        for (name, t, running) in lock(&self.inner.transports).iter() {
+            let mut c = ended(format!("transport:{name}"), running, stopping);
+            if let (true, Some(t)) = (c.ok && !stopping, t.upgrade()) {
+                let (quiet, allowed) = t.quiet();
+                if quiet > allowed {
+                    c.ok = false;
+                    c.detail = format!(
+                        "connection loop quiet for {} s (allowed {} s)",
+                        quiet.as_secs(),
+                        allowed.as_secs()
+                    );
+                }
+            }
+            checks.push(c);
         }
         for (name, running) in lock(&self.inner.services).iter() {
             checks.push(ended(format!("service:{name}"), running, stopping));

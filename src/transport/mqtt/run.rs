@@ -48,6 +48,7 @@ impl MqttTransport {
         let mut shutdown = self.shutdown.subscribe();
         info!(transport = %self.name, host = %self.settings.host, port = self.settings.port, client_id = %self.settings.client_id, "mqtt transport starting");
         loop {
+            self.polled();
             let polled = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|s| *s) => break,
