@@ -8,7 +8,9 @@
 //!   reconnect delay and 30 s is wedged too. A transport loop or a
 //!   long-running service (see
 //!   [`AppBuilder::service`](crate::app::AppBuilder::service)) that ended
-//!   before shutdown is dead too. A restart is the cure for each.
+//!   before shutdown is dead too, and so is a part whose
+//!   [`Health::watch`] check says so (the station watches the SFC engine's
+//!   loop). A restart is the cure for each.
 //! - **Readiness** (`/readyz`): this replica can do its work now. Each MQTT
 //!   transport is connected and subscribed, Redis answered the last PING
 //!   (sent every [`PROBE_INTERVAL`], given [`PROBE_TIMEOUT`]), and every
@@ -72,21 +74,24 @@ const UNKNOWN: i8 = -1;
 
 /// The health of one app, shared by its tasks and its HTTP server. Cheap
 /// to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Health {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     started: Instant,
     /// Milliseconds since `started` at the last heartbeat.
     heartbeat: AtomicU64,
     transports: Mutex<Vec<Watched>>,
     services: Mutex<Vec<(String, Arc<AtomicBool>)>>,
+    watches: Mutex<Vec<(String, Watch)>>,
     redis: Option<RedisState>,
     stopping: AtomicBool,
 }
+
+/// A liveness check of the user's: `Ok(state)` or `Err(why not)`.
+type Watch = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 /// A transport by name, and whether its loop still runs.
 type Watched = (String, Weak<MqttTransport>, Arc<AtomicBool>);
@@ -107,6 +112,7 @@ impl Health {
                 heartbeat: AtomicU64::new(0),
                 transports: Mutex::new(Vec::new()),
                 services: Mutex::new(Vec::new()),
+                watches: Mutex::new(Vec::new()),
                 redis: redis.then(|| RedisState {
                     up: AtomicI8::new(UNKNOWN),
                     last_error: Mutex::new("not probed yet".into()),
@@ -130,6 +136,18 @@ impl Health {
         let running = Arc::new(AtomicBool::new(true));
         lock(&self.inner.services).push((name.to_owned(), running.clone()));
         running
+    }
+
+    /// Adds a liveness check `name`: `check` answers `Ok(state)` while the
+    /// part it watches is alive, `Err(why)` when it is wedged (a restart
+    /// would help). It is called on every `/healthz`, so it must be cheap
+    /// and must not block. Not consulted while the app shuts down.
+    pub fn watch(
+        &self,
+        name: impl Into<String>,
+        check: impl Fn() -> Result<String, String> + Send + Sync + 'static,
+    ) {
+        lock(&self.inner.watches).push((name.into(), Arc::new(check)));
     }
 
     /// The app is shutting down: what ends from now on ends on purpose,
@@ -186,6 +204,14 @@ impl Health {
         for (name, running) in lock(&self.inner.services).iter() {
             checks.push(ended(format!("service:{name}"), running, stopping));
         }
+        let watches: Vec<(String, Watch)> = lock(&self.inner.watches).clone();
+        for (name, check) in watches {
+            let (ok, detail) = match check() {
+                Ok(d) => (true, d),
+                Err(d) => (stopping, d),
+            };
+            checks.push(Check { name, ok, detail });
+        }
         Report::of(checks)
     }
 
@@ -236,6 +262,15 @@ impl Health {
     }
 }
 
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("liveness", &self.liveness())
+            .field("readiness", &self.readiness())
+            .finish()
+    }
+}
+
 fn ended(name: String, running: &AtomicBool, stopping: bool) -> Check {
     let alive = running.load(Ordering::Relaxed);
     Check {
@@ -264,6 +299,28 @@ mod tests {
         let r = h.readiness();
         assert_eq!(r.failing(), vec!["redis"]);
         assert_eq!(r.checks[0].detail, "connection refused");
+    }
+
+    #[test]
+    fn a_watch_that_says_wedged_makes_the_app_not_live_until_shutdown() {
+        let h = Health::new(false);
+        h.beat();
+        let wedged = Arc::new(AtomicBool::new(false));
+        let w = wedged.clone();
+        h.watch("engine:loop", move || {
+            if w.load(Ordering::Relaxed) {
+                Err("quiet for 200 s".into())
+            } else {
+                Ok("went round".into())
+            }
+        });
+        assert!(h.liveness().ok);
+        wedged.store(true, Ordering::Relaxed);
+        let r = h.liveness();
+        assert_eq!(r.failing(), vec!["engine:loop"]);
+        assert!(h.readiness().ok, "liveness only");
+        h.stopping();
+        assert!(h.liveness().ok);
     }
 
     #[test]

@@ -22,6 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
+/// How long the SFC engine's loop may stay quiet before liveness calls it
+/// wedged: far beyond its poll interval and its longest reconnect delay
+/// with Redis's connection and response timeouts.
+const ENGINE_QUIET: Duration = Duration::from_secs(120);
+
 /// The topics of `machinery-jobs` when the configuration names none:
 /// `app/jobs/commands` and one wildcard level (`app/jobs/+/commands`).
 pub fn default_jobs_binding() -> TopicBinding {
@@ -170,6 +175,15 @@ pub async fn build_extended(
         });
     }
     if let Some(e) = engine.clone() {
+        let watched = e.clone();
+        app.health().watch("sfc-engine:loop", move || {
+            let quiet = watched.quiet_for();
+            if quiet > ENGINE_QUIET {
+                Err(format!("engine loop quiet for {} s", quiet.as_secs()))
+            } else {
+                Ok(format!("went round {} ms ago", quiet.as_millis()))
+            }
+        });
         app = app.service("sfc-engine", move |shutdown| async move {
             e.run(shutdown).await;
             Ok(())

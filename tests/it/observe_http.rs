@@ -534,6 +534,9 @@ async fn station_metrics_show_jobs_by_state_steps_entered_and_retained_publishes
     for service in ["service:sfc-engine", "service:mes-publisher"] {
         assert!(body.contains(service), "{body}");
     }
+    let (status, body) = get(addr, "/healthz").await.expect("healthz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("sfc-engine:loop"), "{body}");
     station.stop().await;
 }
 
