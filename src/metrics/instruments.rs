@@ -141,7 +141,7 @@ fn sampled_gauges(meter: &Meter) {
         u64_observable_gauge,
         "microdcs.publisher.lag",
         "{change}",
-        "Job changes not yet published to the MES (counted up to LAG_COUNT_CAP)",
+        "Job changes not yet in a published state index (counted up to 100)",
         publisher_lag
     );
     gauge!(
