@@ -19,13 +19,16 @@
 
 use crate::config::Config;
 use crate::dedupe::Dedupe;
+use crate::health::Health;
 use crate::processor::Processor;
 pub use crate::redis::{Redis, RedisClient, RedisConnection};
 pub use crate::runtime::{Shutdown, ShutdownHandle};
 use crate::transport::mqtt::{MqttSettings, MqttTransport};
 use crate::transport::takeover::{SessionKeeper, SessionRegistry, TakeoverSettings};
-use crate::transport::{BoxFuture, TopicBinding};
+use crate::transport::{BoxFuture, Publisher as _, TopicBinding};
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -47,6 +50,18 @@ pub enum AppError {
         /// Transport name.
         transport: String,
     },
+    /// The HTTP server's address cannot be bound (taken, not local,
+    /// unresolvable).
+    #[error("cannot listen for HTTP on {addr}: {reason}")]
+    Http {
+        /// The address as configured (`host:port`).
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The meter provider cannot be built.
+    #[error("metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// A background task failed.
     #[error("task '{task}' failed: {reason}")]
     Task {
@@ -59,6 +74,10 @@ pub enum AppError {
 
 type Task = Box<dyn FnOnce(Shutdown) -> BoxFuture<'static, Result<(), String>> + Send>;
 
+/// A background task: its name, its body, and whether it is a service
+/// (runs until shutdown; its end before that is a health failure).
+type Named = (String, Task, bool);
+
 /// Builds an [`App`].
 #[must_use = "an app builder does nothing until `build` and `run` are called"]
 pub struct AppBuilder {
@@ -66,19 +85,24 @@ pub struct AppBuilder {
     redis: Option<(RedisSource, String, Duration)>,
     claim_lease: Duration,
     bindings: Vec<(Option<String>, Processor, TopicBinding)>,
-    tasks: Vec<(String, Task)>,
+    tasks: Vec<Named>,
     grace: Duration,
     config: Option<Config>,
     takeover: Option<TakeoverSettings>,
+    http: Option<String>,
+    otlp_metrics: bool,
 }
 
 /// A built application, ready to [`run`](App::run).
 pub struct App {
     transports: Vec<Arc<MqttTransport>>,
-    tasks: Vec<(String, Task)>,
+    tasks: Vec<Named>,
     grace: Duration,
     shutdown: ShutdownHandle,
     redis: Option<Redis>,
+    health: Health,
+    http: Option<(tokio::net::TcpListener, SocketAddr)>,
+    otlp_metrics: bool,
 }
 
 /// Where the app's Redis connection comes from.
@@ -101,6 +125,8 @@ impl App {
             config: None,
             claim_lease: Duration::from_secs(30),
             takeover: None,
+            http: None,
+            otlp_metrics: false,
         }
     }
 
@@ -124,6 +150,19 @@ impl App {
         self.redis.as_ref()
     }
 
+    /// The liveness and readiness of this app (what `/healthz` and
+    /// `/readyz` report).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The address the HTTP server listens on (`/healthz`, `/readyz`,
+    /// `/metrics`), when [`AppBuilder::http`] asked for one: with port 0,
+    /// the port the system chose.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(_, a)| *a)
+    }
+
     /// Adds a background task after building (for tasks that need the
     /// transports or connections the build created). See
     /// [`AppBuilder::task`].
@@ -134,7 +173,20 @@ impl App {
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         self.tasks
-            .push((name.into(), Box::new(move |s| Box::pin(f(s)))));
+            .push((name.into(), Box::new(move |s| Box::pin(f(s))), false));
+        self
+    }
+
+    /// Adds a long-running background task after building. See
+    /// [`AppBuilder::service`].
+    #[must_use]
+    pub fn service<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: FnOnce(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.tasks
+            .push((name.into(), Box::new(move |s| Box::pin(f(s))), true));
         self
     }
 
@@ -147,25 +199,71 @@ impl App {
     /// # Errors
     /// A background task returned an error.
     pub async fn run(self) -> Result<(), AppError> {
+        let health = self.health.clone();
+        // The heartbeat of liveness: a runtime that cannot run this ticker
+        // is wedged.
+        health.beat();
+        let beat = {
+            let health = health.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    health.beat();
+                }
+            })
+        };
         let mut joins = Vec::new();
         for t in &self.transports {
+            let running = health.transport(t.name(), t);
+            crate::metrics::watch_transport(
+                t.name(),
+                Arc::downgrade(t) as std::sync::Weak<dyn crate::metrics::ConnectionState>,
+            );
             let t = t.clone();
             joins.push(tokio::spawn(async move {
                 if let Err(e) = t.run().await {
                     error!(error = %e, "transport ended with an error");
                 }
+                running.store(false, Ordering::Relaxed);
             }));
         }
+        let startup = tokio::spawn(report_unreachable_broker(self.transports.clone()));
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = self.http.map(|(listener, addr)| {
+            info!(%addr, "http server listening (/healthz, /readyz, /metrics)");
+            let health = health.clone();
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = http_stopped.await;
+                };
+                if let Err(e) = crate::http::serve(listener, health, stop).await {
+                    error!(%addr, error = %e, "http server ended with an error");
+                }
+            })
+        });
         let mut task_joins = Vec::new();
-        for (name, task) in self.tasks {
+        for (name, task, service) in self.tasks {
             let fut = task(self.shutdown.signal());
-            task_joins.push((name.clone(), tokio::spawn(fut)));
+            let running = service.then(|| health.service(&name));
+            task_joins.push((
+                name.clone(),
+                tokio::spawn(async move {
+                    let r = fut.await;
+                    if let Some(running) = running {
+                        running.store(false, Ordering::Relaxed);
+                    }
+                    r
+                }),
+            ));
         }
         let mut requested = self.shutdown.signal();
         tokio::select! {
             _ = requested.wait() => info!("shutdown requested"),
             s = termination_signal() => info!(signal = s, "shutdown signal received"),
         }
+        health.stopping();
+        startup.abort();
         // Tasks stop first, while the transports still publish: what a task
         // sends as it stops (the MES publisher's last state index) reaches
         // the broker. They get half the grace period; then the transports
@@ -213,11 +311,83 @@ impl App {
                 Err(_) => warn!(task = %name, "task did not stop within the grace period"),
             }
         }
+        // The probes answer until the end: not ready while stopping.
+        let _ = stop_http.send(());
+        if let Some(h) = http {
+            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+        }
+        beat.abort();
+        if self.otlp_metrics {
+            // The OTLP reader exports what is left; it blocks.
+            let _ = tokio::task::spawn_blocking(crate::metrics::shutdown).await;
+        }
+        for t in &self.transports {
+            let m = t.metrics().snapshot();
+            info!(
+                transport = t.name(),
+                received = m.received,
+                processed = m.processed,
+                duplicates = m.duplicates,
+                dead_lettered = m.dead_lettered,
+                replies = m.replies,
+                retries = m.retries,
+                reconnects = m.reconnects,
+                errors = ?m.errors,
+                "transport counters"
+            );
+        }
         info!(
             redis_round_trips = RedisConnection::round_trips(),
             "stopped"
         );
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Says plainly, a few seconds after start, which broker is not reachable
+/// (the transports keep retrying; readiness stays off meanwhile).
+async fn report_unreachable_broker(transports: Vec<Arc<MqttTransport>>) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for t in transports {
+        if !t.is_connected() {
+            let s = t.settings();
+            warn!(transport = t.name(), broker = %format!("{}:{}", s.host, s.port), "MQTT broker not reachable; retrying, not ready until it is");
+        }
+    }
+}
+
+/// PINGs Redis every [`PROBE_INTERVAL`](crate::health::PROBE_INTERVAL)
+/// for readiness, and says plainly when Redis goes and comes back.
+async fn probe_redis(mut conn: RedisConnection, at: String, health: Health, mut sd: Shutdown) {
+    let mut tick = tokio::time::interval(crate::health::PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = sd.wait() => return,
+        }
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        let outcome = match tokio::time::timeout(crate::health::PROBE_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("PING to {at} failed: {e}")),
+            Err(_) => Err(format!(
+                "PING to {at} unanswered within {} ms",
+                crate::health::PROBE_TIMEOUT.as_millis()
+            )),
+        };
+        let up = outcome.is_ok();
+        let detail = outcome.as_ref().err().cloned();
+        let changed = health.redis_probed(outcome);
+        match (up, changed || first) {
+            (true, true) if !first => info!(redis = %at, "Redis reachable again; ready"),
+            (false, true) => {
+                warn!(redis = %at, error = detail.as_deref().unwrap_or(""), "Redis not reachable; retrying, not ready until it is")
+            }
+            _ => {}
+        }
+        first = false;
     }
 }
 
@@ -350,7 +520,37 @@ impl AppBuilder {
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         self.tasks
-            .push((name.into(), Box::new(move |s| Box::pin(f(s)))));
+            .push((name.into(), Box::new(move |s| Box::pin(f(s))), false));
+        self
+    }
+
+    /// Adds a long-running background task: like [`AppBuilder::task`],
+    /// and health watches it: while it runs it is the check
+    /// `service:<name>` of `/readyz`; if it ends before shutdown, the app
+    /// is neither ready nor live.
+    pub fn service<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: FnOnce(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.tasks
+            .push((name.into(), Box::new(move |s| Box::pin(f(s))), true));
+        self
+    }
+
+    /// Serves `/healthz`, `/readyz` and `/metrics` on `addr` (`host:port`;
+    /// port 0 lets the system choose, see [`App::http_addr`]), and turns
+    /// on the Prometheus reader of the meter provider (see
+    /// [`crate::metrics::install`]).
+    pub fn http(mut self, addr: impl Into<String>) -> Self {
+        self.http = Some(addr.into());
+        self
+    }
+
+    /// Exports metrics over OTLP/HTTP (configured by the standard
+    /// `OTEL_EXPORTER_OTLP_*` environment) when `on`.
+    pub fn otlp_metrics(mut self, on: bool) -> Self {
+        self.otlp_metrics = on;
         self
     }
 
@@ -368,17 +568,46 @@ impl AppBuilder {
             heartbeat_interval: config.mqtt.session_heartbeat_interval,
             dead_after: config.mqtt.session_dead_after,
         }));
+        if config.http.port != 0 {
+            let host = if config.http.host.contains(':') {
+                format!("[{}]", config.http.host)
+            } else {
+                config.http.host.clone()
+            };
+            self = self.http(format!("{host}:{}", config.http.port));
+        }
+        self = self.otlp_metrics(config.telemetry.enabled);
         self.config = Some(config.clone());
         self
     }
 
     /// Creates transports and connections (lazily: a broker or Redis that is
-    /// down at start is retried, not fatal) and binds processors.
+    /// down at start is retried, not fatal: the app stays not ready and
+    /// says which is missing), binds processors, installs the meter
+    /// provider and binds the HTTP server's address.
     ///
     /// # Errors
     /// A processor bound to an unknown transport, no transport at all while
-    /// processors exist, or an unparsable Redis URL.
+    /// processors exist, an unparsable Redis URL, an HTTP address that
+    /// cannot be bound ([`AppError::Http`] names it), or an exporter that
+    /// cannot be created.
     pub async fn build(self) -> Result<App, AppError> {
+        crate::metrics::install(self.http.is_some(), self.otlp_metrics)?;
+        let http = match &self.http {
+            Some(addr) => {
+                let failed = |e: std::io::Error| AppError::Http {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                };
+                let listener = tokio::net::TcpListener::bind(addr.as_str())
+                    .await
+                    .map_err(failed)?;
+                let bound = listener.local_addr().map_err(failed)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let health = Health::new(self.redis.is_some());
         let transports: Vec<_> = self
             .transports
             .into_iter()
@@ -426,7 +655,7 @@ impl AppBuilder {
                         Ok(())
                     })
                 });
-                tasks.push((format!("mqtt-session:{name}"), task));
+                tasks.push((format!("mqtt-session:{name}"), task, true));
             }
             // Deadlines written by one replica are judged by another: all
             // judge them by Redis's clock. Measure once now (a Redis that is
@@ -458,7 +687,26 @@ impl AppBuilder {
                     Ok(())
                 })
             });
-            tasks.push(("redis-clock".into(), task));
+            tasks.push(("redis-clock".into(), task, true));
+            let (conn, at, h) = (r.conn.clone(), r.client.addresses(), health.clone());
+            let task: Task = Box::new(move |sd| {
+                Box::pin(async move {
+                    probe_redis(conn, at, h, sd).await;
+                    Ok(())
+                })
+            });
+            tasks.push(("redis-probe".into(), task, true));
+            // The gauges that are facts in Redis, only when measured.
+            if crate::metrics::installed().is_some() {
+                let (conn, prefix) = (r.conn.clone(), prefix.clone());
+                let task: Task = Box::new(move |sd| {
+                    Box::pin(async move {
+                        crate::metrics::sampler::run(conn, prefix, sd).await;
+                        Ok(())
+                    })
+                });
+                tasks.push(("metrics-sampler".into(), task, true));
+            }
             redis = Some(r);
         }
         Ok(App {
@@ -467,6 +715,9 @@ impl AppBuilder {
             grace: self.grace,
             shutdown: ShutdownHandle::new(),
             redis,
+            health,
+            http,
+            otlp_metrics: self.otlp_metrics,
         })
     }
 }

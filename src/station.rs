@@ -22,6 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
+/// How long the SFC engine's loop may stay quiet before liveness calls it
+/// wedged: far beyond its poll interval and its longest reconnect delay
+/// with Redis's connection and response timeouts.
+const ENGINE_QUIET: Duration = Duration::from_secs(120);
+
 /// The topics of `machinery-jobs` when the configuration names none:
 /// `app/jobs/commands` and one wildcard level (`app/jobs/+/commands`).
 pub fn default_jobs_binding() -> TopicBinding {
@@ -158,7 +163,7 @@ pub async fn build_extended(
             Ok(())
         });
         let store = store.clone();
-        app = app.task("purge", move |mut shutdown| async move {
+        app = app.service("purge", move |mut shutdown| async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30).min(retention));
             loop {
                 tokio::select! {
@@ -170,7 +175,16 @@ pub async fn build_extended(
         });
     }
     if let Some(e) = engine.clone() {
-        app = app.task("sfc-engine", move |shutdown| async move {
+        let watched = e.clone();
+        app.health().watch("sfc-engine:loop", move || {
+            let quiet = watched.quiet_for();
+            if quiet > ENGINE_QUIET {
+                Err(format!("engine loop quiet for {} s", quiet.as_secs()))
+            } else {
+                Ok(format!("went round {} ms ago", quiet.as_millis()))
+            }
+        });
+        app = app.service("sfc-engine", move |shutdown| async move {
             e.run(shutdown).await;
             Ok(())
         });
@@ -194,7 +208,7 @@ pub async fn build_extended(
             Duration::from_secs(15),
         );
         let client = redis.client.clone();
-        app = app.task("mes-publisher", move |shutdown| async move {
+        app = app.service("mes-publisher", move |shutdown| async move {
             lock.run(shutdown, |sd| {
                 MesPublisher::new(store.clone(), client.clone(), out.clone(), settings.clone())
                     .run(sd)

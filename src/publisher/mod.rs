@@ -414,7 +414,14 @@ impl MesPublisher {
                 warn!(scope = %escape_for_mqtt(scope), error = %e, "retained topic skipped: it can never be published");
                 Ok(())
             }
-            r => r.map_err(PublishError::from),
+            r => {
+                if r.is_ok() {
+                    if let Some(i) = crate::metrics::instruments() {
+                        i.retained();
+                    }
+                }
+                r.map_err(PublishError::from)
+            }
         }
     }
 

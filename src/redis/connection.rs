@@ -201,6 +201,19 @@ impl RedisClient {
     pub(super) fn kind(&self) -> &Client {
         &self.inner
     }
+
+    /// Where Redis is, for log lines: `host:port` of the server, or of
+    /// each configured cluster node, comma-separated (never credentials).
+    pub fn addresses(&self) -> String {
+        match &self.inner {
+            Client::Single(c) => c.get_connection_info().addr().to_string(),
+            Client::Cluster(nodes) => nodes
+                .iter()
+                .map(|n| n.addr().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
 }
 
 /// A Redis client with its shared, auto-reconnecting connection. Components

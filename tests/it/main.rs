@@ -14,6 +14,7 @@ mod abuse;
 mod config;
 mod jobs;
 mod models;
+mod observe_http;
 mod publisher;
 mod recipe;
 mod sfc;

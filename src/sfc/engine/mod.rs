@@ -142,6 +142,10 @@ struct Inner {
     /// it last moved due timers (`u64::MAX`: none), so the session calls
     /// `timers_due.lua` when something can be due, not on every batch.
     timer_hint: std::sync::atomic::AtomicU64,
+    /// When the engine's loop last went round, in ms since `created`
+    /// (liveness, see [`Engine::quiet_for`]).
+    round_ms: std::sync::atomic::AtomicU64,
+    created: std::time::Instant,
 }
 
 /// A command as the engine is about to send it, for a hand-written
@@ -209,8 +213,33 @@ impl Engine {
                 cache: Mutex::new(HashMap::new()),
                 execs: store::ExecCache::default(),
                 timer_hint: std::sync::atomic::AtomicU64::new(u64::MAX),
+                round_ms: std::sync::atomic::AtomicU64::new(0),
+                created: std::time::Instant::now(),
             }),
         }
+    }
+
+    /// How long the engine's loop has not gone round: it goes round at
+    /// least every poll interval (200 ms) while Redis answers, and every
+    /// reconnect attempt (at most 5 s apart) while not. Liveness calls an
+    /// engine quiet for much longer than that wedged.
+    pub fn quiet_for(&self) -> Duration {
+        let last = self
+            .inner
+            .round_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .created
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+
+    /// Notes that the engine's loop went round.
+    pub(super) fn went_round(&self) {
+        let ms = self.inner.created.elapsed().as_millis() as u64;
+        self.inner
+            .round_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The generic `equipment` southbound processor: sends the engine's
@@ -284,6 +313,7 @@ impl Engine {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut marks = super::resync::Marks::default();
         loop {
+            self.went_round();
             let started = std::time::Instant::now();
             let r = tokio::select! {
                 r = self.session(&mut marks) => r,

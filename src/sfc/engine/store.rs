@@ -147,6 +147,28 @@ pub(super) fn waiting_types(e: &Execution, recipe: &Recipe) -> BTreeSet<String> 
 
 /// The work items of `job`'s effects, in order (timers are no work items:
 /// they are scheduled). Consecutive step changes become one item.
+/// Counts the steps a committed write entered and records how long each
+/// step it left was active (from the execution's history): once per
+/// committed compare-and-swap, whichever replica wrote it.
+fn record_steps(i: &crate::metrics::Instruments, exec: &Execution, effects: &[Effect]) {
+    for e in effects {
+        match e {
+            Effect::StepEntered { step, .. } => i.step_entered(step),
+            Effect::StepLeft { step, activation } => {
+                let took = exec
+                    .history()
+                    .filter(|r| r.step == *step && r.activation == *activation)
+                    .last()
+                    .and_then(|r| r.left_ms.map(|l| l.saturating_sub(r.entered_ms)));
+                if let Some(ms) = took {
+                    i.step_left(step, ms as f64 / 1000.0);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 fn work_items(job: &str, effects: &[Effect]) -> Vec<WorkItem> {
     let mut items: Vec<WorkItem> = Vec::new();
     for e in effects {
@@ -313,6 +335,11 @@ impl Engine {
             self.inner
                 .timer_hint
                 .fetch_min(at, std::sync::atomic::Ordering::Relaxed);
+        }
+        if tag == "OK" {
+            if let Some(i) = crate::metrics::instruments() {
+                record_steps(i, exec, effects);
+            }
         }
         Ok(match tag.as_str() {
             "OK" => Written::Ok(v),

@@ -221,6 +221,7 @@ impl Engine {
         let mut timers_checked = std::time::Instant::now();
         let mut settling: Option<tokio::task::JoinHandle<Result<(), EngineError>>> = None;
         loop {
+            self.went_round();
             let mut fresh = BTreeSet::new();
             // New scopes are looked for once per poll, not on every batch.
             let look = scopes_checked.is_none_or(|t| t.elapsed() >= self.inner.settings.poll);

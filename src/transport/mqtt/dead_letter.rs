@@ -69,6 +69,10 @@ impl MqttTransport {
         context: &[(String, String)],
     ) {
         self.metrics.error(r.kind);
+        let instruments = crate::metrics::instruments();
+        if let Some(i) = instruments {
+            i.error(processor, self.type_label(&r.partial.ty), r.kind);
+        }
         warn!(
             transport = %self.name,
             processor = processor.unwrap_or("-"),
@@ -101,7 +105,12 @@ impl MqttTransport {
             )
             .await
         {
-            Ok(()) => self.metrics.dead_lettered(),
+            Ok(()) => {
+                self.metrics.dead_lettered();
+                if let Some(i) = instruments {
+                    i.dead_lettered(processor, self.type_label(&r.partial.ty), r.kind);
+                }
+            }
             Err(e) => error!(error = %e, "cannot publish to the dead-letter topic"),
         }
     }

@@ -106,7 +106,7 @@ impl MqttTransport {
                 .map_or("", |c| c.as_str()),
         );
         if self
-            .process_routed(&route, &inbound, &p)
+            .process_routed(&route, &inbound, &p, received_at)
             .instrument(span)
             .await
         {
@@ -121,7 +121,13 @@ impl MqttTransport {
     /// with backoff while the message stays unacknowledged; after
     /// `max_attempts` failed attempts it is dead-lettered with the history
     /// of its errors and acknowledged: nothing is retried forever.
-    async fn process_routed(&self, route: &Route, inbound: &Inbound, original: &Publish) -> bool {
+    async fn process_routed(
+        &self,
+        route: &Route,
+        inbound: &Inbound,
+        original: &Publish,
+        received_at: tokio::time::Instant,
+    ) -> bool {
         let ev = &inbound.event;
         let dedupe = if route.processor.dedupes() {
             read(&self.dedupe).clone()
@@ -141,11 +147,19 @@ impl MqttTransport {
             let delay = match retries.decide(attempt) {
                 Disposition::Ack => {
                     self.metrics.processed();
+                    if let Some(i) = crate::metrics::instruments() {
+                        let took = received_at.elapsed().as_secs_f64();
+                        i.processed(route.processor.name(), &ev.ty, took);
+                    }
                     return true;
                 }
                 Disposition::Duplicate(stored) => {
                     debug!(id = %ev.id, source = %ev.source, replayed = stored.is_some(), "duplicate acknowledged without processing");
                     self.metrics.duplicates();
+                    if let Some(i) = crate::metrics::instruments() {
+                        let took = received_at.elapsed().as_secs_f64();
+                        i.duplicate(route.processor.name(), &ev.ty, took);
+                    }
                     if let (Some(stored), Some(to)) = (stored, &inbound.reply_to) {
                         self.replay_reply(ev, stored, to).await;
                     }
@@ -163,6 +177,9 @@ impl MqttTransport {
                         // Tell the requester now; the message stays
                         // unacknowledged and is retried.
                         self.metrics.error(error.kind());
+                        if let Some(i) = crate::metrics::instruments() {
+                            i.error(Some(route.processor.name()), &ev.ty, error.kind());
+                        }
                         warn!(processor = route.processor.name(), id = %ev.id, ty = %ev.ty, correlation_id = ?ev.correlationid.as_ref().map(|c| c.as_str().to_owned()), error = %error, "retryable failure; will retry");
                         self.send_error_reply(ev, inbound.reply_to.as_ref(), &error)
                             .await;
@@ -253,6 +270,17 @@ impl MqttTransport {
             event,
             reply_to,
         })
+    }
+
+    /// `ty` as a metric label: itself when a processor of this transport
+    /// handles it, else [`OTHER_TYPE`](crate::metrics::OTHER_TYPE), so what
+    /// clients send cannot grow the label set.
+    pub(super) fn type_label<'a>(&self, ty: &'a str) -> &'a str {
+        if read(&self.routes).iter().any(|r| r.processor.handles(ty)) {
+            ty
+        } else {
+            crate::metrics::OTHER_TYPE
+        }
     }
 
     fn route_for(&self, topic: &str, ty: &str) -> Option<Arc<Route>> {

@@ -83,6 +83,10 @@ pub struct MqttTransport {
     /// Serves a dead peer's session (see `takeover`): never subscribes.
     takeover: bool,
     signals: Signals,
+    /// When the connection loop last went round, in ms since `created`
+    /// (liveness: a loop that stops going round is wedged).
+    polled_ms: std::sync::atomic::AtomicU64,
+    created: std::time::Instant,
 }
 
 impl std::fmt::Debug for MqttTransport {
@@ -140,6 +144,8 @@ impl MqttTransport {
             shutdown: watch::channel(false).0,
             takeover,
             signals: Signals::default(),
+            polled_ms: std::sync::atomic::AtomicU64::new(0),
+            created: std::time::Instant::now(),
         })
     }
 
@@ -210,6 +216,37 @@ impl MqttTransport {
         let mut s = self.subscribed.subscribe();
         let _ = s.wait_for(|c| *c).await;
         self.connected().await;
+    }
+
+    /// Whether the broker accepted the connection and the subscriptions
+    /// were granted (what readiness reports for this transport).
+    pub fn is_ready(&self) -> bool {
+        *self.connected.borrow() && *self.subscribed.borrow()
+    }
+
+    /// Whether the broker accepted the connection and it was not lost
+    /// since.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// Notes that the connection loop went round.
+    pub(crate) fn polled(&self) {
+        let ms = self.created.elapsed().as_millis() as u64;
+        self.polled_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the connection loop has not gone round, and how long it
+    /// may stay so before it counts as wedged: it wakes at least every
+    /// keep-alive interval while connected (PINGREQ/PINGRESP) and every
+    /// reconnect delay plus a connection attempt while not.
+    pub(crate) fn quiet(&self) -> (Duration, Duration) {
+        let last = Duration::from_millis(self.polled_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let quiet = self.created.elapsed().saturating_sub(last);
+        let allowed =
+            self.settings.keep_alive * 2 + self.settings.reconnect_max + Duration::from_secs(30);
+        (quiet, allowed)
     }
 
     /// Asks [`MqttTransport::run`] to shut down gracefully.
@@ -350,6 +387,12 @@ impl Publisher for MqttTransport {
 
     fn instance_id(&self) -> &str {
         &self.settings.instance_id
+    }
+}
+
+impl crate::metrics::ConnectionState for MqttTransport {
+    fn is_connected(&self) -> bool {
+        MqttTransport::is_connected(self)
     }
 }
 

@@ -144,6 +144,9 @@ impl MqttTransport {
         msg.correlation_data = to.correlation_data.clone();
         self.encode_and_send(msg).await?;
         self.metrics.replies();
+        if let Some(i) = crate::metrics::instruments() {
+            i.reply(&self.name);
+        }
         Ok(())
     }
 }

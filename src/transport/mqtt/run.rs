@@ -48,6 +48,7 @@ impl MqttTransport {
         let mut shutdown = self.shutdown.subscribe();
         info!(transport = %self.name, host = %self.settings.host, port = self.settings.port, client_id = %self.settings.client_id, "mqtt transport starting");
         loop {
+            self.polled();
             let polled = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|s| *s) => break,
@@ -57,6 +58,9 @@ impl MqttTransport {
                 Polled::Connected { ack, reconnect } => {
                     if reconnect {
                         self.metrics.reconnects();
+                        if let Some(i) = crate::metrics::instruments() {
+                            i.mqtt_reconnect(&self.name);
+                        }
                     }
                     info!(transport = %self.name, session_present = ack.session_present, "mqtt connected");
                     if !ack.session_present {
@@ -128,6 +132,9 @@ impl MqttTransport {
         match ev {
             Event::Incoming(Packet::Publish(p)) => {
                 self.metrics.received();
+                if let Some(i) = crate::metrics::instruments() {
+                    i.consumed(&self.name);
+                }
                 self.signals.received();
                 if tx.send((p, tokio::time::Instant::now())).is_err() {
                     error!(transport = %self.name, "dispatcher stopped; message left unacknowledged for redelivery");

@@ -1,11 +1,36 @@
-//! Counters of what the runtime did, per transport.
+//! What the runtime measures, in two layers.
 //!
-//! Kept as plain atomics so they cost nothing on the hot path; read them with
-//! [`Metrics::snapshot`] (the app logs a snapshot at shutdown).
+//! - [`Metrics`]: plain atomic counters per transport, always on, read with
+//!   [`Metrics::snapshot`] (the app logs them when it stops).
+//! - The OpenTelemetry instruments (`instruments`): one meter provider per
+//!   process (`provider`), built by [`install`] when the HTTP server
+//!   (Prometheus reader, rendered by `/metrics`) or OTLP export is on. The
+//!   transport, the SFC engine and
+//!   the publisher count into it where things happen (labels: processor,
+//!   bounded CloudEvent type, error kind, transport, recipe step: never an
+//!   id); what is a fact in Redis (jobs by state, engine work and timers,
+//!   publisher lag) is sampled by `sampler` for observable gauges. When
+//!   nothing is installed, each counting site is one atomic load.
+//!
+//! The instruments and their names are listed in README.md ("Observing a
+//! station"); names follow the OpenTelemetry semantic conventions where one
+//! exists (`messaging.client.consumed.messages`,
+//! `messaging.process.duration` in seconds), `microdcs.*` otherwise.
 
 use crate::error::ErrorKind;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+
+mod instruments;
+mod provider;
+pub(crate) mod sampler;
+
+pub use instruments::OTHER_TYPE;
+pub(crate) use instruments::{
+    instruments, redis_probed, watch_transport, ConnectionState, Instruments,
+};
+pub use provider::{install, installed, shutdown, Installed, MetricsError};
+pub use sampler::{LAG_COUNT_CAP, SAMPLE_INTERVAL};
 
 /// A struct of `AtomicU64` counters (and one other field, if given) whose
 /// names are `u64` fields of the plain `$snapshot`: a method per counter
@@ -92,4 +117,8 @@ impl Metrics {
         let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         self.load(errors.clone())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
