@@ -19,4 +19,5 @@ mod recipe;
 mod sfc;
 mod sfc_chaos;
 mod sim;
+mod traces;
 mod transport_mqtt;

@@ -430,7 +430,12 @@ impl Engine {
         let is_work = stream == self.keys().work(scope);
         let result: Result<(), Failure> = if !is_work {
             match (field("job"), field("state")) {
-                (Some(job), Some(state)) => Ok(self.on_change(scope, &job, &state).await?),
+                // The MES command's trace context, linked from the job's.
+                (Some(job), Some(state)) => Ok(crate::telemetry::with_change(
+                    field("trace"),
+                    self.on_change(scope, &job, &state),
+                )
+                .await?),
                 _ => Ok(()),
             }
         } else {
@@ -543,6 +548,7 @@ mod tests {
             equipment: None,
             parameters: serde_json::Map::new(),
             attempt: 1,
+            trace: None,
         };
         let progress = WorkItem::Progress {
             job: "j".into(),
@@ -555,6 +561,7 @@ mod tests {
         let steps = WorkItem::Steps {
             job: "j".into(),
             changes: Vec::new(),
+            trace: None,
         };
         assert!(leaves_job_running(&entry(&steps)));
         assert!(!leaves_job_running(&entry(&WorkItem::Finished {
