@@ -320,3 +320,34 @@ pub(crate) fn inject_job(event: &mut CloudEvent, job: Option<&str>) {
         super::propagation::inject(event, &j.context());
     }
 }
+
+/// The target of [`job_log_span`]: its spans carry log fields only and are
+/// never exported (the OpenTelemetry layer turns this target off).
+pub(super) const JOB_LOG_TARGET: &str = "microdcs_job_log";
+
+/// A span for the log lines of the engine's work on job `job` of `scope`
+/// (a job change or work item), so that they carry the job's `trace_id`
+/// and `span_id` once [`record_job_ids`] knows them. Not exported; a
+/// disabled span when traces are off.
+pub(crate) fn job_log_span(scope: &str, job: &str) -> tracing::Span {
+    if !super::active() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        target: "microdcs_job_log",
+        "job",
+        scope,
+        job,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    )
+}
+
+/// Records the ids of the job's trace (`job`, its `traceparent`) in the
+/// current span's `trace_id` and `span_id` fields, if it has them.
+pub(crate) fn record_job_ids(job: Option<&str>) {
+    let Some(j) = JobTrace::of(job) else { return };
+    let span = tracing::Span::current();
+    span.record("trace_id", tracing::field::display(j.0.trace_id()));
+    span.record("span_id", tracing::field::display(j.0.span_id()));
+}

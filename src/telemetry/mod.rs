@@ -22,7 +22,9 @@ mod job;
 mod otel;
 mod propagation;
 
-pub(crate) use job::{dispatch_span, evolved, inject_job, job_started, with_change};
+pub(crate) use job::{
+    dispatch_span, evolved, inject_job, job_log_span, job_started, record_job_ids, with_change,
+};
 pub use otel::{TraceError, Tracing};
 pub(crate) use propagation::{
     current_traceparent, inject_current, message_span_started, record_ids, span_failed,
@@ -143,9 +145,11 @@ fn install(format: LogFormat, filter: &str, tracer: Option<opentelemetry_sdk::tr
     };
     let active = tracer.is_some();
     let otel = tracer.map(|t| {
-        tracing_opentelemetry::layer()
-            .with_tracer(t)
-            .with_filter(Targets::new().with_target("microdcs", LevelFilter::INFO))
+        tracing_opentelemetry::layer().with_tracer(t).with_filter(
+            Targets::new()
+                .with_target("microdcs", LevelFilter::INFO)
+                .with_target(job::JOB_LOG_TARGET, LevelFilter::OFF),
+        )
     });
     let installed = tracing_subscriber::registry()
         .with(otel)

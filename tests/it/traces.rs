@@ -292,3 +292,167 @@ async fn a_job_is_one_trace_across_two_replicas() {
     assert!(attr_is(ended, "microdcs.job.outcome", "completed"));
     second.stop().await;
 }
+
+/// oteltest's OTLP/HTTP receiver on `port`, printing every request it
+/// gets (as protobuf-JSON dicts) to `out`. Killed on drop.
+struct Receiver(std::process::Child);
+
+impl Receiver {
+    /// `None` when python3 or oteltest is missing.
+    fn start(port: u16, out: std::fs::File) -> Option<Receiver> {
+        let script = "import logging, sys\n\
+                      from oteltest.sink import HttpSink\n\
+                      from oteltest.sink.handler import PrintHandler\n\
+                      HttpSink(PrintHandler(), logging.getLogger('sink'), port=int(sys.argv[1]), daemon=False).start()\n";
+        let probe = std::process::Command::new("python3")
+            .args(["-c", "import oteltest.sink"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !probe.is_ok_and(|s| s.success()) {
+            return None;
+        }
+        let child = std::process::Command::new("python3")
+            .args(["-u", "-c", script, &port.to_string()])
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Receiver(child))
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `microdcs run` with traces on exports a job's spans over OTLP/HTTP to a
+/// real receiver (oteltest's sink, `pip install oteltest`), on the trace
+/// of the MES's request, and its JSON log lines carry the trace ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microdcs_run_exports_a_jobs_trace_over_otlp() {
+    use base64::Engine as _;
+    crate::harness::init_tracing();
+    let port = microdcs::testkit::devenv::free_port().expect("a free port");
+    let sink_out = tempfile::NamedTempFile::new().expect("temporary file");
+    let Some(_receiver) = Receiver::start(port, sink_out.reopen().expect("reopen")) else {
+        eprintln!(
+            "SKIPPED: python3 with oteltest is missing (pip install oteltest; scripts/setup.sh does)"
+        );
+        return;
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok())
+        .await,
+        "the OTLP receiver listens"
+    );
+    let m = Mosquitto::start();
+    let r = crate::harness::Redis::start();
+    let mut env = jobs::env(m.port(), r.0.port(), "otlp-1");
+    jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_microdcs"))
+        .arg("run")
+        .envs(env)
+        .env("APP_LOG_FORMAT", "json")
+        .env("APP_LOG_LEVEL", "info")
+        .env("APP_PROCESSING_OTEL_INSTRUMENTATION_ENABLED", "true")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("OTEL_SERVICE_NAME", "station-under-test")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start microdcs run");
+    let eq = Equipment::start(m.port(), answer_all()).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    // The station is up once it answers.
+    let query = "org.opcfoundation.Machinery.Jobs.RequestJobResponseByJobOrderID.v1";
+    let mut up = false;
+    for _ in 0..50 {
+        let id = Mes::next_id("probe");
+        if mes
+            .call_with(query, &id, Some("axle"), &json!({"JobOrderID": "none"}))
+            .await
+            .is_some()
+        {
+            up = true;
+            break;
+        }
+    }
+    assert!(up, "microdcs run answers");
+    store_recipe(
+        &mut mes,
+        "axle",
+        json!({
+            "Version": "1.0.0",
+            "Steps": [{"Name": "load", "Initial": true}],
+            "Transitions": [],
+            "Actions": [push_command("clamp", "load", "N", "com.example.axle.clamp.v1", 0)]
+        }),
+    )
+    .await;
+    mes.traceparent = Some(mes_traceparent());
+    assert_eq!(
+        mes.status("StoreAndStart", "axle", json!({"JobOrder": order("o1")}))
+            .await,
+        1
+    );
+    until_state(&mut mes, "o1", &["Ended", "Aborted"]).await;
+    assert_eq!(eq.commands().len(), 1);
+    // SIGTERM: the station shuts down and flushes its spans.
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let (status, logs) = tokio::task::spawn_blocking(move || {
+        let status = child.wait().expect("wait");
+        let mut out = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            use std::io::Read;
+            let _ = o.read_to_string(&mut out);
+        }
+        (status, out)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "exit {status:?}");
+    // The receiver prints each export request it got.
+    let trace_b64 = base64::engine::general_purpose::STANDARD
+        .encode(TraceId::from_hex(MES_TRACE).unwrap().to_bytes());
+    let read = || std::fs::read_to_string(sink_out.path()).unwrap_or_default();
+    let complete = |got: &str| {
+        [
+            "'sfc job'",
+            "'sfc step load'",
+            "'send com.example.axle.clamp.v1'",
+            "'sfc job ended'",
+        ]
+        .iter()
+        .all(|n| got.contains(n))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || complete(&read())).await,
+        "the job's spans reached the receiver: {}",
+        read()
+    );
+    let got = read();
+    assert!(got.contains("station-under-test"), "service name: {got}");
+    assert!(got.contains(&trace_b64), "the MES's trace: {got}");
+    // JSON log lines of the message carry the trace ids.
+    assert!(
+        logs.lines().any(|l| l.starts_with('{')
+            && l.contains(&format!("\"trace_id\":\"{MES_TRACE}\""))
+            && l.contains("\"span_id\":")
+            && l.contains("\"correlation_id\":")),
+        "{logs}"
+    );
+}

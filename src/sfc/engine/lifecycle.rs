@@ -67,6 +67,7 @@ impl Engine {
                 );
                 return Ok(false);
             };
+            crate::telemetry::record_job_ids(e.trace());
             if e.is_finished() {
                 // Final, cached or not.
                 return Ok(true);
@@ -272,6 +273,7 @@ impl Engine {
             id,
             job.trace.as_deref(),
         ));
+        crate::telemetry::record_job_ids(e.trace());
         let waiting = waiting_types(&e, &compiled.recipe);
         let none_before = BTreeSet::new();
         let (written, ()) = tokio::join!(

@@ -64,6 +64,19 @@ pub(super) enum WorkItem {
     },
 }
 
+impl WorkItem {
+    /// The job the item is about.
+    pub(super) fn job(&self) -> &str {
+        match self {
+            WorkItem::Dispatch { job, .. }
+            | WorkItem::Progress { job, .. }
+            | WorkItem::Steps { job, .. }
+            | WorkItem::Finished { job }
+            | WorkItem::Timer { job, .. } => job,
+        }
+    }
+}
+
 /// A step left or entered (one progress event).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct StepChange {
