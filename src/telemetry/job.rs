@@ -35,6 +35,9 @@ tokio::task_local! {
     /// The `traceparent` of the MES command whose job change is being
     /// applied, for the link from the job's trace.
     static CHANGE: Option<String>;
+    /// The trace of the job the engine works on in this task, once its
+    /// execution state was read: what its status events carry.
+    static JOB: std::cell::RefCell<Option<SpanContext>>;
 }
 
 /// Longest action result (JSON text) kept in a span event; longer ones are
@@ -327,12 +330,8 @@ pub(super) const JOB_LOG_TARGET: &str = "microdcs_job_log";
 
 /// A span for the log lines of the engine's work on job `job` of `scope`
 /// (a job change or work item), so that they carry the job's `trace_id`
-/// and `span_id` once [`record_job_ids`] knows them. Not exported; a
-/// disabled span when traces are off.
-pub(crate) fn job_log_span(scope: &str, job: &str) -> tracing::Span {
-    if !super::active() {
-        return tracing::Span::none();
-    }
+/// and `span_id` once [`record_job_ids`] knows them. Not exported.
+fn job_log_span(scope: &str, job: &str) -> tracing::Span {
     tracing::info_span!(
         target: "microdcs_job_log",
         "job",
@@ -343,11 +342,44 @@ pub(crate) fn job_log_span(scope: &str, job: &str) -> tracing::Span {
     )
 }
 
-/// Records the ids of the job's trace (`job`, its `traceparent`) in the
-/// current span's `trace_id` and `span_id` fields, if it has them.
+/// Inside [`in_job`]: keeps the job's trace (`job`, its `traceparent`) for
+/// the task's events and records its ids in the current span's `trace_id`
+/// and `span_id` fields.
 pub(crate) fn record_job_ids(job: Option<&str>) {
     let Some(j) = JobTrace::of(job) else { return };
+    // Only in the engine's own work on the job (`in_job`): a message span
+    // (an equipment answer applied to the job) keeps its own ids.
+    if JOB
+        .try_with(|c| *c.borrow_mut() = Some(j.0.clone()))
+        .is_err()
+    {
+        return;
+    }
     let span = tracing::Span::current();
     span.record("trace_id", tracing::field::display(j.0.trace_id()));
     span.record("span_id", tracing::field::display(j.0.span_id()));
+}
+
+/// Runs `f`, the engine's work on job `job` of `scope`, in a log-only span
+/// (see [`job_log_span`]) and with room for the job's trace, which events
+/// sent outside any span then carry ([`job_context`]). Just `f` when
+/// traces are off.
+pub(crate) async fn in_job<F: Future>(scope: &str, job: &str, f: F) -> F::Output {
+    if !super::active() {
+        return f.await;
+    }
+    let span = job_log_span(scope, job);
+    JOB.scope(
+        std::cell::RefCell::new(None),
+        tracing::Instrument::instrument(f, span),
+    )
+    .await
+}
+
+/// The trace of the job this task works on, if known (see [`in_job`]).
+pub(super) fn job_context() -> Option<Context> {
+    JOB.try_with(|c| c.borrow().clone())
+        .ok()
+        .flatten()
+        .map(|sc| Context::new().with_remote_span_context(sc))
 }

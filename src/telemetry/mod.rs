@@ -23,7 +23,7 @@ mod otel;
 mod propagation;
 
 pub(crate) use job::{
-    dispatch_span, evolved, inject_job, job_log_span, job_started, record_job_ids, with_change,
+    dispatch_span, evolved, in_job, inject_job, job_started, record_job_ids, with_change,
 };
 pub use otel::{TraceError, Tracing};
 pub(crate) use propagation::{

@@ -46,7 +46,13 @@ pub(crate) fn inject_current(event: &mut CloudEvent) {
     if !super::active() {
         return;
     }
-    inject(event, &tracing::Span::current().context());
+    let cx = tracing::Span::current().context();
+    if cx.span().span_context().is_valid() {
+        inject(event, &cx);
+    } else if let Some(job) = super::job::job_context() {
+        // The engine's work on a job outside any span (its status events).
+        inject(event, &job);
+    }
 }
 
 /// The current span's context as a `traceparent` value, if traces are on

@@ -84,6 +84,9 @@ async fn an_incoming_traceparent_is_the_parent_of_the_handling_span() {
     r.configure(&mut env);
     let station = jobs::start(env).await;
     let mut mes = Mes::connect(m.port(), "mes").await;
+    let mut view = microdcs::testkit::TestClient::connect(m.port(), "mes-view").await;
+    view.subscribe(&format!("{}/axle/order/p1", jobs::PREFIX))
+        .await;
     mes.traceparent = Some(mes_traceparent());
     let ty = format!("{}StoreAndStart.v2", jobs::S);
     let reply = mes
@@ -126,6 +129,13 @@ async fn an_incoming_traceparent_is_the_parent_of_the_handling_span() {
     let expected = format!("00-{MES_TRACE}-{}-01", handling.span_context.span_id());
     assert_eq!(user_prop(&reply, "traceparent"), Some(expected.as_str()));
     assert_eq!(user_prop(&reply, "tracestate"), None, "no empty tracestate");
+    // So does the job's retained order topic (the publisher keeps the
+    // trace of the command that made the job's latest change).
+    let retained = view
+        .recv(Duration::from_secs(10))
+        .await
+        .expect("the retained order topic");
+    assert_eq!(user_prop(&retained, "traceparent"), Some(expected.as_str()));
     station.stop().await;
 }
 
@@ -156,14 +166,21 @@ fn answer_all() -> Answer {
     })
 }
 
-async fn until_state(mes: &mut Mes, job: &str, states: &[&str]) {
+/// Status events until job `job` reaches one of `states`: that event's
+/// `traceparent`.
+async fn until_state(mes: &mut Mes, job: &str, states: &[&str]) -> Option<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < deadline {
-        if let Some((_, ev)) = mes.next_event().await {
-            let s = state_texts(&ev["JobState"]);
-            if ev["JobOrder"]["JobOrderID"] == job && states.contains(&s[0].as_str()) {
-                return;
-            }
+        let Some(p) = mes.events.recv(Duration::from_secs(10)).await else {
+            continue;
+        };
+        if user_prop(&p, "type") != Some(jobs::STATUS) {
+            continue;
+        }
+        let ev: Value = serde_json::from_slice(&p.payload).expect("event JSON");
+        let s = state_texts(&ev["JobState"]);
+        if ev["JobOrder"]["JobOrderID"] == job && states.contains(&s[0].as_str()) {
+            return user_prop(&p, "traceparent").map(str::to_owned);
         }
     }
     panic!("job {job} did not reach {states:?}");
@@ -220,7 +237,7 @@ async fn a_job_is_one_trace_across_two_replicas() {
     );
     eq.event("axle", INSPECTED, json!({"passed": true}), Some("t1"))
         .await;
-    until_state(&mut mes, "t1", &["Ended", "Aborted"]).await;
+    let ended_event = until_state(&mut mes, "t1", &["Ended", "Aborted"]).await;
     assert!(
         eventually(Duration::from_secs(10), || spans(&exporter)
             .iter()
@@ -290,6 +307,12 @@ async fn a_job_is_one_trace_across_two_replicas() {
     let ended = one(&all, "ended", |s| s.name == "sfc job ended");
     assert_eq!(ended.parent_span_id, job_id);
     assert!(attr_is(ended, "microdcs.job.outcome", "completed"));
+    // The job's Ended status event, sent by the engine, is in its trace.
+    assert_eq!(
+        ended_event,
+        Some(format!("00-{MES_TRACE}-{job_id}-01")),
+        "the Ended event carries the job's trace"
+    );
     second.stop().await;
 }
 

@@ -24,7 +24,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, warn};
 
 /// A stream entry read: (stream key, entry id, fields).
 type StreamEntry = (String, String, HashMap<String, redis::Value>);
@@ -431,23 +431,25 @@ impl Engine {
         let result: Result<(), Failure> = if !is_work {
             match (field("job"), field("state")) {
                 // The MES command's trace context, linked from the job's.
-                (Some(job), Some(state)) => {
-                    let span = crate::telemetry::job_log_span(scope, &job);
-                    Ok(crate::telemetry::with_change(
+                (Some(job), Some(state)) => Ok(crate::telemetry::in_job(
+                    scope,
+                    &job,
+                    crate::telemetry::with_change(
                         field("trace"),
                         self.on_change(scope, &job, &state),
-                    )
-                    .instrument(span)
-                    .await?)
-                }
+                    ),
+                )
+                .await?),
                 _ => Ok(()),
             }
         } else {
             match field("item").map(|i| serde_json::from_str::<WorkItem>(&i)) {
                 Some(Ok(item)) => {
-                    // Log lines of the item carry the job's trace ids.
-                    let span = crate::telemetry::job_log_span(scope, item.job());
-                    self.on_work(scope, id, item, settle).instrument(span).await
+                    // Log lines and events of the item carry the job's
+                    // trace.
+                    let job = item.job().to_owned();
+                    crate::telemetry::in_job(scope, &job, self.on_work(scope, id, item, settle))
+                        .await
                 }
                 Some(Err(e)) => {
                     warn!(scope, entry = id, error = %e, "unreadable work item dropped");

@@ -442,6 +442,8 @@ impl Engine {
         let Some(Stored { exec: e, .. }) = stored else {
             return Ok(());
         };
+        // Its final status event goes out in the job's trace.
+        crate::telemetry::record_job_ids(e.trace());
         let jobs = &self.inner.jobs;
         let (what, final_state) = match &e.status {
             Status::Completed => (
