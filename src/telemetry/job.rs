@@ -19,7 +19,7 @@
 //! - a span when the job's execution ends, with an error status when it
 //!   failed.
 
-use super::propagation::parse_traceparent;
+use super::propagation::{parse_traceparent, traceparent};
 use crate::envelope::CloudEvent;
 use crate::sfc::exec::{Effect, Execution, Input, Status};
 use crate::sfc::recipe::Recipe;
@@ -61,16 +61,6 @@ impl JobTrace {
     fn context(&self) -> Context {
         Context::new().with_remote_span_context(self.0.clone())
     }
-}
-
-/// A finished span's `traceparent` text.
-fn traceparent(sc: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
-    )
 }
 
 fn tracer() -> opentelemetry::global::BoxedTracer {

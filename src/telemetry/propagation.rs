@@ -61,9 +61,19 @@ pub(crate) fn current_traceparent() -> Option<String> {
     if !super::active() {
         return None;
     }
-    let mut e = CloudEvent::new("", "");
-    inject_current(&mut e);
-    e.traceparent
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| traceparent(&sc))
+}
+
+/// The `traceparent` text of a span context.
+pub(crate) fn traceparent(sc: &SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    )
 }
 
 /// Records the span's OpenTelemetry ids in its `trace_id` and `span_id`
@@ -89,6 +99,9 @@ pub(crate) fn message_span_started(span: &tracing::Span, topic: &str, event: &Cl
     if !super::active() {
         return;
     }
+    // Filled in only now: with traces off a message span costs no name.
+    span.record("otel.name", format!("process {}", event.ty));
+    span.record("otel.kind", "consumer");
     if let Some(parent) = extract(event) {
         let _ = span.set_parent(parent);
     }
@@ -129,9 +142,10 @@ pub(crate) fn span_failed(kind: &str, message: &str) {
 
 /// The span context a `traceparent` value names.
 pub(crate) fn parse_traceparent(traceparent: &str) -> Option<SpanContext> {
-    let mut e = CloudEvent::new("", "");
-    e.traceparent = Some(traceparent.to_owned());
-    extract(&e).map(|cx| cx.span().span_context().clone())
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
 }
 
 #[cfg(test)]

@@ -104,8 +104,8 @@ impl MqttTransport {
                 .correlationid
                 .as_ref()
                 .map_or("", |c| c.as_str()),
-            otel.name = format!("process {}", inbound.event.ty),
-            otel.kind = "consumer",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
