@@ -166,6 +166,33 @@ mod tests {
     }
 
     #[test]
+    fn a_span_context_prints_as_the_traceparent_it_was_read_from() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let sc = parse_traceparent(tp).expect("valid");
+        assert_eq!(traceparent(&sc), tp);
+        assert!(
+            parse_traceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01").is_none()
+        );
+    }
+
+    #[test]
+    fn with_traces_off_outgoing_events_keep_what_they_carry() {
+        // No test of this binary installs traces.
+        assert!(!crate::telemetry::active());
+        let mut e = CloudEvent::new("t", "s");
+        e.traceparent = Some("copied".into());
+        inject_current(&mut e);
+        assert_eq!(e.traceparent.as_deref(), Some("copied"));
+        assert_eq!(current_traceparent(), None);
+        let span = tracing::info_span!("x", trace_id = tracing::field::Empty);
+        message_span_started(&span, "a/b", &e);
+        assert!(crate::telemetry::job::JobTrace::of(Some(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ))
+        .is_none());
+    }
+
+    #[test]
     fn an_invalid_traceparent_is_no_parent() {
         let mut e = CloudEvent::new("t", "s");
         e.traceparent = Some("00-zz-yy-01".into());
