@@ -2,7 +2,7 @@
 //! flushed and shut down on exit.
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter, Tracer};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use opentelemetry_sdk::Resource;
 
 /// The instrumentation scope name of every span the station records.
@@ -90,7 +90,9 @@ pub(super) fn provider() -> Result<SdkTracerProvider, TraceError> {
 
 /// A provider exporting synchronously to `exporter` (tests).
 #[cfg(feature = "testkit")]
-pub(super) fn with_exporter(exporter: impl SpanExporter + 'static) -> SdkTracerProvider {
+pub(super) fn with_exporter(
+    exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static,
+) -> SdkTracerProvider {
     SdkTracerProvider::builder()
         .with_simple_exporter(exporter)
         .with_resource(resource())
