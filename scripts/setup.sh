@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what microdcs needs on a fresh Debian/Ubuntu machine, skipping what
 # is already there: mosquitto (+ clients, used by tests), redis-server and
-# faketime (a test runs a replica whose wall clock is a minute off).
+# faketime (a test runs a replica whose wall clock is a minute off), and
+# python3 with oteltest (a real OTLP receiver for the trace export test).
 # The Rust toolchain itself is expected (rustup); cargo-nextest is optional.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/sbin/redis-server ] || need+=(redis-server)
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
@@ -23,6 +25,13 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo_cmd apt-get install -y -q --no-install-recommends "${need[@]}"
   # The packages start system services on the standard ports; microdcs tests
   # and the demo start their own instances on free ports and do not need them.
+fi
+
+# The OTLP receiver of `traces::microdcs_run_exports_a_jobs_trace_over_otlp`
+# (the test is skipped, saying so, without it).
+if ! python3 -c 'import oteltest.sink' >/dev/null 2>&1; then
+  echo "setup: installing oteltest (pip)"
+  python3 -m pip install --user -q oteltest || python3 -m pip install --user -q --break-system-packages oteltest
 fi
 
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }

@@ -138,6 +138,11 @@ impl Replica {
                 cmd.env_remove(k);
             }
         }
+        // `BENCH_TRACES=1`: the replicas export traces (to the OTEL_*
+        // endpoint of the caller's environment), to compare with off.
+        if std::env::var_os("BENCH_TRACES").is_some_and(|v| v == "1") {
+            cmd.env("APP_PROCESSING_OTEL_INSTRUMENTATION_ENABLED", "true");
+        }
         let child = cmd
             .env_remove("RUST_LOG")
             .envs(self.env.iter().cloned())

@@ -269,6 +269,7 @@ impl JobManager {
                     state: to,
                     response: None,
                     cause: Some(cause.to_owned()),
+                    trace: crate::telemetry::current_traceparent(),
                 }))
             }
             Applied::Conflict(_) => Ok(CommandOutcome::refused(
@@ -489,6 +490,7 @@ impl JobManager {
                         state: to,
                         response: response.map(RawValue::to_owned).or(job.response),
                         cause: Some(cause.to_owned()),
+                        trace: crate::telemetry::current_traceparent().or(job.trace),
                     }));
                 }
                 Applied::Conflict(_) | Applied::Limit(_) => {

@@ -84,6 +84,10 @@ pub struct StoredJob {
     pub response: Option<Box<RawValue>>,
     /// `source` and `id` of the command that made the last change.
     pub cause: Option<String>,
+    /// The W3C `traceparent` of the handling of the latest command that
+    /// changed the job while traces were on (the parent of the job's
+    /// trace in the SFC engine).
+    pub trace: Option<String>,
 }
 
 /// A change to write with [`JobStore::apply`].
@@ -297,6 +301,8 @@ impl JobStore {
             .arg(change.kind)
             .arg(serde_json::to_string(&change.to.to_wire()).unwrap_or_else(|_| "[]".into()))
             .arg(if change.from.main.is_live() { "1" } else { "0" })
+            // The span of the command's handling (empty with traces off).
+            .arg(crate::telemetry::current_traceparent().unwrap_or_default())
             .invoke_async(&mut c)
             .await?;
         Ok(match tag.as_str() {
@@ -646,6 +652,7 @@ fn parse_job(
         state,
         response,
         cause: h.remove("cause"),
+        trace: h.remove("trace"),
     })
 }
 

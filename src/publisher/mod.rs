@@ -55,6 +55,10 @@ mod index;
 use index::Schedule;
 use tracing::{debug, info, warn};
 
+/// One retained message of a batch: topic, CloudEvent type, body (`None`
+/// clears the topic), the job's trace.
+type Retained<'a> = (String, &'a str, Option<Vec<u8>>, Option<&'a str>);
+
 /// CloudEvent `type` of state-index messages.
 pub(crate) const STATE_INDEX_TYPE: &str = "com.github.aschamberger.microdcs.mes.state-index.v1";
 /// CloudEvent `type` of order messages.
@@ -396,9 +400,13 @@ impl MesPublisher {
         ty: &str,
         scope: &str,
         body: Option<Vec<u8>>,
+        trace: Option<&str>,
     ) -> Result<(), PublishError> {
         let mut e = CloudEvent::new(ty, self.settings.source.clone());
         e.subject = Some(scope.to_owned());
+        // The trace of the command that made the job's latest change (kept
+        // with the job while traces are on).
+        e.traceparent = trace.map(str::to_owned);
         e.expiryinterval = Some(self.settings.retained_ttl.as_secs().min(u32::MAX as u64) as u32);
         if let Some(b) = body {
             e.datacontenttype = Some(ContentType::Json.header().to_owned());
@@ -448,7 +456,7 @@ impl MesPublisher {
         // broker round trips in a row). Each topic appears once per batch,
         // so nothing is reordered on a topic.
         let mut cleared: Vec<&str> = Vec::new();
-        let mut messages: Vec<(String, &str, Option<Vec<u8>>)> = Vec::new();
+        let mut messages: Vec<Retained<'_>> = Vec::new();
         for id in ids {
             // Ids are data, topic levels are addressing: `PO#4711` is
             // retained under `order/PO%234711` (wire contract §8).
@@ -462,28 +470,30 @@ impl MesPublisher {
                         state: j.state.to_wire(),
                     })
                     .unwrap_or_default();
-                    messages.push((order_topic, ORDER_TYPE, Some(body)));
+                    let trace = j.trace.as_deref();
+                    messages.push((order_topic, ORDER_TYPE, Some(body), trace));
                     if matches!(j.state.main, MainState::Ended | MainState::Aborted) {
                         if let Some(r) = &j.response {
                             messages.push((
                                 result_topic,
                                 RESULT_TYPE,
                                 Some(r.get().as_bytes().to_vec()),
+                                trace,
                             ));
                         }
                     }
                 }
                 _ => {
                     // EndState or purged: clear both retained topics.
-                    messages.push((order_topic, ORDER_TYPE, None));
-                    messages.push((result_topic, RESULT_TYPE, None));
+                    messages.push((order_topic, ORDER_TYPE, None, None));
+                    messages.push((result_topic, RESULT_TYPE, None, None));
                     cleared.push(id);
                 }
             }
         }
         let sends = messages
             .into_iter()
-            .map(|(topic, ty, body)| self.retained(topic, ty, scope, body));
+            .map(|(topic, ty, body, trace)| self.retained(topic, ty, scope, body, trace));
         futures_util::future::try_join_all(sends).await?;
         if !cleared.is_empty() {
             let _: i64 = c.srem(self.keys().pub_retained(scope), &cleared).await?;
@@ -520,6 +530,7 @@ impl MesPublisher {
             STATE_INDEX_TYPE,
             scope,
             Some(body),
+            None,
         )
         .await?;
         debug!(scope, seq, jobs, "published state index");

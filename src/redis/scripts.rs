@@ -111,7 +111,7 @@ mod tests {
                 "dedupe_release.lua",
                 "7ece0ac4911ac0b2d47bbe14a272e3e7f5f2359b",
             ),
-            ("job_apply.lua", "8f70a41fc95d52434080aa8c10585eb269f5daba"),
+            ("job_apply.lua", "03fde8a15ae5c7b5c23d205d9654949b499b22cf"),
             (
                 "job_leases_live.lua",
                 "42a1eff9745869fe7a119c28d8e7713e08b9e32b",

@@ -425,6 +425,10 @@ impl Io {
         let subject = as_other.as_deref().or(subject);
         e.subject = subject.map(str::to_owned);
         e.causationid = Some(command.id.clone());
+        // In the command's trace, as equipment that propagates W3C trace
+        // context would be.
+        e.traceparent.clone_from(&command.traceparent);
+        e.tracestate.clone_from(&command.tracestate);
         if let Some(job) = command.custom.get(JOBID) {
             // What a waiting pull_event action of this job matches on.
             e.correlationid = Some(CorrelationId::from_text(job.clone()));
@@ -468,6 +472,9 @@ fn reply_event(source: &str, command: &CloudEvent, reply: &Reply) -> CloudEvent 
     e.subject = command.subject.clone();
     e.causationid = Some(command.id.clone());
     e.correlationid = command.correlationid.clone();
+    // The answer continues the command's trace (W3C trace context).
+    e.traceparent.clone_from(&command.traceparent);
+    e.tracestate.clone_from(&command.tracestate);
     if let Some(job) = command.custom.get(JOBID) {
         e.custom.insert(JOBID.to_owned(), job.clone());
     }

@@ -38,6 +38,9 @@ pub struct Mes {
     pub client: TestClient,
     /// Subscribed to `app/jobs/+/events`.
     pub events: TestClient,
+    /// W3C `traceparent` sent with every command while set (an MES that
+    /// traces its requests).
+    pub traceparent: Option<String>,
     replies: String,
 }
 
@@ -70,6 +73,7 @@ impl Mes {
         Ok(Mes {
             client,
             events,
+            traceparent: None,
             replies,
         })
     }
@@ -99,7 +103,12 @@ impl Mes {
         body: &Value,
         correlation: Option<&[u8]>,
     ) -> Result<(), TestkitError> {
-        let props = ce_props(ty, id, subject, Some(&self.replies), correlation);
+        let mut props = ce_props(ty, id, subject, Some(&self.replies), correlation);
+        if let Some(tp) = &self.traceparent {
+            props
+                .user_properties
+                .push(("traceparent".to_owned(), tp.clone()));
+        }
         self.client
             .try_publish(COMMANDS, body.to_string().into_bytes(), props)
             .await

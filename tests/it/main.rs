@@ -20,4 +20,5 @@ mod recipe;
 mod sfc;
 mod sfc_chaos;
 mod sim;
+mod traces;
 mod transport_mqtt;

@@ -29,12 +29,29 @@ pub(crate) fn run(args: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    microdcs::telemetry::init_logging(config.log_format(), &config.log.level);
+    // Traces only with `[telemetry] enabled`; the exporter reads the
+    // standard OTEL_* environment.
+    let traces = match microdcs::telemetry::init(
+        config.log_format(),
+        &config.log.level,
+        config.telemetry.enabled,
+    ) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "traces are off");
+            None
+        }
+    };
     let runtime = match super::runtime() {
         Ok(r) => r,
         Err(code) => return code,
     };
-    match runtime.block_on(microdcs::station::run(&config)) {
+    let result = runtime.block_on(microdcs::station::run(&config));
+    if let Some(t) = traces {
+        // Sends the spans still buffered before the process exits.
+        runtime.block_on(t.shutdown());
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -16,6 +16,9 @@
 -- ARGV[10] change stream max length   ARGV[11] job id   ARGV[12] kind
 -- ARGV[13] the new state in its wire form (JSON array), for the index
 -- ARGV[14] 1 if the old state was live (then the job is in the live set)
+-- ARGV[15] W3C traceparent of the command's handling ('' when traces are
+--          off): kept with the job and on the change entry, so the SFC
+--          engine continues the command's trace
 -- Returns {'OK', version} | {'VERSION', current version} | {'LIMIT', live}
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if current ~= tonumber(ARGV[1]) then
@@ -38,6 +41,11 @@ if ARGV[5] ~= '' then
   table.insert(fields, 'resp')
   table.insert(fields, ARGV[5])
 end
+local trace = ARGV[15] or ''
+if trace ~= '' then
+  table.insert(fields, 'trace')
+  table.insert(fields, trace)
+end
 redis.call('HSET', KEYS[1], unpack(fields))
 if current == 0 then
   redis.call('SADD', KEYS[4], ARGV[11])
@@ -57,6 +65,11 @@ else
   redis.call('HDEL', KEYS[7], ARGV[11])
   redis.call('ZADD', KEYS[5], tonumber(ARGV[7]) + tonumber(ARGV[8]), ARGV[11])
 end
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*',
-  'job', ARGV[11], 'state', ARGV[3], 'v', v, 'kind', ARGV[12])
+if trace ~= '' then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*',
+    'job', ARGV[11], 'state', ARGV[3], 'v', v, 'kind', ARGV[12], 'trace', trace)
+else
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*',
+    'job', ARGV[11], 'state', ARGV[3], 'v', v, 'kind', ARGV[12])
+end
 return {'OK', v}

@@ -67,6 +67,7 @@ impl Engine {
                 );
                 return Ok(false);
             };
+            crate::telemetry::record_job_ids(e.trace());
             if e.is_finished() {
                 // Final, cached or not.
                 return Ok(true);
@@ -127,6 +128,9 @@ impl Engine {
                 }
                 Written::Gone => return Ok(true),
             };
+            // Committed: this replica records what the evolution did in
+            // the job's trace.
+            crate::telemetry::evolved(Some(&before_state), &e, Some(&input), &effects, &c.recipe);
             self.inner.execs.put(
                 scope,
                 Stored {
@@ -261,7 +265,15 @@ impl Engine {
             net: &compiled.net,
             now_ms: now_ms(),
         };
-        let (e, effects) = Execution::start(id, scope, params, ctx);
+        let (mut e, effects) = Execution::start(id, scope, params, ctx);
+        // The job's trace: a child of the MES command that made it
+        // startable, kept with the execution for every replica.
+        e.set_trace(crate::telemetry::job_started(
+            scope,
+            id,
+            job.trace.as_deref(),
+        ));
+        crate::telemetry::record_job_ids(e.trace());
         let waiting = waiting_types(&e, &compiled.recipe);
         let none_before = BTreeSet::new();
         let (written, ()) = tokio::join!(
@@ -281,6 +293,7 @@ impl Engine {
         let Written::Ok(version) = written? else {
             return Ok(()); // another replica created it
         };
+        crate::telemetry::evolved(None, &e, None, &effects, &compiled.recipe);
         info!(
             scope,
             job = id,

@@ -169,7 +169,8 @@ fn record_steps(i: &crate::metrics::Instruments, exec: &Execution, effects: &[Ef
     }
 }
 
-fn work_items(job: &str, effects: &[Effect]) -> Vec<WorkItem> {
+/// `trace` is the job's trace (its `traceparent`), kept on dispatches.
+fn work_items(job: &str, trace: Option<&str>, effects: &[Effect]) -> Vec<WorkItem> {
     let mut items: Vec<WorkItem> = Vec::new();
     for e in effects {
         let item = match e {
@@ -188,6 +189,7 @@ fn work_items(job: &str, effects: &[Effect]) -> Vec<WorkItem> {
                 equipment: equipment.clone(),
                 parameters: parameters.clone(),
                 attempt: *attempt,
+                trace: trace.map(str::to_owned),
             },
             Effect::StepEntered { step, activation } | Effect::StepLeft { step, activation } => {
                 let change = StepChange {
@@ -202,6 +204,7 @@ fn work_items(job: &str, effects: &[Effect]) -> Vec<WorkItem> {
                 WorkItem::Steps {
                     job: job.to_owned(),
                     changes: vec![change],
+                    trace: trace.map(str::to_owned),
                 }
             }
             Effect::Finished(_) => WorkItem::Finished {
@@ -317,7 +320,7 @@ impl Engine {
         for (k, at) in timers {
             inv.arg(k).arg(at);
         }
-        let items = work_items(job, effects)
+        let items = work_items(job, exec.trace(), effects)
             .iter()
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()?;
@@ -369,7 +372,7 @@ mod tests {
                 activation: 2,
             },
         ];
-        let items = work_items("j", &effects);
+        let items = work_items("j", None, &effects);
         let change = |entered| StepChange {
             step: "s".into(),
             activation: 2,
@@ -380,6 +383,7 @@ mod tests {
             vec![WorkItem::Steps {
                 job: "j".into(),
                 changes: vec![change(true), change(false)],
+                trace: None,
             }],
             "consecutive step changes are one item"
         );
@@ -402,7 +406,7 @@ mod tests {
                 activation: 2,
             },
         ];
-        let items = work_items("j", &effects);
+        let items = work_items("j", None, &effects);
         assert_eq!(items.len(), 3);
         assert!(matches!(&items[0], WorkItem::Steps { changes, .. } if changes == &[change(true)]));
         assert!(matches!(&items[1], WorkItem::Dispatch { .. }));

@@ -431,12 +431,27 @@ impl Engine {
         let is_work = stream == self.keys().work(scope);
         let result: Result<(), Failure> = if !is_work {
             match (field("job"), field("state")) {
-                (Some(job), Some(state)) => Ok(self.on_change(scope, &job, &state).await?),
+                // The MES command's trace context, linked from the job's.
+                (Some(job), Some(state)) => Ok(crate::telemetry::in_job(
+                    scope,
+                    &job,
+                    crate::telemetry::with_change(
+                        field("trace"),
+                        self.on_change(scope, &job, &state),
+                    ),
+                )
+                .await?),
                 _ => Ok(()),
             }
         } else {
             match field("item").map(|i| serde_json::from_str::<WorkItem>(&i)) {
-                Some(Ok(item)) => self.on_work(scope, id, item, settle).await,
+                Some(Ok(item)) => {
+                    // Log lines and events of the item carry the job's
+                    // trace.
+                    let job = item.job().to_owned();
+                    crate::telemetry::in_job(scope, &job, self.on_work(scope, id, item, settle))
+                        .await
+                }
                 Some(Err(e)) => {
                     warn!(scope, entry = id, error = %e, "unreadable work item dropped");
                     Ok(())
@@ -544,6 +559,7 @@ mod tests {
             equipment: None,
             parameters: serde_json::Map::new(),
             attempt: 1,
+            trace: None,
         };
         let progress = WorkItem::Progress {
             job: "j".into(),
@@ -556,6 +572,7 @@ mod tests {
         let steps = WorkItem::Steps {
             job: "j".into(),
             changes: Vec::new(),
+            trace: None,
         };
         assert!(leaves_job_running(&entry(&steps)));
         assert!(!leaves_job_running(&entry(&WorkItem::Finished {

@@ -33,6 +33,10 @@ pub(super) enum WorkItem {
         equipment: Option<String>,
         parameters: Map<String, Value>,
         attempt: u32,
+        /// The job's trace (`traceparent` of its job span), the parent of
+        /// the dispatch span (#10). Absent with traces off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<String>,
     },
     /// One step change (written by earlier versions; read for
     /// compatibility).
@@ -47,6 +51,9 @@ pub(super) enum WorkItem {
     Steps {
         job: String,
         changes: Vec<StepChange>,
+        /// The job's trace, carried by the progress events (#10).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<String>,
     },
     Finished {
         job: String,
@@ -55,6 +62,19 @@ pub(super) enum WorkItem {
         job: String,
         key: String,
     },
+}
+
+impl WorkItem {
+    /// The job the item is about.
+    pub(super) fn job(&self) -> &str {
+        match self {
+            WorkItem::Dispatch { job, .. }
+            | WorkItem::Progress { job, .. }
+            | WorkItem::Steps { job, .. }
+            | WorkItem::Finished { job }
+            | WorkItem::Timer { job, .. } => job,
+        }
+    }
 }
 
 /// A step left or entered (one progress event).
@@ -113,9 +133,14 @@ impl Engine {
                     activation,
                     entered,
                 }],
+                None,
                 settle,
             )?),
-            WorkItem::Steps { job, changes } => Ok(self.progress(scope, &job, &changes, settle)?),
+            WorkItem::Steps {
+                job,
+                changes,
+                trace,
+            } => Ok(self.progress(scope, &job, &changes, trace.as_deref(), settle)?),
             WorkItem::Finished { job } => Ok(self.report_finished(scope, &job).await?),
         }
     }
@@ -131,6 +156,7 @@ impl Engine {
         scope: &str,
         job: &str,
         changes: &[StepChange],
+        trace: Option<&str>,
         settle: &mut Settle,
     ) -> Result<(), EngineError> {
         let Some(emitter) = self.inner.jobs.emitter() else {
@@ -147,6 +173,7 @@ impl Engine {
                         "Event": if c.entered { "entered" } else { "left" }}),
             )
             .map_err(EngineError::Progress)?;
+            crate::telemetry::inject_job(&mut ev, trace);
             events.push(ev);
         }
         let (scope, job) = (scope.to_owned(), job.to_owned());
@@ -267,6 +294,7 @@ impl Engine {
             equipment,
             parameters,
             attempt,
+            trace,
         } = item
         else {
             return Ok(());
@@ -354,7 +382,25 @@ impl Engine {
         // The lease must outlive the send: a send stuck in back
         // pressure is given up (the item stays pending and is tried
         // again) well before the lease could expire.
-        let sent = tokio::time::timeout(DISPATCH_LEASE / 2, emitter.emit(emit)).await;
+        // The command goes out inside its dispatch span, a child of the
+        // job's trace, and carries that span's trace context.
+        let span = crate::telemetry::dispatch_span(
+            trace.as_deref(),
+            scope,
+            &job,
+            &action,
+            &type_id,
+            &command_id,
+            attempt,
+        );
+        let sent = tokio::time::timeout(
+            DISPATCH_LEASE / 2,
+            tracing::Instrument::instrument(emitter.emit(emit), span.clone()),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            span.in_scope(|| crate::telemetry::span_failed("SEND_FAILED", "command not sent"));
+        }
         if matches!(sent, Ok(Ok(()))) {
             // Released with the batch's acknowledgements, in the same
             // round trip.
@@ -396,6 +442,8 @@ impl Engine {
         let Some(Stored { exec: e, .. }) = stored else {
             return Ok(());
         };
+        // Its final status event goes out in the job's trace.
+        crate::telemetry::record_job_ids(e.trace());
         let jobs = &self.inner.jobs;
         let (what, final_state) = match &e.status {
             Status::Completed => (

@@ -30,6 +30,7 @@ impl Execution {
             early: VecDeque::new(),
             history: VecDeque::new(),
             seen_events: VecDeque::new(),
+            trace: None,
         };
         let mut effects = Vec::new();
         let initial = ctx.net.steps[ctx.net.initial].clone();
@@ -56,6 +57,7 @@ impl Execution {
             early: VecDeque::new(),
             history: VecDeque::new(),
             seen_events: VecDeque::new(),
+            trace: None,
         }
     }
 

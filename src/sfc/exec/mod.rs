@@ -144,6 +144,11 @@ pub struct Execution {
     /// [`SEEN_EVENTS`]), so that a redelivered event is not applied twice.
     #[serde(default)]
     pub(crate) seen_events: VecDeque<String>,
+    /// The job's trace (#10): the W3C `traceparent` of its job span, the
+    /// parent of every step and dispatch span of the job on any replica.
+    /// Absent when traces were off as the job started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) trace: Option<String>,
 }
 
 /// What can happen to a running job.
@@ -374,6 +379,17 @@ impl Execution {
     /// Events kept because no action waited for them yet, oldest first.
     pub fn early_events(&self) -> impl ExactSizeIterator<Item = &EarlyEvent> {
         self.early.iter()
+    }
+
+    /// The job's trace: the W3C `traceparent` of its job span, if traces
+    /// were on when it started.
+    pub fn trace(&self) -> Option<&str> {
+        self.trace.as_deref()
+    }
+
+    /// Sets the job's trace (the `traceparent` of its job span).
+    pub(crate) fn set_trace(&mut self, traceparent: Option<String>) {
+        self.trace = traceparent;
     }
 
     /// Step activations in order (the latest [`HISTORY`]).

@@ -104,7 +104,13 @@ impl MqttTransport {
                 .correlationid
                 .as_ref()
                 .map_or("", |c| c.as_str()),
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        // With traces on: the sender's trace context is the parent.
+        crate::telemetry::message_span_started(&span, &topic, &inbound.event);
         if self
             .process_routed(&route, &inbound, &p, received_at)
             .instrument(span)
@@ -180,6 +186,7 @@ impl MqttTransport {
                         if let Some(i) = crate::metrics::instruments() {
                             i.error(Some(route.processor.name()), &ev.ty, error.kind());
                         }
+                        crate::telemetry::span_failed(error.kind().as_str(), error.message());
                         warn!(processor = route.processor.name(), id = %ev.id, ty = %ev.ty, correlation_id = ?ev.correlationid.as_ref().map(|c| c.as_str().to_owned()), error = %error, "retryable failure; will retry");
                         self.send_error_reply(ev, inbound.reply_to.as_ref(), &error)
                             .await;
@@ -188,6 +195,7 @@ impl MqttTransport {
                     delay
                 }
                 Disposition::DeadLetter(e) => {
+                    crate::telemetry::span_failed(e.kind().as_str(), e.message());
                     let r = Rejected {
                         kind: e.kind(),
                         message: e.message().to_owned(),

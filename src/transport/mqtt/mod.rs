@@ -308,7 +308,10 @@ impl MqttTransport {
         }
     }
 
-    async fn encode_and_send(&self, msg: Outgoing) -> Result<(), TransportError> {
+    async fn encode_and_send(&self, mut msg: Outgoing) -> Result<(), TransportError> {
+        // Every outgoing event carries the trace context of the span it is
+        // sent in (the handling of a message, a dispatch), with traces on.
+        crate::telemetry::inject_current(&mut msg.event);
         let out = mb::encode(&msg.event, msg.correlation_data.clone());
         let mut props = out.properties;
         props.response_topic = msg.response_topic.clone();

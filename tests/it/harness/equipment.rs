@@ -97,6 +97,10 @@ impl Equipment {
                 }
                 reply.causationid = Some(cmd.id.clone());
                 reply.subject = cmd.subject.clone();
+                // A device that propagates W3C trace context answers in
+                // the command's trace.
+                reply.traceparent = cmd.traceparent.clone();
+                reply.tracestate = cmd.tracestate.clone();
                 match answer {
                     Ok(v) => {
                         reply.datacontenttype = Some("application/json".into());
