@@ -1354,6 +1354,16 @@ async fn a_device_that_echoes_only_the_correlation_data_completes_its_action() {
     station.stop().await;
 }
 
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_clock_is_a_minute_ahead_fires_no_timeout_early() {
     // A real `microdcs run` whose wall clock is 60 s ahead (libfaketime;
@@ -1362,14 +1372,27 @@ async fn a_replica_whose_clock_is_a_minute_ahead_fires_no_timeout_early() {
     let (mut s, eq) = setup(answer_all()).await;
     let mut env = jobs::env(s._m.port(), s._r.single().0.port(), "skewed");
     jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
-    let mut skewed = std::process::Command::new("faketime")
-        .args(["-f", "+60s", env!("CARGO_BIN_EXE_microdcs"), "run"])
+    // libfaketime preloaded into the binary itself: the `faketime` wrapper
+    // forks, and killing it would leave the replica running.
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libfaketime (scripts/setup.sh installs faketime)");
+    let skewed = std::process::Command::new(env!("CARGO_BIN_EXE_microdcs"))
+        .arg("run")
         .envs(env)
+        .env("LD_PRELOAD", lib)
+        .env("FAKETIME", "+60s")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("faketime (scripts/setup.sh installs it)");
+        .expect("start microdcs run");
+    // Killed however the test ends.
+    let skewed = KillOnDrop(skewed);
     // Up once its session heartbeat is in Redis.
     let mut c =
         s._r.single()
@@ -1399,8 +1422,7 @@ async fn a_replica_whose_clock_is_a_minute_ahead_fires_no_timeout_early() {
     eq.event("axle", INSPECTED, json!({"passed": true}), Some("k1"))
         .await;
     let ended = until_state(&mut s.mes, "k1", &["Ended", "Aborted"]).await;
-    let _ = skewed.kill();
-    let _ = skewed.wait();
+    drop(skewed);
     assert_eq!(
         state_texts(&ended["JobState"]),
         ["Ended", "Completed"],
