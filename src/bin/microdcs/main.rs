@@ -13,13 +13,6 @@ mod run;
 mod sim;
 
 use clap::{CommandFactory, Parser, Subcommand};
-
-/// The process allocator: mimalloc, which serves the station's many
-/// short-lived message and Redis buffers with far less CPU than glibc
-/// malloc (see `cargo bench --bench station`, CPU µs per step).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::io::Write;
 use std::process::ExitCode;
 
