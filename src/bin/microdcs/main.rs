@@ -7,6 +7,7 @@
 //! The `APP_*` environment variables are the configuration module's
 //! (`microdcs::config`), not options of this command line.
 
+mod completions;
 mod config_check;
 mod recipe;
 mod run;
@@ -40,7 +41,8 @@ runs it). `-` reads standard input.";
                       microdcs config check [--config FILE]\n       \
                       microdcs recipe check FILE\n       \
                       microdcs recipe graph FILE\n       \
-                      microdcs sim [--config FILE] [--host H] [--port P] [--seed N]",
+                      microdcs sim [--config FILE] [--host H] [--port P] [--seed N]\n       \
+                      microdcs completions SHELL",
     after_help = CONFIG_SOURCES,
     subcommand_required = true,
     arg_required_else_help = true
@@ -72,6 +74,7 @@ enum Command {
         #[command(subcommand)]
         command: RecipeCommand,
     },
+    Completions(completions::Args),
 }
 
 /// `config …`.
@@ -101,6 +104,7 @@ impl Command {
             Command::Recipe {
                 command: RecipeCommand::Graph(args),
             } => recipe::graph(&args),
+            Command::Completions(args) => completions::completions(&args),
         }
     }
 }
@@ -206,6 +210,56 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_name_every_command_and_bash_accepts_the_script() {
+        assert_eq!(
+            parse("completions bash").ok(),
+            Some(Command::Completions(completions::Args {
+                shell: clap_complete::Shell::Bash
+            }))
+        );
+        assert!(parse("completions tcsh").is_err());
+        for shell in ["bash", "elvish", "fish", "powershell", "zsh"] {
+            let Ok(Command::Completions(args)) = parse(&format!("completions {shell}")) else {
+                panic!("{shell} is not accepted");
+            };
+            let mut out = Vec::new();
+            completions::script(args.shell, &mut out);
+            let text = String::from_utf8(out).expect("UTF-8");
+            for word in [
+                "run",
+                "config",
+                "recipe",
+                "sim",
+                "completions",
+                "check",
+                "graph",
+            ] {
+                assert!(text.contains(word), "{shell} script lacks {word}");
+            }
+        }
+        // The bash script parses (bash -n) and completes the subcommands.
+        let mut out = Vec::new();
+        completions::script(clap_complete::Shell::Bash, &mut out);
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let file = dir.path().join("microdcs.bash");
+        std::fs::write(&file, &out).expect("write");
+        let probe = format!(
+            "source {}; COMP_WORDS=(microdcs re); COMP_CWORD=1; _microdcs microdcs re microdcs; echo \"${{COMPREPLY[@]}}\"",
+            file.display()
+        );
+        let done = std::process::Command::new("bash")
+            .args(["-c", &probe])
+            .output()
+            .expect("bash runs");
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&done.stdout).trim(), "recipe");
     }
 
     #[test]
