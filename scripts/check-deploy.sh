@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Renders every kustomization under deploy/ and checks it offline (no cluster):
+#   1. `kubectl kustomize` renders it;
+#   2. kubernetes-validate (PyPI, pinned) validates each resource in strict
+#      mode (unknown fields are errors) against a pinned Kubernetes version;
+#   3. scripts/check_manifests.py checks microdcs's own invariants (POD_ID
+#      from the pod name, probe paths and port, grace period, and that
+#      `microdcs config check` accepts the ConfigMap's TOML with the
+#      manifest's environment, with no unrecognised APP_ variable).
+# Installs kubectl (Debian package) and kubernetes-validate only if missing.
+# Fails on the first kustomization with a problem.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KUBERNETES_VALIDATE_VERSION=1.37.0
+KUBERNETES_VERSION=1.32.0
+
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+  echo "check-deploy: installing kubectl (apt)"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -q
+  $sudo_cmd apt-get install -y -q --no-install-recommends kubectl \
+    || $sudo_cmd apt-get install -y -q --no-install-recommends kubernetes-client
+fi
+if [ "$(kubernetes-validate --version 2>/dev/null || true)" != "$KUBERNETES_VALIDATE_VERSION" ] \
+  && ! python3 -m pip show kubernetes-validate 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION"; then
+  echo "check-deploy: installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (pip)"
+  python3 -m pip install --user -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    || python3 -m pip install --user -q --break-system-packages "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+
+target="${CARGO_TARGET_DIR:-target}"
+bin="$target/debug/microdcs"
+cargo build -q --bin microdcs
+
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+found=0
+while IFS= read -r k; do
+  dir="$(dirname "$k")"
+  name="${dir#deploy/}"
+  file="$out/$(echo "$name" | tr / _).yaml"
+  echo "check-deploy: $dir"
+  kubectl kustomize "$dir" > "$file"
+  python3 -m kubernetes_validate --strict --quiet -k "$KUBERNETES_VERSION" "$file"
+  python3 scripts/check_manifests.py "$bin" "$file" "$name"
+  found=$((found + 1))
+done < <(find deploy -name kustomization.yaml | sort)
+[ "$found" -gt 0 ] || { echo "check-deploy: no kustomization under deploy/" >&2; exit 1; }
+echo "check-deploy: $found kustomization(s) OK"
