@@ -7,6 +7,7 @@
 #      from the pod name, probe paths and port, grace period, and that
 #      `microdcs config check` accepts the ConfigMap's TOML with the
 #      manifest's environment, with no unrecognised APP_ variable).
+#   4. the Docker build context (.dockerignore applied) builds the binary.
 # Installs kubectl (Debian package) and kubernetes-validate only if missing.
 # Fails on the first kustomization with a problem.
 set -euo pipefail
@@ -49,4 +50,18 @@ while IFS= read -r k; do
   found=$((found + 1))
 done < <(find deploy -name kustomization.yaml | sort)
 [ "$found" -gt 0 ] || { echo "check-deploy: no kustomization under deploy/" >&2; exit 1; }
+
+# The image cannot be built here (no container runtime, no registry: README,
+# "The container image"); what can be checked is that the build context
+# .dockerignore leaves is enough for the Dockerfile's cargo build.
+echo "check-deploy: Dockerfile build context (cargo check --locked in it)"
+# A fixed directory under the target dir, so that repeated runs reuse the
+# compiled dependencies (tar keeps the files' modification times).
+grep -v -e '^#' -e '^$' .dockerignore > "$out/ignore"
+context="$target/docker-context"
+rm -rf "$context"
+mkdir -p "$context"
+git ls-files -co --exclude-standard -z \
+  | tar -X "$out/ignore" --null -T - -cf - | tar -xf - -C "$context"
+(cd "$context" && cargo check -q --locked --release --bin microdcs)
 echo "check-deploy: $found kustomization(s) OK"
