@@ -10,7 +10,7 @@ FROM docker.io/library/rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 # Cache mounts keep the crates.io index, downloaded crates and compiled
-# dependencies between builds (BuildKit, or buildah/podman >= 1.24).
+# dependencies between builds (BuildKit; recent buildah and podman too).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin microdcs \

@@ -13,7 +13,7 @@ For every workload (StatefulSet, Deployment) running the station container:
   - the container runs `run --config FILE` with FILE in a mounted ConfigMap;
   - `microdcs config check` accepts the mounted TOML together with the
     manifest's environment and reports no unrecognised APP_ variable;
-  - the StatefulSet's serviceName is a headless Service that selects it.
+  - the StatefulSet's serviceName is a headless Service of the rendering.
 Across the rendering: a workload that is neither processor nor publisher,
 a publisher-only workload with more than one replica, and any Service or
 PodDisruptionBudget that selects no pod fail.
