@@ -9,6 +9,9 @@
 
 mod completions;
 mod config_check;
+// Used by the operator commands (jobs, dlq, audit) being added in #11.
+#[allow(dead_code)]
+mod output;
 mod recipe;
 mod run;
 mod sim;
