@@ -636,6 +636,13 @@ impl AppBuilder {
             };
             for (name, t) in &transports {
                 t.set_dedupe(Dedupe::new(r.conn.clone(), &prefix, ttl, self.claim_lease));
+                t.set_dead_letters(crate::dlq::DeadLetters::new(
+                    r.conn.clone(),
+                    prefix.clone(),
+                    self.config
+                        .as_ref()
+                        .map_or(crate::dlq::DEFAULT_MAX_LEN, |c| c.mqtt.dead_letter_max_len),
+                ));
                 // A clean session queues nothing while away: nothing to
                 // take over.
                 let Some(settings) = self.takeover else {

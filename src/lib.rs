@@ -4,6 +4,7 @@ mod app;
 mod binding;
 pub mod config;
 mod dedupe;
+pub mod dlq;
 pub mod envelope;
 mod error;
 pub mod health;

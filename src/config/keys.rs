@@ -265,6 +265,16 @@ pub(super) static KEYS: &[Key] = &[
     },
     Key {
         section: "mqtt",
+        name: "dead_letter_max_len",
+        env: Some("APP_MQTT_DEAD_LETTER_MAX_LEN"),
+        set: |c, v| {
+            c.mqtt.dead_letter_max_len = v.integer(1, 10_000_000)?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.mqtt.dead_letter_max_len),
+    },
+    Key {
+        section: "mqtt",
         name: "session_takeover",
         env: Some("APP_MQTT_SESSION_TAKEOVER"),
         set: |c, v| {

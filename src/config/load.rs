@@ -127,6 +127,7 @@ impl Config {
                 dedupe_ttl_seconds: 600,
                 events_qos: t.events_qos,
                 dead_letter_topic: t.dead_letter_topic,
+                dead_letter_max_len: crate::dlq::DEFAULT_MAX_LEN,
                 session_takeover: true,
                 session_heartbeat_interval: crate::transport::takeover::DEFAULT_HEARTBEAT_INTERVAL,
                 session_dead_after: crate::transport::takeover::DEFAULT_DEAD_AFTER,

@@ -24,6 +24,7 @@
 //! | `mqtt.dedupe_ttl_seconds` | `APP_MQTT_DEDUPE_TTL_SECONDS` | `600` |
 //! | `mqtt.events_qos` | `APP_MQTT_EVENTS_QOS` | `1` |
 //! | `mqtt.dead_letter_topic` | `APP_MQTT_DEAD_LETTER_TOPIC` | `microdcs/dead-letter` |
+//! | `mqtt.dead_letter_max_len` (entries per processor) | `APP_MQTT_DEAD_LETTER_MAX_LEN` | `10000` |
 //! | `mqtt.session_takeover` | `APP_MQTT_SESSION_TAKEOVER` | `true` |
 //! | `mqtt.session_heartbeat_interval` (s) | `APP_MQTT_SESSION_HEARTBEAT_INTERVAL` | `2` |
 //! | `mqtt.session_dead_after` (s) | `APP_MQTT_SESSION_DEAD_AFTER` | `10` (at least twice the heartbeat interval) |
@@ -227,6 +228,9 @@ pub struct MqttConfig {
     pub events_qos: u8,
     /// Topic for messages that could not be processed.
     pub dead_letter_topic: String,
+    /// Dead letters kept in Redis per processor, newest first (`crate::dlq`;
+    /// older ones are trimmed as new ones arrive).
+    pub dead_letter_max_len: u64,
     /// Whether live replicas take over the persistent MQTT session of a
     /// replica that died (see [`crate::transport::takeover`]).
     pub session_takeover: bool,

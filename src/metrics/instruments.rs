@@ -35,6 +35,7 @@ pub(crate) struct Instruments {
     processed: Counter<u64>,
     duplicates: Counter<u64>,
     dead_lettered: Counter<u64>,
+    dead_letters_unstored: Counter<u64>,
     errors: Counter<u64>,
     duration: Histogram<f64>,
     replies: Counter<u64>,
@@ -256,6 +257,13 @@ impl Instruments {
                 .with_unit("{message}")
                 .with_description("Messages sent to the dead-letter topic")
                 .build(),
+            dead_letters_unstored: meter
+                .u64_counter("microdcs.dead_letters.unstored")
+                .with_unit("{message}")
+                .with_description(
+                    "Dead letters that could not be kept in Redis (the dead-letter topic got them)",
+                )
+                .build(),
             errors: meter
                 .u64_counter("microdcs.messages.errors")
                 .with_unit("{message}")
@@ -326,6 +334,16 @@ impl Instruments {
     pub(crate) fn dead_lettered(&self, processor: Option<&str>, ty: &str, kind: ErrorKind) {
         self.dead_lettered
             .add(1, &error_labels(processor, ty, kind));
+    }
+
+    pub(crate) fn dead_letter_unstored(&self, processor: Option<&str>) {
+        self.dead_letters_unstored.add(
+            1,
+            &[kv(
+                "microdcs.processor",
+                processor.unwrap_or(crate::dlq::NO_PROCESSOR),
+            )],
+        );
     }
 
     pub(crate) fn reply(&self, transport: &str) {

@@ -78,6 +78,7 @@ counters! {
         processed,
         duplicates,
         dead_lettered,
+        dead_letters_unstored,
         replies,
         retries,
         reconnects,
@@ -96,6 +97,9 @@ pub struct MetricsSnapshot {
     pub duplicates: u64,
     /// Messages sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Dead letters that could not be kept in Redis (`crate::dlq`; the
+    /// dead-letter topic still got them).
+    pub dead_letters_unstored: u64,
     /// Replies sent (success and error).
     pub replies: u64,
     /// Retries after retryable errors.

@@ -64,6 +64,26 @@ impl Keys {
         format!("{}:{{mqtt}}:takeover:{client_id}", self.prefix)
     }
 
+    /// `P:{dlq}:processors` (set): the processors that have a dead-letter
+    /// stream. The hash tag `{dlq}` keeps every dead-letter key in one
+    /// Redis Cluster slot (the stream and its set are written together).
+    pub(crate) fn dlq_processors(&self) -> String {
+        format!("{}:{{dlq}}:processors", self.prefix)
+    }
+
+    /// `P:{dlq}:letters:{processor}` (stream): the MQTT messages one
+    /// processor rejected, as received (`crate::dlq`). Not the SFC
+    /// engine's `P:{S}:deadletters` list of stream entries it gave up on.
+    pub(crate) fn dlq_letters(&self, processor: &str) -> String {
+        format!("{}:{{dlq}}:letters:{processor}", self.prefix)
+    }
+
+    /// `P:{dlq}:replayed:{processor}` (hash): dead-letter entry id → when it
+    /// was replayed (ms).
+    pub(crate) fn dlq_replayed(&self, processor: &str) -> String {
+        format!("{}:{{dlq}}:replayed:{processor}", self.prefix)
+    }
+
     // Keys of one scope: all start with `scope_prefix`.
 
     /// `P:{S}:` — every key of a scope starts with it (`job_purge.lua`
@@ -259,6 +279,9 @@ mod tests {
             (k.pub_retained(s), "microdcs:{axle-line}:pub:retained"),
             (k.pub_seq(s), "microdcs:{axle-line}:pub:seq"),
             (k.pub_cursor(s), "microdcs:{axle-line}:pub:cursor"),
+            (k.dlq_processors(), "microdcs:{dlq}:processors"),
+            (k.dlq_letters("jobs"), "microdcs:{dlq}:letters:jobs"),
+            (k.dlq_replayed("jobs"), "microdcs:{dlq}:replayed:jobs"),
         ];
         for (got, want) in cases {
             assert_eq!(got, want);

@@ -21,6 +21,9 @@
 //! | `P:{mqtt}:sessions` | zset | MQTT client id → last heartbeat (ms, Redis clock) | [`Keys::sessions`] |
 //! | `P:{mqtt}:session-info` | hash | client id → what a peer needs to take the session over | [`Keys::session_info`] |
 //! | `P:{mqtt}:takeover:{client id}` | string | lock of one session takeover | [`Keys::takeover`] |
+//! | `P:{dlq}:processors` | set | processors with a dead-letter stream | [`Keys::dlq_processors`] |
+//! | `P:{dlq}:letters:{processor}` | stream | rejected MQTT messages as received, bounded | [`Keys::dlq_letters`] |
+//! | `P:{dlq}:replayed:{processor}` | hash | dead-letter entry id → replayed at (ms) | [`Keys::dlq_replayed`] |
 //! | `P:{S}:job:{id}` | hash | a job order, its state, response and version | [`Keys::job`] |
 //! | `P:{S}:live` | set | ids of live jobs (not EndState) | [`Keys::live`] |
 //! | `P:{S}:st:{state}` | set | ids per state key (`2.2` = AllowedToStart/Ready) | [`Keys::by_state`] |

@@ -1,6 +1,7 @@
 //! The §6 path for a message that cannot be processed: an error reply when
 //! it asked for one, a log line, the original on the dead-letter topic with
-//! why, and a metric. Never panics, never stops the transport.
+//! why, the original kept in Redis as it was received ([`crate::dlq`]), and
+//! a metric. Never panics, never stops the transport.
 
 use super::MqttTransport;
 use crate::binding::mqtt::Rejected;
@@ -84,6 +85,7 @@ impl MqttTransport {
             reason = %r.message,
             "message rejected"
         );
+        self.keep_dead_letter(original, topic, r, processor);
         let e = HandlerError::terminal(r.kind, r.message.clone())
             .with_context_entries(context.iter().cloned());
         self.send_error_reply(&r.partial, r.reply_to.as_ref(), &e)
@@ -115,6 +117,61 @@ impl MqttTransport {
         }
     }
 }
+
+impl MqttTransport {
+    /// Appends the original to its processor's dead-letter stream in Redis
+    /// ([`crate::dlq`]), in a task of its own with a time limit: a Redis
+    /// that is slow or down neither holds up the transport nor costs the
+    /// dead letter on the topic; it is logged and counted
+    /// (`microdcs.dead_letters.unstored`).
+    fn keep_dead_letter(
+        &self,
+        original: &Publish,
+        topic: &str,
+        r: &Rejected,
+        processor: Option<&str>,
+    ) {
+        let Some(store) = super::read(&self.dead_letters).clone() else {
+            return;
+        };
+        let letter = crate::dlq::DeadLetter {
+            id: String::new(),
+            processor: processor.unwrap_or(crate::dlq::NO_PROCESSOR).to_owned(),
+            at_ms: crate::runtime::clock::now_ms(),
+            kind: r.kind.as_str().to_owned(),
+            reason: r.message.clone(),
+            message: crate::dlq::Message {
+                topic: topic.to_owned(),
+                payload: original.payload.clone(),
+                qos: original.qos as u8,
+                retain: original.retain,
+                properties: crate::dlq::Properties::from_mqtt(original.properties.as_ref()),
+            },
+            replayed_ms: None,
+        };
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let failed = match tokio::time::timeout(STORE_TIMEOUT, store.append(&letter)).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {STORE_TIMEOUT:?}"),
+            };
+            metrics.dead_letters_unstored();
+            if let Some(i) = crate::metrics::instruments() {
+                i.dead_letter_unstored(Some(&letter.processor));
+            }
+            error!(
+                processor = %letter.processor,
+                topic = %crate::envelope::escape_for_mqtt(&letter.message.topic),
+                error = %failed,
+                "cannot keep the dead letter in Redis (the dead-letter topic has it)"
+            );
+        });
+    }
+}
+
+/// How long keeping a dead letter in Redis may take before it is given up.
+const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

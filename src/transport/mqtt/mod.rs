@@ -70,6 +70,8 @@ pub struct MqttTransport {
     routes: RwLock<Vec<Arc<Route>>>,
     pending: Pending,
     dedupe: RwLock<Option<Dedupe>>,
+    /// Where dead letters are kept besides the dead-letter topic.
+    dead_letters: RwLock<Option<crate::dlq::DeadLetters>>,
     metrics: Arc<Metrics>,
     /// Waiters for the broker's PUBACKs of what we publish.
     acks: Acks,
@@ -120,6 +122,7 @@ impl MqttTransport {
         let t = Self::with_role(format!("{}/takeover:{client_id}", self.name), s, true);
         *write(&t.routes) = read(&self.routes).clone();
         *write(&t.dedupe) = read(&self.dedupe).clone();
+        *write(&t.dead_letters) = read(&self.dead_letters).clone();
         t
     }
 
@@ -135,6 +138,7 @@ impl MqttTransport {
             routes: RwLock::new(Vec::new()),
             pending: Pending::default(),
             dedupe: RwLock::new(None),
+            dead_letters: RwLock::new(None),
             metrics: Arc::new(Metrics::default()),
             acks: Acks::default(),
             window,
@@ -187,6 +191,11 @@ impl MqttTransport {
             processor: processor.clone(),
             binding,
         }));
+    }
+
+    /// Keeps every dead letter in Redis too (see [`crate::dlq`]).
+    pub(crate) fn set_dead_letters(&self, d: crate::dlq::DeadLetters) {
+        *write(&self.dead_letters) = Some(d);
     }
 
     /// Enables deduplication by (`source`, `id`).
