@@ -9,6 +9,7 @@ pub mod envelope;
 mod error;
 pub mod health;
 pub mod http;
+pub mod inspect;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
