@@ -15,6 +15,7 @@ mod config;
 mod jobs;
 mod models;
 mod observe_http;
+mod operator;
 mod publisher;
 mod recipe;
 mod sfc;

@@ -9,8 +9,8 @@
 
 mod completions;
 mod config_check;
-// Used by the operator commands (jobs, dlq, audit) being added in #11.
-#[allow(dead_code)]
+mod dlq;
+mod jobs;
 mod output;
 mod recipe;
 mod run;
@@ -45,6 +45,11 @@ runs it). `-` reads standard input.";
                       microdcs recipe check FILE\n       \
                       microdcs recipe graph FILE\n       \
                       microdcs sim [--config FILE] [--host H] [--port P] [--seed N]\n       \
+                      microdcs jobs list [--scope S] [--state STATE] [--json]\n       \
+                      microdcs jobs show ID [--scope S] [--json]\n       \
+                      microdcs dlq list [--processor P] [--json]\n       \
+                      microdcs dlq show|replay|delete ID [--processor P]\n       \
+                      microdcs dlq purge [--processor P]\n       \
                       microdcs completions SHELL",
     after_help = CONFIG_SOURCES,
     subcommand_required = true,
@@ -77,6 +82,31 @@ enum Command {
         #[command(subcommand)]
         command: RecipeCommand,
     },
+    /// Inspect the jobs a station keeps in Redis (`jobs list`, `jobs show`)
+    #[command(
+        subcommand_required = true,
+        arg_required_else_help = true,
+        override_usage = "microdcs jobs list [--scope S] [--state STATE] [--json]\n       \
+                          microdcs jobs show ID [--scope S] [--json]"
+    )]
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
+    /// Inspect and replay dead letters kept in Redis (`dlq list|show|replay|delete|purge`)
+    #[command(
+        subcommand_required = true,
+        arg_required_else_help = true,
+        override_usage = "microdcs dlq list [--processor P] [--limit N] [--json]\n       \
+                          microdcs dlq show ID [--processor P] [--json]\n       \
+                          microdcs dlq replay ID [--processor P] [--force]\n       \
+                          microdcs dlq delete ID [--processor P]\n       \
+                          microdcs dlq purge [--processor P]"
+    )]
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     Completions(completions::Args),
 }
 
@@ -107,6 +137,17 @@ impl Command {
             Command::Recipe {
                 command: RecipeCommand::Graph(args),
             } => recipe::graph(&args),
+            Command::Jobs { command } => match command {
+                jobs::JobsCommand::List(args) => jobs::list(&args),
+                jobs::JobsCommand::Show(args) => jobs::show(&args),
+            },
+            Command::Dlq { command } => match command {
+                dlq::DlqCommand::List(args) => dlq::list(&args),
+                dlq::DlqCommand::Show(args) => dlq::show(&args),
+                dlq::DlqCommand::Replay(args) => dlq::replay(&args),
+                dlq::DlqCommand::Delete(args) => dlq::delete(&args),
+                dlq::DlqCommand::Purge(args) => dlq::purge(&args),
+            },
             Command::Completions(args) => completions::completions(&args),
         }
     }
@@ -171,6 +212,52 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
             eprintln!("error: cannot start the async runtime: {e}");
             ExitCode::FAILURE
         })
+}
+
+/// For the operator commands: loads the configuration (`--config` and the
+/// environment, as `microdcs run` does), opens the station's Redis as the
+/// station opens it (`microdcs::station::open_redis`) and runs `f` on a
+/// runtime. An error is printed (`error: …`) with exit code 1.
+fn with_station_redis<F, Fut>(config: Option<&std::path::Path>, f: F) -> ExitCode
+where
+    F: FnOnce(microdcs::config::Config, microdcs::Redis) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let config = match microdcs::config::Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let result = runtime.block_on(async move {
+        let redis = microdcs::station::open_redis(&config)
+            .map_err(|e| format!("cannot open Redis: {e}"))?;
+        f(config, redis).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A time in ms since the Unix epoch as RFC 3339 UTC with milliseconds
+/// (`2026-11-30T04:12:07.123Z`), as the operator commands print times.
+fn time(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || ms.to_string(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
 }
 
 fn main() -> ExitCode {
@@ -239,6 +326,9 @@ mod tests {
                 "completions",
                 "check",
                 "graph",
+                "jobs",
+                "dlq",
+                "replay",
             ] {
                 assert!(text.contains(word), "{shell} script lacks {word}");
             }
@@ -334,6 +424,64 @@ mod tests {
             let e = parse(line).expect_err(line);
             assert_eq!(e.exit_code(), 2, "{line:?}");
         }
+    }
+
+    #[test]
+    fn jobs_state_is_a_wire_state_name_in_any_case() {
+        use microdcs::jobs::MainState;
+        let state = |line: &str| match parse(line) {
+            Ok(Command::Jobs {
+                command: jobs::JobsCommand::List(a),
+            }) => a.state,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(state("jobs list"), None);
+        assert_eq!(
+            state("jobs list --state allowedtostart"),
+            Some(MainState::AllowedToStart)
+        );
+        assert_eq!(
+            state("jobs list --state RUNNING --scope s --json"),
+            Some(MainState::Running)
+        );
+        let e = parse("jobs list --state Jogging").expect_err("bad state");
+        assert_eq!(e.exit_code(), 2);
+        let text = e.render().to_string();
+        assert!(
+            text.contains("NotAllowedToStart") && text.contains("EndState"),
+            "{text}"
+        );
+        assert!(!text.contains("InitialState"), "{text}");
+        for line in [
+            "jobs",
+            "jobs show",
+            "jobs show a b",
+            "dlq",
+            "dlq show",
+            "dlq list x",
+        ] {
+            assert!(parse(line).is_err(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn dlq_replay_needs_force_to_say_so() {
+        let Ok(Command::Dlq {
+            command: dlq::DlqCommand::Replay(a),
+        }) = parse("dlq replay 1-0 --processor gate --force")
+        else {
+            panic!("not a replay");
+        };
+        assert_eq!(a.id, "1-0");
+        assert_eq!(a.processor.as_deref(), Some("gate"));
+        assert!(a.force);
+    }
+
+    #[test]
+    fn operator_times_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(time(u64::MAX), u64::MAX.to_string());
     }
 
     #[test]
