@@ -162,22 +162,18 @@ impl Inspector {
     /// # Errors
     /// Redis is unavailable.
     pub async fn scopes_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
-        let scopes = self.scopes().await?;
-        if scopes.is_empty() {
-            return Ok(Vec::new());
-        }
         let keys = self.store.keys();
-        let mut pipe = redis::pipe();
-        for s in &scopes {
-            pipe.exists(keys.job(s, id));
-        }
         let mut c = self.store.connection();
-        let found: Vec<bool> = pipe.query_async(&mut c).await?;
-        Ok(scopes
-            .into_iter()
-            .zip(found)
-            .filter_map(|(s, f)| f.then_some(s))
-            .collect())
+        let mut out = Vec::new();
+        // One command per scope: each scope's keys live in a slot of their
+        // own on a Redis Cluster, where a pipeline must stay in one slot.
+        for s in self.scopes().await? {
+            let found: bool = c.exists(keys.job(&s, id)).await?;
+            if found {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     /// Job `id` of `scope` with its execution and pending timers; `None` if

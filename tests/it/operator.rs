@@ -5,7 +5,7 @@
 use crate::harness::equipment::{Answer, Equipment};
 use crate::harness::jobs::{self, order, state_texts, Mes};
 use crate::harness::recipes::{pull_event, push_command, store_recipe};
-use crate::harness::{init_tracing, Mosquitto, Redis};
+use crate::harness::{init_tracing, on_each_backend, Backend, Mosquitto, Redis, Store};
 use microdcs::testkit::mqtt::{ce_props, user_prop, TestClient};
 use microdcs::{EventType, HandlerError, Outcome, Processor, State, TopicBinding};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
@@ -110,12 +110,13 @@ fn ids(rows: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_list_and_show_what_the_station_keeps() {
+on_each_backend!(jobs_list_and_show_what_the_station_keeps);
+async fn jobs_list_and_show_what_the_station_keeps(backend: Backend) {
     init_tracing();
     let m = Mosquitto::start();
-    let r = Redis::start();
-    let mut env = jobs::env(m.port(), r.0.port(), "ops-1");
+    let r = Store::start(backend);
+    let mut env = jobs::env(m.port(), 0, "ops-1");
+    r.configure(&mut env);
     jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
     let station = jobs::start(env.clone()).await;
     let eq = Equipment::start(m.port(), answer_clamp()).await;
