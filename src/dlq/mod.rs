@@ -256,6 +256,9 @@ impl DeadLetters {
         processor: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, DlqError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let processors = match processor {
             Some(p) => vec![p.to_owned()],
             None => self.processors().await?,
@@ -316,15 +319,35 @@ impl DeadLetters {
         Ok(out)
     }
 
-    /// Records that `letter` was replayed at `at_ms`.
+    /// Records that `letter` was replayed at `at_ms`, and forgets the
+    /// replays of letters the stream has trimmed since (so the record stays
+    /// as bounded as the stream).
     ///
     /// # Errors
     /// Redis is unavailable.
     pub async fn mark_replayed(&self, letter: &DeadLetter, at_ms: u64) -> Result<(), DlqError> {
+        let replayed = self.keys.dlq_replayed(&letter.processor);
         let mut c = self.conn.clone();
-        let _: i64 = c
-            .hset(self.keys.dlq_replayed(&letter.processor), &letter.id, at_ms)
+        let _: i64 = c.hset(&replayed, &letter.id, at_ms).await?;
+        let oldest: Vec<(String, Fields)> = redis::cmd("XRANGE")
+            .arg(self.keys.dlq_letters(&letter.processor))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut c)
             .await?;
+        let ids: Vec<String> = c.hkeys(&replayed).await?;
+        let stale: Vec<&String> = match oldest.first().and_then(|(id, _)| entry_id(id)) {
+            Some(first) => ids
+                .iter()
+                .filter(|id| entry_id(id).is_none_or(|x| x < first))
+                .collect(),
+            None => ids.iter().collect(),
+        };
+        if !stale.is_empty() {
+            let _: i64 = c.hdel(&replayed, stale).await?;
+        }
         Ok(())
     }
 
@@ -384,12 +407,17 @@ impl DeadLetters {
 /// Whether `id` has the shape of a stream entry id (`<ms>-<seq>`): anything
 /// else would be a range bound or a syntax error to `XRANGE`.
 fn is_entry_id(id: &str) -> bool {
-    id.split_once('-').is_some_and(|(ms, seq)| {
-        !ms.is_empty()
-            && !seq.is_empty()
-            && ms.bytes().all(|b| b.is_ascii_digit())
-            && seq.bytes().all(|b| b.is_ascii_digit())
-    })
+    entry_id(id).is_some()
+}
+
+/// A stream entry id (`<ms>-<seq>`) as its two numbers, in stream order.
+fn entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(ms) || !digits(seq) {
+        return None;
+    }
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// A stream entry back into a [`DeadLetter`].
@@ -473,6 +501,8 @@ mod tests {
     #[test]
     fn entry_ids_are_recognised_and_range_bounds_are_not() {
         assert!(is_entry_id("1700000000000-0"));
+        assert!(entry_id("9-10") > entry_id("9-9"));
+        assert!(entry_id("10-0") > entry_id("9-99"));
         for bad in ["-", "+", "1700000000000", "a-1", "1-", "-1", "1-2-3", ""] {
             assert!(!is_entry_id(bad), "{bad:?}");
         }

@@ -579,6 +579,32 @@ async fn the_dead_letter_stream_keeps_only_the_newest_max_len() {
         shown.push(letter["payload"].as_str().unwrap().to_owned());
     }
     assert_eq!(shown, ["not json 7", "not json 6", "not json 5"]);
+
+    // A replay record lives no longer than its letter: replaying the
+    // oldest (still malformed: dead-lettered again, which trims it), then
+    // the next, drops the record of the trimmed one.
+    let kept = ids_of(&ok_json(&env, &["dlq", "list"]).await);
+    let (id6, id5) = (kept[1].clone(), kept[2].clone());
+    ok(&env, &["dlq", "replay", &id5]).await;
+    next_on(&mut dlq, DEAD_LETTER_TOPIC).await;
+    assert!(
+        crate::harness::eventually(Duration::from_secs(10), || {
+            newest_payload(&r).as_deref() == Some(b"not json 5".as_slice())
+        })
+        .await
+    );
+    ok(&env, &["dlq", "replay", &id6]).await;
+    let replayed: Vec<String> = redis::cmd("HKEYS")
+        .arg("t:{dlq}:replayed:gate")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // id6's own record may be gone too: the station dead-letters it again
+    // at once, which may trim it before the record is written.
+    assert!(
+        replayed.is_empty() || replayed == [id6],
+        "{replayed:?}, not {id5}"
+    );
     station.stop().await;
 }
 
