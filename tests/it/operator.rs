@@ -628,7 +628,10 @@ async fn while_redis_is_down_dead_letters_still_reach_the_topic() {
     init_tracing();
     let m = Mosquitto::start();
     let mut r = Redis::start();
-    let env = jobs::env(m.port(), r.0.port(), "ops-4");
+    let mut env = jobs::env(m.port(), r.0.port(), "ops-4");
+    let http = microdcs::testkit::devenv::free_port().expect("free port");
+    jobs::set(&mut env, "APP_HTTP_HOSTNAME", "127.0.0.1");
+    jobs::set(&mut env, "APP_HTTP_PORT", &http.to_string());
     let (station, _) = gate_station(env.clone()).await;
     let mut dlq = TestClient::connect(m.port(), "dlq-tap").await;
     dlq.subscribe(DEAD_LETTER_TOPIC).await;
@@ -653,6 +656,16 @@ async fn while_redis_is_down_dead_letters_still_reach_the_topic() {
             Some("UNKNOWN_PAYLOAD_TYPE")
         );
     }
+    // Each lost Redis copy is counted.
+    let mut counted = 0.0;
+    for _ in 0..150 {
+        counted = unstored(http).await;
+        if counted >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, 3.0);
     let down = cli(&env, &["dlq", "list"]).await;
     assert_eq!(down.status.code(), Some(1));
     assert!(stderr(&down).contains("redis"), "{}", stderr(&down));
@@ -668,4 +681,24 @@ async fn while_redis_is_down_dead_letters_still_reach_the_topic() {
         "kept"
     );
     station.stop().await;
+}
+
+/// `microdcs_dead_letters_unstored_total` summed over its series, from the
+/// station's `/metrics` on `port` (0 when absent or unreachable).
+async fn unstored(port: u16) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return 0.0;
+    };
+    let req = "GET /metrics HTTP/1.1\r\nHost: station\r\nConnection: close\r\n\r\n";
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0.0;
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    String::from_utf8_lossy(&raw)
+        .lines()
+        .filter(|l| l.starts_with("microdcs_dead_letters_unstored_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
