@@ -361,12 +361,13 @@ async fn until_listed(env: &[(String, String)], args: &[&str], n: usize) -> Valu
     panic!("{args:?} never listed {n} dead letters");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_letter_is_kept_shown_and_replayed_unchanged_after_the_fix() {
+on_each_backend!(a_dead_letter_is_kept_shown_and_replayed_unchanged_after_the_fix);
+async fn a_dead_letter_is_kept_shown_and_replayed_unchanged_after_the_fix(backend: Backend) {
     init_tracing();
     let m = Mosquitto::start();
-    let r = Redis::start();
-    let env = jobs::env(m.port(), r.0.port(), "ops-2");
+    let r = Store::start(backend);
+    let mut env = jobs::env(m.port(), 0, "ops-2");
+    r.configure(&mut env);
     let (station, configured) = gate_station(env.clone()).await;
     let mut mes = TestClient::connect(m.port(), "gate-mes").await;
     mes.subscribe("mes/gate-replies").await;
