@@ -8,7 +8,10 @@
 //! properties a publisher sets (content type, correlation data, response
 //! topic, user properties in order, message expiry interval, payload format
 //! indicator), with why (`kind`, `reason`), which processor (`-` when no
-//! processor took the message) and when. The stream keeps the newest
+//! processor took the message) and when. A message larger than
+//! `mqtt.max_payload_size` (answered `RESOURCE_EXHAUSTED`) is not kept: it
+//! would be refused again on replay, and so the payloads kept stay under
+//! `mqtt.dead_letter_max_len` × `mqtt.max_payload_size` per processor. The stream keeps the newest
 //! `mqtt.dead_letter_max_len` entries (exact `XADD MAXLEN`: the bound an
 //! operator configures is the bound that holds). A replay is recorded in
 //! `P:{dlq}:replayed:{processor}` (entry id → time), since stream entries

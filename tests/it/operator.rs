@@ -542,6 +542,7 @@ async fn the_dead_letter_stream_keeps_only_the_newest_max_len() {
     let r = Redis::start();
     let mut env = jobs::env(m.port(), r.0.port(), "ops-3");
     jobs::set(&mut env, "APP_MQTT_DEAD_LETTER_MAX_LEN", "3");
+    jobs::set(&mut env, "APP_MQTT_MAX_PAYLOAD_SIZE", "1024");
     let (station, _) = gate_station(env.clone()).await;
     let mut dlq = TestClient::connect(m.port(), "dlq-tap").await;
     dlq.subscribe(DEAD_LETTER_TOPIC).await;
@@ -567,6 +568,14 @@ async fn the_dead_letter_stream_keeps_only_the_newest_max_len() {
             "dead letter {i} never reached Redis"
         );
     }
+    // Too large to process: on the topic, not in Redis.
+    let props = ce_props("com.example.gate.open.v1", "huge", None, None, None);
+    mes.publish(GATE, vec![b'x'; 2048], props).await;
+    let huge = next_on(&mut dlq, DEAD_LETTER_TOPIC).await;
+    assert_eq!(
+        user_prop(&huge, "x-dead-letter-kind"),
+        Some("RESOURCE_EXHAUSTED")
+    );
     // The topic got all eight; Redis keeps the newest three.
     let len: u64 = redis::cmd("XLEN")
         .arg("t:{dlq}:letters:gate")

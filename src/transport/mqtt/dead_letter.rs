@@ -134,6 +134,18 @@ impl MqttTransport {
         let Some(store) = super::read(&self.dead_letters).clone() else {
             return;
         };
+        // Larger than the transport processes: a replay would be refused
+        // the same way, and keeping it would let such messages fill Redis
+        // (kept payloads stay under max_len × max_payload_size).
+        if original.payload.len() > self.settings.max_payload_size {
+            warn!(
+                processor = processor.unwrap_or(crate::dlq::NO_PROCESSOR),
+                size = original.payload.len(),
+                max = self.settings.max_payload_size,
+                "dead letter too large to keep in Redis (the dead-letter topic has it)"
+            );
+            return;
+        }
         let letter = crate::dlq::DeadLetter {
             id: String::new(),
             processor: processor.unwrap_or(crate::dlq::NO_PROCESSOR).to_owned(),
