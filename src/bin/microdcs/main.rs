@@ -7,6 +7,7 @@
 //! The `APP_*` environment variables are the configuration module's
 //! (`microdcs::config`), not options of this command line.
 
+mod audit;
 mod completions;
 mod config_check;
 // Used by the operator commands (jobs, dlq, audit) being added in #11.
@@ -45,6 +46,7 @@ runs it). `-` reads standard input.";
                       microdcs recipe check FILE\n       \
                       microdcs recipe graph FILE\n       \
                       microdcs sim [--config FILE] [--host H] [--port P] [--seed N]\n       \
+                      microdcs audit JOB [--scope S] [--json] [--config FILE]\n       \
                       microdcs completions SHELL",
     after_help = CONFIG_SOURCES,
     subcommand_required = true,
@@ -77,6 +79,7 @@ enum Command {
         #[command(subcommand)]
         command: RecipeCommand,
     },
+    Audit(audit::Args),
     Completions(completions::Args),
 }
 
@@ -107,6 +110,7 @@ impl Command {
             Command::Recipe {
                 command: RecipeCommand::Graph(args),
             } => recipe::graph(&args),
+            Command::Audit(args) => audit::audit(&args),
             Command::Completions(args) => completions::completions(&args),
         }
     }
