@@ -354,3 +354,108 @@ async fn the_trail_is_removed_with_the_job_at_retention() {
     assert!(s.store.audit(SCOPE, "r1").await.unwrap().is_empty());
     s.station.stop().await;
 }
+
+/// The SHA1 of a script file (its `EVALSHA` name), by the redis crate.
+fn sha(lua: &str) -> String {
+    redis::Script::new(lua).get_hash().to_owned()
+}
+
+/// What the trail costs Redis, counted with `MONITOR` (which shows the
+/// commands scripts run, marked `lua`) while a two-step job runs to Ended:
+/// the audit adds nothing but one `XADD` per script call that records a
+/// change: at most one per write of the execution (a step transition) and
+/// one per applied job change, and no other command touches the trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trail_costs_one_xadd_per_step_write_and_nothing_else() {
+    use futures_util::StreamExt;
+    let mut s = setup(3600).await;
+    let _eq = Equipment::start(s.m.port(), answer_all()).await;
+    store_recipe(&mut s.mes, SCOPE, two_steps()).await;
+    let monitor = s.r.client().get_async_monitor().await.expect("MONITOR");
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = lines.clone();
+    let reader = tokio::spawn(async move {
+        let mut stream = monitor.into_on_message::<String>();
+        while let Some(line) = stream.next().await {
+            seen.lock().unwrap().push(line);
+        }
+    });
+    let (status, _) = call(
+        &mut s.mes,
+        "StoreAndStart",
+        "count-store",
+        json!({"JobOrder": jobs::order("c1")}),
+    )
+    .await;
+    assert_eq!(status, 1);
+    until_state(&mut s.mes, "c1", "Ended").await;
+    let trail = s.store.audit(SCOPE, "c1").await.unwrap();
+    let key = format!("\"t:{{{SCOPE}}}:audit:c1\"");
+    // The monitor's lines lag behind the commands: wait until it has seen
+    // the read just made (our XRANGE), which follows every write.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains(&key) && l.to_ascii_lowercase().contains("\"xrange\""))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reader.abort();
+    let lines = lines.lock().unwrap().clone();
+    let on_trail: Vec<&String> = lines.iter().filter(|l| l.contains(&key)).collect();
+    let xadds = on_trail
+        .iter()
+        .filter(|l| l.contains("[0 lua] \"XADD\""))
+        .count();
+    // Besides the script calls (which name the trail among their keys), our
+    // own read.
+    let others: Vec<&&String> = on_trail
+        .iter()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            !l.contains("[0 lua] \"xadd\"")
+                && !l.contains("\"evalsha\"")
+                && !l.contains("\"xrange\"")
+        })
+        .collect();
+    assert!(others.is_empty(), "only XADD writes the trail: {others:#?}");
+    assert_eq!(xadds, trail.len(), "one XADD per entry");
+    // Script calls by their arguments: the first call of a script on a
+    // fresh Redis is sent again after NOSCRIPT, with the same arguments.
+    let calls = |file: &str| {
+        let sha = sha(&std::fs::read_to_string(format!("src/redis/lua/{file}")).unwrap());
+        lines
+            .iter()
+            .filter(|l| l.contains(&sha))
+            .filter_map(|l| l.split_once(']').map(|(_, call)| call))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    let exec_writes = calls("exec_apply.lua");
+    let job_writes = calls("job_apply.lua");
+    let steps = trail
+        .iter()
+        .filter(|e| matches!(e.event, AuditEvent::Step(_)))
+        .count();
+    let job_entries = trail.iter().filter(|e| e.version.is_some()).count();
+    assert!(
+        steps <= exec_writes,
+        "{steps} step entries for {exec_writes} execution writes"
+    );
+    assert!(
+        job_entries <= job_writes,
+        "{job_entries} job entries for {job_writes} job writes"
+    );
+    // Two step activations; the writes that enter, pass and end them.
+    assert_eq!(steps, 3);
+    let total = lines.len();
+    eprintln!(
+        "audit cost: {xadds} XADD of {total} Redis commands for 2 steps \
+         ({steps} step entries / {exec_writes} execution writes, \
+         {job_entries} job entries / {job_writes} job writes)"
+    );
+    s.station.stop().await;
+}
