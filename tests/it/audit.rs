@@ -284,7 +284,7 @@ async fn the_trail_lists_commands_transitions_and_steps_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trail_is_removed_with_the_job_at_retention() {
+async fn the_trail_is_removed_with_the_cleared_job_at_retention() {
     let mut s = setup(1).await;
     let (status, _) = call(
         &mut s.mes,
@@ -303,14 +303,10 @@ async fn the_trail_is_removed_with_the_job_at_retention() {
     )
     .await;
     assert_eq!(status, 16, "UnableToAcceptJobOrder");
-    let (status, _) = call(
-        &mut s.mes,
-        "Cancel",
-        "ret-cancel",
-        json!({"JobOrderID": "r1"}),
-    )
-    .await;
-    assert_eq!(status, 1);
+    for (method, id) in [("Abort", "ret-abort"), ("Clear", "ret-clear")] {
+        let (status, _) = call(&mut s.mes, method, id, json!({"JobOrderID": "r1"})).await;
+        assert_eq!(status, 1, "{method}");
+    }
     let trail = s.store.audit(SCOPE, "r1").await.unwrap();
     let methods: Vec<(&str, &str)> = trail
         .iter()
@@ -322,10 +318,11 @@ async fn the_trail_is_removed_with_the_job_at_retention() {
         [
             ("Store", "NoError"),
             ("Store", "UnableToAcceptJobOrder"),
-            ("Cancel", "NoError")
+            ("Abort", "NoError"),
+            ("Clear", "NoError")
         ]
     );
-    assert_eq!(command(&trail[2]).unwrap().to.as_deref(), Some("EndState"));
+    assert_eq!(command(&trail[3]).unwrap().to.as_deref(), Some("EndState"));
     // EndState, retention 1 s: the purge removes the job and its trail.
     let mut c =
         s.r.client()
