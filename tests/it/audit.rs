@@ -7,7 +7,7 @@
 use crate::harness::equipment::{Answer, Equipment};
 use crate::harness::jobs::{self, state_texts, Mes, S};
 use crate::harness::recipes::{push_command, store_recipe};
-use crate::harness::{init_tracing, Mosquitto, Redis};
+use crate::harness::{init_tracing, on_each_backend, Backend, Mosquitto, Redis, Store};
 use microdcs::jobs::audit::{AuditEntry, AuditEvent, CommandRecord, StepRecord};
 use microdcs::jobs::JobStore;
 use serde_json::{json, Value};
@@ -36,17 +36,31 @@ fn answer_all() -> Answer {
 
 struct Setup {
     m: Mosquitto,
-    r: Redis,
+    r: Store,
     station: jobs::JobStation,
     mes: Mes,
     store: JobStore,
 }
 
+impl Setup {
+    /// The single Redis (tests that run the binary or `MONITOR` on it).
+    fn redis(&self) -> &Redis {
+        self.r.single()
+    }
+}
+
 async fn setup(retention_s: u64) -> Setup {
+    setup_on(Backend::Single, retention_s).await
+}
+
+/// A station on `backend` keeping EndState jobs `retention_s` seconds, an
+/// MES, and a job store of the test's own on the same Redis.
+async fn setup_on(backend: Backend, retention_s: u64) -> Setup {
     init_tracing();
     let m = Mosquitto::start();
-    let r = Redis::start();
-    let mut env = jobs::env(m.port(), r.0.port(), "audit-1");
+    let r = Store::start(backend);
+    let mut env = jobs::env(m.port(), 0, "audit-1");
+    r.configure(&mut env);
     jobs::set(
         &mut env,
         "APP_JOBS_RETENTION_SECONDS",
@@ -54,8 +68,7 @@ async fn setup(retention_s: u64) -> Setup {
     );
     let station = jobs::start(env).await;
     let mes = Mes::connect(m.port(), "mes").await;
-    let conn = microdcs::Redis::open(&r.url()).expect("redis").conn;
-    let store = JobStore::new(conn, "t", Duration::from_secs(retention_s));
+    let store = JobStore::new(r.connection(), "t", Duration::from_secs(retention_s));
     Setup {
         m,
         r,
@@ -242,7 +255,7 @@ async fn the_trail_lists_commands_transitions_and_steps_in_order() {
     assert!(s.store.audit(SCOPE, "nope").await.unwrap().is_empty());
 
     // The binary: a table by default, the same entries as JSON.
-    let (ok, table, err) = audit_binary(&s.r, &["a1"]);
+    let (ok, table, err) = audit_binary(s.redis(), &["a1"]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = table.lines().collect();
     assert!(
@@ -265,7 +278,7 @@ async fn the_trail_lists_commands_transitions_and_steps_in_order() {
         lines.last().unwrap().contains("InvalidJobOrderStatus"),
         "{table}"
     );
-    let (ok, out, err) = audit_binary(&s.r, &["a1", "--scope", SCOPE, "--json"]);
+    let (ok, out, err) = audit_binary(s.redis(), &["a1", "--scope", SCOPE, "--json"]);
     assert!(ok, "{err}");
     let doc: Value = serde_json::from_str(&out).expect("one JSON document");
     assert_eq!(doc["scope"], SCOPE);
@@ -276,16 +289,16 @@ async fn the_trail_lists_commands_transitions_and_steps_in_order() {
     assert_eq!(entries[0]["version"], 1);
     assert_eq!(entries[1]["kind"], "transition");
     // A job without a trail, or a wrong scope: a clear error, exit 1.
-    let (ok, _, err) = audit_binary(&s.r, &["nope"]);
+    let (ok, _, err) = audit_binary(s.redis(), &["nope"]);
     assert!(!ok && err.contains("no audit trail"), "{err}");
-    let (ok, _, err) = audit_binary(&s.r, &["a1", "--scope", "other"]);
+    let (ok, _, err) = audit_binary(s.redis(), &["a1", "--scope", "other"]);
     assert!(!ok && err.contains("scope 'other'"), "{err}");
     s.station.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trail_is_removed_with_the_cleared_job_at_retention() {
-    let mut s = setup(1).await;
+on_each_backend!(the_trail_is_removed_with_the_cleared_job_at_retention);
+async fn the_trail_is_removed_with_the_cleared_job_at_retention(backend: Backend) {
+    let mut s = setup_on(backend, 1).await;
     let (status, _) = call(
         &mut s.mes,
         "Store",
@@ -324,14 +337,12 @@ async fn the_trail_is_removed_with_the_cleared_job_at_retention() {
     );
     assert_eq!(command(&trail[3]).unwrap().to.as_deref(), Some("EndState"));
     // EndState, retention 1 s: the purge removes the job and its trail.
-    let mut c =
-        s.r.client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+    // Both keys in the scope's slot: one connection that follows the
+    // cluster's slots reads them.
+    let c = s.r.connection();
     let key = format!("t:{{{SCOPE}}}:audit:r1");
     let job_key = format!("t:{{{SCOPE}}}:job:r1");
-    let exists = |c: &mut redis::aio::MultiplexedConnection, k: String| {
+    let exists = |c: &microdcs::RedisConnection, k: String| {
         let mut c = c.clone();
         async move {
             redis::cmd("EXISTS")
@@ -341,13 +352,13 @@ async fn the_trail_is_removed_with_the_cleared_job_at_retention() {
                 .unwrap()
         }
     };
-    assert_eq!(exists(&mut c, key.clone()).await, 1);
+    assert_eq!(exists(&c, key.clone()).await, 1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while exists(&mut c, job_key.clone()).await == 1 && tokio::time::Instant::now() < deadline {
+    while exists(&c, job_key.clone()).await == 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(exists(&mut c, job_key).await, 0, "the job was purged");
-    assert_eq!(exists(&mut c, key).await, 0, "its trail with it");
+    assert_eq!(exists(&c, job_key).await, 0, "the job was purged");
+    assert_eq!(exists(&c, key).await, 0, "its trail with it");
     assert!(s.store.audit(SCOPE, "r1").await.unwrap().is_empty());
     s.station.stop().await;
 }
@@ -368,7 +379,12 @@ async fn the_trail_costs_one_xadd_per_step_write_and_nothing_else() {
     let mut s = setup(3600).await;
     let _eq = Equipment::start(s.m.port(), answer_all()).await;
     store_recipe(&mut s.mes, SCOPE, two_steps()).await;
-    let monitor = s.r.client().get_async_monitor().await.expect("MONITOR");
+    let monitor = s
+        .redis()
+        .client()
+        .get_async_monitor()
+        .await
+        .expect("MONITOR");
     let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let seen = lines.clone();
     let reader = tokio::spawn(async move {
