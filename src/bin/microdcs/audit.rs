@@ -191,7 +191,37 @@ fn describe(event: &AuditEvent) -> (&'static str, String, String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
     use microdcs::jobs::audit::{ActionEnd, CommandRecord, StepRecord};
+
+    fn parse(line: &str) -> Result<crate::Command, clap::Error> {
+        let argv = std::iter::once("microdcs").chain(line.split_whitespace());
+        crate::Cli::try_parse_from(argv).map(|cli| cli.command)
+    }
+
+    #[test]
+    fn audit_takes_a_job_and_optional_scope_json_and_config() {
+        assert_eq!(
+            parse("audit a1 --scope line-1 --json --config s.toml").unwrap(),
+            crate::Command::Audit(Args {
+                job: "a1".into(),
+                scope: Some("line-1".into()),
+                output: OutputArgs { json: true },
+                config: Some("s.toml".into()),
+            })
+        );
+        assert_eq!(
+            parse("audit a1").unwrap(),
+            crate::Command::Audit(Args {
+                job: "a1".into(),
+                scope: None,
+                output: OutputArgs::default(),
+                config: None,
+            })
+        );
+        assert!(parse("audit").is_err(), "JOB is required");
+        assert!(parse("audit a1 b2").is_err(), "one job");
+    }
 
     #[test]
     fn each_kind_reads_as_one_row() {
