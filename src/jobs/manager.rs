@@ -3,6 +3,7 @@
 //! `machinery-jobs` processor's handlers and the SFC engine both call it.
 
 use super::acceptance::{self, Checks};
+use super::audit::{AuditEvent, Cause};
 use super::machine::{Internal, Machine, Method, Trigger};
 use super::state::{JobState, MainState};
 use super::status::ReturnStatus;
@@ -192,7 +193,8 @@ impl JobManager {
     /// Store (`start` false) or StoreAndStart (`start` true) of a normalised
     /// job order. `cause` identifies the command (`source` + `id`), so a
     /// redelivered command that was already applied answers NoError again
-    /// instead of "already exists".
+    /// instead of "already exists"; with its [`CommandInfo`](super::audit::CommandInfo)
+    /// the command is recorded in the job's audit trail.
     ///
     /// # Errors
     /// Redis is unavailable.
@@ -201,21 +203,28 @@ impl JobManager {
         scope: &str,
         order: &Value,
         start: bool,
-        cause: &str,
+        cause: impl Into<Cause<'_>>,
     ) -> Result<CommandOutcome, StoreError> {
+        let cause: Cause<'_> = cause.into();
         let Some(id) = order_id(order) else {
             return Ok(CommandOutcome::no_order_id());
         };
         let store = &self.inner.store;
         store.register_scope(scope).await?;
         if let Some(job) = store.get(scope, id).await? {
-            return Ok(if job.cause.as_deref() == Some(cause) {
+            return Ok(if job.cause.as_deref() == Some(cause.key) {
                 CommandOutcome::done(&job)
             } else {
-                CommandOutcome::refused(
-                    ReturnStatus::UnableToAcceptJobOrder,
-                    format!("job order '{id}' already exists"),
+                self.refused_audited(
+                    scope,
+                    id,
+                    cause,
+                    CommandOutcome::refused(
+                        ReturnStatus::UnableToAcceptJobOrder,
+                        format!("job order '{id}' already exists"),
+                    ),
                 )
+                .await?
             });
         }
         if let Some(refusal) = self.check_resources(scope, order).await? {
@@ -248,6 +257,7 @@ impl JobManager {
             }
         };
         let raw = to_raw(order);
+        let audit = audit_event(cause, Trigger::Method(method), JobState::INITIAL, to);
         let change = Change {
             id,
             expected_version: 0,
@@ -255,9 +265,10 @@ impl JobManager {
             to,
             order: Some(&raw),
             response: None,
-            cause,
+            cause: cause.key,
             limit,
             kind: "store",
+            audit: Some(&audit),
         };
         match store.apply(scope, &change).await? {
             Applied::Ok(version) => {
@@ -268,7 +279,7 @@ impl JobManager {
                     order: raw,
                     state: to,
                     response: None,
-                    cause: Some(cause.to_owned()),
+                    cause: Some(cause.key.to_owned()),
                     trace: crate::telemetry::current_traceparent(),
                 }))
             }
@@ -292,8 +303,9 @@ impl JobManager {
         &self,
         scope: &str,
         order: &Value,
-        cause: &str,
+        cause: impl Into<Cause<'_>>,
     ) -> Result<CommandOutcome, StoreError> {
+        let cause: Cause<'_> = cause.into();
         let Some(id) = order_id(order) else {
             return Ok(CommandOutcome::no_order_id());
         };
@@ -304,7 +316,7 @@ impl JobManager {
             ));
         }
         if let Some(refusal) = self.check_resources(scope, order).await? {
-            return Ok(refusal);
+            return self.refused_audited(scope, id, cause, refusal).await;
         }
         let raw = to_raw(order);
         self.change(
@@ -319,7 +331,9 @@ impl JobManager {
     }
 
     /// A method that only changes the state (Start, RevokeStart, Pause,
-    /// Resume, Stop, Abort, Cancel, Clear).
+    /// Resume, Stop, Abort, Cancel, Clear). A command with its
+    /// [`CommandInfo`](super::audit::CommandInfo) is recorded in the job's
+    /// audit trail, applied or refused.
     ///
     /// # Errors
     /// Redis is unavailable.
@@ -328,7 +342,7 @@ impl JobManager {
         scope: &str,
         id: &str,
         method: Method,
-        cause: &str,
+        cause: impl Into<Cause<'_>>,
     ) -> Result<CommandOutcome, StoreError> {
         self.change(scope, id, Some(Trigger::Method(method)), None, None, cause)
             .await
@@ -422,8 +436,9 @@ impl JobManager {
         trigger: Option<Trigger>,
         order: Option<&RawValue>,
         response: Option<&RawValue>,
-        cause: &str,
+        cause: impl Into<Cause<'_>>,
     ) -> Result<CommandOutcome, StoreError> {
+        let cause: Cause<'_> = cause.into();
         let store = &self.inner.store;
         for attempt in 0..CAS_ATTEMPTS {
             let Some(job) = store.get(scope, id).await? else {
@@ -432,7 +447,7 @@ impl JobManager {
                     format!("no job order '{id}'"),
                 ));
             };
-            if job.cause.as_deref() == Some(cause) {
+            if job.cause.as_deref() == Some(cause.key) {
                 // This very command was applied before (a redelivery after a
                 // crash between the write and the dedupe record). Its first
                 // delivery may have failed while fencing: fence again.
@@ -448,12 +463,14 @@ impl JobManager {
             let to = match next {
                 Ok(s) => s,
                 Err(e) => {
-                    return Ok(CommandOutcome::refused(
-                        ReturnStatus::InvalidJobOrderStatus,
-                        e.to_string(),
-                    ))
+                    let refusal =
+                        CommandOutcome::refused(ReturnStatus::InvalidJobOrderStatus, e.to_string());
+                    return self.refused_audited(scope, id, cause, refusal).await;
                 }
             };
+            // A job response stored without a state change (progress) is
+            // not audited: the execution's step entries say the same.
+            let audit = trigger.map(|t| audit_event(cause, t, job.state, to));
             let change = Change {
                 id,
                 expected_version: job.version,
@@ -461,8 +478,9 @@ impl JobManager {
                 to,
                 order,
                 response,
-                cause,
+                cause: cause.key,
                 limit: 0,
+                audit: audit.as_ref(),
                 kind: if trigger.is_some() {
                     "transition"
                 } else {
@@ -489,7 +507,7 @@ impl JobManager {
                         order: order.map_or(job.order, RawValue::to_owned),
                         state: to,
                         response: response.map(RawValue::to_owned).or(job.response),
-                        cause: Some(cause.to_owned()),
+                        cause: Some(cause.key.to_owned()),
                         trace: crate::telemetry::current_traceparent().or(job.trace),
                     }));
                 }
@@ -501,6 +519,22 @@ impl JobManager {
             }
         }
         Err(contention(scope, id))
+    }
+
+    /// Records a refused command in the trail of job `id` (if the job
+    /// exists and the cause is a command) and returns the refusal.
+    async fn refused_audited(
+        &self,
+        scope: &str,
+        id: &str,
+        cause: Cause<'_>,
+        refusal: CommandOutcome,
+    ) -> Result<CommandOutcome, StoreError> {
+        if let Some(cmd) = cause.command {
+            let event = cmd.record(refusal.status, refusal.reason.as_deref(), None);
+            self.inner.store.append_audit(scope, id, &event).await?;
+        }
+        Ok(refusal)
     }
 
     /// Waits until no command decided while the job was Running is still
@@ -579,6 +613,27 @@ fn stops_dispatch(main: MainState) -> bool {
         main,
         MainState::Interrupted | MainState::Ended | MainState::Aborted
     )
+}
+
+/// The audit entry of an applied change by `trigger`: the command as
+/// received when the cause carries one, else a transition with the cause
+/// as its reason (the engine's internal triggers, and methods called
+/// through the library without a command).
+fn audit_event(cause: Cause<'_>, trigger: Trigger, from: JobState, to: JobState) -> AuditEvent {
+    match (cause.command, trigger) {
+        (Some(cmd), Trigger::Method(_)) => {
+            cmd.record(ReturnStatus::NoError, None, Some((from, to)))
+        }
+        (_, t) => AuditEvent::Transition {
+            trigger: match t {
+                Trigger::Method(m) => m.name().to_owned(),
+                Trigger::Internal(i) => format!("{i:?}"),
+            },
+            from: from.to_string(),
+            to: to.to_string(),
+            cause: cause.key.replace('\u{1f}', " "),
+        },
+    }
 }
 
 fn contention(scope: &str, id: &str) -> StoreError {

@@ -6,6 +6,7 @@
 //! - [`machine`]: the state machine as a pure function, built from the
 //!   NodeSet's transition table.
 //! - [`acceptance`]: which configured resources an order needs (pure).
+//! - [`audit`]: the job's audit trail (commands, transitions, steps).
 //! - [`store`]: Redis keys and the atomic compare-and-swap script.
 //! - [`manager`]: the state machine applied to stored jobs; the API the SFC
 //!   engine calls for internal transitions.
@@ -13,6 +14,7 @@
 //! - [`processor`]: the `machinery-jobs` processor.
 
 pub mod acceptance;
+pub mod audit;
 pub mod machine;
 pub mod manager;
 pub mod processor;

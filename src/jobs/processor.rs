@@ -2,6 +2,7 @@
 //! public processor API: one handler per OPC UA method, the station
 //! configuration events, and the two queries.
 
+use super::audit::{Cause, CommandInfo};
 use super::machine::Method;
 use super::manager::{CommandOutcome, JobManager};
 use super::state::JobState;
@@ -127,10 +128,27 @@ async fn command<R: EventType>(
     let Some(scope) = scope else {
         return Ok(invalid(&meta, "no subject", reply));
     };
-    let cause = cause(&meta);
+    let key = cause(&meta);
+    let info = CommandInfo {
+        method: match &command {
+            Command::Order(OrderOp::Store, _) => Method::Store,
+            Command::Order(OrderOp::StoreAndStart, _) => Method::StoreAndStart,
+            Command::Order(OrderOp::Update, _) => Method::Update,
+            Command::Id(method, _) => *method,
+        }
+        .name(),
+        source: meta.event.source.clone(),
+        id: meta.event.id.clone(),
+        correlationid: meta
+            .event
+            .correlationid
+            .as_ref()
+            .map(|c| c.as_str().to_owned()),
+    };
+    let cause = Cause::command(&key, &info);
     let applied = match command {
-        Command::Order(op, order) => apply_order(op, order, &scope, &cause, m).await?,
-        Command::Id(method, id) => apply_method(method, id, &scope, &cause, m).await?,
+        Command::Order(op, order) => apply_order(op, order, &scope, cause, m).await?,
+        Command::Id(method, id) => apply_method(method, id, &scope, cause, m).await?,
     };
     Ok(match applied {
         Ok(effect) => outcome(&scope, &meta, &effect, reply),
@@ -144,7 +162,7 @@ async fn apply_order(
     op: OrderOp,
     order: Option<Value>,
     scope: &str,
-    cause: &str,
+    cause: Cause<'_>,
     m: &JobManager,
 ) -> Result<Result<CommandOutcome, &'static str>, HandlerError> {
     let Some(order) = order else {
@@ -173,7 +191,7 @@ async fn apply_method(
     method: Method,
     id: Option<String>,
     scope: &str,
-    cause: &str,
+    cause: Cause<'_>,
     m: &JobManager,
 ) -> Result<Result<CommandOutcome, &'static str>, HandlerError> {
     let Some(id) = id.filter(|i| !i.is_empty()) else {

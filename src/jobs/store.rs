@@ -16,14 +16,16 @@
 //! | `P:{S}:cfg:workmaster` | hash | work master id → extended work master JSON |
 //! | `P:{S}:cfg:limit` | string | max downloadable job orders (absent: the default) |
 //! | `P:{S}:lease:{id}` | zset | dispatch leases of a job: command being sent → expiry (ms, server time) |
+//! | `P:{S}:audit:{id}` | stream | the job's audit trail ([`super::audit`]), removed with the job |
 //!
 //! Every change to a job goes through `job_apply.lua`, a compare-and-swap on the
 //! job's version that writes the document, the indexes and the change entry
 //! in one step: concurrent commands for one job from several replicas are
 //! serialised, none is lost and none is applied to a stale state.
 
+use super::audit::{AuditEntry, AuditEvent};
 use super::state::{JobState, MainState, StateError};
-use crate::redis::scripts::{JOB_APPLY, JOB_LEASES_LIVE, JOB_PURGE};
+use crate::redis::scripts::{AUDIT_APPEND, JOB_APPLY, JOB_LEASES_LIVE, JOB_PURGE};
 use crate::redis::Keys;
 use crate::redis::RedisConnection;
 use redis::AsyncCommands;
@@ -112,6 +114,9 @@ pub struct Change<'a> {
     /// What happened (`store`, `update`, `transition`, `response`), for the
     /// change stream.
     pub kind: &'a str,
+    /// The entry appended to the job's audit trail with the change, if
+    /// any (only when the change is written).
+    pub audit: Option<&'a AuditEvent>,
 }
 
 /// The answer of [`JobStore::apply`].
@@ -287,6 +292,7 @@ impl JobStore {
             .key(self.keys.ended(scope))
             .key(self.keys.changes(scope))
             .key(self.keys.state_index(scope))
+            .key(self.keys.audit(scope, change.id))
             .arg(change.expected_version)
             .arg(change.order.map_or("", RawValue::get))
             .arg(change.to.key())
@@ -303,6 +309,7 @@ impl JobStore {
             .arg(if change.from.main.is_live() { "1" } else { "0" })
             // The span of the command's handling (empty with traces off).
             .arg(crate::telemetry::current_traceparent().unwrap_or_default())
+            .arg(change.audit.map_or_else(String::new, audit_json))
             .invoke_async(&mut c)
             .await?;
         Ok(match tag.as_str() {
@@ -310,6 +317,61 @@ impl JobStore {
             "LIMIT" => Applied::Limit(n),
             _ => Applied::Conflict(n),
         })
+    }
+
+    /// Appends `event` to the audit trail of job `id` if the job exists
+    /// (a refused command; applied changes are recorded by
+    /// [`JobStore::apply`] itself). Returns whether it was appended.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn append_audit(
+        &self,
+        scope: &str,
+        id: &str,
+        event: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let n: u64 = AUDIT_APPEND
+            .key(self.keys.job(scope, id))
+            .key(self.keys.audit(scope, id))
+            .arg(audit_json(event))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// The audit trail of job `id` in `scope`, oldest first
+    /// (`XRANGE P:{S}:audit:{id} - +`); empty if the job has none (never
+    /// existed, or was purged with its trail).
+    ///
+    /// # Errors
+    /// Redis is unavailable, or an entry is unreadable
+    /// ([`StoreError::Corrupt`] names it).
+    pub async fn audit(&self, scope: &str, id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut c = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply =
+            c.xrange_all(self.keys.audit(scope, id)).await?;
+        reply
+            .ids
+            .iter()
+            .map(|e| {
+                let fields: HashMap<String, String> = e
+                    .map
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        redis::from_redis_value::<String>(v.clone())
+                            .ok()
+                            .map(|v| (k.clone(), v))
+                    })
+                    .collect();
+                super::audit::parse_entry(&e.id, &fields).map_err(|reason| StoreError::Corrupt {
+                    scope: scope.to_owned(),
+                    job: id.to_owned(),
+                    reason,
+                })
+            })
+            .collect()
     }
 
     /// Waits until job `id` has no unexpired dispatch lease, i.e. until
@@ -514,6 +576,12 @@ impl JobStore {
         let mut c = self.conn.clone();
         Ok(c.get(self.keys.job_limit(scope)).await?)
     }
+}
+
+/// The stored form of an audit entry (JSON; a serialisation of these
+/// plain types cannot fail, the fallback keeps this free of panics).
+pub(crate) fn audit_json(event: &AuditEvent) -> String {
+    serde_json::to_string(event).unwrap_or_else(|_| r#"{"kind":"unknown"}"#.to_owned())
 }
 
 /// Where a stream stands: what a reader needs to know whether the cap

@@ -98,6 +98,13 @@ impl Keys {
         format!("{}:{{{scope}}}:job:{id}", self.prefix)
     }
 
+    /// `P:{S}:audit:{id}` (stream): a job's audit trail (`jobs::audit`),
+    /// deleted with the job (`job_purge.lua` builds it from the scope
+    /// prefix).
+    pub(crate) fn audit(&self, scope: &str, id: &str) -> String {
+        format!("{}:{{{scope}}}:audit:{id}", self.prefix)
+    }
+
     /// `P:{S}:live` (set): ids of the jobs not in EndState.
     pub(crate) fn live(&self, scope: &str) -> String {
         format!("{}:{{{scope}}}:live", self.prefix)
@@ -243,6 +250,7 @@ mod tests {
             ),
             (k.scope_prefix(s), "microdcs:{axle-line}:"),
             (k.job(s, "PO#1"), "microdcs:{axle-line}:job:PO#1"),
+            (k.audit(s, "PO#1"), "microdcs:{axle-line}:audit:PO#1"),
             (k.live(s), "microdcs:{axle-line}:live"),
             (k.by_state(s, "2.2"), "microdcs:{axle-line}:st:2.2"),
             (k.ended(s), "microdcs:{axle-line}:ended"),
@@ -296,6 +304,7 @@ mod tests {
         let p = k.scope_prefix("s");
         assert_eq!(k.job("s", "j"), format!("{p}job:j"));
         assert_eq!(k.by_state("s", "5"), format!("{p}st:5"));
+        assert_eq!(k.audit("s", "j"), format!("{p}audit:j"));
         assert_eq!(k.exec("s", "j"), format!("{}j", k.exec_prefix("s")));
         assert_eq!(k.prefix(), "t");
     }

@@ -131,9 +131,11 @@ async fn snapshot(r: &Redis) -> HashMap<String, String> {
     // The engine's own keys (work stream, timers), the consumer-group
     // bookkeeping of readers and the MQTT session heartbeats change on
     // their own; what a command stores is the job documents, indexes and
-    // the entries of the change stream.
+    // the entries of the change stream. A job's audit trail records every
+    // command, a refused one too (checked in `audit`).
     let keys = keys.into_iter().filter(|k| {
         !k.contains(":pub:")
+            && !k.contains(":audit:")
             && !k.starts_with("t:{mqtt}:")
             && !k.ends_with(":work")
             && !k.ends_with(":timers")

@@ -11,6 +11,7 @@
 mod harness;
 
 mod abuse;
+mod audit;
 mod config;
 mod jobs;
 mod models;

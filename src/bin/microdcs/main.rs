@@ -7,6 +7,7 @@
 //! The `APP_*` environment variables are the configuration module's
 //! (`microdcs::config`), not options of this command line.
 
+mod audit;
 mod completions;
 mod config_check;
 mod dlq;
@@ -50,6 +51,7 @@ runs it). `-` reads standard input.";
                       microdcs dlq list [--processor P] [--json]\n       \
                       microdcs dlq show|replay|delete ID [--processor P]\n       \
                       microdcs dlq purge [--processor P]\n       \
+                      microdcs audit JOB [--scope S] [--json] [--config FILE]\n       \
                       microdcs completions SHELL",
     after_help = CONFIG_SOURCES,
     subcommand_required = true,
@@ -107,6 +109,7 @@ enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    Audit(audit::Args),
     Completions(completions::Args),
 }
 
@@ -148,6 +151,7 @@ impl Command {
                 dlq::DlqCommand::Delete(args) => dlq::delete(&args),
                 dlq::DlqCommand::Purge(args) => dlq::purge(&args),
             },
+            Command::Audit(args) => audit::audit(&args),
             Command::Completions(args) => completions::completions(&args),
         }
     }

@@ -6,8 +6,8 @@
 -- twice). All keys share the scope's hash tag.
 --
 -- KEYS[1] exec hash   KEYS[2] timers zset   KEYS[3] work stream
--- KEYS[4] the scope's early-event list
--- KEYS[5..] waiting-for-type zsets, one per entry of the waiting list
+-- KEYS[4] the scope's early-event list   KEYS[5] the job's audit stream
+-- KEYS[6..] waiting-for-type zsets, one per entry of the waiting list
 -- ARGV[1] expected version (0: must not exist)   ARGV[2] state JSON
 -- ARGV[3] recipe JSON ('' keeps the stored one)   ARGV[4] job id
 -- ARGV[5] the early-list entry this state took ('' none)
@@ -15,7 +15,8 @@
 -- no longer reacts to: removed, so they never fire as no-ops)
 -- then the number of timers T, then T pairs (key, due ms)
 -- then the number of work items W, then W JSON items
--- then for each waiting zset (same order as KEYS[5..]): op ('add'|'rem'), score
+-- then for each waiting zset (same order as KEYS[6..]): op ('add'|'rem'), score
+-- then the audit entry of this write (JSON, `jobs::audit`; '' none)
 -- Returns {'OK', version} | {'VERSION', current version}
 --   | {'GONE', current version} (the early entry was taken by another job)
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
@@ -52,12 +53,15 @@ for _ = 1, items do
   redis.call('XADD', KEYS[3], '*', 'item', ARGV[i])
   i = i + 1
 end
-for k = 5, #KEYS do
+for k = 6, #KEYS do
   if ARGV[i] == 'add' then
     redis.call('ZADD', KEYS[k], tonumber(ARGV[i + 1]), job)
   else
     redis.call('ZREM', KEYS[k], job)
   end
   i = i + 2
+end
+if ARGV[i] and ARGV[i] ~= '' then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', 10000, '*', 'e', ARGV[i])
 end
 return {'OK', v}

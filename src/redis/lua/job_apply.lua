@@ -6,6 +6,7 @@
 -- KEYS[1] job hash          KEYS[2] live-jobs set     KEYS[3] old state set
 -- KEYS[4] new state set     KEYS[5] ended zset        KEYS[6] change stream
 -- KEYS[7] state-index hash (job id -> entry JSON, live jobs only)
+-- KEYS[8] the job's audit stream
 -- ARGV[1] expected version (0: the job must not exist)
 -- ARGV[2] job order JSON ('' keeps the stored one)
 -- ARGV[3] new state key     ARGV[4] 1 if the new state is live, else 0
@@ -19,6 +20,8 @@
 -- ARGV[15] W3C traceparent of the command's handling ('' when traces are
 --          off): kept with the job and on the change entry, so the SFC
 --          engine continues the command's trace
+-- ARGV[16] the audit entry of this change (JSON, `jobs::audit`; '' none):
+--          appended with the new version only if the change is written
 -- Returns {'OK', version} | {'VERSION', current version} | {'LIMIT', live}
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if current ~= tonumber(ARGV[1]) then
@@ -71,5 +74,9 @@ if trace ~= '' then
 else
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*',
     'job', ARGV[11], 'state', ARGV[3], 'v', v, 'kind', ARGV[12])
+end
+local audit = ARGV[16] or ''
+if audit ~= '' then
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', 10000, '*', 'v', v, 'e', audit)
 end
 return {'OK', v}

@@ -110,6 +110,7 @@ impl Engine {
                     waiting_after: &waiting_after,
                     disarmed: &disarmed,
                     consumed,
+                    before: Some(&before_state),
                 })
                 .await;
             let written = match written {
@@ -287,6 +288,7 @@ impl Engine {
                 waiting_after: &waiting,
                 disarmed: &[],
                 consumed: None,
+                before: None,
             }),
             running_event
         );

@@ -114,6 +114,9 @@ pub(super) struct Write<'a> {
     /// The entry of the scope's early-event list this state took: removed
     /// in the same write, or nothing is written if it is gone.
     pub(super) consumed: Option<&'a str>,
+    /// The state before (`None` for a new execution): the action runs
+    /// that ended in this write are found against it, for the audit trail.
+    pub(super) before: Option<&'a Execution>,
 }
 
 /// What a [`Engine::write`] did.
@@ -167,6 +170,65 @@ fn record_steps(i: &crate::metrics::Instruments, exec: &Execution, effects: &[Ef
             _ => {}
         }
     }
+}
+
+/// The audit entry of one write (`jobs::audit`): the steps entered and
+/// left, the dispatches, the action runs that ended since `before` (with
+/// the result each took) and the recipe's end; `None` when the write
+/// changed none of these (a timer re-armed, an event kept).
+fn step_record(
+    exec: &Execution,
+    before: Option<&Execution>,
+    effects: &[Effect],
+) -> Option<crate::jobs::audit::StepRecord> {
+    use crate::jobs::audit::{ActionDispatch, ActionEnd, StepActivation, StepRecord};
+    let mut r = StepRecord::default();
+    for e in effects {
+        match e {
+            Effect::StepEntered { step, activation } => r.entered.push(StepActivation {
+                step: step.clone(),
+                activation: *activation,
+            }),
+            Effect::StepLeft { step, activation } => r.left.push(StepActivation {
+                step: step.clone(),
+                activation: *activation,
+            }),
+            Effect::Dispatch {
+                command_id,
+                action,
+                attempt,
+                ..
+            } => r.dispatched.push(ActionDispatch {
+                action: action.clone(),
+                command_id: command_id.clone(),
+                attempt: *attempt,
+            }),
+            Effect::Finished(status) => {
+                r.finished = Some(match status {
+                    exec::Status::Failed(why) => format!("Failed: {why}"),
+                    other => format!("{other:?}"),
+                })
+            }
+            Effect::Timer { .. } => {}
+        }
+    }
+    for (name, run) in &exec.actions {
+        if run.state.is_outstanding() {
+            continue;
+        }
+        let was = before.and_then(|b| b.actions.get(name));
+        if was.is_some_and(|w| w.activation == run.activation && w.state == run.state) {
+            continue;
+        }
+        r.actions.push(ActionEnd {
+            action: name.clone(),
+            state: run.state.name().to_owned(),
+            result: (run.state != exec::ActionState::Cancelled)
+                .then(|| exec.results.get(name).cloned())
+                .flatten(),
+        });
+    }
+    (!r.is_empty()).then_some(r)
 }
 
 /// `trace` is the job's trace (its `traceparent`), kept on dispatches.
@@ -281,6 +343,7 @@ impl Engine {
             waiting_after,
             disarmed,
             consumed,
+            before,
         } = w;
         let job = &exec.job;
         let doc = serde_json::to_string(exec)?;
@@ -288,7 +351,8 @@ impl Engine {
         inv.key(self.keys().exec(scope, job))
             .key(self.keys().timers(scope))
             .key(self.keys().work(scope))
-            .key(self.keys().early(scope));
+            .key(self.keys().early(scope))
+            .key(self.keys().audit(scope, job));
         let mut waiting_ops = Vec::new();
         for t in waiting_after.difference(waiting_before) {
             waiting_ops.push((t, "add"));
@@ -331,6 +395,11 @@ impl Engine {
         for (_, op) in &waiting_ops {
             inv.arg(*op).arg(exec.started_ms);
         }
+        // One audit entry per write that changed steps or actions: the
+        // single XADD a step costs its trail.
+        let audit = step_record(exec, before, effects)
+            .map(|r| crate::jobs::store::audit_json(&crate::jobs::audit::AuditEvent::Step(r)));
+        inv.arg(audit.unwrap_or_default());
         let mut c = self.conn();
         let (tag, v): (String, u64) = inv.invoke_async(&mut c).await?;
         if let Some(at) = earliest {
