@@ -11,6 +11,7 @@ mod audit;
 mod completions;
 mod config_check;
 mod dlq;
+mod init;
 mod jobs;
 mod output;
 mod recipe;
@@ -52,6 +53,7 @@ runs it). `-` reads standard input.";
                       microdcs dlq show|replay|delete ID [--processor P]\n       \
                       microdcs dlq purge [--processor P]\n       \
                       microdcs audit JOB [--scope S] [--json] [--config FILE]\n       \
+                      microdcs init PATH [--name NAME] [--microdcs-path DIR | --microdcs-version V]\n       \
                       microdcs completions SHELL",
     after_help = CONFIG_SOURCES,
     subcommand_required = true,
@@ -110,6 +112,7 @@ enum Command {
         command: dlq::DlqCommand,
     },
     Audit(audit::Args),
+    Init(init::Args),
     Completions(completions::Args),
 }
 
@@ -152,6 +155,7 @@ impl Command {
                 dlq::DlqCommand::Purge(args) => dlq::purge(&args),
             },
             Command::Audit(args) => audit::audit(&args),
+            Command::Init(args) => init::init(&args),
             Command::Completions(args) => completions::completions(&args),
         }
     }
@@ -328,6 +332,7 @@ mod tests {
                 "recipe",
                 "sim",
                 "completions",
+                "init",
                 "check",
                 "graph",
                 "jobs",
@@ -411,6 +416,33 @@ mod tests {
         ] {
             assert!(parse(line).is_err(), "{line:?}");
         }
+    }
+
+    #[test]
+    fn init_takes_a_path_a_name_and_one_microdcs_source() {
+        assert_eq!(
+            parse("init plants/axle --name axle-1 --microdcs-path ../microdcs").ok(),
+            Some(Command::Init(init::Args {
+                path: "plants/axle".into(),
+                name: Some("axle-1".into()),
+                microdcs_path: Some("../microdcs".into()),
+                microdcs_version: None,
+            }))
+        );
+        assert!(matches!(
+            parse("init app --microdcs-version 0.1.0"),
+            Ok(Command::Init(init::Args { microdcs_version: Some(v), .. })) if v == "0.1.0"
+        ));
+        for line in [
+            "init",
+            "init a b",
+            "init app --name",
+            "init app --microdcs-path x --microdcs-version 0.1.0",
+        ] {
+            assert_eq!(parse(line).expect_err(line).exit_code(), 2, "{line:?}");
+        }
+        assert!(help("--help").contains("init PATH [--name NAME]"));
+        assert!(help("init --help").contains("--microdcs-path <DIR>"));
     }
 
     #[test]
