@@ -4,7 +4,8 @@
 #   1. `microdcs recipe check` accepts its recipe and `microdcs config
 #      check` its deploy configuration (and `kubectl kustomize` renders its
 #      deploy/base, when kubectl is installed);
-#   2. `cargo clippy --all-targets -- -D warnings` is clean on it;
+#   2. it is formatted (`cargo fmt --check`) and `cargo clippy --all-targets
+#      -- -D warnings` is clean on it;
 #   3. `cargo test` passes (its station against real Mosquitto and Redis).
 # The app gets this checkout's Cargo.lock (same dependency versions) and
 # builds into this checkout's target directory, so nothing already built
@@ -35,7 +36,8 @@ echo "-- recipe and configuration"
 if command -v kubectl >/dev/null 2>&1; then
   kubectl kustomize deploy/base >/dev/null
 fi
-echo "-- clippy"
+echo "-- fmt and clippy"
+cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 echo "-- test"
 cargo test

@@ -13,6 +13,7 @@ mod harness;
 mod abuse;
 mod audit;
 mod config;
+mod init;
 mod jobs;
 mod models;
 mod observe_http;

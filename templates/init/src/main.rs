@@ -9,6 +9,8 @@ use microdcs::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use {{crate_name}}::build;
+
 const USAGE: &str = "usage: {{name}} [--config FILE]";
 
 /// The `--config FILE` argument, if any.
@@ -60,7 +62,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let station = {{crate_name}}::build(&config).await?;
+        let station = build(&config).await?;
         station.app.run().await
     });
     if let Some(traces) = traces {

@@ -13,13 +13,16 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
-use {{crate_name}}::models::inspection::{CheckPartCall, CheckPartResponse};
+// This application's library, by a name that does not depend on the package's.
+use {{crate_name}} as app;
+
+use app::models::inspection::{CheckPartCall, CheckPartResponse};
 
 const SCOPE: &str = "line-1";
 const REPLIES: &str = "mes/inspection/replies";
 
-/// Mosquitto, Redis and the station built by `{{crate_name}}::build`, as
-/// `{{name}}` runs it, configured through the environment variable names.
+/// Mosquitto, Redis and the station built by `app::build`, as `{{name}}`
+/// runs it, configured through the environment variable names.
 struct Running {
     mosquitto: LocalMosquitto,
     _redis: LocalRedis,
@@ -42,9 +45,7 @@ impl Running {
             ],
         )
         .expect("valid configuration");
-        let station = {{crate_name}}::build(&config)
-            .await
-            .expect("the station builds");
+        let station = app::build(&config).await.expect("the station builds");
         let transport = station.app.transports()[0].clone();
         let stop = station.app.shutdown_handle();
         let task = tokio::spawn(station.app.run());
