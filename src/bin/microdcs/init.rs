@@ -489,12 +489,15 @@ mod tests {
         let manifest = read(&dir.join("Cargo.toml"));
         assert!(manifest.contains("name = \"press-line\""), "{manifest}");
         let root = repo().canonicalize().expect("repo");
-        let microdcs = format!("microdcs = {{ path = \"{}\" }}", root.display());
+        let microdcs = format!(
+            "microdcs = {{ path = \"{}\", default-features = false }}",
+            root.display()
+        );
         assert!(manifest.contains(&microdcs), "{manifest}");
         let codegen = format!("path = \"{}\" }}", root.join("codegen").display());
         assert!(manifest.contains(&codegen), "{manifest}");
-        assert!(read(&dir.join("src/main.rs")).contains("press_line::build(&config)"));
-        assert!(read(&dir.join("tests/station.rs")).contains("use press_line::models::"));
+        assert!(read(&dir.join("src/main.rs")).contains("\nuse press_line::build;\n"));
+        assert!(read(&dir.join("tests/station.rs")).contains("\nuse press_line as app;\n"));
         assert!(read(&dir.join("README.md")).starts_with("# press-line\n\n```sh\n"));
         assert!(read(&dir.join("deploy/base/statefulset.yaml")).contains("name: press-line\n"));
         // The recipe is one the station accepts; the schema is JSON with
@@ -517,15 +520,14 @@ mod tests {
         let mut a = args(&tmp.path().join("one"));
         create(&a).expect("created");
         let manifest = read(&tmp.path().join("one/Cargo.toml"));
-        let spec = format!("{{ version = \"{}\" }}", env!("CARGO_PKG_VERSION"));
-        assert!(
-            manifest.contains(&format!("microdcs = {spec}")),
-            "{manifest}"
-        );
-        assert!(
-            manifest.contains(&format!("microdcs-codegen = {spec}")),
-            "{manifest}"
-        );
+        let spec = format!("version = \"{}\"", env!("CARGO_PKG_VERSION"));
+        for dependency in [
+            format!("microdcs = {{ {spec}, default-features = false }}"),
+            format!("microdcs-codegen = {{ {spec} }}"),
+            format!("microdcs = {{ {spec}, features = [\"testkit\", \"sim\"] }}"),
+        ] {
+            assert!(manifest.contains(&dependency), "{dependency} in {manifest}");
+        }
         a.path = tmp.path().join("two");
         a.microdcs_version = Some("^0.2".into());
         create(&a).expect("created");
