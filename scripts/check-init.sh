@@ -2,8 +2,8 @@
 # `microdcs init` end to end, as a plant developer uses it: creates an app
 # in a temporary directory with path dependencies on this checkout, and
 #   1. `microdcs recipe check` accepts its recipe and `microdcs config
-#      check` its deploy configuration (and `kubectl kustomize` renders its
-#      deploy/base, when kubectl is installed);
+#      check` its deploy configuration; `kubectl kustomize` renders its
+#      deploy/base and kubernetes-validate accepts it (each when installed);
 #   2. it is formatted (`cargo fmt --check`) and `cargo clippy --all-targets
 #      -- -D warnings` is clean on it;
 #   3. `cargo test` passes (its station against real Mosquitto and Redis).
@@ -34,7 +34,12 @@ echo "-- recipe and configuration"
 "$microdcs" recipe check recipes/inspect-part.json
 "$microdcs" config check --config deploy/base/plant-check.toml >/dev/null
 if command -v kubectl >/dev/null 2>&1; then
-  kubectl kustomize deploy/base >/dev/null
+  kubectl kustomize deploy/base > "$work/deploy.yaml"
+  # Strict schema validation as scripts/check-deploy.sh does, when its
+  # validator is installed.
+  if python3 -m kubernetes_validate --version >/dev/null 2>&1; then
+    python3 -m kubernetes_validate --strict --quiet -k 1.32.0 "$work/deploy.yaml"
+  fi
 fi
 echo "-- fmt and clippy"
 cargo fmt --check
