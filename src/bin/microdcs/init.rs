@@ -256,7 +256,8 @@ pub(crate) fn init(args: &Args) -> ExitCode {
 /// # Errors
 ///
 /// See [`InitError`]; nothing is written unless the name, the dependency
-/// and the directory are all acceptable.
+/// and the directory are all acceptable, and a failed write removes what
+/// was written before it.
 pub(crate) fn create(args: &Args) -> Result<Created, InitError> {
     let name = match &args.name {
         Some(name) => name.clone(),
@@ -272,13 +273,11 @@ pub(crate) fn create(args: &Args) -> Result<Created, InitError> {
             .replace("{{microdcs_source}}", &microdcs)
             .replace("{{codegen_source}}", &codegen)
     };
-    let mut files = Vec::with_capacity(TEMPLATES.len());
-    for template in TEMPLATES {
-        let relative = render(template.path);
-        let path = args.path.join(&relative);
-        write_new(&path, &render(template.text))?;
-        files.push(relative);
-    }
+    let rendered: Vec<(String, String)> = TEMPLATES
+        .iter()
+        .map(|t| (render(t.path), render(t.text)))
+        .collect();
+    let files = write_or_undo(&args.path, &rendered, write_new)?;
     Ok(Created {
         name,
         dir: args.path.clone(),
@@ -393,6 +392,36 @@ fn toml_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// Writes `files` (relative path, text) under `dir` with `write`; when one
+/// fails, removes what was written (and the directories made for it), so a
+/// failed `init` leaves `dir` empty as it found it. The relative paths
+/// written, in order.
+fn write_or_undo(
+    dir: &Path,
+    files: &[(String, String)],
+    mut write: impl FnMut(&Path, &str) -> Result<(), InitError>,
+) -> Result<Vec<String>, InitError> {
+    let mut written = Vec::with_capacity(files.len());
+    for (relative, text) in files {
+        if let Err(e) = write(&dir.join(relative), text) {
+            // The directory was empty (or new) before: clear it again.
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let _ = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                }
+            }
+            return Err(e);
+        }
+        written.push(relative.clone());
+    }
+    Ok(written)
 }
 
 /// Creates `dir`, or accepts it when it is an empty directory.
@@ -625,6 +654,33 @@ mod tests {
         let e = create(&a).expect_err("refused");
         assert!(matches!(e, InitError::NotACheckout { .. }), "{e:?}");
         assert!(!tmp.path().join("app").exists());
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_directory_empty() {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let files: Vec<(String, String)> = ["a.txt", "src/b.rs", "deploy/base/c.yaml"]
+            .iter()
+            .map(|p| ((*p).to_owned(), "text".to_owned()))
+            .collect();
+        let mut calls = 0;
+        let e = write_or_undo(tmp.path(), &files, |path, text| {
+            calls += 1;
+            if calls == 3 {
+                return Err(InitError::Io {
+                    path: path.to_owned(),
+                    error: io::Error::other("disk full"),
+                });
+            }
+            write_new(path, text)
+        })
+        .expect_err("the third write fails");
+        assert!(e.to_string().ends_with("c.yaml: disk full"), "{e}");
+        assert_eq!(std::fs::read_dir(tmp.path()).expect("dir").count(), 0);
+        // Without a failure every file is written.
+        let written = write_or_undo(tmp.path(), &files, write_new).expect("written");
+        assert_eq!(written, ["a.txt", "src/b.rs", "deploy/base/c.yaml"]);
+        assert!(tmp.path().join("deploy/base/c.yaml").is_file());
     }
 
     #[test]
