@@ -51,8 +51,12 @@ struct Template {
     text: &'static str,
 }
 
-/// Embeds `templates/init/{file}` as the application's `path`.
+/// Embeds `templates/init/{file}` as the application's `path` (by default
+/// the same path).
 macro_rules! template {
+    ($path:literal) => {
+        template!($path, $path)
+    };
     ($path:literal, $file:literal) => {
         Template {
             path: $path,
@@ -68,104 +72,33 @@ const TEMPLATES: &[Template] = &[
     template!("Cargo.toml", "Cargo.toml.tmpl"),
     template!(".gitignore", "gitignore"),
     template!(".dockerignore", "dockerignore"),
-    template!("README.md", "README.md"),
-    template!("Dockerfile", "Dockerfile"),
-    template!("build.rs", "build.rs"),
-    template!(
-        "schemas/inspection.schema.json",
-        "schemas/inspection.schema.json"
-    ),
-    template!("src/lib.rs", "src/lib.rs"),
-    template!("src/main.rs", "src/main.rs"),
-    template!("src/inspection.rs", "src/inspection.rs"),
-    template!("recipes/inspect-part.json", "recipes/inspect-part.json"),
-    template!("tests/station.rs", "tests/station.rs"),
-    template!(
-        "deploy/base/kustomization.yaml",
-        "deploy/base/kustomization.yaml"
-    ),
-    template!(
-        "deploy/base/statefulset.yaml",
-        "deploy/base/statefulset.yaml"
-    ),
-    template!("deploy/base/services.yaml", "deploy/base/services.yaml"),
-    template!("deploy/base/pdb.yaml", "deploy/base/pdb.yaml"),
+    template!("README.md"),
+    template!("Dockerfile"),
+    template!("build.rs"),
+    template!("schemas/inspection.schema.json"),
+    template!("src/lib.rs"),
+    template!("src/main.rs"),
+    template!("src/inspection.rs"),
+    template!("recipes/inspect-part.json"),
+    template!("tests/station.rs"),
+    template!("deploy/base/kustomization.yaml"),
+    template!("deploy/base/statefulset.yaml"),
+    template!("deploy/base/services.yaml"),
+    template!("deploy/base/pdb.yaml"),
     template!("deploy/base/{{name}}.toml", "deploy/base/station.toml"),
 ];
 
 /// Names cargo refuses or that would clash with the application's own
-/// dependencies or Rust's built-in crates.
-const RESERVED: &[&str] = &[
-    // Rust keywords (strict and reserved).
-    "as",
-    "async",
-    "await",
-    "break",
-    "const",
-    "continue",
-    "crate",
-    "dyn",
-    "else",
-    "enum",
-    "extern",
-    "false",
-    "fn",
-    "for",
-    "if",
-    "impl",
-    "in",
-    "let",
-    "loop",
-    "match",
-    "mod",
-    "move",
-    "mut",
-    "pub",
-    "ref",
-    "return",
-    "self",
-    "static",
-    "struct",
-    "super",
-    "trait",
-    "true",
-    "type",
-    "unsafe",
-    "use",
-    "where",
-    "while",
-    "abstract",
-    "become",
-    "box",
-    "do",
-    "final",
-    "gen",
-    "macro",
-    "override",
-    "priv",
-    "try",
-    "typeof",
-    "unsized",
-    "virtual",
-    "yield",
-    // Built-in crates and cargo's own directory names.
-    "std",
-    "core",
-    "alloc",
-    "proc_macro",
-    "test",
-    "build",
-    "deps",
-    "examples",
-    "incremental",
-    // The application's dependencies.
-    "microdcs",
-    "microdcs_codegen",
-    "tokio",
-    "serde",
-    "serde_json",
-    "tracing",
-];
+/// dependencies or Rust's built-in crates (compared with `-` as `_`):
+/// Rust's keywords (strict and reserved), built-in crates and cargo's
+/// directory names, the application's dependencies.
+const RESERVED: &str = "\
+    as async await break const continue crate dyn else enum extern false fn for if impl in \
+    let loop match mod move mut pub ref return self static struct super trait true type \
+    unsafe use where while abstract become box do final gen macro override priv try typeof \
+    unsized virtual yield \
+    std core alloc proc_macro test build deps examples incremental \
+    microdcs microdcs_codegen tokio serde serde_json tracing";
 
 /// Why `init` refused; the message says what to do.
 #[derive(Debug)]
@@ -330,7 +263,8 @@ fn validate_name(name: &str) -> Result<(), InitError> {
     if name.len() > 64 {
         return bad("it is longer than 64 characters");
     }
-    if RESERVED.contains(&name.replace('-', "_").as_str()) {
+    let underscored = name.replace('-', "_");
+    if RESERVED.split_whitespace().any(|r| r == underscored) {
         return bad("it is a Rust keyword, a built-in crate or a dependency of the app");
     }
     Ok(())
