@@ -172,11 +172,12 @@ async fn a_job_with_the_recipe_runs_to_ended_on_simulated_equipment() {
     )
     .await;
     // The work master is a configuration event without a reply: the order
-    // is refused until the station has stored it, so ask until accepted.
+    // is refused until the station has stored it, so ask until accepted
+    // (for at most about 30 s).
     let order =
         json!({"JobOrder": {"JobOrderID": "job-1", "WorkMasterID": [{"ID": "wm-inspect"}]}});
     let mut accepted = false;
-    for _ in 0..50 {
+    for _ in 0..300 {
         if mes.status("StoreAndStart", SCOPE, order.clone()).await == NO_ERROR {
             accepted = true;
             break;
@@ -198,8 +199,9 @@ async fn a_job_with_the_recipe_runs_to_ended_on_simulated_equipment() {
         }
     };
     assert_eq!(ended, ["Ended", "Completed"]);
-    // clamp, measure, unclamp: one command each.
-    assert_eq!(equipment.stats().replied, 3, "{}", equipment.stats());
+    // clamp, measure, unclamp (more only if a command timed out and was
+    // re-sent).
+    assert!(equipment.stats().replied >= 3, "{}", equipment.stats());
     equipment.shutdown();
     sim_task.await.expect("the simulator task");
     running.stop().await;
