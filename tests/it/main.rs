@@ -17,6 +17,7 @@ mod models;
 mod observe_http;
 mod publisher;
 mod recipe;
+mod security;
 mod sfc;
 mod sfc_chaos;
 mod sim;

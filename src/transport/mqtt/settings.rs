@@ -1,7 +1,10 @@
 //! The one set of MQTT connection settings, and the rumqttc options they
 //! make.
 
+use super::MqttTls;
+use crate::config::Secret;
 use rumqttc::v5::MqttOptions;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Connection and behaviour settings of one MQTT transport.
@@ -17,8 +20,14 @@ pub struct MqttSettings {
     pub instance_id: String,
     /// Optional username.
     pub username: Option<String>,
-    /// Optional password.
-    pub password: Option<String>,
+    /// Optional password (needs `username`).
+    pub password: Option<Secret>,
+    /// TLS to the broker; `None`: plain TCP.
+    pub tls: Option<MqttTls>,
+    /// Kubernetes service-account token file: while it exists, CONNECT
+    /// carries `K8S-SAT` enhanced authentication with its content, read
+    /// again at every connection attempt.
+    pub sat_token_path: Option<PathBuf>,
     /// Keep-alive interval.
     pub keep_alive: Duration,
     /// Session expiry: how long the broker keeps our session (and queued
@@ -66,6 +75,8 @@ impl MqttSettings {
             instance_id,
             username: None,
             password: None,
+            tls: None,
+            sat_token_path: None,
             keep_alive: Duration::from_secs(30),
             session_expiry: Duration::from_secs(3600),
             max_payload_size: 1024 * 1024,
@@ -86,7 +97,9 @@ impl MqttSettings {
     /// The rumqttc options every connection with these settings shares
     /// (the transport's and the simulator's): broker, client id,
     /// credentials, keep-alive, session expiry (a clean start when it is
-    /// zero), TCP_NODELAY and a 10 s connection timeout.
+    /// zero), TCP_NODELAY and a 10 s connection timeout. TLS and `K8S-SAT`
+    /// are added before each connection attempt (see the session), as
+    /// their files may change between attempts.
     pub(crate) fn connect_options(&self) -> MqttOptions {
         let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
         o.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
@@ -95,7 +108,12 @@ impl MqttSettings {
             self.session_expiry.as_secs().min(u32::MAX as u64) as u32
         ));
         if let Some(u) = &self.username {
-            o.set_credentials(u.clone(), self.password.clone().unwrap_or_default());
+            let password = self
+                .password
+                .as_ref()
+                .map(Secret::expose)
+                .unwrap_or_default();
+            o.set_credentials(u.clone(), password);
         }
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(self.tcp_nodelay);
