@@ -377,6 +377,45 @@ async fn a_wrong_ca_is_reported_as_an_untrusted_server_certificate_naming_the_ca
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_server_name_is_the_name_the_broker_certificate_must_hold() {
+    // The broker's certificate holds `localhost` and `127.0.0.1`; the
+    // station connects to 127.0.0.1 in both runs.
+    let pki = Pki::new();
+    let mut server = pki.server.clone();
+    server.require_client_cert = false;
+    let m = LocalMosquitto::start_tls(&server).expect("mosquitto with TLS");
+    let r = LocalRedis::start().expect("redis");
+    let mut env = jobs::env(m.tls_port().expect("TLS listener"), r.port(), "sni");
+    set(&mut env, "PATH", std::env::var("PATH").unwrap_or_default());
+    set(&mut env, "APP_MQTT_TLS_CERT_PATH", path(&pki.ca));
+    set(
+        &mut env,
+        "APP_MQTT_SAT_TOKEN_PATH",
+        "/nonexistent/broker-sat",
+    );
+
+    set(&mut env, "APP_MQTT_TLS_SERVER_NAME", "localhost");
+    let station = Station::start(&env);
+    let connected = station.wait_for_line(&["mqtt connected"]);
+    let log = station.stop();
+    assert!(connected.is_ok(), "{log}");
+
+    set(
+        &mut env,
+        "APP_MQTT_TLS_SERVER_NAME",
+        "broker.elsewhere.example",
+    );
+    let station = Station::start(&env);
+    let refused = station.wait_for_line(&[
+        "the server certificate of the MQTT broker does not hold the name",
+        "APP_MQTT_TLS_SERVER_NAME",
+    ]);
+    let log = station.stop();
+    assert!(refused.is_ok(), "{log}");
+    assert!(!log.contains("mqtt connected"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_untrusted_client_certificate_is_reported_as_refused() {
     let pki = Pki::new();
     let m = LocalMosquitto::start_tls(&pki.server).expect("mosquitto with TLS");
