@@ -119,6 +119,13 @@ fn transport(t: &MqttTls) -> Result<rumqttc::Transport, String> {
 /// refused ours; a refused CONNECT says which credentials were used;
 /// anything else is rumqttc's message.
 pub(crate) fn describe(error: &ConnectionError, settings: &MqttSettings) -> String {
+    // What `prepare` reported (a file it could not use) is already in the
+    // operator's words.
+    if let ConnectionError::Io(io) = error {
+        if io.kind() == std::io::ErrorKind::Other && io.get_ref().is_some() {
+            return io.to_string();
+        }
+    }
     if let Some(f) = tls::failure(error) {
         let ca = settings
             .tls
@@ -164,4 +171,41 @@ pub(crate) fn describe(error: &ConnectionError, settings: &MqttSettings) -> Stri
         );
     }
     error.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_trimmed_absent_without_a_file_and_an_empty_file_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("broker-sat");
+        assert_eq!(read_token(&path), Ok(None));
+        std::fs::write(&path, "  abc.def.ghi\n").expect("write");
+        assert_eq!(
+            read_token(&path),
+            Ok(Some(Bytes::from_static(b"abc.def.ghi")))
+        );
+        std::fs::write(&path, "\n").expect("write");
+        let err = read_token(&path).expect_err("empty");
+        assert!(err.contains("is empty") && err.contains("APP_MQTT_SAT_TOKEN_PATH"));
+    }
+
+    #[test]
+    fn prepare_sets_k8s_sat_while_the_token_file_exists_and_clears_it_after() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("broker-sat");
+        let mut settings = MqttSettings::new("localhost", 1883, "i");
+        settings.sat_token_path = Some(path.clone());
+        let mut o = settings.connect_options();
+        std::fs::write(&path, "t1").expect("write");
+        prepare(&settings, &mut o).expect("prepared");
+        assert_eq!(o.authentication_method().as_deref(), Some(K8S_SAT_METHOD));
+        assert_eq!(o.authentication_data(), Some(Bytes::from_static(b"t1")));
+        std::fs::remove_file(&path).expect("remove");
+        prepare(&settings, &mut o).expect("prepared");
+        assert_eq!(o.authentication_method(), None);
+        assert_eq!(o.authentication_data(), None);
+    }
 }
