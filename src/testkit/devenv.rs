@@ -546,6 +546,9 @@ fn acl(user: &str, password: &str) -> Vec<String> {
 #[derive(Debug)]
 pub struct LocalRedisCluster {
     nodes: Vec<ClusterNode>,
+    tls: bool,
+    /// The TLS files the nodes read.
+    _files: tempfile::TempDir,
 }
 
 #[derive(Debug)]
@@ -565,7 +568,7 @@ impl LocalRedisCluster {
     /// redis-server or redis-cli is not installed, or the cluster does not
     /// form within 20 s.
     pub fn start() -> io::Result<Self> {
-        Self::start_with(0)
+        Self::start_with(0, None)
     }
 
     /// Starts three masters with one replica each: a master that is killed
@@ -574,20 +577,79 @@ impl LocalRedisCluster {
     /// # Errors
     /// As [`LocalRedisCluster::start`].
     pub fn start_with_replicas() -> io::Result<Self> {
-        Self::start_with(1)
+        Self::start_with(1, None)
     }
 
-    fn start_with(replicas: usize) -> io::Result<Self> {
+    /// Starts three masters reachable over TLS only (`port 0`, `tls-port`
+    /// on [`LocalRedisCluster::ports`], `tls-cluster yes` so the nodes
+    /// announce their TLS ports) with `tls`'s files. Only
+    /// [`LocalRedisCluster::ports`], [`LocalRedisCluster::nodes`] and
+    /// [`LocalRedisCluster::urls`] (`rediss://`) serve such a cluster; the
+    /// other helpers speak plain TCP.
+    ///
+    /// # Errors
+    /// As [`LocalRedisCluster::start`], or a file cannot be copied.
+    pub fn start_tls(tls: &ServerTls) -> io::Result<Self> {
+        Self::start_with(0, Some(tls))
+    }
+
+    fn start_with(replicas: usize, tls: Option<&ServerTls>) -> io::Result<Self> {
         let bin = find_binary("redis-server").ok_or_else(|| missing("redis-server"))?;
         let cli = find_binary("redis-cli").ok_or_else(|| missing("redis-cli"))?;
-        let mut cluster = LocalRedisCluster { nodes: Vec::new() };
+        let files = tempfile::tempdir()?;
+        let mut server_tls: Vec<String> = Vec::new();
+        let mut cli_tls: Vec<String> = Vec::new();
+        if let Some(t) = tls {
+            let ca = copy_readable(&t.ca, files.path(), "tls-ca.crt")?;
+            let cert = copy_readable(&t.cert, files.path(), "tls-server.crt")?;
+            let key = copy_readable(&t.key, files.path(), "tls-server.key")?;
+            let (ca, cert, key) = (
+                ca.display().to_string(),
+                cert.display().to_string(),
+                key.display().to_string(),
+            );
+            server_tls = [
+                "--tls-cluster",
+                "yes",
+                "--tls-auth-clients",
+                if t.require_client_cert { "yes" } else { "no" },
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            // The server's own certificate serves redis-cli as a client
+            // certificate: same CA.
+            cli_tls = ["--tls", "--cacert", &ca, "--cert", &cert, "--key", &key]
+                .map(str::to_owned)
+                .to_vec();
+        }
+        let mut cluster = LocalRedisCluster {
+            nodes: Vec::new(),
+            tls: tls.is_some(),
+            _files: files,
+        };
         for _ in 0..CLUSTER_MASTERS * (1 + replicas) {
             let port = cluster_port()?;
             let dir = tempfile::tempdir()?;
+            let (plain, tls_port) = if tls.is_some() {
+                (
+                    "0".to_owned(),
+                    vec!["--tls-port".to_owned(), port.to_string()],
+                )
+            } else {
+                (port.to_string(), Vec::new())
+            };
             let mut child = Command::new(&bin)
+                .args(&tls_port)
+                .args(&server_tls)
                 .args([
                     "--port",
-                    &port.to_string(),
+                    &plain,
                     "--bind",
                     "127.0.0.1",
                     "--cluster-enabled",
@@ -616,6 +678,7 @@ impl LocalRedisCluster {
             up?;
         }
         let out = Command::new(&cli)
+            .args(&cli_tls)
             .arg("--cluster")
             .arg("create")
             .args(
@@ -638,7 +701,7 @@ impl LocalRedisCluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ready = cluster.nodes.iter().all(|n| {
-                cli_text(&cli, n.port, &["CLUSTER", "INFO"])
+                cli_text_with(&cli, &cli_tls, n.port, &["CLUSTER", "INFO"])
                     .is_ok_and(|t| t.contains("cluster_state:ok"))
             }) && cluster.replicas_in_sync(&cli, replicas);
             if ready {
@@ -689,7 +752,10 @@ impl LocalRedisCluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .map(|n| {
+                let scheme = if self.tls { "rediss" } else { "redis" };
+                format!("{scheme}://127.0.0.1:{}/", n.port)
+            })
             .collect()
     }
 
@@ -884,7 +950,13 @@ fn cluster_port() -> io::Result<u16> {
 
 /// `redis-cli -p port args…`'s output.
 fn cli_text(cli: &Path, port: u16, args: &[&str]) -> io::Result<String> {
+    cli_text_with(cli, &[], port, args)
+}
+
+/// [`cli_text`] with connection options first (`--tls …`).
+fn cli_text_with(cli: &Path, options: &[String], port: u16, args: &[&str]) -> io::Result<String> {
     let out = Command::new(cli)
+        .args(options)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())

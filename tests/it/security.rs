@@ -668,3 +668,40 @@ fn a_client_certificate_without_its_key_or_redis_files_without_ssl_are_rejected(
         Config::from_sources(None, [("APP_REDIS_SSL_CA_CERTS", "/c/ca.crt")]).expect_err("ssl off");
     assert!(err.to_string().contains("APP_REDIS_SSL"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn station_runs_a_job_on_a_redis_cluster_over_mutual_tls() {
+    use microdcs::testkit::devenv::LocalRedisCluster;
+    let pki = Pki::new();
+    let m = LocalMosquitto::start().expect("mosquitto");
+    let cluster = LocalRedisCluster::start_tls(&pki.server).expect("Redis Cluster with TLS");
+    let mut env = jobs::env(m.port(), 1, "tls-cluster");
+    set(&mut env, "PATH", std::env::var("PATH").unwrap_or_default());
+    set(
+        &mut env,
+        "APP_MQTT_SAT_TOKEN_PATH",
+        "/nonexistent/broker-sat",
+    );
+    set(&mut env, "APP_MQTT_TLS_CERT_PATH", "/nonexistent/ca.crt");
+    set(&mut env, "APP_REDIS_CLUSTER_NODES", cluster.nodes());
+    set(&mut env, "APP_REDIS_SSL", "true");
+    set(&mut env, "APP_REDIS_SSL_CA_CERTS", path(&pki.ca));
+    set(&mut env, "APP_REDIS_SSL_CERTFILE", path(&pki.client_cert));
+    set(&mut env, "APP_REDIS_SSL_KEYFILE", path(&pki.client_key));
+    let station = Station::start(&env);
+    let (status, states) = store_and_start(m.port(), "cluster-job").await;
+    let log = station.stop();
+    assert_eq!(status, 1, "{log}");
+    assert_eq!(states, ["AllowedToStart", "Ready"], "{log}");
+    // The shared connection and the stream readers (publisher, SFC
+    // engine) all reached their nodes over TLS.
+    for failure in [
+        "Redis not reachable",
+        "invalid peer certificate",
+        "received fatal alert",
+        "Connection reset",
+        "InvalidClientConfig",
+    ] {
+        assert!(!log.contains(failure), "{failure}:\n{log}");
+    }
+}
