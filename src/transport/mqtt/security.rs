@@ -119,13 +119,6 @@ fn transport(t: &MqttTls) -> Result<rumqttc::Transport, String> {
 /// refused ours; a refused CONNECT says which credentials were used;
 /// anything else is rumqttc's message.
 pub(crate) fn describe(error: &ConnectionError, settings: &MqttSettings) -> String {
-    // What `prepare` reported (a file it could not use) is already in the
-    // operator's words.
-    if let ConnectionError::Io(io) = error {
-        if io.kind() == std::io::ErrorKind::Other && io.get_ref().is_some() {
-            return io.to_string();
-        }
-    }
     if let Some(f) = tls::failure(error) {
         let ca = settings
             .tls
@@ -144,6 +137,13 @@ pub(crate) fn describe(error: &ConnectionError, settings: &MqttSettings) -> Stri
             _ => "APP_MQTT_TLS_CERT_PATH",
         };
         return tls::explain(&f, "the MQTT broker", ca.as_deref(), cert.as_deref(), which);
+    }
+    // What `prepare` reported (a file it could not use) is already in the
+    // operator's words.
+    if let ConnectionError::Io(io) = error {
+        if io.kind() == std::io::ErrorKind::Other && io.get_ref().is_some() {
+            return io.to_string();
+        }
     }
     if let ConnectionError::ConnectionRefused(code) = error {
         let sat = settings
@@ -190,6 +190,35 @@ mod tests {
         std::fs::write(&path, "\n").expect("write");
         let err = read_token(&path).expect_err("empty");
         assert!(err.contains("is empty") && err.contains("APP_MQTT_SAT_TOKEN_PATH"));
+    }
+
+    #[test]
+    fn a_refused_connect_names_the_credentials_used_but_never_their_values() {
+        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("broker-sat");
+        std::fs::write(&path, "secret-token").expect("write");
+        let mut settings = MqttSettings::new("localhost", 1883, "i");
+        settings.sat_token_path = Some(path.clone());
+        settings.username = Some("station".into());
+        settings.password = Some(crate::config::Secret::new("secret-password"));
+        let text = describe(
+            &ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
+            &settings,
+        );
+        assert!(
+            text.contains("refused the connection (NotAuthorized)"),
+            "{text}"
+        );
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("user name 'station'"), "{text}");
+        assert!(!text.contains("secret-"), "{text}");
+        // A file `prepare` could not use is reported as it said.
+        let text = describe(
+            &ConnectionError::Io(std::io::Error::other("cannot read the file /x")),
+            &settings,
+        );
+        assert_eq!(text, "cannot read the file /x");
     }
 
     #[test]
