@@ -93,6 +93,38 @@ pub(crate) fn read_token(path: &Path) -> Result<Option<Bytes>, String> {
     Ok(Some(Bytes::copy_from_slice(token)))
 }
 
+/// Makes `options` fail rather than connect in the clear or without its
+/// token: for a connection made when the TLS files or the token of
+/// `settings` cannot be used. With TLS configured, the connection gets a
+/// TLS configuration that trusts no CA (or, in a build without TLS, a
+/// transport that cannot connect); CONNECT carries no token.
+#[cfg_attr(not(feature = "sim"), allow(dead_code))]
+pub(crate) fn fail_closed(settings: &MqttSettings, options: &mut MqttOptions) {
+    options.set_authentication_method(None);
+    options.set_authentication_data(None);
+    if settings.tls.is_none() {
+        return;
+    }
+    #[cfg(feature = "tls")]
+    {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        if let Ok(b) = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+        {
+            let config = b
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+            ));
+        }
+    }
+    // No TLS in this build: a Unix socket named after the broker host,
+    // which does not exist, instead of plain TCP.
+    #[cfg(all(not(feature = "tls"), unix))]
+    options.set_transport(rumqttc::Transport::unix());
+}
+
 #[cfg(feature = "tls")]
 fn transport(t: &MqttTls) -> Result<rumqttc::Transport, String> {
     let client = match (&t.client_cert, &t.client_key) {
@@ -219,6 +251,26 @@ mod tests {
             &settings,
         );
         assert_eq!(text, "cannot read the file /x");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_one_off_connection_with_unusable_tls_files_fails_closed_not_in_the_clear() {
+        let mut settings = MqttSettings::new("localhost", 1883, "i");
+        assert!(matches!(
+            settings.connect_options().transport(),
+            rumqttc::Transport::Tcp
+        ));
+        settings.tls = Some(MqttTls {
+            ca_file: "/nonexistent/ca.crt".into(),
+            client_cert: None,
+            client_key: None,
+            server_name: None,
+        });
+        assert!(matches!(
+            settings.connect_options().transport(),
+            rumqttc::Transport::Tls(_)
+        ));
     }
 
     #[test]
