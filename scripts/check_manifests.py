@@ -13,7 +13,13 @@ For every workload (StatefulSet, Deployment) running the station container:
   - the container runs `run --config FILE` with FILE in a mounted ConfigMap;
   - `microdcs config check` accepts the mounted TOML together with the
     manifest's environment and reports no unrecognised APP_ variable;
-  - the StatefulSet's serviceName is a headless Service of the rendering.
+  - the StatefulSet's serviceName is a headless Service of the rendering;
+  - where the station looks for its certificates and its broker token (the
+    effective configuration `config check` prints: mqtt.tls_cert_path,
+    mqtt.sat_token_path, the client certificate and Redis TLS files when
+    set) is mounted: the CA's and the other files' directories from a
+    Secret, the token's directory from a projected serviceAccountToken of
+    that file name with an audience and an expiry of at least 10 minutes.
 Across the rendering: a workload that is neither processor nor publisher,
 a publisher-only workload with more than one replica, and any Service or
 PodDisruptionBudget that selects no pod fail.
@@ -33,6 +39,53 @@ DEFAULT_GRACE = 10
 
 def truthy(v):
     return str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+def mounted_volume(pod, container, file_path):
+    """The volume mounted at the directory of file_path, or None."""
+    d = os.path.dirname(file_path).rstrip("/")
+    mount = next((m for m in container.get("volumeMounts", [])
+                  if m["mountPath"].rstrip("/") == d), None)
+    if not mount:
+        return None
+    return next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), None)
+
+
+def check_security_mounts(where, pod, container, effective, bad):
+    """The certificate and token paths of the effective configuration are
+    where the manifest mounts a Secret and the projected token."""
+    mqtt, redis = effective.get("mqtt", {}), effective.get("redis", {})
+    files = [("mqtt.tls_cert_path", mqtt.get("tls_cert_path"))]
+    for key in ("tls_client_cert_path", "tls_client_key_path"):
+        files.append((f"mqtt.{key}", mqtt.get(key)))
+    if redis.get("ssl"):
+        for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            files.append((f"redis.{key}", redis.get(key)))
+    for key, path in files:
+        if not path:
+            continue
+        vol = mounted_volume(pod, container, path)
+        secret = vol and (vol.get("secret") or any(
+            "secret" in s for s in vol.get("projected", {}).get("sources", [])))
+        if not secret:
+            bad(where, f"{key} is {path}, but no Secret is mounted at {os.path.dirname(path)}")
+    token = mqtt.get("sat_token_path")
+    if not token:
+        bad(where, "the effective configuration has no mqtt.sat_token_path")
+        return
+    vol = mounted_volume(pod, container, token)
+    sources = (vol or {}).get("projected", {}).get("sources", [])
+    sat = next((s["serviceAccountToken"] for s in sources
+                if s.get("serviceAccountToken", {}).get("path") == os.path.basename(token)), None)
+    if not sat:
+        bad(where, f"mqtt.sat_token_path is {token}, but no projected serviceAccountToken "
+                   f"'{os.path.basename(token)}' is mounted at {os.path.dirname(token)}")
+        return
+    if not sat.get("audience"):
+        bad(where, "the broker's serviceAccountToken has no audience (it would be valid "
+                   "for the API server)")
+    if int(sat.get("expirationSeconds", 3600)) < 600:
+        bad(where, "the broker's serviceAccountToken expires in under 600 s (Kubernetes' minimum)")
 
 
 def main():
@@ -154,6 +207,8 @@ def main():
                     bad(where, f"config check: {line}")
             if r.returncode != 0:
                 bad(where, f"config check failed (exit {r.returncode}): {r.stderr.strip()}")
+            else:
+                check_security_mounts(where, pod, c, tomllib.loads(r.stdout), bad)
 
         if w["kind"] == "StatefulSet":
             svc = next((s for s in services if s["metadata"]["name"] == spec.get("serviceName")), None)

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::health::Health;
 use crate::processor::Processor;
-pub use crate::redis::{Redis, RedisClient, RedisConnection};
+pub use crate::redis::{Redis, RedisClient, RedisConnection, RedisTls};
 pub use crate::runtime::{Shutdown, ShutdownHandle};
 use crate::transport::mqtt::{MqttSettings, MqttTransport};
 use crate::transport::takeover::{SessionKeeper, SessionRegistry, TakeoverSettings};
@@ -91,6 +91,7 @@ pub struct AppBuilder {
     takeover: Option<TakeoverSettings>,
     http: Option<String>,
     otlp_metrics: bool,
+    redis_tls: Option<RedisTls>,
 }
 
 /// A built application, ready to [`run`](App::run).
@@ -110,7 +111,7 @@ enum RedisSource {
     Url(String),
     /// The node URLs of a Redis Cluster.
     Cluster(Vec<String>),
-    Shared(Redis),
+    Shared(Box<Redis>),
 }
 
 impl App {
@@ -127,6 +128,7 @@ impl App {
             takeover: None,
             http: None,
             otlp_metrics: false,
+            redis_tls: None,
         }
     }
 
@@ -358,7 +360,14 @@ async fn report_unreachable_broker(transports: Vec<Arc<MqttTransport>>) {
 
 /// PINGs Redis every [`PROBE_INTERVAL`](crate::health::PROBE_INTERVAL)
 /// for readiness, and says plainly when Redis goes and comes back.
-async fn probe_redis(mut conn: RedisConnection, at: String, health: Health, mut sd: Shutdown) {
+async fn probe_redis(
+    mut conn: RedisConnection,
+    at: String,
+    tls: Option<RedisTls>,
+    user: Option<String>,
+    health: Health,
+    mut sd: Shutdown,
+) {
     let mut tick = tokio::time::interval(crate::health::PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
@@ -371,7 +380,16 @@ async fn probe_redis(mut conn: RedisConnection, at: String, health: Health, mut 
         let ping = cmd.query_async::<String>(&mut conn);
         let outcome = match tokio::time::timeout(crate::health::PROBE_TIMEOUT, ping).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("PING to {at} failed: {e}")),
+            Ok(Err(e)) => Err(match RedisTls::describe(tls.as_ref(), &e) {
+                Some(why) => format!("PING to {at} failed: {why}"),
+                None if e.kind() == redis::ErrorKind::AuthenticationFailed => {
+                    let user = user.as_deref().unwrap_or("default");
+                    format!(
+                        "Redis at {at} refused the credentials of user '{user}': a wrong password (APP_REDIS_PASSWORD), or a user that is unknown or disabled (APP_REDIS_USERNAME) ({e})"
+                    )
+                }
+                None => format!("PING to {at} failed: {e}"),
+            }),
             Err(_) => Err(format!(
                 "PING to {at} unanswered within {} ms",
                 crate::health::PROBE_TIMEOUT.as_millis()
@@ -452,7 +470,16 @@ impl AppBuilder {
             .redis
             .as_ref()
             .map_or(Duration::from_secs(600), |r| r.2);
-        self.redis = Some((RedisSource::Shared(redis), key_prefix.into(), ttl));
+        self.redis = Some((RedisSource::Shared(Box::new(redis)), key_prefix.into(), ttl));
+        self
+    }
+
+    /// Reaches Redis over TLS with these certificates (the URLs given to
+    /// [`AppBuilder::redis_url`] and [`AppBuilder::redis_cluster`] must be
+    /// `rediss://`); TLS failures are then explained with the files'
+    /// names in the readiness check and the log.
+    pub fn redis_tls(mut self, tls: Option<RedisTls>) -> Self {
+        self.redis_tls = tls;
         self
     }
 
@@ -563,6 +590,7 @@ impl AppBuilder {
             Some(urls) => self.redis_cluster(urls, prefix),
             None => self.redis_url(config.redis_url(), prefix),
         };
+        self = self.redis_tls(config.redis_tls());
         self = self.dedupe_window(Duration::from_secs(config.mqtt.dedupe_ttl_seconds));
         self = self.session_takeover(config.mqtt.session_takeover.then_some(TakeoverSettings {
             heartbeat_interval: config.mqtt.session_heartbeat_interval,
@@ -630,9 +658,11 @@ impl AppBuilder {
         let mut tasks = self.tasks;
         if let Some((source, prefix, ttl)) = self.redis {
             let r = match source {
-                RedisSource::Url(url) => Redis::open(&url)?,
-                RedisSource::Cluster(urls) => Redis::open_cluster(&urls)?,
-                RedisSource::Shared(r) => r,
+                RedisSource::Url(url) => Redis::open_with_tls(&url, self.redis_tls.as_ref())?,
+                RedisSource::Cluster(urls) => {
+                    Redis::open_cluster_with_tls(&urls, self.redis_tls.as_ref())?
+                }
+                RedisSource::Shared(r) => *r,
             };
             for (name, t) in &transports {
                 t.set_dedupe(Dedupe::new(r.conn.clone(), &prefix, ttl, self.claim_lease));
@@ -696,9 +726,11 @@ impl AppBuilder {
             });
             tasks.push(("redis-clock".into(), task, true));
             let (conn, at, h) = (r.conn.clone(), r.client.addresses(), health.clone());
+            let tls = self.redis_tls.clone();
+            let user = self.config.as_ref().and_then(|c| c.redis.username.clone());
             let task: Task = Box::new(move |sd| {
                 Box::pin(async move {
-                    probe_redis(conn, at, h, sd).await;
+                    probe_redis(conn, at, tls, user, h, sd).await;
                     Ok(())
                 })
             });

@@ -25,10 +25,12 @@ pub mod station;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod tls;
 pub mod transport;
 
 pub use app::{
-    App, AppBuilder, AppError, Redis, RedisClient, RedisConnection, Shutdown, ShutdownHandle,
+    App, AppBuilder, AppError, Redis, RedisClient, RedisConnection, RedisTls, Shutdown,
+    ShutdownHandle,
 };
 pub use envelope::{CloudEvent, ContentType, CorrelationId, EventType, MethodCall};
 pub use error::{ErrorKind, HandlerError, ResultExt};

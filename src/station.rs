@@ -228,14 +228,17 @@ pub async fn build_extended(
 }
 
 /// The Redis `config` names: a Redis Cluster when `redis.cluster_nodes`
-/// is set, else the one Redis at `redis.host`/`redis.port`.
+/// is set, else the one Redis at `redis.host`/`redis.port`; over TLS when
+/// `redis.ssl` is true.
 ///
 /// # Errors
-/// An unusable URL (see [`Redis::open`], [`Redis::open_cluster`]).
+/// An unusable URL, or a certificate or key file that cannot be read or
+/// used (see [`Redis::open_with_tls`], [`Redis::open_cluster_with_tls`]).
 pub fn open_redis(config: &Config) -> Result<Redis, redis::RedisError> {
+    let tls = config.redis_tls();
     match config.redis_cluster_urls() {
-        Some(urls) => Redis::open_cluster(&urls),
-        None => Redis::open(&config.redis_url()),
+        Some(urls) => Redis::open_cluster_with_tls(&urls, tls.as_ref()),
+        None => Redis::open_with_tls(&config.redis_url(), tls.as_ref()),
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::value::{self, Raw};
 use super::{Config, InstanceIdSource, ProcessorTopics, Secret};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How a value is shown in the effective configuration.
@@ -76,6 +77,14 @@ fn opt_secret(v: &Option<Secret>) -> Shown {
     } else {
         Shown::Unset
     }
+}
+
+fn path(p: &Path) -> Shown {
+    Shown::Str(p.display().to_string())
+}
+
+fn opt_path(p: &Option<PathBuf>) -> Shown {
+    p.as_deref().map_or(Shown::Unset, path)
 }
 
 fn secs(d: Duration) -> Shown {
@@ -179,6 +188,56 @@ pub(super) static KEYS: &[Key] = &[
             Ok(())
         },
         get: |c| opt_secret(&c.mqtt.password),
+    },
+    Key {
+        section: "mqtt",
+        name: "tls_cert_path",
+        env: Some("APP_MQTT_TLS_CERT_PATH"),
+        set: |c, v| {
+            c.mqtt.tls_cert_path = PathBuf::from(v.non_empty()?);
+            Ok(())
+        },
+        get: |c| path(&c.mqtt.tls_cert_path),
+    },
+    Key {
+        section: "mqtt",
+        name: "tls_client_cert_path",
+        env: Some("APP_MQTT_TLS_CLIENT_CERT_PATH"),
+        set: |c, v| {
+            c.mqtt.tls_client_cert_path = Some(PathBuf::from(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_path(&c.mqtt.tls_client_cert_path),
+    },
+    Key {
+        section: "mqtt",
+        name: "tls_client_key_path",
+        env: Some("APP_MQTT_TLS_CLIENT_KEY_PATH"),
+        set: |c, v| {
+            c.mqtt.tls_client_key_path = Some(PathBuf::from(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_path(&c.mqtt.tls_client_key_path),
+    },
+    Key {
+        section: "mqtt",
+        name: "tls_server_name",
+        env: Some("APP_MQTT_TLS_SERVER_NAME"),
+        set: |c, v| {
+            c.mqtt.tls_server_name = Some(v.checked(value::host)?);
+            Ok(())
+        },
+        get: |c| opt_str(&c.mqtt.tls_server_name),
+    },
+    Key {
+        section: "mqtt",
+        name: "sat_token_path",
+        env: Some("APP_MQTT_SAT_TOKEN_PATH"),
+        set: |c, v| {
+            c.mqtt.sat_token_path = PathBuf::from(v.non_empty()?);
+            Ok(())
+        },
+        get: |c| path(&c.mqtt.sat_token_path),
     },
     Key {
         section: "mqtt",
@@ -344,6 +403,46 @@ pub(super) static KEYS: &[Key] = &[
             Ok(())
         },
         get: |c| opt_secret(&c.redis.password),
+    },
+    Key {
+        section: "redis",
+        name: "ssl",
+        env: Some("APP_REDIS_SSL"),
+        set: |c, v| {
+            c.redis.ssl = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.redis.ssl),
+    },
+    Key {
+        section: "redis",
+        name: "ssl_ca_certs",
+        env: Some("APP_REDIS_SSL_CA_CERTS"),
+        set: |c, v| {
+            c.redis.ssl_ca_certs = Some(PathBuf::from(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_path(&c.redis.ssl_ca_certs),
+    },
+    Key {
+        section: "redis",
+        name: "ssl_certfile",
+        env: Some("APP_REDIS_SSL_CERTFILE"),
+        set: |c, v| {
+            c.redis.ssl_certfile = Some(PathBuf::from(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_path(&c.redis.ssl_certfile),
+    },
+    Key {
+        section: "redis",
+        name: "ssl_keyfile",
+        env: Some("APP_REDIS_SSL_KEYFILE"),
+        set: |c, v| {
+            c.redis.ssl_keyfile = Some(PathBuf::from(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_path(&c.redis.ssl_keyfile),
     },
     Key {
         section: "redis",

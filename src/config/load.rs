@@ -7,7 +7,8 @@ use super::value::{self, Raw};
 use super::{
     Config, HttpConfig, InstanceConfig, InstanceIdSource, JobsConfig, LogConfig, MqttConfig,
     MsgpackConfig, ProcessingConfig, ProcessorTopics, PublisherConfig, RedisConfig,
-    TelemetryConfig, DEFAULT_MQTT_IDENTIFIER,
+    TelemetryConfig, DEFAULT_MQTT_IDENTIFIER, DEFAULT_MQTT_SAT_TOKEN_PATH,
+    DEFAULT_MQTT_TLS_CERT_PATH,
 };
 use crate::telemetry::LogFormat;
 use crate::transport::mqtt::MqttSettings;
@@ -119,6 +120,11 @@ impl Config {
                 client_id: None,
                 username: None,
                 password: None,
+                tls_cert_path: DEFAULT_MQTT_TLS_CERT_PATH.into(),
+                tls_client_cert_path: None,
+                tls_client_key_path: None,
+                tls_server_name: None,
+                sat_token_path: DEFAULT_MQTT_SAT_TOKEN_PATH.into(),
                 keep_alive: t.keep_alive,
                 session_expiry: t.session_expiry,
                 max_payload_size: t.max_payload_size,
@@ -137,6 +143,10 @@ impl Config {
                 port: 6379,
                 username: None,
                 password: None,
+                ssl: false,
+                ssl_ca_certs: None,
+                ssl_certfile: None,
+                ssl_keyfile: None,
                 key_prefix: "microdcs".into(),
                 db: 0,
                 cluster_nodes: Vec::new(),
@@ -428,6 +438,48 @@ fn check_consistency(c: &Config, out: &mut Vec<Problem>) {
                     c.redis.db
                 ),
             });
+        }
+    }
+    for (cert, key, cert_key, key_key) in [
+        (
+            c.mqtt.tls_client_cert_path.is_some(),
+            c.mqtt.tls_client_key_path.is_some(),
+            "mqtt.tls_client_cert_path",
+            "mqtt.tls_client_key_path",
+        ),
+        (
+            c.redis.ssl_certfile.is_some(),
+            c.redis.ssl_keyfile.is_some(),
+            "redis.ssl_certfile",
+            "redis.ssl_keyfile",
+        ),
+    ] {
+        let (set, missing) = match (cert, key) {
+            (true, false) => (cert_key, key_key),
+            (false, true) => (key_key, cert_key),
+            _ => continue,
+        };
+        if let Some(o) = origin(set) {
+            out.push(Problem {
+                origin: o,
+                message: format!(
+                    "a client certificate needs both its certificate and its private key: `{missing}` is not set"
+                ),
+            });
+        }
+    }
+    if !c.redis.ssl {
+        for key in [
+            "redis.ssl_ca_certs",
+            "redis.ssl_certfile",
+            "redis.ssl_keyfile",
+        ] {
+            if let Some(o) = origin(key) {
+                out.push(Problem {
+                    origin: o,
+                    message: "is set, but `redis.ssl` (APP_REDIS_SSL) is false: Redis would be reached without TLS".into(),
+                });
+            }
         }
     }
     if c.mqtt.password.is_some() && c.mqtt.username.is_none() {

@@ -16,6 +16,10 @@
 //! | `mqtt.identifier` | `APP_MQTT_IDENTIFIER` | `microdcs` (client id *prefix*) |
 //! | `mqtt.client_id` | `APP_MQTT_CLIENT_ID` | `{identifier}-{instance id}` |
 //! | `mqtt.username`, `mqtt.password` | `APP_MQTT_USERNAME`, `APP_MQTT_PASSWORD` | unset |
+//! | `mqtt.tls_cert_path` | `APP_MQTT_TLS_CERT_PATH` | `/var/run/certs/ca.crt` (TLS when the file exists) |
+//! | `mqtt.tls_client_cert_path`, `mqtt.tls_client_key_path` | `APP_MQTT_TLS_CLIENT_CERT_PATH`, `APP_MQTT_TLS_CLIENT_KEY_PATH` | unset (no client certificate) |
+//! | `mqtt.tls_server_name` | `APP_MQTT_TLS_SERVER_NAME` | unset (`mqtt.host`) |
+//! | `mqtt.sat_token_path` | `APP_MQTT_SAT_TOKEN_PATH` | `/var/run/secrets/tokens/broker-sat` (`K8S-SAT` when the file exists) |
 //! | `mqtt.keep_alive` (s) | `APP_MQTT_KEEP_ALIVE` | `30` |
 //! | `mqtt.session_expiry` (s) | `APP_MQTT_SESSION_EXPIRY` | `3600` |
 //! | `mqtt.max_payload_size` (bytes) | `APP_MQTT_MAX_PAYLOAD_SIZE` | `1048576` |
@@ -31,6 +35,9 @@
 //! | `redis.host` | `APP_REDIS_HOSTNAME` | `localhost` |
 //! | `redis.port` | `APP_REDIS_PORT` | `6379` |
 //! | `redis.username`, `redis.password` | `APP_REDIS_USERNAME`, `APP_REDIS_PASSWORD` | unset |
+//! | `redis.ssl` | `APP_REDIS_SSL` | `false` |
+//! | `redis.ssl_ca_certs` | `APP_REDIS_SSL_CA_CERTS` | unset (the system's roots) |
+//! | `redis.ssl_certfile`, `redis.ssl_keyfile` | `APP_REDIS_SSL_CERTFILE`, `APP_REDIS_SSL_KEYFILE` | unset (no client certificate) |
 //! | `redis.key_prefix` | `APP_REDIS_KEY_PREFIX` | `microdcs` |
 //! | `redis.db` | `APP_REDIS_DB` | `0` |
 //! | `redis.cluster_nodes` (`host:port,…`) | `APP_REDIS_CLUSTER_NODES` | unset (one Redis at `redis.host`) |
@@ -59,6 +66,22 @@
 //! Booleans in the environment accept `true`/`false`/`1`/`0`/`yes`/`no`, in
 //! any case. In the `name:value` lists the value is everything after the
 //! *first* `:` (topics contain `/` and may contain `:`).
+//!
+//! # Securing the connections
+//!
+//! As MicroDCS: MQTT goes over TLS when the CA file at `mqtt.tls_cert_path`
+//! exists (checked when the station starts), with a client certificate
+//! (mutual TLS) when both `mqtt.tls_client_cert_path` and
+//! `mqtt.tls_client_key_path` are set; `mqtt.tls_server_name` is the name
+//! the broker's certificate must hold when it differs from `mqtt.host`.
+//! When the Kubernetes service-account token at `mqtt.sat_token_path`
+//! exists, CONNECT carries MQTT v5 enhanced authentication (method
+//! `K8S-SAT`, the token as data), read again on every reconnect. Redis goes
+//! over TLS (`rediss://`) when `redis.ssl` is true, with the redis-py names
+//! for the CA and the client certificate. The files are read when a
+//! connection is made, so rotated certificates and tokens are picked up on
+//! the next reconnect; their contents never appear in logs, errors or
+//! `config check`. See [`crate::transport::mqtt::MqttTls`].
 //!
 //! # MQTT client id
 //!
@@ -126,10 +149,12 @@ mod value;
 pub use error::{ConfigError, Origin, Problem};
 pub use secret::Secret;
 
+use crate::redis::RedisTls;
 use crate::telemetry::LogFormat;
-use crate::transport::mqtt::MqttSettings;
+use crate::transport::mqtt::{MqttSettings, MqttTls};
 use crate::transport::TopicBinding;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The whole station configuration. Build it with [`Config::load`] (file and
@@ -211,6 +236,20 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password (needs a user name).
     pub password: Option<Secret>,
+    /// CA certificate (PEM) of the broker: MQTT goes over TLS when this
+    /// file exists.
+    pub tls_cert_path: PathBuf,
+    /// Client certificate chain (PEM) for mutual TLS; needs
+    /// [`MqttConfig::tls_client_key_path`].
+    pub tls_client_cert_path: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of the client certificate.
+    pub tls_client_key_path: Option<PathBuf>,
+    /// The name the broker's certificate must hold, when it is not
+    /// [`MqttConfig::host`].
+    pub tls_server_name: Option<String>,
+    /// Kubernetes service-account token: CONNECT carries `K8S-SAT`
+    /// enhanced authentication with it when this file exists.
+    pub sat_token_path: PathBuf,
     /// Keep-alive interval (file: whole seconds).
     pub keep_alive: Duration,
     /// How long the broker keeps our session while we are away (file: whole
@@ -253,6 +292,16 @@ pub struct RedisConfig {
     pub username: Option<String>,
     /// Password.
     pub password: Option<Secret>,
+    /// Whether to connect over TLS (`rediss://`).
+    pub ssl: bool,
+    /// CA certificate (PEM) to trust Redis's certificate by; unset: the
+    /// system's trusted roots.
+    pub ssl_ca_certs: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS; needs
+    /// [`RedisConfig::ssl_keyfile`].
+    pub ssl_certfile: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    pub ssl_keyfile: Option<PathBuf>,
     /// Prefix of every key this station writes.
     pub key_prefix: String,
     /// Database number.
@@ -382,6 +431,13 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// Where MicroDCS (and this runtime) look for the broker's CA certificate.
+pub const DEFAULT_MQTT_TLS_CERT_PATH: &str = "/var/run/certs/ca.crt";
+
+/// Where MicroDCS (and this runtime) look for the projected
+/// service-account token for the broker.
+pub const DEFAULT_MQTT_SAT_TOKEN_PATH: &str = "/var/run/secrets/tokens/broker-sat";
+
 /// The client id prefix used when `mqtt.identifier` is not set.
 pub const DEFAULT_MQTT_IDENTIFIER: &str = "microdcs";
 
@@ -400,7 +456,9 @@ impl Config {
         }
     }
 
-    /// Settings for the MQTT transport.
+    /// Settings for the MQTT transport. TLS is on when the CA file at
+    /// `mqtt.tls_cert_path` exists now; the service-account token is
+    /// looked for at every connect.
     pub fn mqtt_settings(&self) -> MqttSettings {
         let mut s = MqttSettings::new(
             self.mqtt.host.clone(),
@@ -409,7 +467,14 @@ impl Config {
         );
         s.client_id = self.mqtt_client_id();
         s.username = self.mqtt.username.clone();
-        s.password = self.mqtt.password.as_ref().map(|p| p.expose().to_owned());
+        s.password = self.mqtt.password.clone();
+        s.tls = self.mqtt.tls_cert_path.is_file().then(|| MqttTls {
+            ca_file: self.mqtt.tls_cert_path.clone(),
+            client_cert: self.mqtt.tls_client_cert_path.clone(),
+            client_key: self.mqtt.tls_client_key_path.clone(),
+            server_name: self.mqtt.tls_server_name.clone(),
+        });
+        s.sat_token_path = Some(self.mqtt.sat_token_path.clone());
         s.keep_alive = self.mqtt.keep_alive;
         s.session_expiry = self.mqtt.session_expiry;
         s.max_payload_size = self.mqtt.max_payload_size;
@@ -424,12 +489,25 @@ impl Config {
         s
     }
 
-    /// The Redis connection URL, `redis://[user[:password]@]host:port/db`,
-    /// with user and password percent-encoded. It contains the password:
+    /// TLS to Redis when `redis.ssl` is true: the CA and client
+    /// certificate files of `redis.ssl_ca_certs`, `redis.ssl_certfile`
+    /// and `redis.ssl_keyfile`.
+    pub fn redis_tls(&self) -> Option<RedisTls> {
+        let r = &self.redis;
+        r.ssl.then(|| RedisTls {
+            ca_file: r.ssl_ca_certs.clone(),
+            client_cert: r.ssl_certfile.clone(),
+            client_key: r.ssl_keyfile.clone(),
+        })
+    }
+
+    /// The Redis connection URL, `redis://[user[:password]@]host:port/db`
+    /// (`rediss://` when `redis.ssl` is true), with user and password
+    /// percent-encoded. It contains the password:
     /// never log it.
     pub fn redis_url(&self) -> String {
         let r = &self.redis;
-        let mut url = String::from("redis://");
+        let mut url = String::from(if r.ssl { "rediss://" } else { "redis://" });
         let password = r.password.as_ref().map(Secret::expose);
         if r.username.is_some() || password.is_some() {
             if let Some(u) = &r.username {
@@ -452,7 +530,7 @@ impl Config {
         url
     }
 
-    /// The node URLs of the Redis Cluster, `redis://[user[:password]@]host:port`
+    /// The node URLs of the Redis Cluster, `redis[s]://[user[:password]@]host:port`
     /// each (user and password percent-encoded), when `redis.cluster_nodes`
     /// is set; `None` for a single Redis. They contain the password: never
     /// log them.
@@ -461,6 +539,7 @@ impl Config {
         if r.cluster_nodes.is_empty() {
             return None;
         }
+        let scheme = if r.ssl { "rediss" } else { "redis" };
         let mut auth = String::new();
         let password = r.password.as_ref().map(Secret::expose);
         if r.username.is_some() || password.is_some() {
@@ -476,7 +555,7 @@ impl Config {
         Some(
             r.cluster_nodes
                 .iter()
-                .map(|node| format!("redis://{auth}{node}"))
+                .map(|node| format!("{scheme}://{auth}{node}"))
                 .collect(),
         )
     }

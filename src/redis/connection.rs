@@ -11,6 +11,7 @@ use redis::cluster_routing::{
 use redis::{
     Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, Pipeline, RedisFuture, Value,
 };
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -175,7 +176,8 @@ pub struct RedisClient {
 
 #[derive(Clone)]
 pub(super) enum Client {
-    Single(redis::Client),
+    // Boxed: with TLS a client holds its certificates.
+    Single(Box<redis::Client>),
     /// The configured nodes (where a reader starts; it follows `MOVED` to
     /// the owner of its slot from there).
     Cluster(std::sync::Arc<[ConnectionInfo]>),
@@ -192,7 +194,7 @@ impl std::fmt::Debug for RedisClient {
 impl From<redis::Client> for RedisClient {
     fn from(client: redis::Client) -> Self {
         RedisClient {
-            inner: Client::Single(client),
+            inner: Client::Single(Box::new(client)),
         }
     }
 }
@@ -213,6 +215,108 @@ impl RedisClient {
                 .collect::<Vec<_>>()
                 .join(","),
         }
+    }
+}
+
+/// TLS to Redis (used with `rediss://` URLs): the CA to trust the server
+/// by and an optional client certificate, all PEM files (the key PKCS#8,
+/// PKCS#1 or SEC1). Configured by `APP_REDIS_SSL_CA_CERTS`,
+/// `APP_REDIS_SSL_CERTFILE` and `APP_REDIS_SSL_KEYFILE` (redis-py's names;
+/// see [`crate::config`]). The files are read when Redis is opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// CA certificate(s) Redis's certificate must chain to; `None`: the
+    /// system's trusted roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain for mutual TLS (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// Private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+impl RedisTls {
+    /// The certificates in the form the redis crate takes them, read from
+    /// the files now.
+    #[cfg(feature = "tls")]
+    fn certificates(&self) -> Result<redis::TlsCertificates, redis::RedisError> {
+        let file_error = |e: crate::tls::TlsFileError| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "unusable TLS file",
+                e.0,
+            ))
+        };
+        // Parsed here too (not only by the redis crate) for errors that
+        // name the file.
+        let root_cert = match &self.ca_file {
+            Some(ca) => {
+                crate::tls::certificates("Redis CA certificate", ca).map_err(file_error)?;
+                Some(crate::tls::read("Redis CA certificate", ca).map_err(file_error)?)
+            }
+            None => None,
+        };
+        let client_tls = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                crate::tls::certificates("Redis client certificate", cert).map_err(file_error)?;
+                crate::tls::private_key("Redis client key", key).map_err(file_error)?;
+                Some(redis::ClientTlsConfig {
+                    client_cert: crate::tls::read("Redis client certificate", cert)
+                        .map_err(file_error)?,
+                    client_key: crate::tls::read("Redis client key", key).map_err(file_error)?,
+                })
+            }
+            _ => None,
+        };
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
+
+    /// `error` in words an operator can act on when it is a TLS failure:
+    /// the server's certificate not trusted (naming the CA file) or ours
+    /// refused; `None` for any other error.
+    pub(crate) fn describe(
+        tls: Option<&RedisTls>,
+        error: &(dyn std::error::Error + 'static),
+    ) -> Option<String> {
+        let f = crate::tls::failure(error)?;
+        let ca = tls
+            .and_then(|t| t.ca_file.as_ref())
+            .map(|c| format!("{} (APP_REDIS_SSL_CA_CERTS)", c.display()));
+        let cert = tls
+            .and_then(|t| t.client_cert.as_ref())
+            .map(|c| format!("{} (APP_REDIS_SSL_CERTFILE)", c.display()));
+        let which = match f {
+            crate::tls::Failure::ClientCertRefused(_) => {
+                "APP_REDIS_SSL_CERTFILE, APP_REDIS_SSL_KEYFILE"
+            }
+            _ => "APP_REDIS_SSL_CA_CERTS",
+        };
+        Some(crate::tls::explain(
+            &f,
+            "Redis",
+            ca.as_deref(),
+            cert.as_deref(),
+            which,
+        ))
+    }
+}
+
+/// The client of `url`, with `tls`'s certificates for a `rediss://` URL.
+fn client_of(url: &str, tls: Option<&RedisTls>) -> Result<redis::Client, redis::RedisError> {
+    match tls {
+        None => redis::Client::open(url),
+        #[cfg(feature = "tls")]
+        Some(t) => {
+            crate::tls::install_provider();
+            redis::Client::build_with_tls(url, t.certificates()?)
+        }
+        #[cfg(not(feature = "tls"))]
+        Some(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "Redis is to be reached over TLS (APP_REDIS_SSL), but this build has no TLS (cargo feature `tls`)",
+        ))),
     }
 }
 
@@ -258,7 +362,18 @@ impl Redis {
     /// # Errors
     /// The URL cannot be parsed.
     pub fn open(url: &str) -> Result<Redis, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+        Self::open_with_tls(url, None)
+    }
+
+    /// [`Redis::open`] over TLS when `tls` is given (the URL must then be
+    /// `rediss://`): the certificate files are read now.
+    ///
+    /// # Errors
+    /// The URL cannot be parsed or is not `rediss://` while `tls` is
+    /// given, or a certificate or key file cannot be read or used (the
+    /// error names the file, never its contents).
+    pub fn open_with_tls(url: &str, tls: Option<&RedisTls>) -> Result<Redis, redis::RedisError> {
+        let client = client_of(url, tls)?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECTION_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -281,6 +396,19 @@ impl Redis {
     /// A URL cannot be parsed, the URLs disagree on user or password, or
     /// one names a database other than 0 (a cluster has only database 0).
     pub fn open_cluster<T: AsRef<str>>(urls: &[T]) -> Result<Redis, redis::RedisError> {
+        Self::open_cluster_with_tls(urls, None)
+    }
+
+    /// [`Redis::open_cluster`] over TLS when `tls` is given (the URLs must
+    /// then be `rediss://`): the certificate files are read now.
+    ///
+    /// # Errors
+    /// As [`Redis::open_cluster`], and a certificate or key file that
+    /// cannot be read or used.
+    pub fn open_cluster_with_tls<T: AsRef<str>>(
+        urls: &[T],
+        tls: Option<&RedisTls>,
+    ) -> Result<Redis, redis::RedisError> {
         let nodes = urls
             .iter()
             .map(|u| u.as_ref().into_connection_info())
@@ -297,7 +425,38 @@ impl Redis {
                 "a Redis Cluster has only database 0",
             )));
         }
-        let client: ClusterClient = ClusterClientBuilder::new(nodes.clone())
+        let builder = ClusterClientBuilder::new(nodes.clone());
+        let builder = match tls {
+            None => builder,
+            #[cfg(feature = "tls")]
+            Some(t) => {
+                crate::tls::install_provider();
+                builder.certs(t.certificates()?)
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(_) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "Redis is to be reached over TLS (APP_REDIS_SSL), but this build has no TLS (cargo feature `tls`)",
+                )))
+            }
+        };
+        // The stream readers' seeds carry the certificates themselves
+        // (they open plain clients from them).
+        let seeds = match tls {
+            #[cfg(feature = "tls")]
+            Some(t) => {
+                let certs = t.certificates()?;
+                urls.iter()
+                    .map(|u| {
+                        redis::Client::build_with_tls(u.as_ref(), certs.clone())
+                            .map(|c| c.get_connection_info().clone())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            _ => nodes,
+        };
+        let client: ClusterClient = builder
             .connection_timeout(CONNECTION_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
             // Room for the retries of a failover (redirections, slot map
@@ -310,7 +469,7 @@ impl Redis {
         let conn = client.get_pending_async_connection_with_config(config);
         Ok(Redis {
             client: RedisClient {
-                inner: Client::Cluster(nodes.into()),
+                inner: Client::Cluster(seeds.into()),
             },
             conn: RedisConnection::cluster(conn),
         })

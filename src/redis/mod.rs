@@ -52,6 +52,6 @@ mod keys;
 pub(crate) mod scripts;
 mod streams;
 
-pub use connection::{Redis, RedisClient, RedisConnection};
+pub use connection::{Redis, RedisClient, RedisConnection, RedisTls};
 pub(crate) use keys::Keys;
 pub(crate) use streams::{StreamRead, StreamReader};

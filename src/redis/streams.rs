@@ -261,7 +261,21 @@ async fn connect(
                 .ok_or_else(|| {
                     RedisError::from((ErrorKind::Parse, "bad node address", a.to_owned()))
                 })?;
-            vec![seeds[0].clone().set_addr(ConnectionAddr::Tcp(host, port))]
+            // Over TLS, the node is reached with the seed's certificates.
+            let addr = match seeds[0].addr() {
+                ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: *insecure,
+                    tls_params: tls_params.clone(),
+                },
+                _ => ConnectionAddr::Tcp(host, port),
+            };
+            vec![seeds[0].clone().set_addr(addr)]
         }
         None => seeds.to_vec(),
     };

@@ -527,7 +527,7 @@ fn mqtt_settings(c: &SimConfig) -> MqttSettings {
     let mut s = MqttSettings::new(c.host.clone(), c.port, c.client_id.clone());
     s.client_id = c.client_id.clone();
     s.username = c.username.clone();
-    s.password = c.password.clone();
+    s.password = c.password.clone().map(crate::config::Secret::new);
     s.keep_alive = Duration::from_secs(c.keep_alive_secs);
     s.session_expiry = Duration::from_secs(u64::from(c.session_expiry_secs));
     s.reconnect_min = RECONNECT_MIN;

@@ -100,8 +100,35 @@ pub enum Autosave {
 pub struct LocalMosquitto {
     child: Option<Child>,
     port: u16,
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
     conf: PathBuf,
+}
+
+/// The files of a TLS server: a CA certificate (to verify clients by),
+/// the server's certificate chain and its private key, all PEM; and
+/// whether clients must present a certificate signed by that CA.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// CA certificate that signed the client certificates.
+    pub ca: PathBuf,
+    /// The server's certificate (chain).
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// Whether a client certificate is required (mutual TLS).
+    pub require_client_cert: bool,
+}
+
+/// Copies `from` into `dir` as `name`, readable by every user (mosquitto
+/// and redis may run under their own user and cannot read a test's
+/// private temporary directory).
+fn copy_readable(from: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
+    let to = dir.join(name);
+    std::fs::copy(from, &to)?;
+    #[cfg(unix)]
+    std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    Ok(to)
 }
 
 impl LocalMosquitto {
@@ -118,7 +145,7 @@ impl LocalMosquitto {
     /// # Errors
     /// mosquitto is not installed or does not start.
     pub fn start_with(autosave: Autosave) -> io::Result<Self> {
-        Self::start_configured(autosave, None)
+        Self::start_configured(autosave, None, None)
     }
 
     /// [`LocalMosquitto::start_with`] that also publishes the broker's
@@ -130,10 +157,25 @@ impl LocalMosquitto {
     /// # Errors
     /// mosquitto is not installed or does not start.
     pub fn start_with_sys_interval(autosave: Autosave, seconds: u32) -> io::Result<Self> {
-        Self::start_configured(autosave, Some(seconds))
+        Self::start_configured(autosave, Some(seconds), None)
     }
 
-    fn start_configured(autosave: Autosave, sys_interval: Option<u32>) -> io::Result<Self> {
+    /// A broker with a second listener, for TLS, on [`LocalMosquitto::tls_port`]
+    /// (`cafile`, `certfile`, `keyfile` and `require_certificate` from
+    /// `tls`); [`LocalMosquitto::port`] stays plain TCP, for test clients.
+    ///
+    /// # Errors
+    /// mosquitto is not installed, a file cannot be copied, or the broker
+    /// does not start (e.g. it cannot use the certificate).
+    pub fn start_tls(tls: &ServerTls) -> io::Result<Self> {
+        Self::start_configured(Autosave::EveryChange, None, Some(tls))
+    }
+
+    fn start_configured(
+        autosave: Autosave,
+        sys_interval: Option<u32>,
+        tls: Option<&ServerTls>,
+    ) -> io::Result<Self> {
         let dir = tempfile::tempdir()?;
         // Started as root, mosquitto drops to its own user, which must be
         // able to write its persistence here (else a restart loses it all).
@@ -162,10 +204,27 @@ impl LocalMosquitto {
         if let Some(seconds) = sys_interval {
             text.push_str(&format!("\nsys_interval {seconds}\n"));
         }
+        let mut tls_port = None;
+        if let Some(t) = tls {
+            let p = free_port()?;
+            let ca = copy_readable(&t.ca, dir.path(), "tls-ca.crt")?;
+            let cert = copy_readable(&t.cert, dir.path(), "tls-server.crt")?;
+            let key = copy_readable(&t.key, dir.path(), "tls-server.key")?;
+            // Listener options follow their `listener` line.
+            text.push_str(&format!(
+                "\nlistener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                ca.display(),
+                cert.display(),
+                key.display(),
+                t.require_client_cert
+            ));
+            tls_port = Some(p);
+        }
         std::fs::write(&conf, text)?;
         let mut m = LocalMosquitto {
             child: None,
             port,
+            tls_port,
             dir,
             conf,
         };
@@ -202,6 +261,9 @@ impl LocalMosquitto {
             .stderr(Stdio::null())
             .spawn()?;
         wait_listening(self.port, "mosquitto", &mut child)?;
+        if let Some(p) = self.tls_port {
+            wait_listening(p, "mosquitto's TLS listener", &mut child)?;
+        }
         self.child = Some(child);
         Ok(())
     }
@@ -209,6 +271,12 @@ impl LocalMosquitto {
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Its TLS listener's port on 127.0.0.1, when started with
+    /// [`LocalMosquitto::start_tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     /// Its process id, while it runs (for CPU and memory readings).
@@ -279,6 +347,9 @@ pub struct LocalRedis {
     port: u16,
     dir: tempfile::TempDir,
     durable: bool,
+    /// Extra configuration lines (TLS, ACL users).
+    extra: Vec<String>,
+    tls: bool,
 }
 
 impl LocalRedis {
@@ -301,12 +372,72 @@ impl LocalRedis {
         Self::start_with(true)
     }
 
+    /// Starts a server reachable over TLS only (`port 0`, `tls-port` on
+    /// [`LocalRedis::port`]) with `tls`'s files (`tls-auth-clients yes`
+    /// when a client certificate is required).
+    ///
+    /// # Errors
+    /// redis-server is not installed, a file cannot be copied, or the
+    /// server does not start.
+    pub fn start_tls(tls: &ServerTls) -> io::Result<Self> {
+        Self::start_tls_with_user(tls, None)
+    }
+
+    /// [`LocalRedis::start_tls`] whose only enabled user is `user`
+    /// (`(name, password)`, see [`LocalRedis::start_with_user`]) when
+    /// given.
+    ///
+    /// # Errors
+    /// As [`LocalRedis::start_tls`].
+    pub fn start_tls_with_user(tls: &ServerTls, user: Option<(&str, &str)>) -> io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ca = copy_readable(&tls.ca, dir.path(), "tls-ca.crt")?;
+        let cert = copy_readable(&tls.cert, dir.path(), "tls-server.crt")?;
+        let key = copy_readable(&tls.key, dir.path(), "tls-server.key")?;
+        let extra = vec![
+            "port 0".to_owned(),
+            format!("tls-cert-file {}", cert.display()),
+            format!("tls-key-file {}", key.display()),
+            format!("tls-ca-cert-file {}", ca.display()),
+            format!(
+                "tls-auth-clients {}",
+                if tls.require_client_cert { "yes" } else { "no" }
+            ),
+        ];
+        let mut extra = extra;
+        if let Some((name, password)) = user {
+            extra.extend(acl(name, password));
+        }
+        Self::start_in(dir, false, extra, true)
+    }
+
+    /// Starts a server whose only enabled user is `user` with `password`
+    /// (all keys, channels and commands); the `default` user is off, so a
+    /// connection must authenticate as `user`.
+    ///
+    /// # Errors
+    /// redis-server is not installed or does not start.
+    pub fn start_with_user(user: &str, password: &str) -> io::Result<Self> {
+        Self::start_in(tempfile::tempdir()?, false, acl(user, password), false)
+    }
+
     fn start_with(durable: bool) -> io::Result<Self> {
+        Self::start_in(tempfile::tempdir()?, durable, Vec::new(), false)
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        durable: bool,
+        extra: Vec<String>,
+        tls: bool,
+    ) -> io::Result<Self> {
         let mut r = LocalRedis {
             child: None,
             port: free_port()?,
-            dir: tempfile::tempdir()?,
+            dir,
             durable,
+            extra,
+            tls,
         };
         r.spawn()?;
         Ok(r)
@@ -319,10 +450,24 @@ impl LocalRedis {
         } else {
             ("no", "everysec")
         };
+        // A configuration file for the extra lines: ACL rules contain `>`
+        // and `~`, which command-line arguments would have to split.
+        let conf = self.dir.path().join("redis-extra.conf");
+        let mut lines = self.extra.clone();
+        if self.tls {
+            lines.push(format!("tls-port {}", self.port));
+        }
+        std::fs::write(&conf, lines.join("\n") + "\n")?;
+        let port = if self.tls {
+            "0".to_owned()
+        } else {
+            self.port.to_string()
+        };
         let mut child = Command::new(bin)
+            .arg(&conf)
             .args([
                 "--port",
-                &self.port.to_string(),
+                &port,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -353,9 +498,11 @@ impl LocalRedis {
         self.child.as_ref().map(Child::id)
     }
 
-    /// `redis://127.0.0.1:{port}/`.
+    /// `redis://127.0.0.1:{port}/` (`rediss://` when started with
+    /// [`LocalRedis::start_tls`]).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// SIGKILL.
@@ -380,6 +527,15 @@ impl Drop for LocalRedis {
     }
 }
 
+/// ACL lines: `user` may do everything with `password`, the default user
+/// nothing.
+fn acl(user: &str, password: &str) -> Vec<String> {
+    vec![
+        "user default off".to_owned(),
+        format!("user {user} on >{password} ~* &* +@all"),
+    ]
+}
+
 /// A Redis Cluster of local `redis-server` processes (the same binary as
 /// [`LocalRedis`], with `cluster-enabled yes`), created with
 /// `redis-cli --cluster create`: three masters sharing the 16384 slots,
@@ -390,6 +546,9 @@ impl Drop for LocalRedis {
 #[derive(Debug)]
 pub struct LocalRedisCluster {
     nodes: Vec<ClusterNode>,
+    tls: bool,
+    /// The TLS files the nodes read.
+    _files: tempfile::TempDir,
 }
 
 #[derive(Debug)]
@@ -409,7 +568,7 @@ impl LocalRedisCluster {
     /// redis-server or redis-cli is not installed, or the cluster does not
     /// form within 20 s.
     pub fn start() -> io::Result<Self> {
-        Self::start_with(0)
+        Self::start_with(0, None)
     }
 
     /// Starts three masters with one replica each: a master that is killed
@@ -418,20 +577,79 @@ impl LocalRedisCluster {
     /// # Errors
     /// As [`LocalRedisCluster::start`].
     pub fn start_with_replicas() -> io::Result<Self> {
-        Self::start_with(1)
+        Self::start_with(1, None)
     }
 
-    fn start_with(replicas: usize) -> io::Result<Self> {
+    /// Starts three masters reachable over TLS only (`port 0`, `tls-port`
+    /// on [`LocalRedisCluster::ports`], `tls-cluster yes` so the nodes
+    /// announce their TLS ports) with `tls`'s files. Only
+    /// [`LocalRedisCluster::ports`], [`LocalRedisCluster::nodes`] and
+    /// [`LocalRedisCluster::urls`] (`rediss://`) serve such a cluster; the
+    /// other helpers speak plain TCP.
+    ///
+    /// # Errors
+    /// As [`LocalRedisCluster::start`], or a file cannot be copied.
+    pub fn start_tls(tls: &ServerTls) -> io::Result<Self> {
+        Self::start_with(0, Some(tls))
+    }
+
+    fn start_with(replicas: usize, tls: Option<&ServerTls>) -> io::Result<Self> {
         let bin = find_binary("redis-server").ok_or_else(|| missing("redis-server"))?;
         let cli = find_binary("redis-cli").ok_or_else(|| missing("redis-cli"))?;
-        let mut cluster = LocalRedisCluster { nodes: Vec::new() };
+        let files = tempfile::tempdir()?;
+        let mut server_tls: Vec<String> = Vec::new();
+        let mut cli_tls: Vec<String> = Vec::new();
+        if let Some(t) = tls {
+            let ca = copy_readable(&t.ca, files.path(), "tls-ca.crt")?;
+            let cert = copy_readable(&t.cert, files.path(), "tls-server.crt")?;
+            let key = copy_readable(&t.key, files.path(), "tls-server.key")?;
+            let (ca, cert, key) = (
+                ca.display().to_string(),
+                cert.display().to_string(),
+                key.display().to_string(),
+            );
+            server_tls = [
+                "--tls-cluster",
+                "yes",
+                "--tls-auth-clients",
+                if t.require_client_cert { "yes" } else { "no" },
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            // The server's own certificate serves redis-cli as a client
+            // certificate: same CA.
+            cli_tls = ["--tls", "--cacert", &ca, "--cert", &cert, "--key", &key]
+                .map(str::to_owned)
+                .to_vec();
+        }
+        let mut cluster = LocalRedisCluster {
+            nodes: Vec::new(),
+            tls: tls.is_some(),
+            _files: files,
+        };
         for _ in 0..CLUSTER_MASTERS * (1 + replicas) {
             let port = cluster_port()?;
             let dir = tempfile::tempdir()?;
+            let (plain, tls_port) = if tls.is_some() {
+                (
+                    "0".to_owned(),
+                    vec!["--tls-port".to_owned(), port.to_string()],
+                )
+            } else {
+                (port.to_string(), Vec::new())
+            };
             let mut child = Command::new(&bin)
+                .args(&tls_port)
+                .args(&server_tls)
                 .args([
                     "--port",
-                    &port.to_string(),
+                    &plain,
                     "--bind",
                     "127.0.0.1",
                     "--cluster-enabled",
@@ -460,6 +678,7 @@ impl LocalRedisCluster {
             up?;
         }
         let out = Command::new(&cli)
+            .args(&cli_tls)
             .arg("--cluster")
             .arg("create")
             .args(
@@ -482,7 +701,7 @@ impl LocalRedisCluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ready = cluster.nodes.iter().all(|n| {
-                cli_text(&cli, n.port, &["CLUSTER", "INFO"])
+                cli_text_with(&cli, &cli_tls, n.port, &["CLUSTER", "INFO"])
                     .is_ok_and(|t| t.contains("cluster_state:ok"))
             }) && cluster.replicas_in_sync(&cli, replicas);
             if ready {
@@ -533,7 +752,10 @@ impl LocalRedisCluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .map(|n| {
+                let scheme = if self.tls { "rediss" } else { "redis" };
+                format!("{scheme}://127.0.0.1:{}/", n.port)
+            })
             .collect()
     }
 
@@ -728,7 +950,13 @@ fn cluster_port() -> io::Result<u16> {
 
 /// `redis-cli -p port args…`'s output.
 fn cli_text(cli: &Path, port: u16, args: &[&str]) -> io::Result<String> {
+    cli_text_with(cli, &[], port, args)
+}
+
+/// [`cli_text`] with connection options first (`--tls …`).
+fn cli_text_with(cli: &Path, options: &[String], port: u16, args: &[&str]) -> io::Result<String> {
     let out = Command::new(cli)
+        .args(options)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())

@@ -185,7 +185,7 @@ fn every_microdcs_environment_variable_is_mapped() {
     assert_eq!(s.client_id, "station-pod-7");
     assert_eq!(s.instance_id, "pod-7");
     assert_eq!(s.username.as_deref(), Some("muser"));
-    assert_eq!(s.password.as_deref(), Some("mpass"));
+    assert_eq!(s.password.as_ref().map(|p| p.expose()), Some("mpass"));
     assert_eq!(s.keep_alive, Duration::from_secs(15));
     assert_eq!(s.session_expiry, Duration::ZERO);
     assert_eq!(s.max_payload_size, 2048);

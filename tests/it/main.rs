@@ -20,6 +20,7 @@ mod observe_http;
 mod operator;
 mod publisher;
 mod recipe;
+mod security;
 mod sfc;
 mod sfc_chaos;
 mod sim;

@@ -28,10 +28,13 @@ mod disposition;
 mod inbound;
 mod reply;
 mod run;
+pub(crate) mod security;
 pub(crate) mod session;
 mod settings;
 
 pub use reply::ERROR_REPLY_TYPE;
+pub(crate) use security::prepare;
+pub use security::{MqttTls, K8S_SAT_METHOD};
 pub use settings::MqttSettings;
 
 use super::acks::{Acks, Window};

@@ -41,7 +41,11 @@ impl MqttTransport {
             eventloop,
             Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max),
             filters,
-        );
+        )
+        .with_prepare({
+            let settings = self.settings.clone();
+            Box::new(move |o| super::prepare(&settings, o))
+        });
         let (tx, rx) = mpsc::unbounded_channel::<Received>();
         let permits = Arc::new(Semaphore::new(self.settings.max_inflight.max(1) as usize));
         let dispatcher = tokio::spawn(self.clone().dispatch_loop(rx, permits.clone()));
@@ -88,8 +92,9 @@ impl MqttTransport {
                     self.on_event(ev, &tx);
                     continue;
                 }
-                Polled::Lost { error: e, loss } => {
+                Polled::Lost { error, loss } => {
                     self.connected.send_replace(false);
+                    let e = super::security::describe(&error, &self.settings);
                     if self.takeover && loss.was_connected {
                         // Most likely the owner is back (Mosquitto 2.0
                         // drops the old connection without saying why): it

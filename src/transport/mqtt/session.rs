@@ -15,7 +15,7 @@ use crate::runtime::backoff::Exponential;
 use crate::transport::takeover::is_session_taken_over;
 use rumqttc::v5::mqttbytes::v5::{ConnAck, DisconnectReasonCode, Filter, Packet, Subscribe};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, Request};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info};
@@ -175,6 +175,11 @@ pub(crate) enum Polled {
 /// while the session runs).
 pub(crate) type Filters = Box<dyn Fn() -> Vec<String> + Send + Sync>;
 
+/// Brings the options up to date before each connection attempt (TLS
+/// files and the service-account token are read again); an error is
+/// reported as a failed attempt.
+pub(crate) type Prepare = Box<dyn Fn(&mut MqttOptions) -> Result<(), String> + Send + Sync>;
+
 /// One MQTT session: the rumqttc event loop, the reconnect policy and the
 /// subscriptions made at every CONNACK.
 pub(crate) struct Session {
@@ -187,6 +192,9 @@ pub(crate) struct Session {
     /// Set when the broker sent DISCONNECT "session taken over"; read at
     /// the loss that follows.
     said_taken_over: bool,
+    prepare: Option<Prepare>,
+    /// Whether a connection is up (else the next poll connects).
+    up: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -216,11 +224,32 @@ impl Session {
             backoff,
             filters,
             said_taken_over: false,
+            prepare: None,
+            up: false,
         }
+    }
+
+    /// Runs `prepare` on the options before every connection attempt.
+    pub(crate) fn with_prepare(mut self, prepare: Prepare) -> Self {
+        self.prepare = Some(prepare);
+        self
     }
 
     /// Polls the connection once (connecting when it is down).
     pub(crate) async fn poll(&mut self) -> Polled {
+        if !self.up {
+            // rumqttc connects with `eventloop.options` on the next poll:
+            // this is the moment to put the current token and
+            // certificates in.
+            if let Some(prepare) = &self.prepare {
+                if let Err(reason) = prepare(&mut self.eventloop.options) {
+                    let error = ConnectionError::Io(std::io::Error::other(reason));
+                    let loss = self.backoff.lost(Instant::now(), false);
+                    return Polled::Lost { error, loss };
+                }
+            }
+            self.up = true;
+        }
         match self.eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 let reconnect = self.backoff.connected(Instant::now());
@@ -251,6 +280,7 @@ impl Session {
                 Polled::Event(ev)
             }
             Err(error) => {
+                self.up = false;
                 // rumqttc reports the broker's DISCONNECT (0x8E) as an
                 // error; Mosquitto 2.0 just closes the replaced connection,
                 // which `Backoff` notices as flapping.

@@ -1,7 +1,10 @@
 //! The one set of MQTT connection settings, and the rumqttc options they
 //! make.
 
+use super::MqttTls;
+use crate::config::Secret;
 use rumqttc::v5::MqttOptions;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Connection and behaviour settings of one MQTT transport.
@@ -17,8 +20,14 @@ pub struct MqttSettings {
     pub instance_id: String,
     /// Optional username.
     pub username: Option<String>,
-    /// Optional password.
-    pub password: Option<String>,
+    /// Optional password (needs `username`).
+    pub password: Option<Secret>,
+    /// TLS to the broker; `None`: plain TCP.
+    pub tls: Option<MqttTls>,
+    /// Kubernetes service-account token file: while it exists, CONNECT
+    /// carries `K8S-SAT` enhanced authentication with its content, read
+    /// again at every connection attempt.
+    pub sat_token_path: Option<PathBuf>,
     /// Keep-alive interval.
     pub keep_alive: Duration,
     /// Session expiry: how long the broker keeps our session (and queued
@@ -66,6 +75,8 @@ impl MqttSettings {
             instance_id,
             username: None,
             password: None,
+            tls: None,
+            sat_token_path: None,
             keep_alive: Duration::from_secs(30),
             session_expiry: Duration::from_secs(3600),
             max_payload_size: 1024 * 1024,
@@ -83,11 +94,29 @@ impl MqttSettings {
         }
     }
 
-    /// The rumqttc options every connection with these settings shares
-    /// (the transport's and the simulator's): broker, client id,
-    /// credentials, keep-alive, session expiry (a clean start when it is
-    /// zero), TCP_NODELAY and a 10 s connection timeout.
+    /// The rumqttc options of a connection made now with these settings
+    /// (the simulator's, a one-off client's): those of the transport's
+    /// connection without its flow control, with TLS and `K8S-SAT` applied
+    /// from the files as they are now. A file that cannot be used is
+    /// logged, and the connection is then made to fail its TLS handshake
+    /// rather than fall back to plain TCP.
+    // Used by the simulator and by one-off clients of other features.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     pub(crate) fn connect_options(&self) -> MqttOptions {
+        let mut o = self.base_options();
+        if let Err(reason) = super::prepare(self, &mut o) {
+            tracing::error!(client_id = %self.client_id, error = %reason, "MQTT connection without usable TLS files or token; it will fail");
+            super::security::fail_closed(self, &mut o);
+        }
+        o
+    }
+
+    /// What every connection with these settings shares: broker, client
+    /// id, credentials, keep-alive, session expiry (a clean start when it
+    /// is zero), TCP_NODELAY and a 10 s connection timeout. TLS and
+    /// `K8S-SAT` are not in them: the transport's session adds them before
+    /// each connection attempt, as their files may change between attempts.
+    fn base_options(&self) -> MqttOptions {
         let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
         o.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
         o.set_clean_start(self.session_expiry.is_zero());
@@ -95,7 +124,12 @@ impl MqttSettings {
             self.session_expiry.as_secs().min(u32::MAX as u64) as u32
         ));
         if let Some(u) = &self.username {
-            o.set_credentials(u.clone(), self.password.clone().unwrap_or_default());
+            let password = self
+                .password
+                .as_ref()
+                .map(Secret::expose)
+                .unwrap_or_default();
+            o.set_credentials(u.clone(), password);
         }
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(self.tcp_nodelay);
@@ -104,15 +138,15 @@ impl MqttSettings {
         o
     }
 
-    /// The rumqttc options of the transport's connection: those of
-    /// [`connect_options`](Self::connect_options), plus manual
+    /// The rumqttc options of the transport's connection: the shared ones
+    /// (TLS and `K8S-SAT` come before each attempt), plus manual
     /// acknowledgements (a message is acknowledged only after it was
     /// processed), `max_inflight` announced as Receive Maximum, and a
     /// Maximum Packet Size of four times `max_payload_size` (larger payloads
     /// up to that size are answered `RESOURCE_EXHAUSTED`, beyond it the
     /// broker drops them).
     pub(crate) fn options(&self) -> MqttOptions {
-        let mut o = self.connect_options();
+        let mut o = self.base_options();
         o.set_manual_acks(true);
         o.set_receive_maximum(Some(self.max_inflight.max(1)));
         o.set_outgoing_inflight_upper_limit(self.max_inflight.max(1));
