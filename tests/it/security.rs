@@ -352,6 +352,40 @@ fn config_check_shows_the_tls_files_but_no_secret() {
     for line in key_lines(&pki.client_key_pem) {
         assert!(!stdout.contains(line), "{stdout}");
     }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "MQTT: TLS, the broker trusted by the CA in {}",
+            path(&pki.ca)
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret-4711"), "{stderr}");
+}
+
+#[test]
+fn config_check_warns_when_a_tls_or_token_path_set_names_no_file() {
+    // A mistyped path would otherwise be a silent plain TCP connection
+    // without the token (TLS and K8S-SAT are on when their files exist).
+    let out = Command::new(env!("CARGO_BIN_EXE_microdcs"))
+        .args(["config", "check"])
+        .env_clear()
+        .env("APP_MQTT_TLS_CERT_PATH", "/nonexistent/certs/ca.crt")
+        .env("APP_MQTT_SAT_TOKEN_PATH", "/nonexistent/tokens/broker-sat")
+        .output()
+        .expect("run microdcs config check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: MQTT without TLS: the CA file /nonexistent/certs/ca.crt"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "warning: MQTT without K8S-SAT: the token file /nonexistent/tokens/broker-sat"
+        ),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,5 +737,70 @@ async fn station_runs_a_job_on_a_redis_cluster_over_mutual_tls() {
         "InvalidClientConfig",
     ] {
         assert!(!log.contains(failure), "{failure}:\n{log}");
+    }
+}
+
+/// Everything a listener standing where the broker would be receives:
+/// the first bytes of each connection, until `stop` is set.
+fn record_connections(l: TcpListener, stop: Arc<Mutex<bool>>) -> Arc<Mutex<Vec<Vec<u8>>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let out = seen.clone();
+    l.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        while !*stop.lock().unwrap() {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    buf.truncate(n);
+                    out.lock().unwrap().push(buf);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_tls_files_never_send_the_connect_in_the_clear_not_even_at_shutdown() {
+    // A CA file that exists (so TLS is on) but holds no certificate, and a
+    // password: no attempt, in the run or in the shutdown's drain, may
+    // reach the "broker" as plain MQTT.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let garbage = dir.path().join("ca.crt");
+    std::fs::write(&garbage, "this is not a certificate\n").expect("write");
+    let broker = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = broker.local_addr().expect("addr").port();
+    let stop = Arc::new(Mutex::new(false));
+    let seen = record_connections(broker, stop.clone());
+    let redis = LocalRedis::start().expect("redis");
+    let mut env = jobs::env(port, redis.port(), "garbage-ca");
+    set(&mut env, "APP_MQTT_TLS_CERT_PATH", path(&garbage));
+    set(&mut env, "APP_MQTT_USERNAME", "station");
+    set(&mut env, "APP_MQTT_PASSWORD", "secret-never-in-clear");
+    let station = Station::start(&env);
+    let said = station.wait_for_line(&["holds no PEM certificate", &path(&garbage)]);
+    // A few more attempts, then the shutdown (its drain polls the
+    // connection once more).
+    std::thread::sleep(Duration::from_secs(2));
+    let log = station.stop();
+    std::thread::sleep(Duration::from_millis(600));
+    *stop.lock().unwrap() = true;
+    assert!(said.is_ok(), "{log}");
+    for first in seen.lock().unwrap().iter() {
+        assert_ne!(
+            first.first(),
+            Some(&0x10),
+            "a CONNECT went out in the clear: {first:?}\n{log}"
+        );
+        assert!(
+            !first
+                .windows(b"secret-never-in-clear".len())
+                .any(|w| w == b"secret-never-in-clear"),
+            "the password went out in the clear\n{log}"
+        );
     }
 }

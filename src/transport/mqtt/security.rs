@@ -45,10 +45,23 @@ pub struct MqttTls {
 /// they are now, and CONNECT carries the token file's current content when
 /// the file exists (no enhanced authentication when it does not).
 ///
+/// On an error `options` are left [failing closed](fail_closed): whatever
+/// polls the event loop next (a shutdown's drain, a DISCONNECT) cannot
+/// connect in the clear or send the credentials over plain TCP.
+///
 /// # Errors
 /// A file that exists cannot be read or used; the message names the file
 /// and the setting, never a secret.
 pub(crate) fn prepare(settings: &MqttSettings, options: &mut MqttOptions) -> Result<(), String> {
+    let prepared = apply(settings, options);
+    if prepared.is_err() {
+        fail_closed(settings, options);
+    }
+    prepared
+}
+
+/// [`prepare`] without the fail-closed fallback.
+fn apply(settings: &MqttSettings, options: &mut MqttOptions) -> Result<(), String> {
     if let Some(tls) = &settings.tls {
         options.set_transport(transport(tls)?);
     }
@@ -98,7 +111,6 @@ pub(crate) fn read_token(path: &Path) -> Result<Option<Bytes>, String> {
 /// `settings` cannot be used. With TLS configured, the connection gets a
 /// TLS configuration that trusts no CA (or, in a build without TLS, a
 /// transport that cannot connect); CONNECT carries no token.
-#[cfg_attr(not(feature = "sim"), allow(dead_code))]
 pub(crate) fn fail_closed(settings: &MqttSettings, options: &mut MqttOptions) {
     options.set_authentication_method(None);
     options.set_authentication_data(None);
@@ -117,11 +129,13 @@ pub(crate) fn fail_closed(settings: &MqttSettings, options: &mut MqttOptions) {
             options.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
             ));
+            return;
         }
     }
-    // No TLS in this build: a Unix socket named after the broker host,
-    // which does not exist, instead of plain TCP.
-    #[cfg(all(not(feature = "tls"), unix))]
+    // No TLS in this build (or, never seen, no TLS configuration to be
+    // had): a Unix socket named after the broker host, which does not
+    // exist, instead of plain TCP.
+    #[cfg(unix)]
     options.set_transport(rumqttc::Transport::unix());
 }
 
@@ -271,6 +285,15 @@ mod tests {
             settings.connect_options().transport(),
             rumqttc::Transport::Tls(_)
         ));
+        // The transport's own options hold no plain TCP either before the
+        // first attempt prepares them, and a failed attempt leaves them so
+        // (a shutdown's drain polls them without preparing).
+        let mut o = settings.options();
+        assert!(matches!(o.transport(), rumqttc::Transport::Tls(_)));
+        settings.sat_token_path = Some("/nonexistent/token".into());
+        assert!(prepare(&settings, &mut o).is_err());
+        assert!(matches!(o.transport(), rumqttc::Transport::Tls(_)));
+        assert_eq!(o.authentication_method(), None);
     }
 
     #[test]

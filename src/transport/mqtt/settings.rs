@@ -106,7 +106,6 @@ impl MqttSettings {
         let mut o = self.base_options();
         if let Err(reason) = super::prepare(self, &mut o) {
             tracing::error!(client_id = %self.client_id, error = %reason, "MQTT connection without usable TLS files or token; it will fail");
-            super::security::fail_closed(self, &mut o);
         }
         o
     }
@@ -116,6 +115,8 @@ impl MqttSettings {
     /// is zero), TCP_NODELAY and a 10 s connection timeout. TLS and
     /// `K8S-SAT` are not in them: the transport's session adds them before
     /// each connection attempt, as their files may change between attempts.
+    /// Until then, with TLS configured, the transport is one that fails
+    /// its handshake, never plain TCP.
     fn base_options(&self) -> MqttOptions {
         let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
         o.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
@@ -135,6 +136,9 @@ impl MqttSettings {
         net.set_tcp_nodelay(self.tcp_nodelay);
         net.set_connection_timeout(10);
         o.set_network_options(net);
+        if self.tls.is_some() {
+            super::security::fail_closed(self, &mut o);
+        }
         o
     }
 
