@@ -31,7 +31,8 @@ pub(crate) struct Args {
     /// The directory to create (or an empty existing one).
     #[arg(value_name = "PATH")]
     pub(crate) path: PathBuf,
-    /// The package name [default: the directory's name].
+    /// The app's name: package, Kubernetes objects and image (lowercase
+    /// letters, digits, '-') [default: the directory's name].
     #[arg(long, value_name = "NAME")]
     pub(crate) name: Option<String>,
     /// Depend on the microdcs checkout in DIR (path dependencies; for
@@ -239,6 +240,10 @@ fn default_name(path: &Path) -> Result<String, InitError> {
 /// letters, digits, `-` and `_`, starting with a letter, at most 64
 /// characters, not a keyword, a built-in crate or one of the application's
 /// dependencies.
+/// The longest app name: a StatefulSet's name plus the 11 characters of its
+/// pods' `controller-revision-hash` label must fit a 63-character label.
+const MAX_NAME: usize = 52;
+
 fn validate_name(name: &str) -> Result<(), InitError> {
     let bad = |reason: &str| {
         Err(InitError::BadName {
@@ -249,19 +254,28 @@ fn validate_name(name: &str) -> Result<(), InitError> {
     let Some(first) = name.chars().next() else {
         return bad("it is empty");
     };
-    if !first.is_ascii_alphabetic() {
-        return bad("it must start with an ASCII letter");
+    // The name is the package's and also the Kubernetes objects' and the
+    // image's: an RFC 1123 label, which is also a valid package name.
+    if !first.is_ascii_lowercase() {
+        return bad("it must start with a lowercase ASCII letter");
     }
     if let Some(c) = name
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
         return bad(&format!(
-            "{c:?} is not allowed (only ASCII letters, digits, '-' and '_')"
+            "{c:?} is not allowed (only lowercase ASCII letters, digits and '-': \
+             the name is also the Kubernetes objects' and the image's)"
         ));
     }
-    if name.len() > 64 {
-        return bad("it is longer than 64 characters");
+    if name.ends_with('-') {
+        return bad("it must not end with '-' (a Kubernetes name)");
+    }
+    if name.len() > MAX_NAME {
+        return bad(&format!(
+            "it is longer than {MAX_NAME} characters (the StatefulSet's pods and \
+             its headless Service must stay valid Kubernetes names)"
+        ));
     }
     let underscored = name.replace('-', "_");
     if RESERVED.split_whitespace().any(|r| r == underscored) {
@@ -453,7 +467,7 @@ mod tests {
         assert!(manifest.contains("name = \"press-line\""), "{manifest}");
         let root = repo().canonicalize().expect("repo");
         let microdcs = format!(
-            "microdcs = {{ path = \"{}\", default-features = false }}",
+            "microdcs = {{ path = \"{}\", default-features = false, features = [\"tls\"] }}",
             root.display()
         );
         assert!(manifest.contains(&microdcs), "{manifest}");
@@ -485,7 +499,7 @@ mod tests {
         let manifest = read(&tmp.path().join("one/Cargo.toml"));
         let spec = format!("version = \"{}\"", env!("CARGO_PKG_VERSION"));
         for dependency in [
-            format!("microdcs = {{ {spec}, default-features = false }}"),
+            format!("microdcs = {{ {spec}, default-features = false, features = [\"tls\"] }}"),
             format!("microdcs-codegen = {{ {spec} }}"),
             format!("microdcs = {{ {spec}, features = [\"testkit\", \"sim\"] }}"),
         ] {
@@ -553,7 +567,10 @@ mod tests {
             "std",
             "microdcs",
             "microdcs-codegen",
-            &"a".repeat(65),
+            "Press",
+            "line_2",
+            "line-",
+            &"a".repeat(MAX_NAME + 1),
         ] {
             let mut a = args(&dir);
             a.name = Some(bad.to_owned());
@@ -568,7 +585,7 @@ mod tests {
         let mut a = args(&tmp.path().join("2024 line"));
         a.name = Some("line-2024".into());
         assert_eq!(create(&a).expect("created").name, "line-2024");
-        for good in ["a", "Press_Line-2", "line_2"] {
+        for good in ["a", "press-line-2", "line2", &"a".repeat(MAX_NAME)] {
             assert!(validate_name(good).is_ok(), "{good}");
         }
     }
