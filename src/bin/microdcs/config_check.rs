@@ -30,6 +30,32 @@ pub(crate) fn config_check(args: &Args) -> ExitCode {
         }
     };
     super::out(&config.redacted_toml());
+    // What the files decide at start (as MicroDCS: TLS and K8S-SAT when
+    // their files exist), so that a mistyped path is not a silent plain
+    // TCP connection.
+    let ca = &config.mqtt.tls_cert_path;
+    if ca.is_file() {
+        eprintln!(
+            "MQTT: TLS, the broker trusted by the CA in {}",
+            ca.display()
+        );
+    } else if config.origin("mqtt.tls_cert_path").is_some() {
+        eprintln!(
+            "warning: MQTT without TLS: the CA file {} (mqtt.tls_cert_path, APP_MQTT_TLS_CERT_PATH) does not exist",
+            ca.display()
+        );
+    } else {
+        eprintln!("MQTT: plain TCP (no CA file at {})", ca.display());
+    }
+    let token = &config.mqtt.sat_token_path;
+    if token.is_file() {
+        eprintln!("MQTT: K8S-SAT with the token in {}", token.display());
+    } else if config.origin("mqtt.sat_token_path").is_some() {
+        eprintln!(
+            "warning: MQTT without K8S-SAT: the token file {} (mqtt.sat_token_path, APP_MQTT_SAT_TOKEN_PATH) does not exist",
+            token.display()
+        );
+    }
     for var in config.unrecognised_env() {
         eprintln!("warning: environment variable {var} is ignored: no setting reads it");
     }

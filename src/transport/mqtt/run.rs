@@ -50,7 +50,7 @@ impl MqttTransport {
         let permits = Arc::new(Semaphore::new(self.settings.max_inflight.max(1) as usize));
         let dispatcher = tokio::spawn(self.clone().dispatch_loop(rx, permits.clone()));
         let mut shutdown = self.shutdown.subscribe();
-        info!(transport = %self.name, host = %self.settings.host, port = self.settings.port, client_id = %self.settings.client_id, "mqtt transport starting");
+        info!(transport = %self.name, host = %self.settings.host, port = self.settings.port, client_id = %self.settings.client_id, tls = self.settings.tls.is_some(), k8s_sat = self.settings.sat_token_path.as_deref().is_some_and(std::path::Path::is_file), "mqtt transport starting");
         loop {
             self.polled();
             let polled = tokio::select! {
