@@ -211,6 +211,10 @@ impl rustls::client::danger::ServerCertVerifier for ExpectedName {
 pub(crate) enum Failure {
     /// The server's certificate does not chain to the configured CA.
     NotTrusted(String),
+    /// The server's certificate was rejected for another reason than who
+    /// signed it (an X.509 v1 certificate, an unsupported extension or
+    /// signature algorithm…): rustls's reason.
+    Rejected(String),
     /// The server's certificate does not hold the expected name.
     WrongName,
     /// The server's certificate has expired or is not valid yet.
@@ -260,7 +264,8 @@ pub(crate) fn failure_in_text(text: &str) -> Option<Failure> {
             // The certificate is not valid for the name…: rustls's
             // Display of the context variant.
             _ if text.contains("certificate not valid for name") => Failure::WrongName,
-            _ => Failure::NotTrusted(why),
+            "UnknownIssuer" | "BadSignature" => Failure::NotTrusted(why),
+            _ => Failure::Rejected(why),
         });
     }
     if text.contains("certificate not valid for name") {
@@ -304,7 +309,10 @@ fn structured_failure(error: &(dyn StdError + 'static)) -> Option<Failure> {
                     | C::NotValidYet
                     | C::NotValidYetContext { .. },
                 ) => Some(Failure::NotValidNow),
-                rustls::Error::InvalidCertificate(c) => Some(Failure::NotTrusted(format!("{c:?}"))),
+                rustls::Error::InvalidCertificate(c @ (C::UnknownIssuer | C::BadSignature)) => {
+                    Some(Failure::NotTrusted(format!("{c:?}")))
+                }
+                rustls::Error::InvalidCertificate(c) => Some(Failure::Rejected(format!("{c:?}"))),
                 rustls::Error::AlertReceived(
                     a @ (A::CertificateRequired
                     | A::BadCertificate
@@ -352,6 +360,9 @@ pub(crate) fn explain(
                 "the server certificate of {service} is not trusted by the system's CA certificates ({why}); set the CA file ({settings})"
             ),
         },
+        Failure::Rejected(why) => format!(
+            "the server certificate of {service} was rejected ({why}): it is signed as expected or not, but cannot be used (an X.509 v1 certificate, an unsupported extension or algorithm)"
+        ),
         Failure::WrongName => format!(
             "the server certificate of {service} does not hold the name connected to; set the expected name ({settings})"
         ),
@@ -386,6 +397,10 @@ mod tests {
         assert_eq!(
             failure_in_text("invalid peer certificate: certificate not valid for name \"x\"; certificate is only valid for …"),
             Some(Failure::WrongName)
+        );
+        assert_eq!(
+            failure_in_text("invalid peer certificate: Other(OtherError(UnsupportedCertVersion))"),
+            Some(Failure::Rejected("Other".into()))
         );
         assert_eq!(failure_in_text("received fatal alert: DecodeError"), None);
         assert_eq!(failure_in_text("connection refused"), None);
