@@ -74,6 +74,7 @@ pub(crate) fn audit(args: &Args) -> ExitCode {
 async fn read(config: &Config, args: &Args) -> Result<(String, Vec<AuditEntry>), String> {
     let redis = microdcs::station::open_redis(config)
         .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+    super::reach(&redis).await?;
     let store = JobStore::new(
         redis.conn,
         config.redis.key_prefix.clone(),

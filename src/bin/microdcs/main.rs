@@ -245,6 +245,7 @@ where
     let result = runtime.block_on(async move {
         let redis = microdcs::station::open_redis(&config)
             .map_err(|e| format!("cannot open Redis: {e}"))?;
+        reach(&redis).await?;
         f(config, redis).await
     });
     match result {
@@ -253,6 +254,22 @@ where
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// PINGs `redis` (at most 5 s), so that an operator command that cannot
+/// reach it says where it looked, before any query fails less clearly.
+async fn reach(redis: &microdcs::Redis) -> Result<(), String> {
+    let at = redis.client.addresses();
+    let mut conn = redis.conn.clone();
+    let cmd = redis::cmd("PING");
+    let ping = cmd.query_async::<String>(&mut conn);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "cannot reach Redis at {at} (APP_REDIS_HOSTNAME, APP_REDIS_PORT, APP_REDIS_CLUSTER_NODES): {e}"
+        )),
+        Err(_) => Err(format!("Redis at {at} did not answer PING within 5 s")),
     }
 }
 
