@@ -57,7 +57,13 @@ pub async fn replay(
     );
     s.session_expiry = Duration::ZERO;
     let addr = format!("{}:{}", s.host, s.port);
-    let (client, mut eventloop) = AsyncClient::new(s.connect_options(), 10);
+    let options = s
+        .try_connect_options()
+        .map_err(|reason| ReplayError::Connect {
+            addr: addr.clone(),
+            reason,
+        })?;
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
     let qos = match message.qos {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -73,7 +79,7 @@ pub async fn replay(
                 Err(e) => {
                     return Err(ReplayError::Connect {
                         addr: addr.clone(),
-                        reason: e.to_string(),
+                        reason: crate::transport::mqtt::describe(&e, &s),
                     })
                 }
             }

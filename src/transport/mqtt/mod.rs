@@ -33,7 +33,7 @@ pub(crate) mod session;
 mod settings;
 
 pub use reply::ERROR_REPLY_TYPE;
-pub(crate) use security::prepare;
+pub(crate) use security::{describe, prepare};
 pub use security::{MqttTls, K8S_SAT_METHOD};
 pub use settings::MqttSettings;
 

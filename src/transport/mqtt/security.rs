@@ -285,6 +285,11 @@ mod tests {
             settings.connect_options().transport(),
             rumqttc::Transport::Tls(_)
         ));
+        // A caller that reports the problem itself gets it, naming the file.
+        let e = settings
+            .try_connect_options()
+            .expect_err("unusable CA file");
+        assert!(e.contains("/nonexistent/ca.crt"), "{e}");
         // The transport's own options hold no plain TCP either before the
         // first attempt prepares them, and a failed attempt leaves them so
         // (a shutdown's drain polls them without preparing).

@@ -100,6 +100,16 @@ impl MqttSettings {
     /// from the files as they are now. A file that cannot be used is
     /// logged, and the connection is then made to fail its TLS handshake
     /// rather than fall back to plain TCP.
+    /// [`connect_options`](Self::connect_options) for a caller that
+    /// reports the problem itself: a TLS or token file that cannot be used
+    /// is the error (in the operator's words, naming the file), not a log
+    /// line and a connection that fails later.
+    pub(crate) fn try_connect_options(&self) -> Result<MqttOptions, String> {
+        let mut o = self.base_options();
+        super::prepare(self, &mut o)?;
+        Ok(o)
+    }
+
     // Used by the simulator and by one-off clients of other features.
     #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     pub(crate) fn connect_options(&self) -> MqttOptions {
