@@ -83,12 +83,27 @@ done < <(find deploy -name kustomization.yaml | sort)
 echo "check-deploy: Dockerfile build context (cargo check --locked in it)"
 # A fixed directory under the target dir, so that repeated runs reuse the
 # compiled dependencies (tar keeps the files' modification times).
-grep -v -e '^#' -e '^$' .dockerignore > "$out/ignore"
 context="$target/docker-context"
 rm -rf "$context"
 mkdir -p "$context"
-git ls-files -co --exclude-standard -z \
-  | tar -X "$out/ignore" --null -T - -cf - | tar -xf - -C "$context"
+# .dockerignore as Docker reads it: each pattern is matched against the path
+# from the context's root (`deploy` is /deploy, not templates/init/deploy;
+# `*` does not cross `/`), and a matching directory takes its contents.
+git ls-files -co --exclude-standard -z | python3 -c '
+import fnmatch, sys
+patterns = [l.strip().strip("/") for l in open(".dockerignore")
+            if l.strip() and not l.startswith("#")]
+def ignored(path):
+    parts = path.split("/")
+    for n in range(1, len(parts) + 1):
+        prefix = "/".join(parts[:n])
+        for p in patterns:
+            if p.count("/") == n - 1 and fnmatch.fnmatchcase(prefix, p):
+                return True
+    return False
+paths = [p for p in sys.stdin.read().split("\0") if p]
+sys.stdout.write("".join(p + "\0" for p in paths if not ignored(p)))
+' | tar --null -T - -cf - | tar -xf - -C "$context"
 # Whether the sources suffice does not depend on the profile: a debug check,
 # sharing the target dir (and so the dependencies) with the builds above.
 target_abs="$(cd "$target" && pwd)"
