@@ -233,6 +233,13 @@ fn print_station(r: &StationRun, sizes: Sizes) {
             bytes_per(large.redis.used_memory, large.jobs)
         );
     }
+    if let Some(b) = &r.without_step_audit {
+        println!(
+            "  the same, step entries of the audit trail off (APP_JOBS_AUDIT_STEPS=false), {} stored:",
+            b.stored
+        );
+        print_batch(b, sizes);
+    }
     if r.log_lines > 0 {
         println!(
             "  (the replicas logged {} warning/error lines, the first: {})",
@@ -400,6 +407,17 @@ fn print_summary(floor: Option<&Floor>, runs: &[StationRun]) {
                 Some(commands <= TARGET_COMMANDS_PER_STEP),
             )),
         );
+        if let Some(quiet) = &r.without_step_audit {
+            let commands = quiet.per_step(quiet.redis.total());
+            row(
+                "  the same, step audit entries off",
+                &format!("{commands:.1}"),
+                &one(target(
+                    &format!("<= {TARGET_COMMANDS_PER_STEP:.0}"),
+                    Some(commands <= TARGET_COMMANDS_PER_STEP),
+                )),
+            );
+        }
         row(
             &format!("Redis round trips per step, {} stored", last.stored),
             &fmt_opt(last.round_trips.map(|n| last.per_step(n)), 1),

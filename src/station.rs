@@ -138,6 +138,7 @@ pub async fn build_extended(
             EngineSettings {
                 message_expiry: config.processing.message_expiry_interval,
                 max_attempts: config.processing.max_attempts,
+                audit_steps: config.jobs.audit_steps,
                 ..EngineSettings::default()
             },
         );

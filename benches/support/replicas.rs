@@ -122,6 +122,12 @@ impl Replica {
         Ok(r)
     }
 
+    /// Sets `key` for the lives started from now on.
+    pub(crate) fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     fn start(&mut self) -> BenchResult<()> {
         self.lives += 1;
         let log = self.log_dir.join(format!("{}-{}.log", self.id, self.lives));

@@ -71,6 +71,9 @@ pub(crate) struct StationRun {
     pub(crate) batches: Vec<Batch>,
     /// The `Store` orders between the two batches.
     pub(crate) fill: Option<Fill>,
+    /// With the scaling batches: one more after them, with the audit
+    /// trail's step entries off (`APP_JOBS_AUDIT_STEPS=false`).
+    pub(crate) without_step_audit: Option<Batch>,
     /// Lines the replicas logged (warnings and errors).
     pub(crate) log_lines: usize,
     /// The first of them.
@@ -271,34 +274,32 @@ pub(crate) async fn run(
     let driven = result?;
     let records = probes.spy.drain(Duration::from_millis(500)).await;
     let sequential = spy::steps(&records, TYPES, &driven.sequential.sent);
-    let batches = driven
-        .batches
-        .into_iter()
-        .map(|b| {
-            // The spy's copies (QoS 0, one packet each) are the benchmark's
-            // own traffic, not the station's.
-            let spied = records
-                .iter()
-                .filter(|(at, _)| *at > b.broker.0.at && *at <= b.broker.1.at)
-                .count() as u64;
-            Batch {
-                stored: b.stored,
-                jobs: b.phase.ended.len(),
-                elapsed: b.phase.elapsed,
-                steps: spy::steps(&records, TYPES, &b.phase.sent),
-                redis: b.redis.1.since(&b.redis.0),
-                packets: b.broker.1.since(&b.broker.0, spied),
-                round_trips: b.round_trips,
-                rss: b.rss,
-                cpu: b.cpu,
-            }
-        })
-        .collect();
+    let measured = |b: RawBatch| {
+        // The spy's copies (QoS 0, one packet each) are the benchmark's
+        // own traffic, not the station's.
+        let spied = records
+            .iter()
+            .filter(|(at, _)| *at > b.broker.0.at && *at <= b.broker.1.at)
+            .count() as u64;
+        Batch {
+            stored: b.stored,
+            jobs: b.phase.ended.len(),
+            elapsed: b.phase.elapsed,
+            steps: spy::steps(&records, TYPES, &b.phase.sent),
+            redis: b.redis.1.since(&b.redis.0),
+            packets: b.broker.1.since(&b.broker.0, spied),
+            round_trips: b.round_trips,
+            rss: b.rss,
+            cpu: b.cpu,
+        }
+    };
+    let batches = driven.batches.into_iter().map(measured).collect();
     Ok(StationRun {
         replicas,
         sequential,
         batches,
         fill: driven.fill,
+        without_step_audit: driven.without_step_audit.map(measured),
         log_lines,
         first_warning,
         not_idle: probes.not_idle,
@@ -347,6 +348,7 @@ struct Driven {
     sequential: Phase,
     batches: Vec<RawBatch>,
     fill: Option<Fill>,
+    without_step_audit: Option<RawBatch>,
 }
 
 async fn drive(
@@ -391,6 +393,14 @@ async fn drive(
         });
         batches.push(next);
     }
+    let mut without_step_audit = None;
+    if scaling {
+        stored += batches.last().map_or(0, |b| b.phase.ended.len());
+        for p in procs.iter_mut() {
+            p.set_env("APP_JOBS_AUDIT_STEPS", "false");
+        }
+        without_step_audit = Some(batch(mes, probes, procs, pids, "quiet", stored, sizes).await?);
+    }
     if let Some(why) = procs.iter_mut().find_map(Replica::exited) {
         return Err(why);
     }
@@ -398,6 +408,7 @@ async fn drive(
         sequential: seq,
         batches,
         fill: filled,
+        without_step_audit,
     })
 }
 

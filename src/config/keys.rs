@@ -666,6 +666,16 @@ pub(super) static KEYS: &[Key] = &[
         },
         get: |c| Shown::Int(c.jobs.change_stream_max_len),
     },
+    Key {
+        section: "jobs",
+        name: "audit_steps",
+        env: Some("APP_JOBS_AUDIT_STEPS"),
+        set: |c, v| {
+            c.jobs.audit_steps = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.jobs.audit_steps),
+    },
     // [http]
     Key {
         section: "http",

@@ -174,6 +174,7 @@ impl Config {
                 max_downloadable_job_orders: 0,
                 retention_seconds: 86_400,
                 change_stream_max_len: 10_000,
+                audit_steps: true,
             },
             msgpack: MsgpackConfig {
                 host: "localhost".into(),

@@ -56,6 +56,7 @@
 //! | `jobs.check_equipment`, `jobs.check_material_class`, `jobs.check_material_definition`, `jobs.check_personnel`, `jobs.check_physical_asset`, `jobs.check_work_master`, `jobs.check_job_limit` | `APP_JOBS_CHECK_EQUIPMENT`, … (same suffixes) | `true` |
 //! | `jobs.max_downloadable_job_orders` | `APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS` | `0` (unlimited) |
 //! | `jobs.retention_seconds` | `APP_JOBS_RETENTION_SECONDS` | `86400` |
+//! | `jobs.audit_steps` | `APP_JOBS_AUDIT_STEPS` | `true` |
 //! | `jobs.change_stream_max_len` | `APP_JOBS_CHANGE_STREAM_MAX_LEN` | `10000` |
 //! | `msgpack.host` | `APP_MSGPACK_HOSTNAME` | `localhost` |
 //! | `msgpack.port` | `APP_MSGPACK_PORT` | `8888` |
@@ -385,6 +386,11 @@ pub struct JobsConfig {
     /// Entries a scope's change stream keeps (approximately, `MAXLEN ~`).
     /// A reader that falls further behind resynchronises in full.
     pub change_stream_max_len: u64,
+    /// Whether the SFC engine adds a step entry (steps entered and left,
+    /// actions dispatched and ended) to a job's audit trail with every
+    /// write that changes them. Off saves one `XADD` per such write; the
+    /// trail then keeps commands, refusals and job state transitions only.
+    pub audit_steps: bool,
 }
 
 /// `[msgpack]`.

@@ -53,9 +53,24 @@ async fn setup(retention_s: u64) -> Setup {
     setup_on(Backend::Single, retention_s).await
 }
 
+/// As [`setup`], with `APP_JOBS_AUDIT_STEPS=false`.
+async fn setup_without_step_entries(retention_s: u64) -> Setup {
+    setup_with(
+        Backend::Single,
+        retention_s,
+        &[("APP_JOBS_AUDIT_STEPS", "false")],
+    )
+    .await
+}
+
 /// A station on `backend` keeping EndState jobs `retention_s` seconds, an
 /// MES, and a job store of the test's own on the same Redis.
 async fn setup_on(backend: Backend, retention_s: u64) -> Setup {
+    setup_with(backend, retention_s, &[]).await
+}
+
+/// As [`setup_on`], with more settings.
+async fn setup_with(backend: Backend, retention_s: u64, more: &[(&str, &str)]) -> Setup {
     init_tracing();
     let m = Mosquitto::start();
     let r = Store::start(backend);
@@ -66,6 +81,9 @@ async fn setup_on(backend: Backend, retention_s: u64) -> Setup {
         "APP_JOBS_RETENTION_SECONDS",
         &retention_s.to_string(),
     );
+    for (k, v) in more {
+        jobs::set(&mut env, k, v);
+    }
     let station = jobs::start(env).await;
     let mes = Mes::connect(m.port(), "mes").await;
     let store = JobStore::new(r.connection(), "t", Duration::from_secs(retention_s));
@@ -469,6 +487,40 @@ async fn the_trail_costs_one_xadd_per_step_write_and_nothing_else() {
         "audit cost: {xadds} XADD of {total} Redis commands for 2 steps \
          ({steps} step entries / {exec_writes} execution writes, \
          {job_entries} job entries / {job_writes} job writes)"
+    );
+    s.station.stop().await;
+}
+
+/// `jobs.audit_steps = false`: the engine writes no step entries, while
+/// the job manager still records the commands and every state transition
+/// (the trail keeps who asked for what and what the job went through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_step_entries_the_trail_keeps_commands_and_transitions() {
+    let mut s = setup_without_step_entries(3600).await;
+    let _eq = Equipment::start(s.m.port(), answer_all()).await;
+    store_recipe(&mut s.mes, SCOPE, two_steps()).await;
+    let (status, _) = call(
+        &mut s.mes,
+        "StoreAndStart",
+        "quiet-store",
+        json!({"JobOrder": jobs::order("q1")}),
+    )
+    .await;
+    assert_eq!(status, 1);
+    until_state(&mut s.mes, "q1", "Ended").await;
+    let trail = s.store.audit(SCOPE, "q1").await.unwrap();
+    assert!(
+        trail.iter().all(|e| step(e).is_none()),
+        "no step entries: {trail:#?}"
+    );
+    assert_eq!(
+        command(&trail[0]).map(|c| c.method.as_str()),
+        Some("StoreAndStart")
+    );
+    let states: Vec<&str> = trail.iter().filter_map(transition).map(|t| t.2).collect();
+    assert!(
+        states.contains(&"Running") && states.contains(&"Ended/Completed"),
+        "the transitions are kept: {states:?}"
     );
     s.station.stop().await;
 }

@@ -108,6 +108,11 @@ pub struct EngineSettings {
     /// entry (a timer, progress or finished work item, a job change) is
     /// dead-lettered (`P:{S}:deadletters`), acknowledged and logged.
     pub max_attempts: u32,
+    /// Whether each write that changes steps or actions adds a step entry
+    /// to the job's audit trail (`jobs.audit_steps`; one `XADD` inside the
+    /// write's script, no extra round trip). Commands, refusals and job
+    /// state transitions are recorded by the job manager either way.
+    pub audit_steps: bool,
 }
 
 impl Default for EngineSettings {
@@ -118,6 +123,7 @@ impl Default for EngineSettings {
             batch: 256,
             message_expiry: None,
             max_attempts: 30,
+            audit_steps: true,
         }
     }
 }

@@ -397,7 +397,12 @@ impl Engine {
         }
         // One audit entry per write that changed steps or actions: the
         // single XADD a step costs its trail.
-        let audit = step_record(exec, before, effects)
+        let audit = self
+            .inner
+            .settings
+            .audit_steps
+            .then(|| step_record(exec, before, effects))
+            .flatten()
             .map(|r| crate::jobs::store::audit_json(&crate::jobs::audit::AuditEvent::Step(r)));
         inv.arg(audit.unwrap_or_default());
         let mut c = self.conn();
