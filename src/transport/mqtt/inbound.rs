@@ -2,7 +2,7 @@
 //! decoding, pending requests, routing to a processor, and the attempts at
 //! it through the dedupe layer, as [`Retries`] decides.
 
-use super::disposition::{Disposition, Retries};
+use crate::transport::disposition::{Disposition, Retries};
 use super::session::jitter;
 use super::{read, MqttTransport, Route};
 use crate::binding::mqtt::{self as mb, Inbound, Rejected, ReplyTo};
