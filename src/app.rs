@@ -699,8 +699,9 @@ impl AppBuilder {
             .collect();
         let mut msgpack = Vec::new();
         for (name, s) in self.msgpack {
-            let t = MsgpackTransport::new(name.clone(), s)
-                .map_err(|e| AppError::Config(format!("MessagePack-RPC transport '{name}': {e}")))?;
+            let t = MsgpackTransport::new(name.clone(), s).map_err(|e| {
+                AppError::Config(format!("MessagePack-RPC transport '{name}': {e}"))
+            })?;
             // Bound now, so a port in use is an error of the build and
             // port 0 is known before the app runs.
             let at = format!("{}:{}", t.settings().host, t.settings().port);
@@ -738,7 +739,8 @@ impl AppBuilder {
             };
             transport.bind(&p, b.clone());
             // `msgpack.processors`: the same processor on MessagePack-RPC too.
-            if configured.iter().any(|n| n == p.name()) && !on_msgpack.iter().any(|n| n == p.name()) {
+            if configured.iter().any(|n| n == p.name()) && !on_msgpack.iter().any(|n| n == p.name())
+            {
                 if let Some((_, m)) = msgpack.iter().find(|(n, _)| n == MSGPACK) {
                     m.bind(&p, b);
                     on_msgpack.push(p.name().to_owned());

@@ -354,6 +354,17 @@ mod tests {
     }
 
     #[test]
+    fn names_are_a_list_without_blanks_or_duplicates() {
+        let ok = names(&Raw::Env(" machinery-jobs, equipment,,equipment")).unwrap();
+        assert_eq!(ok, ["machinery-jobs", "equipment"]);
+        assert!(names(&Raw::Env("a/b")).is_err());
+        assert!(names(&Raw::Env("a+")).is_err());
+        let arr = toml::Value::Array(vec!["equipment".into()]);
+        assert_eq!(names(&Raw::Toml(&arr)).unwrap(), ["equipment"]);
+        assert!(names(&Raw::Toml(&toml::Value::Array(vec![1.into()]))).is_err());
+    }
+
+    #[test]
     fn cluster_nodes_are_host_port_pairs() {
         let ok = cluster_nodes(&Raw::Env("10.0.0.1:7000, redis-b:7001,[::1]:7002")).unwrap();
         assert_eq!(ok, ["10.0.0.1:7000", "redis-b:7001", "[::1]:7002"]);

@@ -36,7 +36,9 @@ impl MsgpackTransport {
         let n = params.len();
         let mut it = params.into_iter();
         let (Some(map), metadata) = (it.next(), it.next()) else {
-            return Err("publish takes (cloudevent_map, transport_metadata|nil), got no parameters".into());
+            return Err(
+                "publish takes (cloudevent_map, transport_metadata|nil), got no parameters".into(),
+            );
         };
         if n > 2 {
             return Err(format!(
@@ -170,7 +172,11 @@ impl MsgpackTransport {
                     return self.replied(reply.into_iter().collect());
                 }
                 Disposition::WaitBusy { delay } => delay,
-                Disposition::Retry { error, first, delay } => {
+                Disposition::Retry {
+                    error,
+                    first,
+                    delay,
+                } => {
                     if first {
                         self.metrics.error(error.kind());
                         if let Some(i) = crate::metrics::instruments() {

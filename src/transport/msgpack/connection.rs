@@ -159,7 +159,10 @@ impl MsgpackTransport {
         }
         let _ = permits.acquire_many(limit as u32).await;
         drop(tx);
-        if tokio::time::timeout(FLUSH_TIMEOUT, &mut writer).await.is_err() {
+        if tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)
+            .await
+            .is_err()
+        {
             writer.abort();
         }
         info!(transport = %self.name, %peer, "client disconnected");
@@ -192,7 +195,7 @@ impl MsgpackTransport {
                     debug!(transport = %self.name, %peer, timestamp = ?params.first(), "heartbeat");
                 }
                 "publish" => {
-                        let this = self.clone();
+                    let this = self.clone();
                     tokio::spawn(async move {
                         // A notification gets no answer, whatever happens.
                         let _ = this.call(&method, params).await;
@@ -229,7 +232,8 @@ impl MsgpackTransport {
         let message = format!(
             "frame of at least {size} bytes exceeds the maximum frame size of {max} bytes (max_buffer_size); closing the connection"
         );
-        self.metrics.error(crate::error::ErrorKind::ResourceExhausted);
+        self.metrics
+            .error(crate::error::ErrorKind::ResourceExhausted);
         if let Some(msgid) = frame::msgid_of_prefix(buf) {
             let _ = tx.send(frame::response(msgid, Err(message.clone()))).await;
         }

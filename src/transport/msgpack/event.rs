@@ -86,7 +86,11 @@ pub(crate) fn to_mqtt(map: Value) -> Result<AsMqtt, (AsMqtt, ErrorKind, String)>
             other => {
                 problem.get_or_insert((
                     ErrorKind::UserPropertyInvalid,
-                    format!("'{}' must be text, found {}", k.escape_debug(), other.kind()),
+                    format!(
+                        "'{}' must be text, found {}",
+                        k.escape_debug(),
+                        other.kind()
+                    ),
                 ));
                 continue;
             }
@@ -147,7 +151,12 @@ mod tests {
     use crate::envelope::CorrelationId;
 
     fn map(entries: Vec<(&str, Value)>) -> Value {
-        Value::Map(entries.into_iter().map(|(k, v)| (Value::str(k), v)).collect())
+        Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (Value::str(k), v))
+                .collect(),
+        )
     }
 
     #[test]

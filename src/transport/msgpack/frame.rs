@@ -97,7 +97,9 @@ pub(crate) fn scan(buf: &[u8], max: usize) -> Scan {
             .saturating_add(head as u64)
             .saturating_add(body);
         if end.saturating_add(pending) > max as u64 {
-            return Scan::TooLarge(usize::try_from(end.saturating_add(pending)).unwrap_or(usize::MAX));
+            return Scan::TooLarge(
+                usize::try_from(end.saturating_add(pending)).unwrap_or(usize::MAX),
+            );
         }
         pos = end as usize;
     }
@@ -148,7 +150,10 @@ impl Frame {
         };
         let kind = items.first().and_then(Value::as_u64);
         let msgid = match kind {
-            Some(REQUEST) => items.get(1).and_then(Value::as_u64).filter(|id| *id <= u64::from(u32::MAX)),
+            Some(REQUEST) => items
+                .get(1)
+                .and_then(Value::as_u64)
+                .filter(|id| *id <= u64::from(u32::MAX)),
             _ => None,
         };
         let mut it = items.into_iter();
@@ -157,14 +162,17 @@ impl Frame {
         match kind {
             Some(REQUEST) => {
                 let Some(id) = msgid else {
-                    return Err(bad(None, "a request's msgid must be an unsigned 32-bit integer".into()));
+                    return Err(bad(
+                        None,
+                        "a request's msgid must be an unsigned 32-bit integer".into(),
+                    ));
                 };
                 if n != 4 {
                     return Err(bad(msgid, format!("a request has 4 elements, found {n}")));
                 }
                 let _ = it.next();
-                let (method, params) = method_params(it.next(), it.next())
-                    .map_err(|m| bad(msgid, m))?;
+                let (method, params) =
+                    method_params(it.next(), it.next()).map_err(|m| bad(msgid, m))?;
                 Ok(Frame::Request {
                     msgid: id,
                     method,
@@ -173,7 +181,10 @@ impl Frame {
             }
             Some(NOTIFICATION) => {
                 if n != 3 {
-                    return Err(bad(None, format!("a notification has 3 elements, found {n}")));
+                    return Err(bad(
+                        None,
+                        format!("a notification has 3 elements, found {n}"),
+                    ));
                 }
                 let (method, params) =
                     method_params(it.next(), it.next()).map_err(|m| bad(None, m))?;
@@ -191,7 +202,10 @@ impl Frame {
     }
 }
 
-fn method_params(method: Option<Value>, params: Option<Value>) -> Result<(String, Vec<Value>), String> {
+fn method_params(
+    method: Option<Value>,
+    params: Option<Value>,
+) -> Result<(String, Vec<Value>), String> {
     let method = match method {
         Some(Value::Str(m)) => m,
         other => {
@@ -219,7 +233,13 @@ pub(crate) fn response(msgid: u64, result: Result<Value, String>) -> Vec<u8> {
         Ok(r) => (Value::Nil, r),
         Err(e) => (Value::Str(e), Value::Nil),
     };
-    Value::Array(vec![Value::UInt(RESPONSE), Value::UInt(msgid), error, result]).encode()
+    Value::Array(vec![
+        Value::UInt(RESPONSE),
+        Value::UInt(msgid),
+        error,
+        result,
+    ])
+    .encode()
 }
 
 /// `[2, method, params]`.
@@ -288,9 +308,15 @@ mod tests {
         let one = request(1).encode();
         assert!(matches!(scan(&one, 100), Scan::TooLarge(n) if n > 100));
         // A str32 header announcing 4 GiB: refused from its 5 bytes.
-        assert!(matches!(scan(&[0xdb, 0xff, 0xff, 0xff, 0xff], 1024), Scan::TooLarge(_)));
+        assert!(matches!(
+            scan(&[0xdb, 0xff, 0xff, 0xff, 0xff], 1024),
+            Scan::TooLarge(_)
+        ));
         // An array32 of 4 billion nils.
-        assert!(matches!(scan(&[0xdd, 0xff, 0xff, 0xff, 0xff], 1024), Scan::TooLarge(_)));
+        assert!(matches!(
+            scan(&[0xdd, 0xff, 0xff, 0xff, 0xff], 1024),
+            Scan::TooLarge(_)
+        ));
         assert!(matches!(scan(&[0xc1], 1024), Scan::Invalid(_)));
         assert_eq!(msgid_of_prefix(&one[..8]), Some(1));
     }
@@ -306,7 +332,10 @@ mod tests {
             Value::str("heartbeat"),
             Value::Array(vec![Value::UInt(1)]),
         ]);
-        assert!(matches!(Frame::parse(n).unwrap(), Frame::Notification { .. }));
+        assert!(matches!(
+            Frame::parse(n).unwrap(),
+            Frame::Notification { .. }
+        ));
         let no_array = Frame::parse(Value::UInt(3)).unwrap_err();
         assert_eq!(no_array.msgid, None);
         let arity = Frame::parse(Value::Array(vec![

@@ -191,7 +191,11 @@ impl MsgpackTransport {
         if let Some(l) = slot.as_ref() {
             return l.local_addr();
         }
-        let host = self.settings.host.trim_start_matches('[').trim_end_matches(']');
+        let host = self
+            .settings
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let mut last = None;
         for addr in tokio::net::lookup_host((host, self.settings.port)).await? {
             let socket = if addr.is_ipv4() {

@@ -17,11 +17,17 @@ use tokio_rustls::rustls;
 /// without a CA file; the message names the file and the setting.
 pub(super) fn acceptor(t: &MsgpackTls) -> Result<tokio_rustls::TlsAcceptor, String> {
     crate::tls::install_provider();
-    let certs = crate::tls::certificates("MessagePack-RPC server certificate (msgpack.tls_cert_path)", &t.cert_path)
-        .map_err(|e| e.to_string())?;
+    let certs = crate::tls::certificates(
+        "MessagePack-RPC server certificate (msgpack.tls_cert_path)",
+        &t.cert_path,
+    )
+    .map_err(|e| e.to_string())?;
     let key_path = t.key_path.as_deref().unwrap_or(&t.cert_path);
-    let key = crate::tls::private_key("MessagePack-RPC server key (msgpack.tls_key_path)", key_path)
-        .map_err(|e| e.to_string())?;
+    let key = crate::tls::private_key(
+        "MessagePack-RPC server key (msgpack.tls_key_path)",
+        key_path,
+    )
+    .map_err(|e| e.to_string())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -34,16 +40,22 @@ pub(super) fn acceptor(t: &MsgpackTls) -> Result<tokio_rustls::TlsAcceptor, Stri
         for c in crate::tls::certificates("MessagePack-RPC client CA (msgpack.tls_ca_path)", ca)
             .map_err(|e| e.to_string())?
         {
-            roots
-                .add(c)
-                .map_err(|e| format!("the client CA file {} holds an unusable certificate: {e}", ca.display()))?;
+            roots.add(c).map_err(|e| {
+                format!(
+                    "the client CA file {} holds an unusable certificate: {e}",
+                    ca.display()
+                )
+            })?;
         }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider,
-        )
-        .build()
-        .map_err(|e| format!("cannot verify client certificates with {}: {e}", ca.display()))?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| {
+                    format!(
+                        "cannot verify client certificates with {}: {e}",
+                        ca.display()
+                    )
+                })?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()

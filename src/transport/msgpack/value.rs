@@ -163,7 +163,9 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Bin(b))
     }
     fn visit_newtype_struct<D: Deserializer<'de>>(self, _: D) -> Result<Value, D::Error> {
-        Err(de::Error::custom("MessagePack extension types are not supported"))
+        Err(de::Error::custom(
+            "MessagePack extension types are not supported",
+        ))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         // The declared length comes from the peer: cap what is reserved.
