@@ -112,9 +112,11 @@ fn event(ty: &str, id: &str, subject: Option<&str>, data: Value) -> Value {
         "specversion": "1.0",
         "type": ty,
         "datacontenttype": "application/json",
-        "data": {"$json": data},
         "correlationid": format!("corr-{id}"),
     });
+    let mut payload = serde_json::Map::new();
+    payload.insert("$json".into(), data);
+    e["data"] = Value::Object(payload);
     if let Some(s) = subject {
         e["subject"] = json!(s);
     }
@@ -691,8 +693,7 @@ async fn a_processor_name_the_station_does_not_have_is_a_configuration_error() {
     assert_eq!(config.msgpack.processors, ["machinery-jobs", "nope"]);
     let e = microdcs::station::build(&config)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     let text = e.to_string();
     assert!(
         text.contains("'nope'") && text.contains("APP_MSGPACK_PROCESSORS"),

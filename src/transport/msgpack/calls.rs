@@ -69,13 +69,11 @@ impl MsgpackTransport {
     async fn publish(&self, map: Value) -> Vec<CloudEvent> {
         let received_at = tokio::time::Instant::now();
         self.metrics.received();
-        let m = match event::to_mqtt(map) {
-            Ok(m) => m,
-            Err((m, kind, message)) => {
-                let partial = event::partial(&m);
-                return self.reject(&m, kind, message, partial, None, &[]);
-            }
-        };
+        let (m, problem) = event::to_mqtt(map);
+        if let Some((kind, message)) = problem {
+            let partial = event::partial(&m);
+            return self.reject(&m, kind, message, &partial, None, &[]);
+        }
         let ev = match event::decode(&m) {
             Ok(e) => e,
             Err(r) => {
@@ -85,7 +83,7 @@ impl MsgpackTransport {
                     partial,
                     ..
                 } = *r;
-                return self.reject(&m, kind, message, partial, None, &[]);
+                return self.reject(&m, kind, message, &partial, None, &[]);
             }
         };
         let Some(processor) = self.route(&ev.ty) else {
@@ -93,11 +91,18 @@ impl MsgpackTransport {
                 "no processor bound to MessagePack-RPC transport '{}' handles type '{}'",
                 self.name, ev.ty
             );
-            return self.reject(&m, ErrorKind::NoMatchingSubscribers, message, ev, None, &[]);
+            return self.reject(
+                &m,
+                ErrorKind::NoMatchingSubscribers,
+                message,
+                &ev,
+                None,
+                &[],
+            );
         };
         if ev.is_expired(crate::runtime::clock::now()) {
             let message = "the event's expirytime has passed".to_owned();
-            return self.reject(&m, ErrorKind::Timeout, message, ev, Some(&processor), &[]);
+            return self.reject(&m, ErrorKind::Timeout, message, &ev, Some(&processor), &[]);
         }
         let span = tracing::info_span!(
             "message",
@@ -194,7 +199,7 @@ impl MsgpackTransport {
                         m,
                         e.kind(),
                         e.message().to_owned(),
-                        ev.clone(),
+                        &ev,
                         Some(processor),
                         &context,
                     );
@@ -262,7 +267,7 @@ impl MsgpackTransport {
         m: &AsMqtt,
         kind: ErrorKind,
         message: String,
-        partial: CloudEvent,
+        partial: &CloudEvent,
         processor: Option<&Processor>,
         context: &[(String, String)],
     ) -> Vec<CloudEvent> {
@@ -288,7 +293,7 @@ impl MsgpackTransport {
         );
         self.keep_dead_letter(m, kind, &message, processor, label);
         let e = HandlerError::terminal(kind, message).with_context_entries(context.iter().cloned());
-        self.replied(vec![failure(&self.settings.source, &partial, &e)])
+        self.replied(vec![failure(&self.settings.source, partial, &e)])
     }
 
     /// Appends the original, as MQTT would carry it, to the processor's

@@ -28,15 +28,14 @@ pub(crate) struct AsMqtt {
 /// decimal form, a `mdcserrorcontext` map as `k=v,k=v`); nil values are
 /// absent attributes.
 ///
-/// # Errors
-/// A key that is not a string, `data` that is neither binary nor a string,
-/// or a value that has no text form (binary, an array, a map): each a
-/// [`Rejected`] with what could be read.
-pub(crate) fn to_mqtt(map: Value) -> Result<AsMqtt, (AsMqtt, ErrorKind, String)> {
+/// Returns what could be read, and the first problem when there is one:
+/// a key that is not a string, `data` that is neither binary nor a string,
+/// or a value that has no text form (binary, an array, a map).
+pub(crate) fn to_mqtt(map: Value) -> (AsMqtt, Option<(ErrorKind, String)>) {
     let mut out = AsMqtt::default();
     let Value::Map(entries) = map else {
         let m = format!("a CloudEvent must be a map, found {}", map.kind());
-        return Err((out, ErrorKind::PayloadInvalid, m));
+        return (out, Some((ErrorKind::PayloadInvalid, m)));
     };
     let mut problem = None;
     for (k, v) in entries {
@@ -100,10 +99,7 @@ pub(crate) fn to_mqtt(map: Value) -> Result<AsMqtt, (AsMqtt, ErrorKind, String)>
         }
         out.properties.user_properties.push((k, text));
     }
-    match problem {
-        Some((kind, m)) => Err((out, kind, m)),
-        None => Ok(out),
-    }
+    (out, problem)
 }
 
 /// Decodes what [`to_mqtt`] made with the MQTT binding's rules.
@@ -168,7 +164,7 @@ mod tests {
         e.expiryinterval = Some(30);
         e.correlationid = Some(CorrelationId::from_text("c-1"));
         e.custom.insert("line".into(), "3".into());
-        let back = decode(&to_mqtt(to_map(&e)).unwrap()).unwrap();
+        let back = decode(&to_mqtt(to_map(&e)).0).unwrap();
         assert_eq!(back, e);
     }
 
@@ -199,22 +195,22 @@ mod tests {
         };
         let mut missing = base();
         missing.remove(0);
-        let r = decode(&to_mqtt(map(missing)).unwrap()).unwrap_err();
+        let r = decode(&to_mqtt(map(missing)).0).unwrap_err();
         assert_eq!(r.kind, ErrorKind::MissingUserProperty);
         assert_eq!(r.partial.ty, "t.v1");
 
         let mut control = base();
         control.push(("subject", Value::str("a\u{1}b")));
-        assert!(decode(&to_mqtt(map(control)).unwrap()).is_err());
+        assert!(decode(&to_mqtt(map(control)).0).is_err());
 
         let mut nested = base();
         nested.push(("x", Value::Array(vec![])));
-        let (m, kind, _) = to_mqtt(map(nested)).unwrap_err();
-        assert_eq!(kind, ErrorKind::UserPropertyInvalid);
+        let (m, problem) = to_mqtt(map(nested));
+        assert_eq!(problem.unwrap().0, ErrorKind::UserPropertyInvalid);
         assert_eq!(partial(&m).ty, "t.v1");
 
         let mut data = base();
         data.push(("data", Value::UInt(1)));
-        assert_eq!(to_mqtt(map(data)).unwrap_err().1, ErrorKind::PayloadInvalid);
+        assert_eq!(to_mqtt(map(data)).1.unwrap().0, ErrorKind::PayloadInvalid);
     }
 }
