@@ -6,7 +6,7 @@
 use crate::harness::jobs::{self, order, state_texts, Mes, PREFIX};
 use crate::harness::station::{self, Hosted};
 use crate::harness::{eventually, init_tracing, Mosquitto, Redis};
-use microdcs::transport::msgpack::{MsgpackSettings, MsgpackTransport};
+use microdcs::transport::msgpack::{MsgpackSettings, MsgpackTls, MsgpackTransport};
 use microdcs::{App, Emit, EventType, HandlerError, Processor, Scope, State, TopicBinding};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -703,4 +703,69 @@ async fn a_processor_name_the_station_does_not_have_is_a_configuration_error() {
         text.contains("machinery-jobs"),
         "names what is bound: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_client_needs_a_certificate_of_the_configured_ca_when_required() {
+    use crate::security::Ca;
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca, other) = (Ca::new("msgpack test CA"), Ca::new("someone else's CA"));
+    let ca_file = ca.write(d, "ca");
+    let (server_cert, server_key, _) = ca.issue(d, "server", &["localhost", "127.0.0.1"]);
+    let (client_cert, client_key, _) = ca.issue(d, "adapter", &["adapter"]);
+    let (stranger_cert, stranger_key, _) = other.issue(d, "stranger", &["adapter"]);
+    let mut s = rpc_settings();
+    s.tls = Some(MsgpackTls {
+        cert_path: server_cert,
+        key_path: Some(server_key),
+        client_auth: true,
+        ca_path: Some(ca_file.clone()),
+    });
+    let seen = Seen::new(false);
+    let (app, _t, addr) = launch(&m, &r, s, processors(&seen)).await;
+    let mut py = Py::start(addr);
+    let connect = |conn: &str, cert: Option<(&std::path::Path, &std::path::Path)>| {
+        let mut tls = json!({"ca": ca_file, "name": "localhost"});
+        if let Some((c, k)) = cert {
+            tls["cert"] = json!(c);
+            tls["key"] = json!(k);
+        }
+        json!({"op": "connect", "conn": conn, "host": "127.0.0.1", "port": addr.port(), "tls": tls})
+    };
+    let ok = py
+        .cmd(connect("a", Some((&client_cert, &client_key))))
+        .await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    let replies = py
+        .publish("a", &event("test.ping.v1", "tls-1", None, json!({"N": 1})))
+        .await;
+    assert_eq!(data(&replies[0]), &json!({"N": 2}));
+
+    let without = py.cmd(connect("b", None)).await;
+    assert!(
+        without.get("error").is_some(),
+        "refused without a certificate: {without}"
+    );
+    let stranger = py
+        .cmd(connect("c", Some((&stranger_cert, &stranger_key))))
+        .await;
+    assert!(
+        stranger.get("error").is_some(),
+        "refused with a foreign certificate: {stranger}"
+    );
+    // Plain MessagePack on the TLS port gets a TLS alert, not an answer.
+    py.connect("plain").await;
+    py.send("plain", json!([0, 1, "heartbeat", [0]])).await;
+    let f = py.recv("plain").await;
+    assert!(!f.is_array(), "no MessagePack-RPC response: {f}");
+    // The authenticated client was never disturbed.
+    let replies = py
+        .publish("a", &event("test.ping.v1", "tls-2", None, json!({"N": 7})))
+        .await;
+    assert_eq!(data(&replies[0]), &json!({"N": 8}));
+    assert_eq!(seen.pings.load(Ordering::SeqCst), 2);
+    let _ = app.stop(WAIT).await;
 }
