@@ -769,3 +769,104 @@ async fn over_tls_a_client_needs_a_certificate_of_the_configured_ca_when_require
     assert_eq!(seen.pings.load(Ordering::SeqCst), 2);
     let _ = app.stop(WAIT).await;
 }
+
+/// Status events until job `job` reaches one of `states`.
+async fn until_state(mes: &mut Mes, job: &str, states: &[&str]) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Some((_, ev)) = mes.next_event().await {
+            let s = state_texts(&ev["JobState"]);
+            if ev["JobOrder"]["JobOrderID"] == job && states.contains(&s[0].as_str()) {
+                return ev;
+            }
+        }
+    }
+    panic!("job {job} did not reach {states:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equipment_adapter_over_msgpack_executes_a_recipe_step() {
+    use crate::harness::recipes::{pull_event, push_command, store_recipe};
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let port = free_port();
+    let mut env = jobs::env(m.port(), r.0.port(), "sfc-rpc");
+    jobs::set(&mut env, "APP_JOBS_CHECK_WORK_MASTER", "true");
+    jobs::set(&mut env, "APP_MSGPACK_PROCESSORS", "equipment");
+    jobs::set(&mut env, "APP_MSGPACK_HOSTNAME", "127.0.0.1");
+    jobs::set(&mut env, "APP_MSGPACK_PORT", &port.to_string());
+    let station = jobs::start(env).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    // The adapter: a sidecar next to the station, no broker in between.
+    let mut py = Py::start(SocketAddr::from(([127, 0, 0, 1], port)));
+    py.connect("plc").await;
+    let inspected = "com.example.axle.inspected.v1";
+    let mut clamp = push_command("clamp", "load", "N", "com.example.axle.clamp.v1", 0);
+    clamp["Parameters"] = json!({"station": "axle-1"});
+    let recipe = json!({
+        "Version": "1.0.0",
+        "Steps": [{"Name": "load", "Initial": true}, {"Name": "inspect"}],
+        "Transitions": [{"Source": "load", "Target": "inspect", "Condition": "results.clamp.ok"}],
+        "Actions": [clamp, pull_event("inspection", "inspect", inspected, 30)]
+    });
+    store_recipe(&mut mes, "axle", recipe).await;
+    assert_eq!(
+        mes.status("StoreAndStart", "axle", json!({"JobOrder": order("a1")}))
+            .await,
+        1
+    );
+
+    // The command arrives as a `cloudevent` notification with intent
+    // `commands`; the adapter answers with `publish`, echoing the
+    // correlation: routed by type to `equipment`, matched by correlation.
+    let f = py.recv("plc").await;
+    assert_eq!(
+        (f[0].clone(), f[1].clone()),
+        (json!(2), json!("cloudevent")),
+        "{f}"
+    );
+    let (cmd, intent) = (&f[2][0], &f[2][1]);
+    assert_eq!(intent, "commands");
+    assert_eq!(cmd["type"], "com.example.axle.clamp.v1");
+    assert_eq!(cmd["subject"], "axle");
+    assert_eq!(cmd["jobid"], "a1");
+    assert_eq!(data(cmd)["station"], "axle-1");
+    let mut result = event(
+        "com.example.axle.clamp.v1",
+        "clamp-result-1",
+        Some("axle"),
+        json!({"ok": true}),
+    );
+    result["correlationid"] = cmd["correlationid"].clone();
+    result["causationid"] = cmd["id"].clone();
+    let replies = py.publish("plc", &result).await;
+    assert!(
+        replies.iter().all(|r| r.get("mdcserrorkind").is_none()),
+        "{replies:?}"
+    );
+    // The equipment's own event for the pull action, naming its job.
+    let mut ev = event(inspected, "insp-1", Some("axle"), json!({"passed": true}));
+    ev["jobid"] = json!("a1");
+    let replies = py.publish("plc", &ev).await;
+    assert!(
+        replies.iter().all(|r| r.get("mdcserrorkind").is_none()),
+        "{replies:?}"
+    );
+
+    let ended = until_state(&mut mes, "a1", &["Ended", "Aborted"]).await;
+    assert_eq!(
+        state_texts(&ended["JobState"]),
+        ["Ended", "Completed"],
+        "{ended}"
+    );
+    let results = ended["JobResponse"]["JobResponseData"].as_array().unwrap();
+    let value = |id: &str| {
+        results
+            .iter()
+            .find(|d| d["ID"] == id)
+            .map(|d| d["Value"].clone())
+    };
+    assert_eq!(value("clamp").unwrap()["ok"], true);
+    assert_eq!(value("inspection").unwrap()["passed"], true);
+    station.stop().await;
+}
