@@ -12,7 +12,7 @@
 //! `type` to the one processor bound here that handles it (MicroDCS fans
 //! out to every processor: the defect the contract fixes), deduplicated by
 //! (`source`, `id`) through the same dedupe layer, retried and given up on
-//! by the same [`Retries`](crate::transport::disposition), answered with
+//! by the same retry decision (`transport::disposition`), answered with
 //! the same replies and error replies, dead-lettered into the same Redis
 //! streams (`crate::dlq`).
 //!
