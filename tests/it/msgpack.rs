@@ -196,6 +196,24 @@ async fn ping(
     Ok(out)
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+struct Big {
+    #[serde(rename = "Size")]
+    size: usize,
+}
+impl EventType for Big {
+    const TYPE: &'static str = "test.big.v1";
+    const DATASCHEMA: &'static str = "urn:test:big";
+}
+
+/// Emits one event of `size` bytes (to fill slow clients' buffers).
+async fn big(b: Big) -> microdcs::Outcome {
+    let mut e = microdcs::CloudEvent::new("test.bigevent.v1", "");
+    e.datacontenttype = Some("application/octet-stream".into());
+    e.data = Some(bytes::Bytes::from(vec![b'x'; b.size]));
+    microdcs::Outcome::none().emit(Emit::raw(e).subject("big"))
+}
+
 async fn count(_: Count, seen: State<Seen>) {
     seen.counts.fetch_add(1, Ordering::SeqCst);
 }
@@ -203,6 +221,7 @@ async fn count(_: Count, seen: State<Seen>) {
 fn processors(seen: &Arc<Seen>) -> Vec<(Processor, TopicBinding)> {
     let pinger = Processor::northbound("pinger")
         .handle(ping)
+        .handle(big)
         .state_arc(seen.clone())
         .build();
     let counter = Processor::northbound("counter")
@@ -869,4 +888,57 @@ async fn an_equipment_adapter_over_msgpack_executes_a_recipe_step() {
     assert_eq!(value("clamp").unwrap()["ok"], true);
     assert_eq!(value("inspection").unwrap()["passed"], true);
     station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_events_is_disconnected_without_holding_up_the_others() {
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let mut s = rpc_settings();
+    s.client_queue = 4;
+    let (app, t, addr) = launch(&m, &r, s, processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("slow").await;
+    py.connect("fast").await;
+    assert!(eventually(WAIT, || t.clients() == 2).await);
+    // 64 events of 512 KiB: far more than the kernel's socket buffers and
+    // the 4-frame queue of a client that reads nothing.
+    for i in 0..64 {
+        let e = event(
+            "test.big.v1",
+            &format!("big-{i}"),
+            None,
+            json!({"Size": 512 * 1024}),
+        );
+        let replies = py.publish("fast", &e).await;
+        assert!(replies.is_empty(), "{replies:?}");
+    }
+    assert!(
+        eventually(WAIT, || t.clients() == 1).await,
+        "the slow client was disconnected"
+    );
+    // The fast client got every event.
+    for _ in 0..64 {
+        let f = py.recv("fast").await;
+        assert_eq!(
+            f[1],
+            "cloudevent",
+            "{}",
+            &f.to_string()[..80.min(f.to_string().len())]
+        );
+        assert_eq!(f[2][0]["type"], "test.bigevent.v1");
+    }
+    // The slow one reads what reached it, then its connection's end.
+    let mut ended = false;
+    for _ in 0..80 {
+        let f = py.recv("slow").await;
+        if f == "eof" {
+            ended = true;
+            break;
+        }
+        assert_eq!(f[1], "cloudevent");
+    }
+    assert!(ended, "the slow client's connection was closed");
+    let _ = app.stop(WAIT).await;
 }
