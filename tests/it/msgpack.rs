@@ -612,7 +612,13 @@ async fn a_job_runs_its_whole_lifecycle_over_msgpack_while_an_mqtt_mes_watches()
     let (m, r) = (Mosquitto::start(), Redis::start());
     let port = free_port();
     let mut env = jobs::env(m.port(), r.0.port(), "st-1");
-    jobs::set(&mut env, "APP_MSGPACK_PROCESSORS", "machinery-jobs");
+    // `equipment` takes any type (its fallback handler) and is bound too:
+    // the job commands go to `machinery-jobs`, which has handlers for them.
+    jobs::set(
+        &mut env,
+        "APP_MSGPACK_PROCESSORS",
+        "equipment,machinery-jobs",
+    );
     jobs::set(&mut env, "APP_MSGPACK_HOSTNAME", "127.0.0.1");
     jobs::set(&mut env, "APP_MSGPACK_PORT", &port.to_string());
     let station = jobs::start(env).await;

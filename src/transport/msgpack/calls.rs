@@ -123,9 +123,16 @@ impl MsgpackTransport {
             .await
     }
 
-    /// The one processor bound here that handles `ty`.
+    /// The one processor bound here that handles `ty`: one with a handler
+    /// for that type before one whose fallback takes any type (the
+    /// `equipment` processor), since no topic tells them apart here.
     fn route(&self, ty: &str) -> Option<Processor> {
-        read(&self.routes).iter().find(|p| p.handles(ty)).cloned()
+        let routes = read(&self.routes);
+        routes
+            .iter()
+            .find(|p| p.handled_types().contains(&ty))
+            .or_else(|| routes.iter().find(|p| p.handles(ty)))
+            .cloned()
     }
 
     /// Attempts through the dedupe layer until [`Retries`] decides; the
@@ -364,3 +371,34 @@ impl MsgpackTransport {
 
 /// How long keeping a dead letter in Redis may take before it is given up.
 const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::topics::TopicBinding;
+    use crate::transport::msgpack::MsgpackSettings;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Ping {}
+    impl crate::EventType for Ping {
+        const TYPE: &'static str = "t.ping.v1";
+        const DATASCHEMA: &'static str = "urn:t:ping";
+    }
+
+    async fn ping(_: Ping) {}
+    async fn any(_: CloudEvent) {}
+
+    #[test]
+    fn a_handler_for_the_type_wins_over_a_fallback_bound_before_it() {
+        let t = MsgpackTransport::new("rpc", MsgpackSettings::new("127.0.0.1", 0)).unwrap();
+        let fallback = Processor::southbound("equipment").handle(any).build();
+        let specific = Processor::northbound("pinger").handle(ping).build();
+        t.bind(&fallback, TopicBinding::new("app/equipment"));
+        t.bind(&specific, TopicBinding::new("app/ping"));
+        assert_eq!(t.route("t.ping.v1").unwrap().name(), "pinger");
+        assert_eq!(t.route("t.other.v1").unwrap().name(), "equipment");
+        let only = MsgpackTransport::new("rpc2", MsgpackSettings::new("127.0.0.1", 0)).unwrap();
+        only.bind(&specific, TopicBinding::new("app/ping"));
+        assert!(only.route("t.other.v1").is_none());
+    }
+}

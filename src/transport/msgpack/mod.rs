@@ -137,6 +137,11 @@ impl MsgpackTransport {
     /// only names the intent of each event (the last level of the topic it
     /// would have over MQTT); pass the processor's MQTT binding.
     pub fn bind(self: &Arc<Self>, processor: &Processor, binding: TopicBinding) {
+        // The `source` of its events, unless a transport bound before (MQTT,
+        // which also sets the events' QoS) did.
+        if processor.shared.emitter.bindings().is_empty() {
+            processor.shared.emitter.configure(&self.settings.source, 1);
+        }
         processor.shared.emitter.bind(Bound {
             publisher: self.clone() as Arc<dyn Publisher>,
             binding,
