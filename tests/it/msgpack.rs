@@ -214,6 +214,39 @@ async fn big(b: Big) -> microdcs::Outcome {
     microdcs::Outcome::none().emit(Emit::raw(e).subject("big"))
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+struct Flaky {}
+impl EventType for Flaky {
+    const TYPE: &'static str = "test.flaky.v1";
+    const DATASCHEMA: &'static str = "urn:test:flaky";
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Broken {}
+impl EventType for Broken {
+    const TYPE: &'static str = "test.broken.v1";
+    const DATASCHEMA: &'static str = "urn:test:broken";
+}
+
+/// Fails retryably twice, then answers.
+async fn flaky(_: Flaky, seen: State<Seen>) -> Result<microdcs::Outcome, HandlerError> {
+    if seen.counts.fetch_add(1, Ordering::SeqCst) < 2 {
+        return Err(HandlerError::retryable(
+            microdcs::ErrorKind::ServiceUnavailable,
+            "not yet",
+        ));
+    }
+    Ok(microdcs::Outcome::reply(&Pong { n: 0 }))
+}
+
+/// Always fails for good.
+async fn broken(_: Broken) -> Result<(), HandlerError> {
+    Err(
+        HandlerError::terminal(microdcs::ErrorKind::StateInvalid, "the press is open")
+            .context("press", "p-1"),
+    )
+}
+
 async fn count(_: Count, seen: State<Seen>) {
     seen.counts.fetch_add(1, Ordering::SeqCst);
 }
@@ -226,6 +259,8 @@ fn processors(seen: &Arc<Seen>) -> Vec<(Processor, TopicBinding)> {
         .build();
     let counter = Processor::northbound("counter")
         .handle(count)
+        .handle(flaky)
+        .handle(broken)
         .state_arc(seen.clone())
         .build();
     vec![
@@ -946,5 +981,62 @@ async fn a_client_that_does_not_read_its_events_is_disconnected_without_holding_
         assert_eq!(f[1], "cloudevent");
     }
     assert!(ended, "the slow client's connection was closed");
+    let _ = app.stop(WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_failures_are_retried_or_answered_with_their_kind_and_dead_lettered() {
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let (app, t, addr) = launch(&m, &r, rpc_settings(), processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("a").await;
+    // Retryable twice: the call waits for the third attempt's answer.
+    let ok = py
+        .publish("a", &event("test.flaky.v1", "f-1", None, json!({})))
+        .await;
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert!(ok[0].get("mdcserrorkind").is_none(), "{}", ok[0]);
+    assert_eq!(data(&ok[0]), &json!({"N": 0}));
+    assert_eq!(seen.counts.load(Ordering::SeqCst), 3);
+    assert_eq!(t.metrics().snapshot().retries, 2);
+    // Terminal: the error reply with kind, message and context.
+    let err = py
+        .publish(
+            "a",
+            &event("test.broken.v1", "b-1", Some("press-line"), json!({})),
+        )
+        .await;
+    assert_eq!(err.len(), 1);
+    assert_eq!(err[0]["mdcserrorkind"], "STATE_INVALID");
+    assert_eq!(err[0]["mdcserrormessage"], "the press is open");
+    assert_eq!(err[0]["mdcserrorcontext"], "press=p-1");
+    assert_eq!(err[0]["subject"], "press-line");
+    assert_eq!(err[0]["correlationid"], "corr-b-1");
+    // Kept in the processor's dead-letter stream, under its MQTT commands
+    // topic (so `dlq replay` re-injects it over MQTT).
+    let redis = microdcs::Redis::open(&r.url()).unwrap();
+    let letters = microdcs::dlq::DeadLetters::new(redis.conn.clone(), "test", 100);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let kept = loop {
+        let kept = letters.list(Some("counter"), 10).await.unwrap_or_default();
+        if !kept.is_empty() || tokio::time::Instant::now() > deadline {
+            break kept;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].kind, "STATE_INVALID");
+    assert_eq!(kept[0].message.topic, "app/count/commands");
+    // Not processed: a re-send is tried again, not answered as a duplicate.
+    let again = py
+        .publish(
+            "a",
+            &event("test.broken.v1", "b-1", Some("press-line"), json!({})),
+        )
+        .await;
+    assert_eq!(again[0]["mdcserrorkind"], "STATE_INVALID");
+    assert_eq!(t.metrics().snapshot().duplicates, 0);
     let _ = app.stop(WAIT).await;
 }
