@@ -76,6 +76,19 @@ pub struct MsgpackTransport {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
+/// Why a [`MsgpackTransport`] cannot be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MsgpackError {
+    /// A TLS file cannot be read or used; fix the file or the setting it
+    /// names and start again.
+    #[error("{0}")]
+    Tls(String),
+    /// TLS is configured but this build has no `tls` feature: build with
+    /// it, or unset `msgpack.tls_cert_path`.
+    #[error("MessagePack-RPC over TLS needs the `tls` feature, which this build lacks")]
+    TlsUnsupported,
+}
+
 /// A connected client as the broadcast sees it.
 struct Client {
     peer: String,
@@ -98,20 +111,22 @@ impl MsgpackTransport {
     /// [`MsgpackTransport::listen`] and [`MsgpackTransport::run`]).
     ///
     /// # Errors
-    /// The TLS certificate, key or CA of `settings.tls` cannot be read or
-    /// used (the message names the file), or TLS is asked for in a build
-    /// without the `tls` feature.
-    pub fn new(name: impl Into<String>, settings: MsgpackSettings) -> Result<Arc<Self>, String> {
+    /// [`MsgpackError::Tls`] when the certificate, key or CA of
+    /// `settings.tls` cannot be read or used (the message names the file
+    /// and the setting), [`MsgpackError::TlsUnsupported`] when TLS is asked
+    /// for in a build without the `tls` feature.
+    pub fn new(
+        name: impl Into<String>,
+        settings: MsgpackSettings,
+    ) -> Result<Arc<Self>, MsgpackError> {
         #[cfg(feature = "tls")]
         let tls = match &settings.tls {
-            Some(t) => Some(tls::acceptor(t)?),
+            Some(t) => Some(tls::acceptor(t).map_err(MsgpackError::Tls)?),
             None => None,
         };
         #[cfg(not(feature = "tls"))]
         if settings.tls.is_some() {
-            return Err(
-                "MessagePack-RPC over TLS needs the `tls` feature, which this build lacks".into(),
-            );
+            return Err(MsgpackError::TlsUnsupported);
         }
         Ok(Arc::new(MsgpackTransport {
             name: name.into(),
