@@ -34,5 +34,11 @@ if ! python3 -c 'import oteltest.sink' >/dev/null 2>&1; then
   python3 -m pip install --user -q oteltest || python3 -m pip install --user -q --break-system-packages oteltest
 fi
 
+# The independent MessagePack-RPC client of the `msgpack::` tests.
+if ! python3 -c 'import msgpack' >/dev/null 2>&1; then
+  echo "setup: installing msgpack (pip)"
+  python3 -m pip install --user -q msgpack || python3 -m pip install --user -q --break-system-packages msgpack
+fi
+
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
 echo "setup: mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}'), $(redis-server --version | awk '{print $3}'), $(cargo --version)"

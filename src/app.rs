@@ -24,6 +24,7 @@ use crate::processor::Processor;
 pub use crate::redis::{Redis, RedisClient, RedisConnection, RedisTls};
 pub use crate::runtime::{Shutdown, ShutdownHandle};
 use crate::transport::mqtt::{MqttSettings, MqttTransport};
+use crate::transport::msgpack::{MsgpackSettings, MsgpackTransport};
 use crate::transport::takeover::{SessionKeeper, SessionRegistry, TakeoverSettings};
 use crate::transport::{BoxFuture, Publisher as _, TopicBinding};
 use std::future::Future;
@@ -72,6 +73,10 @@ pub enum AppError {
     },
 }
 
+/// The name of the MessagePack-RPC transport [`AppBuilder::from_config`]
+/// adds when `msgpack.processors` names any.
+pub(crate) const MSGPACK: &str = "msgpack";
+
 type Task = Box<dyn FnOnce(Shutdown) -> BoxFuture<'static, Result<(), String>> + Send>;
 
 /// A background task: its name, its body, and whether it is a service
@@ -82,6 +87,7 @@ type Named = (String, Task, bool);
 #[must_use = "an app builder does nothing until `build` and `run` are called"]
 pub struct AppBuilder {
     transports: Vec<(String, MqttSettings)>,
+    msgpack: Vec<(String, MsgpackSettings)>,
     redis: Option<(RedisSource, String, Duration)>,
     claim_lease: Duration,
     bindings: Vec<(Option<String>, Processor, TopicBinding)>,
@@ -97,6 +103,7 @@ pub struct AppBuilder {
 /// A built application, ready to [`run`](App::run).
 pub struct App {
     transports: Vec<Arc<MqttTransport>>,
+    msgpack: Vec<Arc<MsgpackTransport>>,
     tasks: Vec<Named>,
     grace: Duration,
     shutdown: ShutdownHandle,
@@ -119,6 +126,7 @@ impl App {
     pub fn builder() -> AppBuilder {
         AppBuilder {
             transports: Vec::new(),
+            msgpack: Vec::new(),
             redis: None,
             bindings: Vec::new(),
             tasks: Vec::new(),
@@ -140,6 +148,11 @@ impl App {
     /// The transports, in the order they were added.
     pub fn transports(&self) -> &[Arc<MqttTransport>] {
         &self.transports
+    }
+
+    /// The MessagePack-RPC transports, in the order they were added.
+    pub fn msgpack_transports(&self) -> &[Arc<MsgpackTransport>] {
+        &self.msgpack
     }
 
     /// The shared Redis connection (auto-reconnecting), if configured.
@@ -230,6 +243,18 @@ impl App {
                 running.store(false, Ordering::Relaxed);
             }));
         }
+        for t in &self.msgpack {
+            // Ready and live while it serves; its end before shutdown (a
+            // listener that failed) fails both.
+            let running = health.service(&format!("msgpack:{}", t.name()));
+            let t = t.clone();
+            joins.push(tokio::spawn(async move {
+                if let Err(e) = t.clone().run().await {
+                    error!(transport = t.name(), error = %e, "MessagePack-RPC transport ended with an error");
+                }
+                running.store(false, Ordering::Relaxed);
+            }));
+        }
         let startup = tokio::spawn(report_unreachable_broker(self.transports.clone()));
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = self.http.map(|(listener, addr)| {
@@ -285,6 +310,9 @@ impl App {
         for t in &self.transports {
             t.shutdown();
         }
+        for t in &self.msgpack {
+            t.shutdown();
+        }
         for j in joins {
             if tokio::time::timeout_at(deadline, j).await.is_err() {
                 warn!("a transport did not stop within the grace period");
@@ -334,6 +362,20 @@ impl App {
                 replies = m.replies,
                 retries = m.retries,
                 reconnects = m.reconnects,
+                errors = ?m.errors,
+                "transport counters"
+            );
+        }
+        for t in &self.msgpack {
+            let m = t.metrics().snapshot();
+            info!(
+                transport = t.name(),
+                received = m.received,
+                processed = m.processed,
+                duplicates = m.duplicates,
+                dead_lettered = m.dead_lettered,
+                replies = m.replies,
+                retries = m.retries,
                 errors = ?m.errors,
                 "transport counters"
             );
@@ -581,10 +623,24 @@ impl AppBuilder {
         self
     }
 
+    /// Adds a MessagePack-RPC transport (wire contract §5) named `name`;
+    /// bind processors to it with [`AppBuilder::processor_on`] (a processor
+    /// may be bound to MQTT as well).
+    pub fn msgpack(mut self, name: impl Into<String>, settings: MsgpackSettings) -> Self {
+        self.msgpack.push((name.into(), settings));
+        self
+    }
+
     /// Takes MQTT, Redis and processing settings from a [`Config`]: one
-    /// transport named `mqtt`, Redis for dedupe, the shutdown grace period.
+    /// transport named `mqtt`, Redis for dedupe, the shutdown grace period;
+    /// and, when `msgpack.processors` names any, a MessagePack-RPC
+    /// transport named `msgpack` to which [`AppBuilder::build`] binds
+    /// those processors besides their MQTT binding.
     pub fn from_config(mut self, config: &Config) -> Self {
         self = self.mqtt("mqtt", config.mqtt_settings());
+        if !config.msgpack.processors.is_empty() {
+            self = self.msgpack(MSGPACK, config.msgpack_settings());
+        }
         let prefix = config.redis.key_prefix.clone();
         self = match config.redis_cluster_urls() {
             Some(urls) => self.redis_cluster(urls, prefix),
@@ -641,7 +697,36 @@ impl AppBuilder {
             .into_iter()
             .map(|(name, s)| (name.clone(), MqttTransport::new(name, s)))
             .collect();
+        let mut msgpack = Vec::new();
+        for (name, s) in self.msgpack {
+            let t = MsgpackTransport::new(name.clone(), s).map_err(|e| {
+                AppError::Config(format!("MessagePack-RPC transport '{name}': {e}"))
+            })?;
+            // Bound now, so a port in use is an error of the build and
+            // port 0 is known before the app runs.
+            let at = format!("{}:{}", t.settings().host, t.settings().port);
+            t.listen().await.map_err(|e| {
+                AppError::Config(format!(
+                    "MessagePack-RPC transport '{name}' cannot listen on {at}: {e}"
+                ))
+            })?;
+            msgpack.push((name, t));
+        }
+        let configured: Vec<String> = self
+            .config
+            .as_ref()
+            .map(|c| c.msgpack.processors.clone())
+            .unwrap_or_default();
+        let mut on_msgpack: Vec<String> = Vec::new();
         for (t, p, b) in self.bindings {
+            if let Some((_, m)) = t
+                .as_ref()
+                .and_then(|name| msgpack.iter().find(|(n, _)| n == name))
+            {
+                m.bind(&p, b);
+                on_msgpack.push(p.name().to_owned());
+                continue;
+            }
             let transport = match &t {
                 Some(name) => transports.iter().find(|(n, _)| n == name),
                 None => transports.first(),
@@ -652,7 +737,21 @@ impl AppBuilder {
                     transport: t.unwrap_or_else(|| "<default>".into()),
                 });
             };
-            transport.bind(&p, b);
+            transport.bind(&p, b.clone());
+            // `msgpack.processors`: the same processor on MessagePack-RPC too.
+            if configured.iter().any(|n| n == p.name()) && !on_msgpack.iter().any(|n| n == p.name())
+            {
+                if let Some((_, m)) = msgpack.iter().find(|(n, _)| n == MSGPACK) {
+                    m.bind(&p, b);
+                    on_msgpack.push(p.name().to_owned());
+                }
+            }
+        }
+        if let Some(unknown) = configured.iter().find(|n| !on_msgpack.contains(n)) {
+            return Err(AppError::Config(format!(
+                "msgpack.processors (APP_MSGPACK_PROCESSORS) names '{unknown}', which is no processor of this instance (bound here: {})",
+                if on_msgpack.is_empty() { "none".to_owned() } else { on_msgpack.join(", ") }
+            )));
         }
         let mut redis = None;
         let mut tasks = self.tasks;
@@ -693,6 +792,16 @@ impl AppBuilder {
                     })
                 });
                 tasks.push((format!("mqtt-session:{name}"), task, true));
+            }
+            for (_, t) in &msgpack {
+                t.set_dedupe(Dedupe::new(r.conn.clone(), &prefix, ttl, self.claim_lease));
+                t.set_dead_letters(crate::dlq::DeadLetters::new(
+                    r.conn.clone(),
+                    prefix.clone(),
+                    self.config
+                        .as_ref()
+                        .map_or(crate::dlq::DEFAULT_MAX_LEN, |c| c.mqtt.dead_letter_max_len),
+                ));
             }
             // Deadlines written by one replica are judged by another: all
             // judge them by Redis's clock. Measure once now (a Redis that is
@@ -750,6 +859,7 @@ impl AppBuilder {
         }
         Ok(App {
             transports: transports.into_iter().map(|(_, t)| t).collect(),
+            msgpack: msgpack.into_iter().map(|(_, t)| t).collect(),
             tasks,
             grace: self.grace,
             shutdown: ShutdownHandle::new(),

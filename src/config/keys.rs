@@ -742,6 +742,82 @@ pub(super) static KEYS: &[Key] = &[
         },
         get: |c| Shown::Int(c.msgpack.max_concurrent_requests.into()),
     },
+    Key {
+        section: "msgpack",
+        name: "processors",
+        env: Some("APP_MSGPACK_PROCESSORS"),
+        set: |c, v| {
+            c.msgpack.processors = value::names(v)?;
+            Ok(())
+        },
+        get: |c| {
+            if c.msgpack.processors.is_empty() {
+                Shown::Unset
+            } else {
+                Shown::Str(c.msgpack.processors.join(","))
+            }
+        },
+    },
+    Key {
+        section: "msgpack",
+        name: "max_buffer_size",
+        env: Some("APP_MSGPACK_MAX_BUFFER_SIZE"),
+        set: |c, v| {
+            c.msgpack.max_buffer_size = v.integer(64, u32::MAX.into())?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.msgpack.max_buffer_size),
+    },
+    Key {
+        section: "msgpack",
+        name: "max_queued_connections",
+        env: Some("APP_MSGPACK_MAX_QUEUED_CONNECTIONS"),
+        set: |c, v| {
+            c.msgpack.max_queued_connections = v.integer(1, u32::MAX.into())? as u32;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.msgpack.max_queued_connections.into()),
+    },
+    Key {
+        section: "msgpack",
+        name: "tls_cert_path",
+        env: Some("APP_MSGPACK_TLS_CERT_PATH"),
+        set: |c, v| {
+            c.msgpack.tls_cert_path = Some(PathBuf::from(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_path(&c.msgpack.tls_cert_path),
+    },
+    Key {
+        section: "msgpack",
+        name: "tls_key_path",
+        env: Some("APP_MSGPACK_TLS_KEY_PATH"),
+        set: |c, v| {
+            c.msgpack.tls_key_path = Some(PathBuf::from(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_path(&c.msgpack.tls_key_path),
+    },
+    Key {
+        section: "msgpack",
+        name: "tls_client_auth",
+        env: Some("APP_MSGPACK_TLS_CLIENT_AUTH"),
+        set: |c, v| {
+            c.msgpack.tls_client_auth = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.msgpack.tls_client_auth),
+    },
+    Key {
+        section: "msgpack",
+        name: "tls_ca_path",
+        env: Some("APP_MSGPACK_TLS_CA_PATH"),
+        set: |c, v| {
+            c.msgpack.tls_ca_path = Some(PathBuf::from(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_path(&c.msgpack.tls_ca_path),
+    },
     // [log]
     Key {
         section: "log",

@@ -180,6 +180,13 @@ impl Config {
                 host: "localhost".into(),
                 port: 8888,
                 max_concurrent_requests: 10,
+                processors: Vec::new(),
+                max_buffer_size: 8 * 1024 * 1024,
+                max_queued_connections: 100,
+                tls_cert_path: None,
+                tls_key_path: None,
+                tls_client_auth: false,
+                tls_ca_path: None,
             },
             http: HttpConfig {
                 host: "0.0.0.0".into(),

@@ -61,6 +61,13 @@
 //! | `msgpack.host` | `APP_MSGPACK_HOSTNAME` | `localhost` |
 //! | `msgpack.port` | `APP_MSGPACK_PORT` | `8888` |
 //! | `msgpack.max_concurrent_requests` | `APP_MSGPACK_MAX_CONCURRENT_REQUESTS` | `10` |
+//! | `msgpack.processors` (`name,…`) | `APP_MSGPACK_PROCESSORS` | empty (no MessagePack-RPC server) |
+//! | `msgpack.max_buffer_size` (bytes) | `APP_MSGPACK_MAX_BUFFER_SIZE` | `8388608` |
+//! | `msgpack.max_queued_connections` | `APP_MSGPACK_MAX_QUEUED_CONNECTIONS` | `100` |
+//! | `msgpack.tls_cert_path` | `APP_MSGPACK_TLS_CERT_PATH` | unset (plain TCP) |
+//! | `msgpack.tls_key_path` | `APP_MSGPACK_TLS_KEY_PATH` | unset (the key is in `tls_cert_path`) |
+//! | `msgpack.tls_client_auth` | `APP_MSGPACK_TLS_CLIENT_AUTH` | `false` |
+//! | `msgpack.tls_ca_path` | `APP_MSGPACK_TLS_CA_PATH` | unset (needed with `tls_client_auth`) |
 //! | `log.level` | `APP_LOG_LEVEL` | `info` (`RUST_LOG` syntax) |
 //! | `log.format` | `APP_LOG_FORMAT` | `text` (`text` or `json`) |
 //!
@@ -153,6 +160,7 @@ pub use secret::Secret;
 use crate::redis::RedisTls;
 use crate::telemetry::LogFormat;
 use crate::transport::mqtt::{MqttSettings, MqttTls};
+use crate::transport::msgpack::{MsgpackSettings, MsgpackTls};
 use crate::transport::TopicBinding;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -403,6 +411,22 @@ pub struct MsgpackConfig {
     /// Requests processed concurrently per connection before the server
     /// stops reading (back-pressure).
     pub max_concurrent_requests: u32,
+    /// The processors `microdcs run` binds to the MessagePack-RPC server
+    /// besides MQTT (`machinery-jobs`, `equipment`); empty: no server.
+    pub processors: Vec<String>,
+    /// The largest frame a client may send, in bytes.
+    pub max_buffer_size: u64,
+    /// The listen backlog.
+    pub max_queued_connections: u32,
+    /// PEM server certificate chain; set: TLS (MicroDCS's default path
+    /// holds a CA, not a server certificate, so nothing is assumed).
+    pub tls_cert_path: Option<PathBuf>,
+    /// PEM server key (absent: in `tls_cert_path`).
+    pub tls_key_path: Option<PathBuf>,
+    /// Whether clients must present a certificate signed by `tls_ca_path`.
+    pub tls_client_auth: bool,
+    /// PEM CA of client certificates.
+    pub tls_ca_path: Option<PathBuf>,
 }
 
 /// `[http]`: one small HTTP server per process for Kubernetes probes and
@@ -492,6 +516,25 @@ impl Config {
         s.shutdown_grace = self.processing.shutdown_grace_period;
         s.message_expiry = self.processing.message_expiry_interval;
         s.max_attempts = self.processing.max_attempts;
+        s
+    }
+
+    /// Settings for the MessagePack-RPC transport (wire contract §5), used
+    /// when `msgpack.processors` names at least one processor.
+    pub fn msgpack_settings(&self) -> MsgpackSettings {
+        let m = &self.msgpack;
+        let mut s = MsgpackSettings::new(m.host.clone(), m.port);
+        s.max_concurrent_requests = m.max_concurrent_requests as usize;
+        s.max_buffer_size = usize::try_from(m.max_buffer_size).unwrap_or(usize::MAX);
+        s.max_queued_connections = m.max_queued_connections;
+        s.source = self.processing.cloudevent_source.clone();
+        s.max_attempts = self.processing.max_attempts;
+        s.tls = m.tls_cert_path.clone().map(|cert_path| MsgpackTls {
+            cert_path,
+            key_path: m.tls_key_path.clone(),
+            client_auth: m.tls_client_auth,
+            ca_path: m.tls_ca_path.clone(),
+        });
         s
     }
 

@@ -121,6 +121,34 @@ pub(super) fn host(s: &str) -> Result<(), String> {
 /// (in the file also an array of such strings), each host as [`host`]
 /// checks it (an IPv6 address in brackets, `[::1]:7000`), each port 1 to
 /// 65535; at least one.
+/// A list of names: a TOML array of strings, or `a,b` in the
+/// environment; blanks around names are dropped, duplicates kept once.
+/// Each name must be usable as a topic level (a processor name is one).
+pub(super) fn names(raw: &Raw<'_>) -> Result<Vec<String>, String> {
+    let entries: Vec<String> = match raw {
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                v => Err(format!("expected names, found {}", type_name(v))),
+            })
+            .collect::<Result<_, _>>()?,
+        r => r.text()?.split(',').map(str::to_owned).collect(),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for e in entries {
+        let e = e.trim();
+        if e.is_empty() {
+            continue;
+        }
+        topic_level(e).map_err(|m| format!("name {e:?}: {m}"))?;
+        if !out.iter().any(|n| n == e) {
+            out.push(e.to_owned());
+        }
+    }
+    Ok(out)
+}
+
 pub(super) fn cluster_nodes(raw: &Raw<'_>) -> Result<Vec<String>, String> {
     let entries: Vec<String> = match raw {
         Raw::Toml(toml::Value::Array(items)) => items
@@ -323,6 +351,17 @@ mod tests {
         assert!(log_level("WARN").is_ok());
         assert!(log_level("warning").is_err());
         assert!(log_level("verbose").is_err());
+    }
+
+    #[test]
+    fn names_are_a_list_without_blanks_or_duplicates() {
+        let ok = names(&Raw::Env(" machinery-jobs, equipment,,equipment")).unwrap();
+        assert_eq!(ok, ["machinery-jobs", "equipment"]);
+        assert!(names(&Raw::Env("a/b")).is_err());
+        assert!(names(&Raw::Env("a+")).is_err());
+        let arr = toml::Value::Array(vec!["equipment".into()]);
+        assert_eq!(names(&Raw::Toml(&arr)).unwrap(), ["equipment"]);
+        assert!(names(&Raw::Toml(&toml::Value::Array(vec![1.into()]))).is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Transports move encoded CloudEvents between brokers and processors.
 //!
-//! [`mqtt::MqttTransport`] is the production transport. Processors never see
-//! it directly: they publish through an [`Emitter`](crate::Emitter), which
+//! [`mqtt::MqttTransport`] is the production transport;
+//! [`msgpack::MsgpackTransport`] serves MessagePack-RPC sidecars (wire
+//! contract §5) with the same processors. Processors never see a transport
+//! directly: they publish through an [`Emitter`](crate::Emitter), which
 //! talks to the [`Publisher`] trait, so one processor can be bound to
 //! several transports.
 //!
@@ -14,8 +16,11 @@
 //! it is re-exported here.
 
 mod acks;
+mod disposition;
 pub mod mqtt;
+pub mod msgpack;
 mod pending;
+mod replies;
 pub mod takeover;
 
 pub use crate::binding::mqtt as binding;

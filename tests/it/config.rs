@@ -685,6 +685,40 @@ fn text(bytes: &[u8]) -> String {
 }
 
 #[test]
+fn config_check_shows_the_msgpack_server_and_refuses_an_unknown_processor() {
+    let out = microdcs(
+        &["config", "check"],
+        &[
+            ("POD_ID", "st-1"),
+            ("APP_MSGPACK_PROCESSORS", "machinery-jobs,equipment"),
+            ("APP_MSGPACK_PORT", "9999"),
+        ],
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("processors = \"machinery-jobs,equipment\"  # from APP_MSGPACK_PROCESSORS"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(
+            "MessagePack-RPC: localhost:9999 serving machinery-jobs, equipment (plain TCP)"
+        ),
+        "{stderr}"
+    );
+    let out = microdcs(
+        &["config", "check"],
+        &[
+            ("POD_ID", "st-1"),
+            ("APP_MSGPACK_PROCESSORS", "machinery-jobs,mes-bridge"),
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("'mes-bridge'"), "{stderr}");
+}
+
+#[test]
 fn config_check_prints_the_effective_configuration() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("station.toml");

@@ -16,6 +16,7 @@ mod config;
 mod init;
 mod jobs;
 mod models;
+mod msgpack;
 mod observe_http;
 mod operator;
 mod publisher;

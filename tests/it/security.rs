@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 // Certificates.
 
 /// A certificate authority made for one test.
-struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params
             .distinguished_name
@@ -46,7 +46,7 @@ impl Ca {
     }
 
     /// Writes this CA's certificate as `{name}.crt` in `dir`.
-    fn write(&self, dir: &Path, name: &str) -> PathBuf {
+    pub(crate) fn write(&self, dir: &Path, name: &str) -> PathBuf {
         let path = dir.join(format!("{name}.crt"));
         std::fs::write(&path, self.issuer.pem()).expect("write CA");
         path
@@ -54,7 +54,12 @@ impl Ca {
 
     /// Issues a certificate for `names` and writes it and its key as
     /// `{name}.crt` and `{name}.key` in `dir`; returns (cert, key, key PEM).
-    fn issue(&self, dir: &Path, name: &str, names: &[&str]) -> (PathBuf, PathBuf, String) {
+    pub(crate) fn issue(
+        &self,
+        dir: &Path,
+        name: &str,
+        names: &[&str],
+    ) -> (PathBuf, PathBuf, String) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
         params

@@ -56,6 +56,9 @@ pub(crate) fn config_check(args: &Args) -> ExitCode {
             token.display()
         );
     }
+    if !msgpack(&config) {
+        return ExitCode::FAILURE;
+    }
     for var in config.unrecognised_env() {
         eprintln!("warning: environment variable {var} is ignored: no setting reads it");
     }
@@ -70,4 +73,44 @@ pub(crate) fn config_check(args: &Args) -> ExitCode {
         None => eprintln!("configuration OK (environment only, no --config file)"),
     }
     ExitCode::SUCCESS
+}
+
+/// Says whether and how `microdcs run` serves MessagePack-RPC; `false`
+/// when `msgpack.processors` names a processor the station does not have.
+fn msgpack(config: &Config) -> bool {
+    let m = &config.msgpack;
+    if m.processors.is_empty() {
+        eprintln!("MessagePack-RPC: off (msgpack.processors is empty)");
+        return true;
+    }
+    let known = [
+        microdcs::jobs::processor::NAME,
+        microdcs::sfc::engine::EQUIPMENT,
+    ];
+    if let Some(unknown) = m.processors.iter().find(|n| !known.contains(&n.as_str())) {
+        eprintln!(
+            "error: msgpack.processors (APP_MSGPACK_PROCESSORS) names '{unknown}', which is no processor of `microdcs run` (it has {})",
+            known.join(", ")
+        );
+        return false;
+    }
+    let security = match &m.tls_cert_path {
+        None => "plain TCP".to_owned(),
+        Some(cert) if m.tls_client_auth => format!(
+            "TLS with {}, client certificates of the CA in {} required",
+            cert.display(),
+            m.tls_ca_path.as_deref().map_or_else(
+                || "(msgpack.tls_ca_path is not set)".into(),
+                |p| p.display().to_string()
+            )
+        ),
+        Some(cert) => format!("TLS with {}", cert.display()),
+    };
+    eprintln!(
+        "MessagePack-RPC: {}:{} serving {} ({security})",
+        m.host,
+        m.port,
+        m.processors.join(", ")
+    );
+    true
 }

@@ -2,13 +2,13 @@
 //! decoding, pending requests, routing to a processor, and the attempts at
 //! it through the dedupe layer, as [`Retries`] decides.
 
-use super::disposition::{Disposition, Retries};
 use super::session::jitter;
 use super::{read, MqttTransport, Route};
 use crate::binding::mqtt::{self as mb, Inbound, Rejected, ReplyTo};
 use crate::dedupe::{guarded, Delivery, StoredReply};
 use crate::error::{ErrorKind, HandlerError};
 use crate::processor::Processor;
+use crate::transport::disposition::{Disposition, Retries};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};

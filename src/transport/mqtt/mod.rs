@@ -18,13 +18,12 @@
 //!   graceful shutdown.
 //! - `inbound`: from a received PUBLISH to its acknowledgement — checks,
 //!   decoding, routing, attempts through the dedupe layer.
-//! - `disposition`: the pure decision after each attempt (ack, replay,
-//!   wait, retry, dead-letter).
+//! - `transport::disposition` (shared with MessagePack-RPC): the pure
+//!   decision after each attempt (ack, replay, wait, retry, dead-letter).
 //! - `reply`, `dead_letter`: what goes back to the requester and to the
 //!   dead-letter topic.
 
 mod dead_letter;
-mod disposition;
 mod inbound;
 mod reply;
 mod run;
@@ -32,7 +31,7 @@ pub(crate) mod security;
 pub(crate) mod session;
 mod settings;
 
-pub use reply::ERROR_REPLY_TYPE;
+pub use crate::transport::replies::ERROR_REPLY_TYPE;
 pub(crate) use security::{describe, prepare};
 pub use security::{MqttTls, K8S_SAT_METHOD};
 pub use settings::MqttSettings;

@@ -2,10 +2,12 @@
 //! I/O, so every path (processed, duplicate, busy, retry, give up, terminal
 //! failure) is tested without a broker.
 //!
-//! The inbound loop ([`super::inbound`]) makes an attempt through the dedupe
-//! layer, hands its result to [`Retries::decide`] and performs the
-//! [`Disposition`] it gets: acknowledge, replay a stored reply, wait and try
-//! again, or dead-letter.
+//! Both transports' inbound paths (MQTT's `inbound`, MessagePack-RPC's
+//! `calls`) make an attempt through the dedupe layer, hand its result to
+//! [`Retries::decide`] and perform the [`Disposition`] it gets: acknowledge,
+//! replay a stored reply, wait and try again, or dead-letter. One decision
+//! for both, so a message is retried and given up on the same way whichever
+//! way it came.
 
 use crate::dedupe::{Guarded, StoredReply};
 use crate::error::HandlerError;
