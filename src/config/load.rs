@@ -6,7 +6,7 @@ use super::keys::{self, KEYS, PROCESSOR_KEYS, SECTIONS};
 use super::value::{self, Raw};
 use super::{
     Config, HttpConfig, InstanceConfig, InstanceIdSource, JobsConfig, LogConfig, MqttConfig,
-    MsgpackConfig, ProcessingConfig, ProcessorTopics, PublisherConfig, RedisConfig,
+    MsgpackConfig, ProcessingConfig, ProcessorTopics, PublisherConfig, RedisConfig, WebhooksConfig,
     TelemetryConfig, DEFAULT_MQTT_IDENTIFIER, DEFAULT_MQTT_SAT_TOKEN_PATH,
     DEFAULT_MQTT_TLS_CERT_PATH,
 };
@@ -162,6 +162,15 @@ impl Config {
             publisher: PublisherConfig {
                 retained_ttl_seconds: 172_800,
                 state_index_interval_ms: 50,
+            },
+            webhooks: WebhooksConfig {
+                urls: Vec::new(),
+                secret: None,
+                timeout_ms: 5_000,
+                max_attempts: 10,
+                backoff_initial_ms: 500,
+                backoff_max_ms: 60_000,
+                event_types: vec!["status".into(), "progress".into()],
             },
             jobs: JobsConfig {
                 check_equipment: true,

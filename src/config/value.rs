@@ -170,6 +170,39 @@ pub(super) fn cluster_nodes(raw: &Raw<'_>) -> Result<Vec<String>, String> {
     Ok(nodes)
 }
 
+/// A list of non-empty strings: comma-separated text (in the file also an
+/// array of strings); `what` names one entry in messages.
+pub(super) fn list(raw: &Raw<'_>, what: &str) -> Result<Vec<String>, String> {
+    let entries: Vec<String> = match raw {
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                v => Err(format!("expected {what} strings, found {}", type_name(v))),
+            })
+            .collect::<Result<_, _>>()?,
+        r => r.text()?.split(',').map(str::to_owned).collect(),
+    };
+    Ok(entries
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// An `http://` or `https://` URL with a host.
+pub(super) fn http_url(s: &str) -> Result<(), String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("expected an http:// or https:// URL, found {s:?}"))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.chars().any(char::is_whitespace) {
+        return Err(format!("expected an http:// or https:// URL with a host, found {s:?}"));
+    }
+    Ok(())
+}
+
 /// An MQTT topic name we publish to or subscribe below: no wildcards, not
 /// reserved (`$…`), no trailing `/` (it would produce an empty level).
 pub(super) fn topic(s: &str) -> Result<(), String> {

@@ -75,6 +75,17 @@ scripts! {
     /// (`dedupe_release.lua`).
     DEDUPE_RELEASE = "dedupe_release.lua";
 
+    // The webhook sink (`webhook`).
+
+    /// Queues the deliveries of a batch of job changes with the sink's
+    /// cursor (`webhook_enqueue.lua`).
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
+    WEBHOOK_ENQUEUE = "webhook_enqueue.lua";
+    /// Takes a delivered or dead-lettered delivery off its queue
+    /// (`webhook_ack.lua`).
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
+    WEBHOOK_ACK = "webhook_ack.lua";
+
     // Singleton locks (`singleton`).
 
     /// Takes or extends a lock (`lock_renew.lua`).
@@ -154,6 +165,11 @@ mod tests {
                 "session_heartbeat.lua",
                 "1ea4c4294ca385b9d3b7c0163594e94322714a0c",
             ),
+            (
+                "webhook_enqueue.lua",
+                "fb62f28ae4bc235836c37dc792938394d8d2ae77",
+            ),
+            ("webhook_ack.lua", "0f447f7e7a4071b70955f295fb92063ee9884637"),
         ];
         assert_eq!(ALL.len(), pinned.len());
         for (file, sha) in pinned {
