@@ -644,7 +644,10 @@ pub(super) static KEYS: &[Key] = &[
         env: Some("APP_WEBHOOK_EVENT_TYPES"),
         set: |c, v| {
             let types = value::list(v, "webhook event type")?;
-            if let Some(t) = types.iter().find(|t| !matches!(t.as_str(), "status" | "progress")) {
+            if let Some(t) = types
+                .iter()
+                .find(|t| !matches!(t.as_str(), "status" | "progress"))
+            {
                 return Err(format!("expected status and/or progress, found {t:?}"));
             }
             c.webhooks.event_types = types;

@@ -6,8 +6,8 @@ use super::keys::{self, KEYS, PROCESSOR_KEYS, SECTIONS};
 use super::value::{self, Raw};
 use super::{
     Config, HttpConfig, InstanceConfig, InstanceIdSource, JobsConfig, LogConfig, MqttConfig,
-    MsgpackConfig, ProcessingConfig, ProcessorTopics, PublisherConfig, RedisConfig, WebhooksConfig,
-    TelemetryConfig, DEFAULT_MQTT_IDENTIFIER, DEFAULT_MQTT_SAT_TOKEN_PATH,
+    MsgpackConfig, ProcessingConfig, ProcessorTopics, PublisherConfig, RedisConfig,
+    TelemetryConfig, WebhooksConfig, DEFAULT_MQTT_IDENTIFIER, DEFAULT_MQTT_SAT_TOKEN_PATH,
     DEFAULT_MQTT_TLS_CERT_PATH,
 };
 use crate::telemetry::LogFormat;
@@ -489,6 +489,14 @@ fn check_consistency(c: &Config, out: &mut Vec<Problem>) {
                     message: "is set, but `redis.ssl` (APP_REDIS_SSL) is false: Redis would be reached without TLS".into(),
                 });
             }
+        }
+    }
+    if !c.webhooks.urls.is_empty() && c.webhooks.secret.is_none() {
+        if let Some(o) = origin("webhooks.urls") {
+            out.push(Problem {
+                origin: o,
+                message: "webhook URLs need a signing secret (`webhooks.secret` or `APP_WEBHOOK_SECRET`): requests are always signed".into(),
+            });
         }
     }
     if c.mqtt.password.is_some() && c.mqtt.username.is_none() {

@@ -198,7 +198,9 @@ pub(super) fn http_url(s: &str) -> Result<(), String> {
         .or_else(|| s.strip_prefix("https://"))
         .ok_or_else(|| format!("expected an http:// or https:// URL, found {s:?}"))?;
     if rest.is_empty() || rest.starts_with('/') || rest.chars().any(char::is_whitespace) {
-        return Err(format!("expected an http:// or https:// URL with a host, found {s:?}"));
+        return Err(format!(
+            "expected an http:// or https:// URL with a host, found {s:?}"
+        ));
     }
     Ok(())
 }

@@ -199,8 +199,8 @@ impl TryFrom<Event> for CloudEvent {
             match name {
                 DATASCHEMA_EXTENSION => e.dataschema = Some(text),
                 CUSTOM_EXTENSION => {
-                    let packed: BTreeMap<String, String> = serde_json::from_str(&text)
-                        .map_err(|err| SdkConversionError::Custom {
+                    let packed: BTreeMap<String, String> =
+                        serde_json::from_str(&text).map_err(|err| SdkConversionError::Custom {
                             id: id.clone(),
                             reason: err.to_string(),
                         })?;
@@ -220,12 +220,12 @@ impl TryFrom<Event> for CloudEvent {
             None => None,
             Some(Data::Binary(b)) => Some(Bytes::from(b)),
             Some(Data::String(s)) => Some(Bytes::from(s.into_bytes())),
-            Some(Data::Json(v)) => Some(Bytes::from(serde_json::to_vec(&v).map_err(
-                |err| SdkConversionError::Data {
+            Some(Data::Json(v)) => Some(Bytes::from(serde_json::to_vec(&v).map_err(|err| {
+                SdkConversionError::Data {
                     id: id.clone(),
                     reason: err.to_string(),
-                },
-            )?)),
+                }
+            })?)),
         };
         Ok(e)
     }
@@ -252,7 +252,9 @@ mod tests {
                 .take()
                 .unwrap()
                 .body(bytes)
-                .map_err(|e| cloudevents::message::Error::Other { source: Box::new(e) })
+                .map_err(|e| cloudevents::message::Error::Other {
+                    source: Box::new(e),
+                })
         }
         fn finish(&mut self) -> cloudevents::message::Result<http::Request<Vec<u8>>> {
             self.body(Vec::new())

@@ -292,7 +292,10 @@ mod tests {
                 k.webhook_queue(s, "0a1b2c3d4e5f6071:j-1"),
                 "microdcs:{axle-line}:webhook:q:0a1b2c3d4e5f6071:j-1",
             ),
-            (k.webhook_attempts(s), "microdcs:{axle-line}:webhook:attempts"),
+            (
+                k.webhook_attempts(s),
+                "microdcs:{axle-line}:webhook:attempts",
+            ),
             (
                 k.resources(s, "equipment"),
                 "microdcs:{axle-line}:cfg:equipment",

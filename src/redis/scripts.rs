@@ -169,7 +169,10 @@ mod tests {
                 "webhook_enqueue.lua",
                 "fb62f28ae4bc235836c37dc792938394d8d2ae77",
             ),
-            ("webhook_ack.lua", "0f447f7e7a4071b70955f295fb92063ee9884637"),
+            (
+                "webhook_ack.lua",
+                "0f447f7e7a4071b70955f295fb92063ee9884637",
+            ),
         ];
         assert_eq!(ALL.len(), pinned.len());
         for (file, sha) in pinned {

@@ -55,7 +55,11 @@ impl Deliverer {
         else {
             // A URL removed from the configuration: its queue stays in
             // Redis untouched (putting the URL back delivers it).
-            debug!(scope, queue = member, "webhook queue of a URL no longer configured; left alone");
+            debug!(
+                scope,
+                queue = member,
+                "webhook queue of a URL no longer configured; left alone"
+            );
             return;
         };
         loop {
@@ -86,8 +90,16 @@ impl Deliverer {
             Ok(e) => e,
             Err(e) => {
                 let why = format!("queued delivery is not a CloudEvent: {e}");
-                self.dead_letter(scope, member, target, &why, payload.into_bytes(), Vec::new(), 0)
-                    .await?;
+                self.dead_letter(
+                    scope,
+                    member,
+                    target,
+                    &why,
+                    payload.into_bytes(),
+                    Vec::new(),
+                    0,
+                )
+                .await?;
                 return Ok(true);
             }
         };
@@ -113,7 +125,10 @@ impl Deliverer {
                                 .headers()
                                 .iter()
                                 .map(|(k, v)| {
-                                    (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                    (
+                                        k.as_str().to_owned(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
                                 })
                                 .collect();
                             (r.into_body(), props)

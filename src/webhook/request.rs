@@ -39,9 +39,7 @@ impl Builder<Request<Vec<u8>>> for Adapter {
     }
 
     fn body(&mut self, bytes: Vec<u8>) -> cloudevents::message::Result<Request<Vec<u8>>> {
-        let other = |m: String| cloudevents::message::Error::Other {
-            source: m.into(),
-        };
+        let other = |m: String| cloudevents::message::Error::Other { source: m.into() };
         if let Some(m) = self.failed.take() {
             return Err(other(m));
         }

@@ -127,7 +127,10 @@ mod tests {
     fn a_signature_checks_out_only_unaltered_and_in_time() {
         let sig = sign(b"k", "id-1", 1000, b"body");
         assert_eq!(sig.len(), 3 + 64);
-        assert_eq!(verify(b"k", "id-1", "1000", &sig, b"body", 1200, 300), Ok(()));
+        assert_eq!(
+            verify(b"k", "id-1", "1000", &sig, b"body", 1200, 300),
+            Ok(())
+        );
         assert_eq!(
             verify(b"k", "id-1", "1000", &sig, b"bodx", 1000, 300),
             Err(VerifyError::Mismatch)

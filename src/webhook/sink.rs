@@ -317,7 +317,10 @@ impl WebhookSink {
             return Ok(None);
         };
         job.state = state;
-        let mut e = match CloudEvent::with_payload(self.settings.source.as_str(), &status_event(&job)) {
+        let mut e = match CloudEvent::with_payload(
+            self.settings.source.as_str(),
+            &status_event(&job),
+        ) {
             Ok(e) => e,
             Err(m) => {
                 warn!(scope, job = %job_id, error = %m, "webhook: status event not encodable; skipped");

@@ -159,10 +159,19 @@ async fn run_job(station: &JobStation, mes: &mut Mes, scope: &str, job: &str) {
             m.internal(&scope, &job, Internal::Begin, None, &format!("begin-{job}"))
                 .await
                 .unwrap();
-            let resp = serde_json::value::to_raw_value(&json!({"JobResponseID": format!("r-{job}"), "JobOrderID": job})).unwrap();
-            m.internal(&scope, &job, Internal::Complete, Some(&resp), &format!("done-{job}"))
-                .await
-                .unwrap();
+            let resp = serde_json::value::to_raw_value(
+                &json!({"JobResponseID": format!("r-{job}"), "JobOrderID": job}),
+            )
+            .unwrap();
+            m.internal(
+                &scope,
+                &job,
+                Internal::Complete,
+                Some(&resp),
+                &format!("done-{job}"),
+            )
+            .await
+            .unwrap();
         })
         .await;
 }
@@ -234,8 +243,8 @@ async fn job_events_arrive_signed_in_order_as_binary_cloudevents(backend: Backen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_failing_at_first_gets_the_events_later_in_order_without_holding_up_other_jobs(
-) {
+async fn a_receiver_failing_at_first_gets_the_events_later_in_order_without_holding_up_other_jobs()
+{
     init_tracing();
     let m = Mosquitto::start();
     let r = Redis::start();
@@ -257,7 +266,10 @@ async fn a_receiver_failing_at_first_gets_the_events_later_in_order_without_hold
     };
     // `fast` is delivered while every request about `slow` fails.
     let fast = receiver.wait_accepted("fast", 3).await;
-    assert_eq!(ids(&fast), want("fast", changes(&mut conn, "cell", "fast").await));
+    assert_eq!(
+        ids(&fast),
+        want("fast", changes(&mut conn, "cell", "fast").await)
+    );
     assert!(receiver.accepted("slow").is_empty());
     let failed = |r: &Receiver| r.seen().iter().filter(|s| s.job == "slow").count();
     assert!(crate::harness::eventually(WAIT, || failed(&receiver) >= 2).await);
@@ -265,7 +277,10 @@ async fn a_receiver_failing_at_first_gets_the_events_later_in_order_without_hold
     // The receiver recovers: `slow`'s events arrive, in order, once each.
     receiver.set(|b| b.held = None);
     let slow = receiver.wait_accepted("slow", 3).await;
-    assert_eq!(ids(&slow), want("slow", changes(&mut conn, "cell", "slow").await));
+    assert_eq!(
+        ids(&slow),
+        want("slow", changes(&mut conn, "cell", "slow").await)
+    );
     let tried: Vec<(String, u16)> = receiver
         .seen()
         .into_iter()
@@ -306,11 +321,8 @@ async fn a_receiver_down_past_the_bound_gets_a_dead_letter_and_the_next_event_go
         1
     );
     // Three attempts, then the dead letter.
-    let letters = microdcs::dlq::DeadLetters::new(
-        microdcs::Redis::open(&r.url()).unwrap().conn,
-        "t",
-        100,
-    );
+    let letters =
+        microdcs::dlq::DeadLetters::new(microdcs::Redis::open(&r.url()).unwrap().conn, "t", 100);
     let mut found = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while found.is_empty() && tokio::time::Instant::now() < deadline {
@@ -320,7 +332,11 @@ async fn a_receiver_down_past_the_bound_gets_a_dead_letter_and_the_next_event_go
     assert_eq!(found.len(), 1, "one dead letter: {found:?}");
     let letter = &found[0];
     assert_eq!(letter.kind, "COMMUNICATION_ERROR");
-    assert!(letter.reason.contains("after 3 attempts") && letter.reason.contains("503"), "{}", letter.reason);
+    assert!(
+        letter.reason.contains("after 3 attempts") && letter.reason.contains("503"),
+        "{}",
+        letter.reason
+    );
     assert_eq!(letter.message.topic, url);
     assert!(letter
         .message
@@ -331,9 +347,10 @@ async fn a_receiver_down_past_the_bound_gets_a_dead_letter_and_the_next_event_go
     assert_eq!(receiver.seen().len(), 3);
     let text = metrics.prometheus_text().unwrap();
     assert!(
-        text.lines().any(|l| l.starts_with("microdcs_webhook_deliveries_total")
-            && l.contains("dead_lettered")
-            && l.ends_with(" 1")),
+        text.lines()
+            .any(|l| l.starts_with("microdcs_webhook_deliveries_total")
+                && l.contains("dead_lettered")
+                && l.ends_with(" 1")),
         "{text}"
     );
 
@@ -345,7 +362,10 @@ async fn a_receiver_down_past_the_bound_gets_a_dead_letter_and_the_next_event_go
         1
     );
     let got = receiver.wait_accepted("d1", 1).await;
-    assert_eq!(got[0].states.first().map(String::as_str), Some("AllowedToStart"));
+    assert_eq!(
+        got[0].states.first().map(String::as_str),
+        Some("AllowedToStart")
+    );
     assert!(got[0].signed);
     station.stop().await;
 }
@@ -400,4 +420,65 @@ async fn a_station_killed_with_pending_deliveries_delivers_them_after_restart() 
     }
     assert!(receiver.seen().len() > failed_before);
     station.stop().await;
+}
+
+#[test]
+fn webhook_settings_are_shown_with_the_secret_hidden_and_checked() {
+    use microdcs::config::Config;
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([("POD_ID".to_string(), "a".to_string())])
+            .collect()
+    };
+    let c = Config::from_sources(
+        None,
+        env(&[
+            (
+                "APP_WEBHOOK_URLS",
+                "http://mes.local/hook, https://dash.local/in",
+            ),
+            ("APP_WEBHOOK_SECRET", "top-secret"),
+            ("APP_WEBHOOK_EVENT_TYPES", "status"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(
+        c.webhooks.urls,
+        ["http://mes.local/hook", "https://dash.local/in"]
+    );
+    assert_eq!(c.webhooks.event_types, ["status"]);
+    let out = c.redacted_toml();
+    assert!(out.contains("[webhooks]"), "{out}");
+    assert!(!out.contains("top-secret"), "{out}");
+    assert!(out.contains("secret = \"***\""), "{out}");
+    assert!(!format!("{c:?}").contains("top-secret"));
+
+    // URLs without a secret, a URL that is not HTTP, an unknown event type.
+    for (pairs, says) in [
+        (
+            vec![("APP_WEBHOOK_URLS", "http://mes.local/hook")],
+            "signing secret",
+        ),
+        (
+            vec![
+                ("APP_WEBHOOK_URLS", "ftp://mes.local/"),
+                ("APP_WEBHOOK_SECRET", "s"),
+            ],
+            "http://",
+        ),
+        (vec![("APP_WEBHOOK_EVENT_TYPES", "status,alarm")], "alarm"),
+    ] {
+        let e = Config::from_sources(None, env(&pairs))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{e}");
+    }
+    // Off by default.
+    assert!(Config::from_sources(None, env(&[]))
+        .unwrap()
+        .webhooks
+        .urls
+        .is_empty());
 }
