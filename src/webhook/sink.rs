@@ -178,12 +178,12 @@ impl WebhookSink {
         let read = StreamRead::new(200, self.settings.poll);
         loop {
             for scope in self.store.scopes().await? {
-                if !cursors.contains_key(&scope) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = cursors.entry(scope) {
                     let mut c = self.conn.clone();
-                    let stored: Option<String> = c.get(keys.webhook_cursor(&scope)).await?;
+                    let stored: Option<String> = c.get(keys.webhook_cursor(slot.key())).await?;
                     // A scope the sink never followed is read from its
                     // first change still in the (capped) stream.
-                    cursors.insert(scope, stored.unwrap_or_else(|| "0-0".into()));
+                    slot.insert(stored.unwrap_or_else(|| "0-0".into()));
                 }
             }
             self.start_workers(deliverer, workers, cursors.keys())
