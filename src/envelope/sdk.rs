@@ -26,17 +26,20 @@
 //!
 //! # Example
 //!
-//! ```
-//! use microdcs::CloudEvent;
-//! use cloudevents::AttributesReader;
+//! (The same as in the README's "Using the CloudEvents SDK".)
 //!
-//! let mut e = CloudEvent::new("com.example.started.v1", "station-1");
-//! e.expiryinterval = Some(30);
-//! e.custom.insert("line".into(), "axle".into());
+//! ```
+//! use cloudevents::AttributesReader;
+//! use microdcs::CloudEvent;
+//!
+//! let mut e = CloudEvent::new("com.example.part.done.v1", "station-1");
+//! e.subject = Some("line-1".into());
+//! e.expiryinterval = Some(60);
+//! e.custom.insert("shift".into(), "B".into());
 //! let sdk: cloudevents::Event = e.clone().into();
-//! assert_eq!(sdk.ty(), "com.example.started.v1");
-//! assert_eq!(sdk.extension("line").map(|v| v.to_string()).as_deref(), Some("axle"));
-//! let back = CloudEvent::try_from(sdk)?;
+//! assert_eq!(sdk.subject(), Some("line-1"));
+//! assert_eq!(sdk.extension("shift").map(|v| v.to_string()).as_deref(), Some("B"));
+//! let back = CloudEvent::try_from(sdk)?; // Err names the event and the attribute
 //! assert_eq!(back, e);
 //! # Ok::<_, microdcs::envelope::sdk::SdkConversionError>(())
 //! ```

@@ -42,6 +42,7 @@ impl Keys {
 
     /// `P:webhook:lock` (string): the owner of the webhook sink
     /// singleton.
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
     pub(crate) fn webhook_lock(&self) -> String {
         format!("{}:webhook:lock", self.prefix)
     }
@@ -233,24 +234,28 @@ impl Keys {
 
     /// `P:{S}:webhook:cursor` (string): the webhook sink's position in the
     /// change stream.
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
     pub(crate) fn webhook_cursor(&self, scope: &str) -> String {
         format!("{}:{{{scope}}}:webhook:cursor", self.prefix)
     }
 
     /// `P:{S}:webhook:pending` (set): the webhook queues of the scope that
     /// hold deliveries, by member name `{target}:{job}`.
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
     pub(crate) fn webhook_pending(&self, scope: &str) -> String {
         format!("{}:{{{scope}}}:webhook:pending", self.prefix)
     }
 
     /// `P:{S}:webhook:q:{member}` (list): one webhook queue (one target
     /// URL and one job), oldest delivery first.
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
     pub(crate) fn webhook_queue(&self, scope: &str, member: &str) -> String {
         format!("{}:{{{scope}}}:webhook:q:{member}", self.prefix)
     }
 
     /// `P:{S}:webhook:attempts` (hash): queue member → failed attempts at
     /// its head delivery.
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
     pub(crate) fn webhook_attempts(&self, scope: &str) -> String {
         format!("{}:{{{scope}}}:webhook:attempts", self.prefix)
     }

@@ -8,7 +8,7 @@
 //! scope's change stream in Redis, written by `job_apply.lua` in the same
 //! step as the change, by whichever replica made it. The sink follows
 //! those streams, like the MES publisher, on one replica at a time (a
-//! [`SingletonLock`](crate::singleton::SingletonLock)): so every change
+//! Redis lock, `P:webhook:lock`): so every change
 //! gives exactly one webhook event, in the order the job went through its
 //! changes, whichever replica handled the command, and none is lost when a
 //! replica dies between the change and an MQTT publish (DESIGN.md, "Why do

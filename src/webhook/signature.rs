@@ -11,7 +11,7 @@ pub const TIMESTAMP_HEADER: &str = "x-microdcs-timestamp";
 /// Header with the signature: `v1=` and the lower-case hex HMAC-SHA256.
 pub const SIGNATURE_HEADER: &str = "x-microdcs-signature";
 /// Oldest (and furthest in the future) a timestamp should be accepted, in
-/// seconds: what [`verify`] allows by default in the README's example.
+/// seconds: the tolerance the README recommends for [`verify`].
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -76,11 +76,20 @@ pub enum VerifyError {
 /// `now`, or a signature that does not match.
 ///
 /// # Example
+///
+/// (The same as in the README's "Webhooks".)
+///
 /// ```
-/// use microdcs::webhook::{sign, verify};
-/// let sig = sign(b"s3cret", "line-1:1700000000000-0", 1_700_000_000, b"{}");
-/// assert!(verify(b"s3cret", "line-1:1700000000000-0", "1700000000", &sig, b"{}", 1_700_000_010, 300).is_ok());
-/// assert!(verify(b"other", "line-1:1700000000000-0", "1700000000", &sig, b"{}", 1_700_000_010, 300).is_err());
+/// use microdcs::webhook::{sign, verify, VerifyError};
+///
+/// let (secret, id, ts, body) = (b"s3cret", "line-1:1796011383262-0", 1_796_011_383, br#"{"JobOrder":{}}"#);
+/// let signature = sign(secret, id, ts, body); // what the station sends
+/// // The receiver, with the header values and the raw body:
+/// assert_eq!(verify(secret, id, &ts.to_string(), &signature, body, ts + 2, 300), Ok(()));
+/// assert!(matches!(
+///     verify(secret, id, &ts.to_string(), &signature, body, ts + 3600, 300),
+///     Err(VerifyError::Stale { .. })
+/// ));
 /// ```
 pub fn verify(
     secret: &[u8],
