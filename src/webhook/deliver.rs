@@ -41,6 +41,13 @@ pub(crate) struct Deliverer {
     pub(crate) settings: WebhookSettings,
 }
 
+/// The wait after the `attempts`-th failed attempt: `initial` doubled per
+/// further attempt, at most `max`.
+fn backoff(initial: Duration, max: Duration, attempts: u32) -> Duration {
+    let shift = attempts.saturating_sub(1).min(31);
+    initial.saturating_mul(1u32 << shift).min(max)
+}
+
 /// How long a task waits after Redis failed it before trying again.
 const REDIS_RETRY: Duration = Duration::from_secs(1);
 
@@ -147,14 +154,12 @@ impl Deliverer {
         Ok(true)
     }
 
-    /// The wait after the `attempts`-th failed attempt: the initial
-    /// backoff doubled per further attempt, at most the maximum.
     fn backoff(&self, attempts: u32) -> Duration {
-        let shift = attempts.saturating_sub(1).min(31);
-        self.settings
-            .backoff_initial
-            .saturating_mul(1u32 << shift)
-            .min(self.settings.backoff_max)
+        backoff(
+            self.settings.backoff_initial,
+            self.settings.backoff_max,
+            attempts,
+        )
     }
 
     /// Sends `event` to `url`, signed now; `Err` says why it failed.
@@ -245,5 +250,29 @@ impl Deliverer {
             i.webhook_delivery("dead_lettered");
         }
         self.ack(scope, member).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_bound() {
+        let ms = Duration::from_millis;
+        let waits: Vec<Duration> = (1..=6).map(|n| backoff(ms(500), ms(5000), n)).collect();
+        assert_eq!(
+            waits,
+            [ms(500), ms(1000), ms(2000), ms(4000), ms(5000), ms(5000)]
+        );
+        assert_eq!(backoff(ms(500), ms(60_000), 1000), ms(60_000));
+    }
+
+    #[test]
+    fn a_target_is_named_by_its_url() {
+        let a = Target::new("http://mes.local/hook");
+        assert_eq!(a.id.len(), 16);
+        assert_eq!(a.id, Target::new("http://mes.local/hook").id);
+        assert_ne!(a.id, Target::new("http://mes.local/hook2").id);
     }
 }

@@ -482,3 +482,45 @@ fn webhook_settings_are_shown_with_the_secret_hidden_and_checked() {
         .urls
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_selected_event_types_are_sent() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let mut env = jobs::env(m.port(), r.0.port(), "w1");
+    webhook_env(&mut env, &url, 5);
+    jobs::set(&mut env, "APP_WEBHOOK_EVENT_TYPES", "progress");
+    let station = jobs::start(env).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    assert_eq!(
+        mes.status("StoreAndStart", "cell", json!({"JobOrder": order("p1")}))
+            .await,
+        1
+    );
+    let jm = station.jobs.clone().expect("processor");
+    station
+        .on_runtime(async move {
+            jm.internal("cell", "p1", Internal::Begin, None, "begin-p1")
+                .await
+                .unwrap();
+            let resp = serde_json::value::to_raw_value(
+                &json!({"JobResponseID": "r-p1", "JobOrderID": "p1", "PartsDone": 7}),
+            )
+            .unwrap();
+            jm.set_response("cell", "p1", &resp, "progress-p1")
+                .await
+                .unwrap();
+        })
+        .await;
+    // The progress update came after the two transitions in the job's
+    // queue: had they been sent, they would have arrived first.
+    let got = receiver.wait_accepted("p1", 1).await;
+    assert_eq!(receiver.seen().len(), 1, "{got:#?}");
+    let data: Value = got[0].event.data_as().unwrap();
+    assert_eq!(data["JobResponse"]["PartsDone"], 7);
+    assert_eq!(got[0].states.first().map(String::as_str), Some("Running"));
+    station.stop().await;
+}
