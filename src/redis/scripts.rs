@@ -171,7 +171,7 @@ mod tests {
             ),
             (
                 "webhook_ack.lua",
-                "0f447f7e7a4071b70955f295fb92063ee9884637",
+                "4e70fb81bec2ebe58a7486e2708da0b62e12f94b",
             ),
         ];
         assert_eq!(ALL.len(), pinned.len());

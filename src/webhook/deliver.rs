@@ -88,31 +88,25 @@ impl Deliverer {
         let mut c = self.conn.clone();
         let head: Option<String> = c.lindex(&queue, 0).await?;
         let Some(payload) = head else {
-            // Empty (the ack script would have dropped it from the pending
-            // set; this covers a queue removed by hand).
-            let _: i64 = c.srem(self.keys.webhook_pending(scope), member).await?;
+            // Empty: drop it from the pending set, through the ack script,
+            // which checks the length in the same step (a plain SREM here
+            // could remove a queue the sink has just filled again).
+            self.ack(scope, member, "").await?;
             return Ok(false);
         };
         let event: cloudevents::Event = match serde_json::from_str(&payload) {
             Ok(e) => e,
             Err(e) => {
                 let why = format!("queued delivery is not a CloudEvent: {e}");
-                self.dead_letter(
-                    scope,
-                    member,
-                    target,
-                    &why,
-                    payload.into_bytes(),
-                    Vec::new(),
-                    0,
-                )
-                .await?;
+                let body = payload.clone().into_bytes();
+                self.dead_letter(scope, member, &payload, target, &why, body, Vec::new(), 0)
+                    .await?;
                 return Ok(true);
             }
         };
         match self.send(&target.url, event.clone()).await {
             Ok(()) => {
-                self.ack(scope, member).await?;
+                self.ack(scope, member, &payload).await?;
                 if let Some(i) = crate::metrics::instruments() {
                     i.webhook_delivery("delivered");
                 }
@@ -140,9 +134,9 @@ impl Deliverer {
                                 .collect();
                             (r.into_body(), props)
                         }
-                        Err(_) => (payload.into_bytes(), Vec::new()),
+                        Err(_) => (payload.clone().into_bytes(), Vec::new()),
                     };
-                    self.dead_letter(scope, member, target, &why, body, props, attempts)
+                    self.dead_letter(scope, member, &payload, target, &why, body, props, attempts)
                         .await?;
                 } else {
                     let wait = self.backoff(attempts);
@@ -186,13 +180,16 @@ impl Deliverer {
         }
     }
 
-    async fn ack(&self, scope: &str, member: &str) -> redis::RedisResult<()> {
+    /// Takes `head` (the delivery sent; `""` to only tidy up an empty
+    /// queue) off the queue if it is still its head.
+    async fn ack(&self, scope: &str, member: &str, head: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let _: i64 = WEBHOOK_ACK
             .key(self.keys.webhook_queue(scope, member))
             .key(self.keys.webhook_pending(scope))
             .key(self.keys.webhook_attempts(scope))
             .arg(member)
+            .arg(head)
             .invoke_async(&mut c)
             .await?;
         Ok(())
@@ -206,6 +203,7 @@ impl Deliverer {
         &self,
         scope: &str,
         member: &str,
+        head: &str,
         target: &Target,
         why: &str,
         body: Vec<u8>,
@@ -249,7 +247,7 @@ impl Deliverer {
         if let Some(i) = crate::metrics::instruments() {
             i.webhook_delivery("dead_lettered");
         }
-        self.ack(scope, member).await
+        self.ack(scope, member, head).await
     }
 }
 

@@ -127,8 +127,11 @@ impl WebhookSink {
     /// backoff; nothing is skipped, as the cursor moves only with the
     /// queued deliveries.
     pub(crate) async fn run(self, mut shutdown: Shutdown) {
+        // No redirects: a POST redirected becomes a GET without the body;
+        // a 3xx counts as a failed attempt instead.
         let http = match reqwest::Client::builder()
             .timeout(self.settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
         {
             Ok(c) => c,
