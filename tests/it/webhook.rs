@@ -524,3 +524,88 @@ async fn only_the_selected_event_types_are_sent() {
     assert_eq!(got[0].states.first().map(String::as_str), Some("Running"));
     station.stop().await;
 }
+
+/// Runs `job` through the job manager of `station` alone (no MQTT):
+/// Store and start, Begin, Complete.
+async fn run_job_directly(station: &JobStation, scope: &str, job: &str) {
+    let m = station.jobs.clone().expect("processor");
+    let (scope, job) = (scope.to_string(), job.to_string());
+    station
+        .on_runtime(async move {
+            let started = m
+                .store_order(&scope, &order(&job), true, format!("store-{job}").as_str())
+                .await
+                .unwrap();
+            assert_eq!(started.status.value(), 1, "NoError: {:?}", started.reason);
+            m.internal(&scope, &job, Internal::Begin, None, &format!("begin-{job}"))
+                .await
+                .unwrap();
+            m.internal(
+                &scope,
+                &job,
+                Internal::Complete,
+                None,
+                &format!("done-{job}"),
+            )
+            .await
+            .unwrap();
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_several_replicas_delivers_and_another_takes_over_when_it_dies() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let start = |instance: &'static str| {
+        let mut env = jobs::env(m.port(), r.0.port(), instance);
+        webhook_env(&mut env, &url, 1000);
+        jobs::start(env)
+    };
+    let mut stations = vec![("w1", start("w1").await), ("w2", start("w2").await)];
+    let mut conn = microdcs::Redis::open(&r.url()).unwrap().conn;
+
+    // Changes made on both replicas: each delivered once, in order.
+    run_job_directly(&stations[0].1, "cell", "a").await;
+    run_job_directly(&stations[1].1, "cell", "b").await;
+    for job in ["a", "b"] {
+        let got = receiver.wait_accepted(job, 3).await;
+        let want: Vec<String> = changes(&mut conn, "cell", job)
+            .await
+            .into_iter()
+            .map(|e| format!("cell:{e}"))
+            .collect();
+        assert_eq!(ids(&got), want, "{job}");
+    }
+    // `a` was through before `b` was waited for: a second sink would have
+    // sent its copies by now.
+    assert_eq!(receiver.seen().len(), 6, "{:#?}", receiver.seen());
+
+    // The owner of the sink dies; the other replica takes over (after the
+    // lock's 15 s expiry) and delivers what comes next.
+    let owner: String = redis::cmd("GET")
+        .arg("t:webhook:lock")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let i = stations
+        .iter()
+        .position(|(n, _)| *n == owner)
+        .expect("an owner");
+    let (_, dead) = stations.remove(i);
+    dead.crash();
+    let (survivor, station) = stations.pop().unwrap();
+    run_job_directly(&station, "cell", "c").await;
+    let got = receiver.wait_accepted("c", 3).await;
+    assert_eq!(got.last().unwrap().states, ["Ended", "Completed"]);
+    let now_owner: String = redis::cmd("GET")
+        .arg("t:webhook:lock")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(now_owner, survivor);
+    station.stop().await;
+}
