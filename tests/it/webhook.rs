@@ -29,6 +29,8 @@ struct Seen {
     signed: bool,
     /// The status the receiver answered.
     answered: u16,
+    /// The names of the request's headers.
+    headers: Vec<String>,
 }
 
 /// What the receiver answers: 503 while `down`, or for requests about the
@@ -132,6 +134,7 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
         states: state_texts(&payload["JobState"]),
         signed,
         answered: status.as_u16(),
+        headers: headers.keys().map(|k| k.as_str().to_owned()).collect(),
     });
     status
 }
@@ -224,6 +227,27 @@ async fn job_events_arrive_signed_in_order_as_binary_cloudevents(backend: Backen
     assert_eq!(got[1].states.first().map(String::as_str), Some("Running"));
     for s in &got {
         assert!(s.signed, "signature verifies: {s:?}");
+        // Binary mode: the attributes as `ce-` headers, the payload as body.
+        for h in [
+            "ce-id",
+            "ce-source",
+            "ce-type",
+            "ce-specversion",
+            "ce-subject",
+            "ce-time",
+            "ce-dataschema",
+            "content-type",
+            TIMESTAMP_HEADER,
+            SIGNATURE_HEADER,
+        ] {
+            assert!(s.headers.iter().any(|x| x == h), "{h} in {:?}", s.headers);
+        }
+        assert!(s
+            .event
+            .dataschema
+            .as_deref()
+            .unwrap()
+            .starts_with("https://"));
         assert_eq!(s.event.ty, STATUS);
         assert_eq!(s.event.source, "station/w1");
         assert_eq!(s.event.subject.as_deref(), Some("line-1"));
