@@ -124,4 +124,57 @@ mod tests {
         assert_eq!(sig, sign(b"k", "line-1:1-0", 1000, br#"{"a":1}"#));
         assert_eq!(h[TIMESTAMP_HEADER], "1000");
     }
+
+    /// What a receiver does with a `ce-` header value.
+    fn percent_decode(v: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < v.len() {
+            if v[i] == b'%' {
+                let hex = std::str::from_utf8(&v[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            } else {
+                out.push(v[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Any text (without control characters, which no header carries)
+        /// survives the request and a receiver's percent-decoding.
+        #[test]
+        fn attribute_text_survives_percent_encoding(
+            subject in "[^\\p{Cc}]{0,16}",
+            custom in "[^\\p{Cc}]{1,16}",
+            corr in "[^\\p{Cc}]{1,16}",
+        ) {
+            let mut e = CloudEvent::new("t.v1", "station/ä");
+            e.subject = Some(subject);
+            e.custom.insert("note".into(), custom);
+            e.correlationid = Some(crate::CorrelationId::from_text(corr));
+            let req = binary_request("http://127.0.0.1:9/hook", e.clone().into()).unwrap();
+            let (parts, body) = req.into_parts();
+            // A receiver (in any language) percent-decodes the `ce-` values
+            // to UTF-8 text.
+            let text: std::collections::BTreeMap<String, String> = parts
+                .headers
+                .iter()
+                .filter(|(k, _)| k.as_str().starts_with("ce-"))
+                .map(|(k, v)| {
+                    (k.as_str().to_owned(), String::from_utf8(percent_decode(v.as_bytes())).unwrap())
+                })
+                .collect();
+            proptest::prop_assert_eq!(text.get("ce-subject"), e.subject.as_ref());
+            proptest::prop_assert_eq!(text.get("ce-note"), e.custom.get("note"));
+            proptest::prop_assert_eq!(text.get("ce-source").map(String::as_str), Some("station/ä"));
+            proptest::prop_assert_eq!(
+                text.get("ce-correlationid").map(String::as_str),
+                e.correlationid.as_ref().map(|c| c.as_str())
+            );
+            proptest::prop_assert!(body.is_empty());
+        }
+    }
 }
