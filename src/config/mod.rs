@@ -372,7 +372,8 @@ pub struct PublisherConfig {
 /// is empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhooksConfig {
-    /// Receivers (`http://…`), each getting every event.
+    /// Receivers (`http://…`; the client has no TLS), each getting every
+    /// event.
     pub urls: Vec<String>,
     /// Shared secret of the HMAC-SHA256 signature (required with URLs).
     pub secret: Option<Secret>,

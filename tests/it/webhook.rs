@@ -461,7 +461,7 @@ fn webhook_settings_are_shown_with_the_secret_hidden_and_checked() {
         env(&[
             (
                 "APP_WEBHOOK_URLS",
-                "http://mes.local/hook, https://dash.local/in",
+                "http://mes.local/hook, http://dash.local:8080/in",
             ),
             ("APP_WEBHOOK_SECRET", "top-secret"),
             ("APP_WEBHOOK_EVENT_TYPES", "status"),
@@ -470,7 +470,7 @@ fn webhook_settings_are_shown_with_the_secret_hidden_and_checked() {
     .expect("valid");
     assert_eq!(
         c.webhooks.urls,
-        ["http://mes.local/hook", "https://dash.local/in"]
+        ["http://mes.local/hook", "http://dash.local:8080/in"]
     );
     assert_eq!(c.webhooks.event_types, ["status"]);
     let out = c.redacted_toml();
@@ -479,7 +479,8 @@ fn webhook_settings_are_shown_with_the_secret_hidden_and_checked() {
     assert!(out.contains("secret = \"***\""), "{out}");
     assert!(!format!("{c:?}").contains("top-secret"));
 
-    // URLs without a secret, a URL that is not HTTP, an unknown event type.
+    // URLs without a secret, a URL that is not HTTP, https (no TLS in the
+    // client), an unknown event type.
     for (pairs, says) in [
         (
             vec![("APP_WEBHOOK_URLS", "http://mes.local/hook")],
@@ -491,6 +492,13 @@ fn webhook_settings_are_shown_with_the_secret_hidden_and_checked() {
                 ("APP_WEBHOOK_SECRET", "s"),
             ],
             "http://",
+        ),
+        (
+            vec![
+                ("APP_WEBHOOK_URLS", "https://mes.local/"),
+                ("APP_WEBHOOK_SECRET", "s"),
+            ],
+            "TLS-terminating proxy",
         ),
         (vec![("APP_WEBHOOK_EVENT_TYPES", "status,alarm")], "alarm"),
     ] {
