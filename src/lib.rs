@@ -27,6 +27,8 @@ pub mod telemetry;
 pub mod testkit;
 mod tls;
 pub mod transport;
+#[cfg(feature = "cloudevents")]
+pub mod webhook;
 
 pub use app::{
     App, AppBuilder, AppError, Redis, RedisClient, RedisConnection, RedisTls, Shutdown,

@@ -7,7 +7,9 @@
 //!   the processor), which runs the jobs whose work master carries an SFC
 //!   recipe;
 //! - the MES publisher (when `APP_IS_PUBLISHER_INSTANCE`), on one replica at
-//!   a time through a Redis lock.
+//!   a time through a Redis lock;
+//! - the webhook sink (when `webhooks.urls` is set; feature `cloudevents`),
+//!   on one replica at a time through a Redis lock of its own.
 
 use crate::app::{App, AppBuilder, AppError};
 use crate::config::Config;
@@ -190,6 +192,7 @@ pub async fn build_extended(
             Ok(())
         });
     }
+    app = webhook_sink(app, config, &redis, &store)?;
     if config.instance.is_publisher_instance {
         let Some(transport) = app.transports().first().cloned() else {
             return Err(AppError::Config(
@@ -226,6 +229,56 @@ pub async fn build_extended(
         "station built"
     );
     Ok(Station { app, jobs, engine })
+}
+
+/// Adds the webhook sink when `webhooks.urls` is set: every instance
+/// competes for its lock, one delivers (`crate::webhook`).
+#[cfg(feature = "cloudevents")]
+fn webhook_sink(
+    app: App,
+    config: &Config,
+    redis: &Redis,
+    store: &JobStore,
+) -> Result<App, AppError> {
+    use crate::webhook::{WebhookSettings, WebhookSink};
+    let Some(settings) = WebhookSettings::from_config(config).map_err(AppError::Config)? else {
+        return Ok(app);
+    };
+    let lock = SingletonLock::new(
+        redis.conn.clone(),
+        store.keys().webhook_lock(),
+        config.instance_id().to_owned(),
+        Duration::from_secs(15),
+    );
+    let dlq = crate::dlq::DeadLetters::new(
+        redis.conn.clone(),
+        config.redis.key_prefix.clone(),
+        config.mqtt.dead_letter_max_len,
+    );
+    let sink = WebhookSink::new(store.clone(), redis.client.clone(), dlq, settings);
+    Ok(app.service("webhook-sink", move |shutdown| async move {
+        lock.run(shutdown, |sd| sink.clone().run(sd)).await;
+        Ok(())
+    }))
+}
+
+/// Without the `cloudevents` feature a configuration with webhook URLs is
+/// refused rather than silently not delivering.
+#[cfg(not(feature = "cloudevents"))]
+fn webhook_sink(
+    app: App,
+    config: &Config,
+    _redis: &Redis,
+    _store: &JobStore,
+) -> Result<App, AppError> {
+    if config.webhooks.urls.is_empty() {
+        Ok(app)
+    } else {
+        Err(AppError::Config(
+            "webhooks.urls is set but this build has no webhook sink (cargo feature `cloudevents`)"
+                .into(),
+        ))
+    }
 }
 
 /// The Redis `config` names: a Redis Cluster when `redis.cluster_nodes`

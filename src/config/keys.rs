@@ -47,6 +47,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "processing",
     "processors",
     "publisher",
+    "webhooks",
     "jobs",
     "msgpack",
     "http",
@@ -69,6 +70,14 @@ const MAX_TTL_SECONDS: u64 = u32::MAX as u64;
 
 fn opt_str(v: &Option<String>) -> Shown {
     v.clone().map_or(Shown::Unset, Shown::Str)
+}
+
+fn list_shown(v: &[String]) -> Shown {
+    if v.is_empty() {
+        Shown::Unset
+    } else {
+        Shown::Str(v.join(","))
+    }
 }
 
 fn opt_secret(v: &Option<Secret>) -> Shown {
@@ -564,6 +573,87 @@ pub(super) static KEYS: &[Key] = &[
             Ok(())
         },
         get: |c| Shown::Int(c.publisher.state_index_interval_ms),
+    },
+    // [webhooks]
+    Key {
+        section: "webhooks",
+        name: "urls",
+        env: Some("APP_WEBHOOK_URLS"),
+        set: |c, v| {
+            c.webhooks.urls = value::list(v, "webhook URL")?;
+            for u in &c.webhooks.urls {
+                value::http_url(u)?;
+            }
+            Ok(())
+        },
+        get: |c| list_shown(&c.webhooks.urls),
+    },
+    Key {
+        section: "webhooks",
+        name: "secret",
+        env: Some("APP_WEBHOOK_SECRET"),
+        set: |c, v| {
+            c.webhooks.secret = Some(Secret::new(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_secret(&c.webhooks.secret),
+    },
+    Key {
+        section: "webhooks",
+        name: "timeout_ms",
+        env: Some("APP_WEBHOOK_TIMEOUT_MS"),
+        set: |c, v| {
+            c.webhooks.timeout_ms = v.integer(1, 600_000)?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.webhooks.timeout_ms),
+    },
+    Key {
+        section: "webhooks",
+        name: "max_attempts",
+        env: Some("APP_WEBHOOK_MAX_ATTEMPTS"),
+        set: |c, v| {
+            c.webhooks.max_attempts = v.integer(1, 1_000)? as u32;
+            Ok(())
+        },
+        get: |c| Shown::Int(u64::from(c.webhooks.max_attempts)),
+    },
+    Key {
+        section: "webhooks",
+        name: "backoff_initial_ms",
+        env: Some("APP_WEBHOOK_BACKOFF_INITIAL_MS"),
+        set: |c, v| {
+            c.webhooks.backoff_initial_ms = v.integer(1, 3_600_000)?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.webhooks.backoff_initial_ms),
+    },
+    Key {
+        section: "webhooks",
+        name: "backoff_max_ms",
+        env: Some("APP_WEBHOOK_BACKOFF_MAX_MS"),
+        set: |c, v| {
+            c.webhooks.backoff_max_ms = v.integer(1, 3_600_000)?;
+            Ok(())
+        },
+        get: |c| Shown::Int(c.webhooks.backoff_max_ms),
+    },
+    Key {
+        section: "webhooks",
+        name: "event_types",
+        env: Some("APP_WEBHOOK_EVENT_TYPES"),
+        set: |c, v| {
+            let types = value::list(v, "webhook event type")?;
+            if let Some(t) = types
+                .iter()
+                .find(|t| !matches!(t.as_str(), "status" | "progress"))
+            {
+                return Err(format!("expected status and/or progress, found {t:?}"));
+            }
+            c.webhooks.event_types = types;
+            Ok(())
+        },
+        get: |c| list_shown(&c.webhooks.event_types),
     },
     // [jobs]
     Key {

@@ -7,7 +7,7 @@ use super::value::{self, Raw};
 use super::{
     Config, HttpConfig, InstanceConfig, InstanceIdSource, JobsConfig, LogConfig, MqttConfig,
     MsgpackConfig, ProcessingConfig, ProcessorTopics, PublisherConfig, RedisConfig,
-    TelemetryConfig, DEFAULT_MQTT_IDENTIFIER, DEFAULT_MQTT_SAT_TOKEN_PATH,
+    TelemetryConfig, WebhooksConfig, DEFAULT_MQTT_IDENTIFIER, DEFAULT_MQTT_SAT_TOKEN_PATH,
     DEFAULT_MQTT_TLS_CERT_PATH,
 };
 use crate::telemetry::LogFormat;
@@ -162,6 +162,15 @@ impl Config {
             publisher: PublisherConfig {
                 retained_ttl_seconds: 172_800,
                 state_index_interval_ms: 50,
+            },
+            webhooks: WebhooksConfig {
+                urls: Vec::new(),
+                secret: None,
+                timeout_ms: 5_000,
+                max_attempts: 10,
+                backoff_initial_ms: 500,
+                backoff_max_ms: 60_000,
+                event_types: vec!["status".into(), "progress".into()],
             },
             jobs: JobsConfig {
                 check_equipment: true,
@@ -488,6 +497,14 @@ fn check_consistency(c: &Config, out: &mut Vec<Problem>) {
                     message: "is set, but `redis.ssl` (APP_REDIS_SSL) is false: Redis would be reached without TLS".into(),
                 });
             }
+        }
+    }
+    if !c.webhooks.urls.is_empty() && c.webhooks.secret.is_none() {
+        if let Some(o) = origin("webhooks.urls") {
+            out.push(Problem {
+                origin: o,
+                message: "webhook URLs need a signing secret (`webhooks.secret` or `APP_WEBHOOK_SECRET`): requests are always signed".into(),
+            });
         }
     }
     if c.mqtt.password.is_some() && c.mqtt.username.is_none() {

@@ -53,6 +53,13 @@
 //! | `processors.{name}.shared_group` | — | `processing.shared_subscription_name` |
 //! | `publisher.retained_ttl_seconds` | `APP_PUBLISHER_RETAINED_TTL_SECONDS` | `172800` |
 //! | `publisher.state_index_interval_ms` | `APP_PUBLISHER_STATE_INDEX_INTERVAL_MS` | `50` (0 to 60000) |
+//! | `webhooks.urls` | `APP_WEBHOOK_URLS` (comma-separated) | none: webhooks off |
+//! | `webhooks.secret` | `APP_WEBHOOK_SECRET` | none (required with URLs; shown as `***`) |
+//! | `webhooks.timeout_ms` | `APP_WEBHOOK_TIMEOUT_MS` | `5000` |
+//! | `webhooks.max_attempts` | `APP_WEBHOOK_MAX_ATTEMPTS` | `10` (then dead-lettered) |
+//! | `webhooks.backoff_initial_ms` | `APP_WEBHOOK_BACKOFF_INITIAL_MS` | `500` (doubled per failed attempt) |
+//! | `webhooks.backoff_max_ms` | `APP_WEBHOOK_BACKOFF_MAX_MS` | `60000` |
+//! | `webhooks.event_types` | `APP_WEBHOOK_EVENT_TYPES` (comma-separated) | `status,progress` |
 //! | `jobs.check_equipment`, `jobs.check_material_class`, `jobs.check_material_definition`, `jobs.check_personnel`, `jobs.check_physical_asset`, `jobs.check_work_master`, `jobs.check_job_limit` | `APP_JOBS_CHECK_EQUIPMENT`, … (same suffixes) | `true` |
 //! | `jobs.max_downloadable_job_orders` | `APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS` | `0` (unlimited) |
 //! | `jobs.retention_seconds` | `APP_JOBS_RETENTION_SECONDS` | `86400` |
@@ -184,6 +191,8 @@ pub struct Config {
     pub processors: BTreeMap<String, ProcessorTopics>,
     /// `[publisher]`: the MES publisher of retained topics.
     pub publisher: PublisherConfig,
+    /// `[webhooks]`: job status and progress events to HTTP receivers.
+    pub webhooks: WebhooksConfig,
     /// `[jobs]`: job management (acceptance checks, retention).
     pub jobs: JobsConfig,
     /// `[msgpack]`: the MessagePack-RPC sidecar server.
@@ -366,6 +375,30 @@ pub struct PublisherConfig {
     /// milliseconds (one more interval per started thousand jobs listed;
     /// 0: after every batch of changes).
     pub state_index_interval_ms: u64,
+}
+
+/// `[webhooks]`: the webhook sink (README "Webhooks"). Off while `urls`
+/// is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhooksConfig {
+    /// Receivers (`http://…`; the client has no TLS), each getting every
+    /// event.
+    pub urls: Vec<String>,
+    /// Shared secret of the HMAC-SHA256 signature (required with URLs).
+    pub secret: Option<Secret>,
+    /// Timeout of one HTTP request, in milliseconds.
+    pub timeout_ms: u64,
+    /// Attempts at one delivery before it is dead-lettered (at least 1).
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt, in milliseconds; doubled after
+    /// each further one.
+    pub backoff_initial_ms: u64,
+    /// Longest wait between two attempts, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Which events are sent: `status` (job state transitions, including
+    /// the job order being stored) and/or `progress` (job response updates
+    /// of a running job).
+    pub event_types: Vec<String>,
 }
 
 /// `[jobs]`: the `machinery-jobs` processor's job acceptance and

@@ -198,6 +198,45 @@ pub(super) fn cluster_nodes(raw: &Raw<'_>) -> Result<Vec<String>, String> {
     Ok(nodes)
 }
 
+/// A list of non-empty strings: comma-separated text (in the file also an
+/// array of strings); `what` names one entry in messages.
+pub(super) fn list(raw: &Raw<'_>, what: &str) -> Result<Vec<String>, String> {
+    let entries: Vec<String> = match raw {
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                v => Err(format!("expected {what} strings, found {}", type_name(v))),
+            })
+            .collect::<Result<_, _>>()?,
+        r => r.text()?.split(',').map(str::to_owned).collect(),
+    };
+    Ok(entries
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// An `http://` URL with a host. `https://` is refused with the reason:
+/// the webhook sink's HTTP client (the reqwest the OTLP exporter builds)
+/// has no TLS, so such a receiver would only ever fail.
+pub(super) fn http_url(s: &str) -> Result<(), String> {
+    if s.starts_with("https://") {
+        return Err(format!(
+            "{s:?}: this build sends webhooks without TLS; put a TLS-terminating proxy (or sidecar) in front of an https receiver and give its http:// URL"
+        ));
+    }
+    let rest = s
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("expected an http:// URL, found {s:?}"))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.chars().any(char::is_whitespace) {
+        return Err(format!("expected an http:// URL with a host, found {s:?}"));
+    }
+    Ok(())
+}
+
 /// An MQTT topic name we publish to or subscribe below: no wildcards, not
 /// reserved (`$…`), no trailing `/` (it would produce an empty level).
 pub(super) fn topic(s: &str) -> Result<(), String> {

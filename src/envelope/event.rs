@@ -306,7 +306,7 @@ pub enum AttributeError {
     },
 }
 
-fn encode_context(ctx: &[(String, String)]) -> String {
+pub(super) fn encode_context(ctx: &[(String, String)]) -> String {
     fn esc(s: &str) -> String {
         s.replace('%', "%25")
             .replace(',', "%2C")
@@ -318,7 +318,7 @@ fn encode_context(ctx: &[(String, String)]) -> String {
         .join(",")
 }
 
-fn decode_context(s: &str) -> Vec<(String, String)> {
+pub(super) fn decode_context(s: &str) -> Vec<(String, String)> {
     fn unesc(s: &str) -> String {
         s.replace("%2C", ",")
             .replace("%3D", "=")

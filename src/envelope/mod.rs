@@ -8,6 +8,8 @@ mod codec;
 mod correlation;
 mod event;
 mod event_type;
+#[cfg(feature = "cloudevents")]
+pub mod sdk;
 mod text;
 mod time;
 

@@ -44,6 +44,7 @@ pub(crate) struct Instruments {
     steps_entered: Counter<u64>,
     step_duration: Histogram<f64>,
     retained: Counter<u64>,
+    webhook_deliveries: Counter<u64>,
 }
 
 /// Transports whose connection state the `microdcs.mqtt.connected` gauge
@@ -237,6 +238,13 @@ impl Instruments {
                     "Retained topics published to the MES (state index, orders, results)",
                 )
                 .build(),
+            webhook_deliveries: meter
+                .u64_counter("microdcs.webhook.deliveries")
+                .with_unit("{request}")
+                .with_description(
+                    "Webhook delivery attempts by outcome: delivered, failed_attempt (retried), dead_lettered (given up)",
+                )
+                .build(),
             consumed: meter
                 .u64_counter("messaging.client.consumed.messages")
                 .with_unit("{message}")
@@ -361,6 +369,14 @@ impl Instruments {
 
     pub(crate) fn retained(&self) {
         self.retained.add(1, &[]);
+    }
+
+    /// Counts one webhook delivery outcome (`delivered`,
+    /// `failed_attempt`, `dead_lettered`).
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
+    pub(crate) fn webhook_delivery(&self, outcome: &'static str) {
+        self.webhook_deliveries
+            .add(1, &[kv("microdcs.webhook.outcome", outcome)]);
     }
 
     pub(crate) fn mqtt_reconnect(&self, transport: &str) {

@@ -40,6 +40,13 @@ impl Keys {
         format!("{}:publisher:lock", self.prefix)
     }
 
+    /// `P:webhook:lock` (string): the owner of the webhook sink
+    /// singleton.
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
+    pub(crate) fn webhook_lock(&self) -> String {
+        format!("{}:webhook:lock", self.prefix)
+    }
+
     /// `P:dedupe:{len(source)}:{source}:{id}` (string): the claim or done
     /// marker of one message. The length of `source` keeps `("a:b", "c")`
     /// and `("a", "b:c")` apart.
@@ -224,6 +231,34 @@ impl Keys {
     pub(crate) fn pub_cursor(&self, scope: &str) -> String {
         format!("{}:{{{scope}}}:pub:cursor", self.prefix)
     }
+
+    /// `P:{S}:webhook:cursor` (string): the webhook sink's position in the
+    /// change stream.
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
+    pub(crate) fn webhook_cursor(&self, scope: &str) -> String {
+        format!("{}:{{{scope}}}:webhook:cursor", self.prefix)
+    }
+
+    /// `P:{S}:webhook:pending` (set): the webhook queues of the scope that
+    /// hold deliveries, by member name `{target}:{job}`.
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
+    pub(crate) fn webhook_pending(&self, scope: &str) -> String {
+        format!("{}:{{{scope}}}:webhook:pending", self.prefix)
+    }
+
+    /// `P:{S}:webhook:q:{member}` (list): one webhook queue (one target
+    /// URL and one job), oldest delivery first.
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
+    pub(crate) fn webhook_queue(&self, scope: &str, member: &str) -> String {
+        format!("{}:{{{scope}}}:webhook:q:{member}", self.prefix)
+    }
+
+    /// `P:{S}:webhook:attempts` (hash): queue member → failed attempts at
+    /// its head delivery.
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
+    pub(crate) fn webhook_attempts(&self, scope: &str) -> String {
+        format!("{}:{{{scope}}}:webhook:attempts", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -255,6 +290,17 @@ mod tests {
             (k.by_state(s, "2.2"), "microdcs:{axle-line}:st:2.2"),
             (k.ended(s), "microdcs:{axle-line}:ended"),
             (k.changes(s), "microdcs:{axle-line}:changes"),
+            (k.webhook_lock(), "microdcs:webhook:lock"),
+            (k.webhook_cursor(s), "microdcs:{axle-line}:webhook:cursor"),
+            (k.webhook_pending(s), "microdcs:{axle-line}:webhook:pending"),
+            (
+                k.webhook_queue(s, "0a1b2c3d4e5f6071:j-1"),
+                "microdcs:{axle-line}:webhook:q:0a1b2c3d4e5f6071:j-1",
+            ),
+            (
+                k.webhook_attempts(s),
+                "microdcs:{axle-line}:webhook:attempts",
+            ),
             (
                 k.resources(s, "equipment"),
                 "microdcs:{axle-line}:cfg:equipment",

@@ -46,6 +46,11 @@
 //! | `P:{S}:pub:retained` | set | job ids with a retained order topic | [`Keys::pub_retained`] |
 //! | `P:{S}:pub:seq` | string | state-index sequence | [`Keys::pub_seq`] |
 //! | `P:{S}:pub:cursor` | string | publisher's change stream cursor | [`Keys::pub_cursor`] |
+//! | `P:webhook:lock` | string | owner of the webhook sink singleton | [`Keys::webhook_lock`] |
+//! | `P:{S}:webhook:cursor` | string | webhook sink's change stream cursor | [`Keys::webhook_cursor`] |
+//! | `P:{S}:webhook:pending` | set | webhook queues (`{target}:{job}`) holding deliveries | [`Keys::webhook_pending`] |
+//! | `P:{S}:webhook:q:{target}:{job}` | list | pending deliveries of one URL and job, oldest first | [`Keys::webhook_queue`] |
+//! | `P:{S}:webhook:attempts` | hash | queue → failed attempts at its head delivery | [`Keys::webhook_attempts`] |
 
 mod connection;
 mod keys;

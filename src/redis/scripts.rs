@@ -75,6 +75,17 @@ scripts! {
     /// (`dedupe_release.lua`).
     DEDUPE_RELEASE = "dedupe_release.lua";
 
+    // The webhook sink (`webhook`).
+
+    /// Queues the deliveries of a batch of job changes with the sink's
+    /// cursor (`webhook_enqueue.lua`).
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
+    WEBHOOK_ENQUEUE = "webhook_enqueue.lua";
+    /// Takes a delivered or dead-lettered delivery off its queue
+    /// (`webhook_ack.lua`).
+    #[cfg_attr(not(feature = "cloudevents"), allow(dead_code))]
+    WEBHOOK_ACK = "webhook_ack.lua";
+
     // Singleton locks (`singleton`).
 
     /// Takes or extends a lock (`lock_renew.lua`).
@@ -153,6 +164,14 @@ mod tests {
             (
                 "session_heartbeat.lua",
                 "1ea4c4294ca385b9d3b7c0163594e94322714a0c",
+            ),
+            (
+                "webhook_enqueue.lua",
+                "fb62f28ae4bc235836c37dc792938394d8d2ae77",
+            ),
+            (
+                "webhook_ack.lua",
+                "4e70fb81bec2ebe58a7486e2708da0b62e12f94b",
             ),
         ];
         assert_eq!(ALL.len(), pinned.len());

@@ -27,3 +27,5 @@ mod sfc_chaos;
 mod sim;
 mod traces;
 mod transport_mqtt;
+#[cfg(feature = "cloudevents")]
+mod webhook;

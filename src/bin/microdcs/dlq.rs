@@ -210,6 +210,14 @@ pub(crate) fn replay(args: &ReplayArgs) -> ExitCode {
     super::with_station_redis(args.config.as_deref(), |config, redis| async move {
         let letters = store(&config, redis);
         let letter = one(&letters, &args.id, args.processor.as_deref()).await?;
+        // The webhook sink keeps undeliverable HTTP requests here too
+        // (`microdcs::webhook`); they were never MQTT messages.
+        if letter.processor == "webhook" {
+            return Err(format!(
+                "dead letter '{}' is a webhook delivery to {}, not an MQTT message: it is not replayed to the broker (`dlq show` has its body and ce- headers)",
+                letter.id, letter.message.topic
+            ));
+        }
         if let (Some(at), false) = (letter.replayed_ms, args.force) {
             return Err(format!(
                 "dead letter '{}' was replayed at {}; use --force to replay it again",
