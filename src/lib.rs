@@ -27,6 +27,7 @@ pub mod telemetry;
 pub mod testkit;
 mod tls;
 pub mod transport;
+pub mod validation;
 
 pub use app::{
     App, AppBuilder, AppError, Redis, RedisClient, RedisConnection, RedisTls, Shutdown,
