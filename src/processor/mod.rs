@@ -35,8 +35,8 @@ use crate::validation::SchemaSet;
 use handler::{erase, ErasedHandler};
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
-use validate::Validation;
 use std::sync::Arc;
+use validate::Validation;
 
 /// What a handler sees besides its payload; extractors read from it.
 pub struct RequestContext {

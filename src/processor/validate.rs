@@ -61,18 +61,16 @@ impl Validation {
         // MessagePack is decoded to the same JSON value the schema speaks
         // of; a payload that is not JSON/MessagePack at all is left to the
         // handler's decoder and its error.
-        let Ok(value) = event
-            .content_type()
-            .and_then(|ct| ct.decode::<Value>(data))
-        else {
+        let Ok(value) = event.content_type().and_then(|ct| ct.decode::<Value>(data)) else {
             return Ok(());
         };
         let missing_ok = self.missing_ok.get(&event.ty);
         let lenient_at = self.lenient_at.get(&event.ty);
         let exempt = |e: &ValidationError<'_>| {
             let absent_ok = match e.kind() {
-                ValidationErrorKind::Required { property } => missing_ok
-                    .is_some_and(|m| property.as_str().is_some_and(|p| m.contains(&p))),
+                ValidationErrorKind::Required { property } => {
+                    missing_ok.is_some_and(|m| property.as_str().is_some_and(|p| m.contains(&p)))
+                }
                 _ => false,
             };
             absent_ok || lenient_at.is_some_and(|l| l.contains(&e.instance_path().as_str()))

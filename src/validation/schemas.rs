@@ -178,12 +178,13 @@ impl SchemaSet {
             for &i in &added {
                 let (id, doc) = &documents[i];
                 for uri in schema_uris(id, doc) {
-                    let validator = options
-                        .build(&serde_json::json!({ "$ref": uri }))
-                        .map_err(|e| SchemaError::Compile {
-                            uri: uri.clone(),
-                            reason: e.to_string(),
-                        })?;
+                    let validator =
+                        options
+                            .build(&serde_json::json!({ "$ref": uri }))
+                            .map_err(|e| SchemaError::Compile {
+                                uri: uri.clone(),
+                                reason: e.to_string(),
+                            })?;
                     validators.insert(uri, Arc::new(validator));
                 }
                 collect_snake(doc, &mut snake);

@@ -26,3 +26,4 @@ mod sfc_chaos;
 mod sim;
 mod traces;
 mod transport_mqtt;
+mod validation;
