@@ -43,9 +43,9 @@ fn store_call() -> Value {
             {"ID": "torque_nm", "Value": 42.5, "EngineeringUnits": {"DisplayName": {"Text": "Nm"}}},
             {"ID": "variant", "Value": "LHD"}
         ],
-        "EquipmentRequirements": [{"ID": "press-1", "Quantity": 1}],
+        "EquipmentRequirements": [{"ID": "press-1", "Quantity": "1"}],
         "MaterialRequirements": [
-            {"MaterialClassID": "steel", "MaterialDefinitionID": "s235", "Quantity": 2}
+            {"MaterialClassID": "steel", "MaterialDefinitionID": "s235", "Quantity": "2"}
         ],
         "PersonnelRequirements": [{"ID": "operator"}]
     }, "Comment": [{"Locale": "en", "Text": "from MES"}]})
