@@ -28,7 +28,7 @@ pub trait Payload: Sized + Send + 'static {
     /// The `dataschema` URI its payloads are validated against before the
     /// handler runs (when the processor's [`SchemaSet`](crate::validation::SchemaSet)
     /// knows it); `None` for the raw event, whose own `dataschema` is used.
-    const DATASCHEMA: Option<&'static str> = None;
+    const ROUTE_SCHEMA: Option<&'static str> = None;
 
     /// Reads the payload out of the event.
     ///
@@ -39,7 +39,7 @@ pub trait Payload: Sized + Send + 'static {
 
 impl<T: EventType> Payload for T {
     const ROUTE: Option<&'static str> = Some(T::TYPE);
-    const DATASCHEMA: Option<&'static str> = Some(T::DATASCHEMA);
+    const ROUTE_SCHEMA: Option<&'static str> = Some(T::DATASCHEMA);
 
     fn from_event(event: &CloudEvent) -> Result<Self, HandlerError> {
         event.data_as::<T>().map_err(|e| match e {
@@ -132,6 +132,6 @@ pub(crate) fn erase<H: Handler<Args>, Args>(h: H) -> ErasedHandler {
                 h.call(payload, ctx).await
             })
         }),
-        dataschema: <H::Payload as Payload>::DATASCHEMA,
+        dataschema: <H::Payload as Payload>::ROUTE_SCHEMA,
     }
 }

@@ -446,6 +446,83 @@ mod tests {
         );
     }
 
+    /// A lenient reader of Store requests, as the job processor has.
+    #[derive(Serialize, Deserialize)]
+    struct LenientStore {
+        #[serde(rename = "JobOrder", default)]
+        job_order: Option<serde_json::Value>,
+    }
+    impl EventType for LenientStore {
+        const TYPE: &'static str = "org.opcfoundation.ISA95-JOBCONTROL_V2.Store.v2";
+        const DATASCHEMA: &'static str =
+            <crate::models::isa95_jobcontrol::StoreCall as EventType>::DATASCHEMA;
+    }
+
+    async fn lenient_store(_s: LenientStore) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    fn paths(e: &HandlerError) -> Vec<&str> {
+        e.context_entries()
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn payloads_are_checked_against_the_handlers_schema_before_it_runs() {
+        let bad = r#"{"JobOrder": {"JobOrderID": 1}, "Comment": {"Text": "one"}}"#;
+        let strict = Processor::northbound("p").handle(lenient_store).build();
+        let e = strict
+            .dispatch(event(LenientStore::TYPE, Some("s"), bad), "t")
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PayloadInvalid);
+        assert_eq!(paths(&e), ["/Comment", "/JobOrder/JobOrderID"]);
+
+        // Exempt what the handler answers itself; the rest is still checked.
+        let lenient = Processor::northbound("p")
+            .handle(lenient_store)
+            .answers_missing::<LenientStore>(&["JobOrder"])
+            .lenient_at::<LenientStore>(&["/Comment"])
+            .build();
+        let e = lenient
+            .dispatch(event(LenientStore::TYPE, Some("s"), bad), "t")
+            .await
+            .unwrap_err();
+        assert_eq!(paths(&e), ["/JobOrder/JobOrderID"]);
+        assert!(lenient
+            .dispatch(
+                event(LenientStore::TYPE, Some("s"), r#"{"Comment": {}}"#),
+                "t"
+            )
+            .await
+            .is_ok());
+
+        // Switched off: only the handler's decoder judges.
+        let off = Processor::northbound("p")
+            .handle(lenient_store)
+            .without_validation::<LenientStore>()
+            .build();
+        assert!(off
+            .dispatch(event(LenientStore::TYPE, Some("s"), bad), "t")
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_fallback_handler_is_checked_against_the_events_dataschema() {
+        let p = Processor::southbound("eq").handle(anything).build();
+        let mut e = event("t.any.v1", None, r#"{"JobOrder": 5}"#);
+        assert!(p.dispatch(e.clone(), "t").await.is_ok(), "no dataschema");
+        e.dataschema = Some("urn:unknown".into());
+        assert!(p.dispatch(e.clone(), "t").await.is_ok(), "unknown schema");
+        e.dataschema = Some(LenientStore::DATASCHEMA.into());
+        let err = p.dispatch(e, "t").await.unwrap_err();
+        assert_eq!(paths(&err), ["/JobOrder"]);
+        assert!(err.message().contains(LenientStore::DATASCHEMA));
+    }
+
     #[test]
     #[should_panic(expected = "two handlers for type 't.cmd.v1'")]
     fn two_handlers_for_one_type_are_a_startup_error() {
