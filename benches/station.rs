@@ -10,8 +10,10 @@
 //! the steps; Redis's `INFO` and the broker's `$SYS` counters, read while
 //! the station is idle before and after each loaded batch, count the work
 //! per step. With 1 replica the scope is then filled with stored jobs and
-//! the batch measured again. The README's `## Benchmark` section explains
-//! every figure.
+//! the batch measured again. Schema validation of incoming payloads is
+//! measured in process against serde decoding of the same payload
+//! (`--validation` runs that part alone, without brokers). The README's
+//! `## Benchmark` section explains every figure.
 
 mod support;
 
@@ -40,12 +42,16 @@ const TARGET_STEP_P99: Duration = Duration::from_millis(3);
 const TARGET_P99_RATIO: f64 = 3.0;
 /// RSS of a replica, MB.
 const TARGET_RSS_MB: f64 = 50.0;
+/// Schema validation of a StoreCall ÷ serde decoding of it (#12).
+const TARGET_VALIDATION_RATIO: f64 = 3.0;
 
 const USAGE: &str = "\
-usage: cargo bench --bench station [-- --quick]
+usage: cargo bench --bench station [-- --quick] [-- --validation]
 
-  --quick   a short run (fewer round trips and jobs; 5,000 jobs stored
-            instead of 20,000 for the scaling batch)
+  --quick       a short run (fewer round trips and jobs; 5,000 jobs stored
+                instead of 20,000 for the scaling batch)
+  --validation  only the cost of payload validation (in process, no
+                brokers, a few seconds)
 
 Starts mosquitto and redis-server (scripts/setup.sh installs them) and the
 microdcs binary cargo built beside this benchmark. Without `--bench` (which
@@ -55,9 +61,11 @@ answers a test runner with no tests.";
 fn main() -> ExitCode {
     let mut quick = false;
     let mut bench = false;
+    let mut validation_only = false;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--validation" => validation_only = true,
             // `cargo bench` passes `--bench` to benchmarks without libtest.
             "--bench" => bench = true,
             // A test runner asking for the tests (`cargo nextest run
@@ -77,6 +85,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let sizes = if quick { Sizes::QUICK } else { Sizes::FULL };
+    if validation_only {
+        return match validation_cost(quick) {
+            Some(cost) => {
+                print_validation_row(&cost);
+                ExitCode::SUCCESS
+            }
+            None => ExitCode::FAILURE,
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,6 +134,8 @@ async fn run(quick: bool, sizes: Sizes) -> bool {
     if let Some(f) = &floor {
         print_floor(f, sizes);
     }
+    let validation = validation_cost(quick);
+    ok &= validation.is_some();
 
     let bin = match support::replicas::binary() {
         Ok(b) => Some(b),
@@ -145,12 +164,56 @@ async fn run(quick: bool, sizes: Sizes) -> bool {
         }
     }
     print_summary(floor.as_ref(), &runs);
+    if let Some(cost) = &validation {
+        print_validation_row(cost);
+    }
     println!(
         "\nload average after: {}   (total {:.0} s)",
         load_average(),
         started.elapsed().as_secs_f64()
     );
     ok
+}
+
+/// Measures and prints the cost of payload validation; `None` (reported)
+/// when it failed.
+fn validation_cost(quick: bool) -> Option<support::validation::ValidationCost> {
+    eprintln!("payload validation ...");
+    let n = if quick { 2_000 } else { 20_000 };
+    match support::validation::run(n) {
+        Ok(cost) => {
+            println!(
+                "\npayload validation (in process, a {} byte StoreCall with a full job order):",
+                cost.bytes
+            );
+            println!(
+                "  serde decode into StoreCall (the floor)     {:>8.1} us/message",
+                cost.decode.as_secs_f64() * 1e6
+            );
+            println!(
+                "  decode to a JSON value + schema check       {:>8.1} us/message",
+                cost.validate.as_secs_f64() * 1e6
+            );
+            Some(cost)
+        }
+        Err(e) => {
+            eprintln!("payload validation failed: {e}");
+            None
+        }
+    }
+}
+
+/// The summary line of the validation cost.
+fn print_validation_row(cost: &support::validation::ValidationCost) {
+    let ratio = cost.ratio();
+    row(
+        "validation / serde decode, StoreCall",
+        &format!("{ratio:.2}"),
+        &target(
+            &format!("<= {TARGET_VALIDATION_RATIO:.1}"),
+            Some(ratio <= TARGET_VALIDATION_RATIO),
+        ),
+    );
 }
 
 fn print_floor(f: &Floor, sizes: Sizes) {

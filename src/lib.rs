@@ -27,6 +27,7 @@ pub mod telemetry;
 pub mod testkit;
 mod tls;
 pub mod transport;
+pub mod validation;
 #[cfg(feature = "cloudevents")]
 pub mod webhook;
 

@@ -9,6 +9,7 @@ pub(crate) mod replicas;
 pub(crate) mod spy;
 pub(crate) mod station;
 pub(crate) mod stats;
+pub(crate) mod validation;
 
 /// What the benchmark failed at, in words for the terminal.
 pub(crate) type BenchResult<T> = Result<T, String>;

@@ -48,10 +48,46 @@ pub fn processor(manager: &JobManager) -> Processor {
         .handle(config_work_master)
         .handle(config_job_acceptance)
         .state(manager.clone())
+        // Schema validation (`crate::validation`) reports what the schemas
+        // say, except what these handlers answer by the wire contract: a
+        // missing JobOrder/JobOrderID is InvalidRequest (§3), a Comment may
+        // be one LocalizedText as well as a list, and a DELETE of the
+        // job-acceptance limit needs no value.
+        .answers_missing::<StoreRequest>(ORDER_MEMBERS)
+        .answers_missing::<StoreAndStartRequest>(ORDER_MEMBERS)
+        .answers_missing::<UpdateRequest>(ORDER_MEMBERS)
+        .answers_missing::<StartRequest>(ID_MEMBER)
+        .answers_missing::<RevokeStartRequest>(ID_MEMBER)
+        .answers_missing::<PauseRequest>(ID_MEMBER)
+        .answers_missing::<ResumeRequest>(ID_MEMBER)
+        .answers_missing::<StopRequest>(ID_MEMBER)
+        .answers_missing::<AbortRequest>(ID_MEMBER)
+        .answers_missing::<CancelRequest>(ID_MEMBER)
+        .answers_missing::<ClearRequest>(ID_MEMBER)
+        .answers_missing::<ByIdRequest>(ID_MEMBER)
+        .answers_missing::<JobAcceptanceConfig>(&["max_downloadable_job_orders"])
+        .lenient_at::<StoreRequest>(COMMENT)
+        .lenient_at::<StoreAndStartRequest>(COMMENT)
+        .lenient_at::<UpdateRequest>(COMMENT)
+        .lenient_at::<StartRequest>(COMMENT)
+        .lenient_at::<RevokeStartRequest>(COMMENT)
+        .lenient_at::<PauseRequest>(COMMENT)
+        .lenient_at::<ResumeRequest>(COMMENT)
+        .lenient_at::<StopRequest>(COMMENT)
+        .lenient_at::<AbortRequest>(COMMENT)
+        .lenient_at::<CancelRequest>(COMMENT)
+        .lenient_at::<ClearRequest>(COMMENT)
         .build();
     manager.set_emitter(p.emitter());
     p
 }
+
+/// Members whose absence an order method answers with `InvalidRequest`.
+const ORDER_MEMBERS: &[&str] = &["JobOrder", "JobOrderID"];
+/// The member whose absence an id method answers with `InvalidRequest`.
+const ID_MEMBER: &[&str] = &["JobOrderID"];
+/// Where the methods take one `LocalizedText` as well as a list of them.
+const COMMENT: &[&str] = &["/Comment"];
 
 /// `source` and `id` of a command: what makes it the same command when
 /// the broker delivers it again.

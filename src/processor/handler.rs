@@ -25,6 +25,11 @@ pub trait Payload: Sized + Send + 'static {
     /// event (fallback).
     const ROUTE: Option<&'static str>;
 
+    /// The `dataschema` URI its payloads are validated against before the
+    /// handler runs (when the processor's [`SchemaSet`](crate::validation::SchemaSet)
+    /// knows it); `None` for the raw event, whose own `dataschema` is used.
+    const ROUTE_SCHEMA: Option<&'static str> = None;
+
     /// Reads the payload out of the event.
     ///
     /// # Errors
@@ -34,6 +39,7 @@ pub trait Payload: Sized + Send + 'static {
 
 impl<T: EventType> Payload for T {
     const ROUTE: Option<&'static str> = Some(T::TYPE);
+    const ROUTE_SCHEMA: Option<&'static str> = Some(T::DATASCHEMA);
 
     fn from_event(event: &CloudEvent) -> Result<Self, HandlerError> {
         event.data_as::<T>().map_err(|e| match e {
@@ -105,16 +111,27 @@ impl_handler!(A, B, C, D, E);
 impl_handler!(A, B, C, D, E, G);
 
 /// A handler with its types erased, as the router stores it.
-pub(crate) type ErasedHandler = Arc<
+pub(crate) type ErasedFn = Arc<
     dyn Fn(Arc<RequestContext>) -> BoxFuture<'static, Result<Outcome, HandlerError>> + Send + Sync,
 >;
 
+/// A handler as the router stores it: the erased function and the schema
+/// of its payload type.
+#[derive(Clone)]
+pub(crate) struct ErasedHandler {
+    pub(crate) call: ErasedFn,
+    pub(crate) dataschema: Option<&'static str>,
+}
+
 pub(crate) fn erase<H: Handler<Args>, Args>(h: H) -> ErasedHandler {
-    Arc::new(move |ctx: Arc<RequestContext>| {
-        let h = h.clone();
-        Box::pin(async move {
-            let payload = H::Payload::from_event(&ctx.event)?;
-            h.call(payload, ctx).await
-        })
-    })
+    ErasedHandler {
+        call: Arc::new(move |ctx: Arc<RequestContext>| {
+            let h = h.clone();
+            Box::pin(async move {
+                let payload = H::Payload::from_event(&ctx.event)?;
+                h.call(payload, ctx).await
+            })
+        }),
+        dataschema: <H::Payload as Payload>::ROUTE_SCHEMA,
+    }
 }

@@ -18,6 +18,7 @@ mod emitter;
 mod extract;
 mod handler;
 mod outcome;
+mod validate;
 
 pub(crate) use emitter::Bound;
 pub use emitter::Emitter;
@@ -28,11 +29,14 @@ pub use outcome::{Emit, IntoOutcome, Outcome};
 
 use crate::binding::topics::Direction;
 use crate::envelope::CloudEvent;
+use crate::envelope::EventType;
 use crate::error::{ErrorKind, HandlerError};
+use crate::validation::SchemaSet;
 use handler::{erase, ErasedHandler};
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use validate::Validation;
 
 /// What a handler sees besides its payload; extractors read from it.
 pub struct RequestContext {
@@ -75,6 +79,7 @@ pub struct Processor {
     pub(crate) shared: Arc<Shared>,
     handlers: Arc<BTreeMap<String, ErasedHandler>>,
     fallback: Option<ErasedHandler>,
+    validation: Arc<Validation>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -131,11 +136,17 @@ impl Processor {
         self.shared.emitter.clone()
     }
 
-    /// Runs the handler for `event`.
+    /// Runs the handler for `event`, after checking its payload against the
+    /// schema of the handler's payload type (a fallback handler: the schema
+    /// the event's `dataschema` names) when the processor's
+    /// [`SchemaSet`] knows it (wire contract §6; see
+    /// [`validation`](crate::validation)).
     ///
     /// # Errors
-    /// `UNKNOWN_PAYLOAD_TYPE` when no handler takes the type, otherwise the
-    /// handler's (or its extractors') error.
+    /// `UNKNOWN_PAYLOAD_TYPE` when no handler takes the type,
+    /// `PAYLOAD_INVALID` listing every schema violation (path → what was
+    /// expected) in its context, otherwise the handler's (or its
+    /// extractors') error.
     pub async fn dispatch(&self, event: CloudEvent, topic: &str) -> Result<Outcome, HandlerError> {
         let handler = self
             .handlers
@@ -151,12 +162,13 @@ impl Processor {
                 ),
             ));
         };
+        self.validation.check(&event, h.dataschema)?;
         let ctx = Arc::new(RequestContext {
             event,
             topic: topic.to_owned(),
             shared: self.shared.clone(),
         });
-        h(ctx).await
+        (h.call)(ctx).await
     }
 }
 
@@ -169,6 +181,7 @@ pub struct ProcessorBuilder {
     fallback: Option<ErasedHandler>,
     states: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     dedupe: bool,
+    validation: Validation,
 }
 
 impl ProcessorBuilder {
@@ -180,7 +193,64 @@ impl ProcessorBuilder {
             fallback: None,
             states: HashMap::new(),
             dedupe: true,
+            validation: Validation::new(),
         }
+    }
+
+    /// The schemas its payloads are validated against (default:
+    /// [`SchemaSet::builtin`]). A plant app with schema documents of its own
+    /// passes them here, so its types are validated too:
+    ///
+    /// ```
+    /// use microdcs::{Processor, validation::SchemaSet};
+    /// # let my_schema = r#"{"$id": "https://plant.example/schemas/orders/v1/", "$defs": {}}"#;
+    /// let schemas = SchemaSet::builtin().with_documents([my_schema])?;
+    /// let processor = Processor::northbound("orders").schemas(schemas).build();
+    /// # Ok::<(), microdcs::validation::SchemaError>(())
+    /// ```
+    pub fn schemas(mut self, schemas: SchemaSet) -> Self {
+        self.validation.schemas = schemas;
+        self
+    }
+
+    /// Switches schema validation off for payloads of `T`'s CloudEvent
+    /// type: they reach the handler as they are, and only its decoder
+    /// judges them.
+    pub fn without_validation<T: EventType>(self) -> Self {
+        self.without_validation_of(T::TYPE)
+    }
+
+    /// [`without_validation`](Self::without_validation) by CloudEvent type
+    /// name, for types a fallback handler takes.
+    pub fn without_validation_of(mut self, ty: impl Into<String>) -> Self {
+        self.validation.off.insert(ty.into());
+        self
+    }
+
+    /// Validation of `T`'s payloads does not report these members as
+    /// missing (a schema's `required`): the handler answers their absence
+    /// itself. The job methods answer a missing `JobOrder` or `JobOrderID`
+    /// with `InvalidRequest` (wire contract §3), not with an error kind.
+    pub fn answers_missing<T: EventType>(mut self, members: &[&'static str]) -> Self {
+        self.validation
+            .missing_ok
+            .entry(T::TYPE.to_owned())
+            .or_default()
+            .extend_from_slice(members);
+        self
+    }
+
+    /// Validation of `T`'s payloads leaves a violation located exactly at
+    /// one of these instance paths (JSON Pointers, e.g. `/Comment`) to the
+    /// handler, which reads that member more leniently than the schema
+    /// (violations inside it are still reported).
+    pub fn lenient_at<T: EventType>(mut self, paths: &[&'static str]) -> Self {
+        self.validation
+            .lenient_at
+            .entry(T::TYPE.to_owned())
+            .or_default()
+            .extend_from_slice(paths);
+        self
     }
 
     /// Skips the (`source`, `id`) deduplication for this processor's
@@ -245,6 +315,7 @@ impl ProcessorBuilder {
             }),
             handlers: Arc::new(self.handlers),
             fallback: self.fallback,
+            validation: Arc::new(self.validation),
         }
     }
 }
@@ -373,6 +444,83 @@ mod tests {
             ),
             5
         );
+    }
+
+    /// A lenient reader of Store requests, as the job processor has.
+    #[derive(Serialize, Deserialize)]
+    struct LenientStore {
+        #[serde(rename = "JobOrder", default)]
+        job_order: Option<serde_json::Value>,
+    }
+    impl EventType for LenientStore {
+        const TYPE: &'static str = "org.opcfoundation.ISA95-JOBCONTROL_V2.Store.v2";
+        const DATASCHEMA: &'static str =
+            <crate::models::isa95_jobcontrol::StoreCall as EventType>::DATASCHEMA;
+    }
+
+    async fn lenient_store(_s: LenientStore) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    fn paths(e: &HandlerError) -> Vec<&str> {
+        e.context_entries()
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn payloads_are_checked_against_the_handlers_schema_before_it_runs() {
+        let bad = r#"{"JobOrder": {"JobOrderID": 1}, "Comment": {"Text": "one"}}"#;
+        let strict = Processor::northbound("p").handle(lenient_store).build();
+        let e = strict
+            .dispatch(event(LenientStore::TYPE, Some("s"), bad), "t")
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PayloadInvalid);
+        assert_eq!(paths(&e), ["/Comment", "/JobOrder/JobOrderID"]);
+
+        // Exempt what the handler answers itself; the rest is still checked.
+        let lenient = Processor::northbound("p")
+            .handle(lenient_store)
+            .answers_missing::<LenientStore>(&["JobOrder"])
+            .lenient_at::<LenientStore>(&["/Comment"])
+            .build();
+        let e = lenient
+            .dispatch(event(LenientStore::TYPE, Some("s"), bad), "t")
+            .await
+            .unwrap_err();
+        assert_eq!(paths(&e), ["/JobOrder/JobOrderID"]);
+        assert!(lenient
+            .dispatch(
+                event(LenientStore::TYPE, Some("s"), r#"{"Comment": {}}"#),
+                "t"
+            )
+            .await
+            .is_ok());
+
+        // Switched off: only the handler's decoder judges.
+        let off = Processor::northbound("p")
+            .handle(lenient_store)
+            .without_validation::<LenientStore>()
+            .build();
+        assert!(off
+            .dispatch(event(LenientStore::TYPE, Some("s"), bad), "t")
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_fallback_handler_is_checked_against_the_events_dataschema() {
+        let p = Processor::southbound("eq").handle(anything).build();
+        let mut e = event("t.any.v1", None, r#"{"JobOrder": 5}"#);
+        assert!(p.dispatch(e.clone(), "t").await.is_ok(), "no dataschema");
+        e.dataschema = Some("urn:unknown".into());
+        assert!(p.dispatch(e.clone(), "t").await.is_ok(), "unknown schema");
+        e.dataschema = Some(LenientStore::DATASCHEMA.into());
+        let err = p.dispatch(e, "t").await.unwrap_err();
+        assert_eq!(paths(&err), ["/JobOrder"]);
+        assert!(err.message().contains(LenientStore::DATASCHEMA));
     }
 
     #[test]

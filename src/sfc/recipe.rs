@@ -259,15 +259,63 @@ impl std::fmt::Display for RecipeErrors {
 
 impl std::error::Error for RecipeErrors {}
 
+/// Checks `value` against the recipe schema; every violation becomes a
+/// [`RecipeError`] located as the semantic checks locate theirs
+/// (`/Steps/2/Name` → `Steps[2].Name`, the whole recipe → `Recipe`).
+fn schema_check(value: &serde_json::Value) -> Result<(), RecipeErrors> {
+    let schemas = crate::validation::SchemaSet::builtin();
+    schemas
+        .check(crate::models::sfc_recipe::SCHEMA_ID, value)
+        .map_err(|violations| {
+            let mut errors = RecipeErrors::default();
+            for v in violations.iter() {
+                errors.push(location(&v.path), v.message.clone());
+            }
+            if violations.total > violations.list.len() {
+                errors.push(
+                    "Recipe",
+                    format!(
+                        "and {} more schema violations",
+                        violations.total - violations.list.len()
+                    ),
+                );
+            }
+            errors
+        })
+}
+
+/// A JSON Pointer as a recipe location: `/Steps/2/Name` → `Steps[2].Name`.
+fn location(pointer: &str) -> String {
+    let mut out = String::new();
+    for segment in pointer.split('/').skip(1).filter(|s| !s.is_empty()) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if segment.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&segment);
+        }
+    }
+    if out.is_empty() {
+        "Recipe".to_owned()
+    } else {
+        out
+    }
+}
+
 impl Recipe {
     /// Parses and validates a recipe given as JSON (the `data` of an
     /// extended work master).
     ///
     /// # Errors
     ///
-    /// Every problem found, each with its location: a member that does not
-    /// fit the schema (`Actions[1].TimeoutSeconds: invalid type …`), and
-    /// every rule of [`validate`](super::validate) that is broken.
+    /// Every problem found, each with its location: first every violation
+    /// of the recipe schema (`schemas/sfc-recipe.schema.json`, checked with
+    /// [`validation`](crate::validation): `Actions[1].TimeoutSeconds: "ten"
+    /// is not of type "number"`); a recipe that fits the schema is then
+    /// checked against every rule of [`validate`](super::validate).
     ///
     /// # Example
     ///
@@ -299,6 +347,7 @@ impl Recipe {
     /// # Ok::<(), String>(())
     /// ```
     pub fn parse(value: &serde_json::Value) -> Result<Recipe, RecipeErrors> {
+        schema_check(value)?;
         let wire = super::validate::deserialize(value)?;
         super::validate::validate(&wire)
     }

@@ -27,5 +27,6 @@ mod sfc_chaos;
 mod sim;
 mod traces;
 mod transport_mqtt;
+mod validation;
 #[cfg(feature = "cloudevents")]
 mod webhook;

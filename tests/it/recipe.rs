@@ -570,7 +570,8 @@ fn qualifier_times_are_present_and_valid() {
         "qualifier D needs DelaySeconds",
     );
     r["Actions"][1]["DelaySeconds"] = json!(-1.0);
-    assert_problem(&r, "Actions[1].DelaySeconds", "not a time");
+    // The recipe schema's `minimum` (checked before the semantic rules).
+    assert_problem(&r, "Actions[1].DelaySeconds", "less than the minimum of 0");
     r["Actions"][1]["DelaySeconds"] = json!(2.5);
     let recipe = Recipe::parse(&r).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(recipe.actions[1].delay, Some(Duration::from_millis(2500)));
@@ -639,11 +640,19 @@ fn type_ids_are_cloudevent_types() {
 fn retries_are_for_push_commands_with_at_least_one_attempt() {
     let mut r = base();
     r["Actions"][1]["Retry"] = json!({"MaxAttempts": 0});
-    assert_problem(&r, "Actions[1].Retry", "nonzero");
+    assert_problem(
+        &r,
+        "Actions[1].Retry.MaxAttempts",
+        "less than the minimum of 1",
+    );
 
     let mut r = base();
     r["Actions"][1]["Retry"] = json!({"MaxAttempts": 2, "BackoffSeconds": -1});
-    assert_problem(&r, "Actions[1].Retry.BackoffSeconds", "not a time");
+    assert_problem(
+        &r,
+        "Actions[1].Retry.BackoffSeconds",
+        "less than the minimum of 0",
+    );
 
     let mut r = base();
     r["Actions"][0]["Retry"] = json!({"MaxAttempts": 2});
@@ -658,33 +667,33 @@ fn retries_are_for_push_commands_with_at_least_one_attempt() {
 fn schema_violations_name_the_member() {
     let mut r = base();
     r["Actions"][1]["TimeoutSeconds"] = json!("10s");
-    assert_problem(&r, "Actions[1].TimeoutSeconds", "invalid type");
+    assert_problem(&r, "Actions[1].TimeoutSeconds", "is not of type");
 
     let mut r = base();
     r["Actions"][1]["Qualifier"] = json!("X");
-    assert_problem(&r, "Actions[1].Qualifier", "unknown variant");
+    assert_problem(&r, "Actions[1].Qualifier", "is not one of");
 
     let mut r = base();
     if let Some(a) = r["Actions"][1].as_object_mut() {
         a.remove("Interaction");
     }
-    assert_problem(&r, "Actions[1]", "missing field `Interaction`");
+    assert_problem(&r, "Actions[1]", "\"Interaction\" is a required property");
 
     let mut r = base();
     r["Transitions"] = json!({"Source": "load"});
-    assert_problem(&r, "Transitions", "expected an array");
+    assert_problem(&r, "Transitions", "is not of type \"array\"");
 
     let mut r = base();
     if let Some(o) = r.as_object_mut() {
         o.remove("Actions");
     }
-    assert_problem(&r, "Recipe", "missing field `Actions`");
+    assert_problem(&r, "Recipe", "\"Actions\" is a required property");
 
     let mut r = base();
     r["Version"] = json!(1);
-    assert_problem(&r, "Version", "invalid type");
+    assert_problem(&r, "Version", "is not of type \"string\"");
 
-    assert_problem(&json!([1, 2]), "Recipe", "expected a JSON object");
+    assert_problem(&json!([1, 2]), "Recipe", "is not of type \"object\"");
 }
 
 #[test]
