@@ -246,7 +246,11 @@ impl SchemaSet {
             Some(renamed) => renamed,
             None => value,
         };
-        let found: Vec<Violation> = validator
+        // The validator's own order follows its keyword maps, which are
+        // hashed: sorted by instance path, the list is the same on every
+        // run and replica (a stable sort keeps one path's violations in
+        // the order they were found).
+        let mut found: Vec<Violation> = validator
             .iter_errors(value)
             .filter(|e| !exempt(e))
             .map(|e| Violation {
@@ -257,6 +261,7 @@ impl SchemaSet {
                 message: e.to_string(),
             })
             .collect();
+        found.sort_by(|a, b| a.path.cmp(&b.path));
         if found.is_empty() {
             Ok(())
         } else {

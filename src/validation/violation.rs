@@ -33,7 +33,7 @@ impl std::fmt::Display for Violation {
 pub struct Violations {
     /// The schema checked against (the `dataschema` URI).
     pub dataschema: String,
-    /// The violations in the order the validator found them, at most
+    /// The violations sorted by instance path, at most
     /// [`MAX_LISTED`].
     pub list: Vec<Violation>,
     /// How many there were in all (more than `list.len()` when cut).
