@@ -26,6 +26,7 @@
 //! last one stopped; a delivery whose answer was lost is sent again, with
 //! the same `ce-id`.
 
+mod client;
 mod deliver;
 mod request;
 mod signature;

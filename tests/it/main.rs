@@ -29,3 +29,5 @@ mod traces;
 mod transport_mqtt;
 #[cfg(feature = "cloudevents")]
 mod webhook;
+#[cfg(all(feature = "cloudevents", feature = "tls"))]
+mod webhook_https;
