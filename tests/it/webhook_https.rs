@@ -296,3 +296,71 @@ fn https_urls_are_accepted_with_their_tls_files() {
         "{out}"
     );
 }
+
+#[test]
+fn config_check_says_what_https_webhooks_trust_and_refuses_a_missing_tls_file() {
+    let files = Files::new();
+    let check = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_microdcs"))
+            .args(["config", "check"])
+            .env_clear()
+            .env("POD_ID", "st-1")
+            .env("APP_WEBHOOK_SECRET", "s")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run microdcs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca = files.ca.to_str().unwrap();
+    let (code, stderr) = check(&[
+        (
+            "APP_WEBHOOK_URLS",
+            "https://mes.local/hook,http://dash.local/in",
+        ),
+        ("APP_WEBHOOK_TLS_CA_PATH", ca),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Webhooks: 2 URL(s), 1 over TLS trusting the CA in {ca}"
+        )),
+        "{stderr}"
+    );
+    let (code, stderr) = check(&[("APP_WEBHOOK_URLS", "https://mes.local/hook")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("the system's CA certificates"), "{stderr}");
+    let (code, stderr) = check(&[
+        ("APP_WEBHOOK_URLS", "https://mes.local/hook"),
+        ("APP_WEBHOOK_TLS_CA_PATH", "/nonexistent/webhook-ca.crt"),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/webhook-ca.crt (webhooks.tls_ca_path, APP_WEBHOOK_TLS_CA_PATH) does not exist"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_with_an_unusable_webhook_tls_file_does_not_start_and_names_it() {
+    init_tracing();
+    let files = Files::new();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let mut env = jobs::env(m.port(), r.0.port(), "w1");
+    webhook_env(&mut env, "https://127.0.0.1:9/hook", 5);
+    // A key where the CA certificate should be.
+    let key = files.server.1.to_str().unwrap();
+    jobs::set(&mut env, "APP_WEBHOOK_TLS_CA_PATH", key);
+    let config = microdcs::config::Config::from_sources(None, env).expect("valid");
+    let err = match microdcs::station::build(&config).await {
+        Ok(_) => panic!("the station started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(key) && err.contains("no PEM certificate"),
+        "{err}"
+    );
+}
