@@ -56,6 +56,7 @@ struct Files {
     server: (PathBuf, PathBuf),
     client: (PathBuf, PathBuf),
     stranger: (PathBuf, PathBuf),
+    misnamed: (PathBuf, PathBuf),
 }
 
 impl Files {
@@ -67,11 +68,13 @@ impl Files {
         let (sc, sk, _) = ca.issue(d, "receiver", &["localhost", "127.0.0.1"]);
         let (cc, ck, _) = ca.issue(d, "station", &["station"]);
         let (oc, ok, _) = other.issue(d, "impostor", &["localhost", "127.0.0.1"]);
+        let (nc, nk, _) = ca.issue(d, "elsewhere", &["mes.elsewhere.example"]);
         Files {
             ca: ca.write(d, "ca"),
             server: (sc, sk),
             client: (cc, ck),
             stranger: (oc, ok),
+            misnamed: (nc, nk),
             _dir: dir,
         }
     }
@@ -203,6 +206,58 @@ async fn a_receiver_certificate_of_another_ca_fails_naming_the_ca_file_then_dead
     // handshake, no request reached the receiver.
     let both = crate::harness::eventually(WAIT, || failed.lock().unwrap().len() >= 2).await;
     assert!(both, "{:?}", failed.lock());
+    assert!(receiver.seen().is_empty());
+    station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_ca_file_the_system_ca_certificates_are_trusted() {
+    let files = Files::new();
+    // The system's CA certificates, as rustls-native-certs reads them: the
+    // test's CA stands in for the platform store. Set before anything of
+    // the station runs (each test is a process of its own).
+    std::env::set_var("SSL_CERT_FILE", &files.ca);
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let receiver = Receiver::default();
+    let (url, _) = start_https(&receiver, &files.server, None).await;
+    let mut env = jobs::env(m.port(), r.0.port(), "w1");
+    webhook_env(&mut env, &url, 5);
+    let station = jobs::start(env).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    store_job(&mut mes, "y1").await;
+    let got = receiver.wait_accepted("y1", 1).await;
+    assert!(got[0].signed, "{got:#?}");
+    station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_certificate_for_another_host_name_is_reported_as_such() {
+    init_tracing();
+    let files = Files::new();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let receiver = Receiver::default();
+    let (url, _) = start_https(&receiver, &files.misnamed, None).await;
+    let mut env = jobs::env(m.port(), r.0.port(), "w1");
+    webhook_env(&mut env, &url, 1);
+    jobs::set(
+        &mut env,
+        "APP_WEBHOOK_TLS_CA_PATH",
+        files.ca.to_str().unwrap(),
+    );
+    let station = jobs::start(env).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    store_job(&mut mes, "h1").await;
+    let letter = dead_letter(&r.url()).await;
+    assert!(
+        letter
+            .reason
+            .contains("does not hold the host name of the URL"),
+        "{}",
+        letter.reason
+    );
     assert!(receiver.seen().is_empty());
     station.stop().await;
 }
