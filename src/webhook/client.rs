@@ -133,3 +133,38 @@ fn chain(error: &(dyn StdError + 'static)) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "client error (Connect): {}", self.0)
+        }
+    }
+
+    impl StdError for Outer {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_failure_reads_with_its_causes_each_once() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(chain(&Outer(refused)), "client error (Connect): refused");
+        let plain = std::io::Error::other("tcp connect error");
+        assert_eq!(chain(&plain), "tcp connect error");
+    }
+
+    #[test]
+    fn without_tls_settings_an_http_client_is_made() {
+        assert!(WebhookTls::default()
+            .http_client(false, Duration::from_secs(1))
+            .is_ok());
+    }
+}
