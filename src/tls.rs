@@ -109,7 +109,12 @@ pub(crate) fn client_config(
     client: Option<(&Path, &Path)>,
     server_name: Option<&str>,
 ) -> Result<rustls::ClientConfig, TlsFileError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    client_config_with_roots(service, ca_roots(service, ca_file)?, client, server_name)
+}
+
+/// The trust anchors of the CA certificates in `ca_file`.
+#[cfg(feature = "tls")]
+fn ca_roots(service: &str, ca_file: &Path) -> Result<rustls::RootCertStore, TlsFileError> {
     let mut roots = rustls::RootCertStore::empty();
     let ca_what = format!("{service} CA certificate");
     for cert in certificates(&ca_what, ca_file)? {
@@ -120,6 +125,47 @@ pub(crate) fn client_config(
             ))
         })?;
     }
+    Ok(roots)
+}
+
+/// The system's CA certificates (the platform's store, or `SSL_CERT_FILE`
+/// / `SSL_CERT_DIR`), for a `service` configured without a CA file;
+/// `setting` names the setting of that file in the error.
+///
+/// # Errors
+/// The system has no usable CA certificate.
+#[cfg(feature = "tls")]
+pub(crate) fn system_roots(
+    service: &str,
+    setting: &str,
+) -> Result<rustls::RootCertStore, TlsFileError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        let why = found
+            .errors
+            .first()
+            .map_or_else(|| "none found".to_owned(), ToString::to_string);
+        return Err(TlsFileError(format!(
+            "{service}: no usable CA certificate on this system ({why}); give a CA file ({setting})"
+        )));
+    }
+    Ok(roots)
+}
+
+/// [`client_config`] with the trust anchors given.
+///
+/// # Errors
+/// As [`client_config`], except for the CA file.
+#[cfg(feature = "tls")]
+pub(crate) fn client_config_with_roots(
+    service: &str,
+    roots: rustls::RootCertStore,
+    client: Option<(&Path, &Path)>,
+    server_name: Option<&str>,
+) -> Result<rustls::ClientConfig, TlsFileError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsFileError(format!("TLS setup: {e}")))?;

@@ -582,7 +582,7 @@ pub(super) static KEYS: &[Key] = &[
         set: |c, v| {
             c.webhooks.urls = value::list(v, "webhook URL")?;
             for u in &c.webhooks.urls {
-                value::http_url(u)?;
+                value::webhook_url(u)?;
             }
             Ok(())
         },
@@ -654,6 +654,36 @@ pub(super) static KEYS: &[Key] = &[
             Ok(())
         },
         get: |c| list_shown(&c.webhooks.event_types),
+    },
+    Key {
+        section: "webhooks",
+        name: "tls_ca_path",
+        env: Some("APP_WEBHOOK_TLS_CA_PATH"),
+        set: |c, v| {
+            c.webhooks.tls_ca_path = Some(PathBuf::from(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_path(&c.webhooks.tls_ca_path),
+    },
+    Key {
+        section: "webhooks",
+        name: "tls_client_cert_path",
+        env: Some("APP_WEBHOOK_TLS_CLIENT_CERT_PATH"),
+        set: |c, v| {
+            c.webhooks.tls_client_cert_path = Some(PathBuf::from(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_path(&c.webhooks.tls_client_cert_path),
+    },
+    Key {
+        section: "webhooks",
+        name: "tls_client_key_path",
+        env: Some("APP_WEBHOOK_TLS_CLIENT_KEY_PATH"),
+        set: |c, v| {
+            c.webhooks.tls_client_key_path = Some(PathBuf::from(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_path(&c.webhooks.tls_client_key_path),
     },
     // [jobs]
     Key {

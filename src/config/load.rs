@@ -171,6 +171,9 @@ impl Config {
                 backoff_initial_ms: 500,
                 backoff_max_ms: 60_000,
                 event_types: vec!["status".into(), "progress".into()],
+                tls_ca_path: None,
+                tls_client_cert_path: None,
+                tls_client_key_path: None,
             },
             jobs: JobsConfig {
                 check_equipment: true,
@@ -469,6 +472,12 @@ fn check_consistency(c: &Config, out: &mut Vec<Problem>) {
             c.redis.ssl_keyfile.is_some(),
             "redis.ssl_certfile",
             "redis.ssl_keyfile",
+        ),
+        (
+            c.webhooks.tls_client_cert_path.is_some(),
+            c.webhooks.tls_client_key_path.is_some(),
+            "webhooks.tls_client_cert_path",
+            "webhooks.tls_client_key_path",
         ),
     ] {
         let (set, missing) = match (cert, key) {

@@ -60,6 +60,8 @@
 //! | `webhooks.backoff_initial_ms` | `APP_WEBHOOK_BACKOFF_INITIAL_MS` | `500` (doubled per failed attempt) |
 //! | `webhooks.backoff_max_ms` | `APP_WEBHOOK_BACKOFF_MAX_MS` | `60000` |
 //! | `webhooks.event_types` | `APP_WEBHOOK_EVENT_TYPES` (comma-separated) | `status,progress` |
+//! | `webhooks.tls_ca_path` | `APP_WEBHOOK_TLS_CA_PATH` | unset: `https://` receivers are checked against the system's CA certificates |
+//! | `webhooks.tls_client_cert_path`, `webhooks.tls_client_key_path` | `APP_WEBHOOK_TLS_CLIENT_CERT_PATH`, `APP_WEBHOOK_TLS_CLIENT_KEY_PATH` | unset (no client certificate) |
 //! | `jobs.check_equipment`, `jobs.check_material_class`, `jobs.check_material_definition`, `jobs.check_personnel`, `jobs.check_physical_asset`, `jobs.check_work_master`, `jobs.check_job_limit` | `APP_JOBS_CHECK_EQUIPMENT`, … (same suffixes) | `true` |
 //! | `jobs.max_downloadable_job_orders` | `APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS` | `0` (unlimited) |
 //! | `jobs.retention_seconds` | `APP_JOBS_RETENTION_SECONDS` | `86400` |
@@ -381,8 +383,8 @@ pub struct PublisherConfig {
 /// is empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhooksConfig {
-    /// Receivers (`http://…`; the client has no TLS), each getting every
-    /// event.
+    /// Receivers (`http://…`, and `https://…` in a build with the `tls`
+    /// feature), each getting every event.
     pub urls: Vec<String>,
     /// Shared secret of the HMAC-SHA256 signature (required with URLs).
     pub secret: Option<Secret>,
@@ -399,6 +401,14 @@ pub struct WebhooksConfig {
     /// the job order being stored) and/or `progress` (job response updates
     /// of a running job).
     pub event_types: Vec<String>,
+    /// CA certificates (PEM) that `https://` receivers' certificates must
+    /// chain to; unset: the system's CA certificates.
+    pub tls_ca_path: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to `https://` receivers
+    /// that ask for one (mutual TLS), with `tls_client_key_path`.
+    pub tls_client_cert_path: Option<PathBuf>,
+    /// Private key (PEM) of `tls_client_cert_path`.
+    pub tls_client_key_path: Option<PathBuf>,
 }
 
 /// `[jobs]`: the `machinery-jobs` processor's job acceptance and

@@ -219,20 +219,24 @@ pub(super) fn list(raw: &Raw<'_>, what: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// An `http://` URL with a host. `https://` is refused with the reason:
-/// the webhook sink's HTTP client (the reqwest the OTLP exporter builds)
-/// has no TLS, so such a receiver would only ever fail.
-pub(super) fn http_url(s: &str) -> Result<(), String> {
-    if s.starts_with("https://") {
-        return Err(format!(
-            "{s:?}: this build sends webhooks without TLS; put a TLS-terminating proxy (or sidecar) in front of an https receiver and give its http:// URL"
-        ));
-    }
-    let rest = s
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("expected an http:// URL, found {s:?}"))?;
+/// A webhook URL: `http://` or (with the `tls` feature) `https://`, with
+/// a host. Without the feature `https://` is refused with the reason: the
+/// sink's HTTP client has no TLS then, so such a receiver would only ever
+/// fail.
+pub(super) fn webhook_url(s: &str) -> Result<(), String> {
+    let rest = if let Some(rest) = s.strip_prefix("https://") {
+        if !cfg!(feature = "tls") {
+            return Err(format!(
+                "{s:?}: this build sends webhooks without TLS (cargo feature `tls`); build with it, or put a TLS-terminating proxy (or sidecar) in front of the receiver and give its http:// URL"
+            ));
+        }
+        rest
+    } else {
+        s.strip_prefix("http://")
+            .ok_or_else(|| format!("expected an http:// or https:// URL, found {s:?}"))?
+    };
     if rest.is_empty() || rest.starts_with('/') || rest.chars().any(char::is_whitespace) {
-        return Err(format!("expected an http:// URL with a host, found {s:?}"));
+        return Err(format!("expected a URL with a host, found {s:?}"));
     }
     Ok(())
 }

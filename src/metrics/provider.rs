@@ -80,7 +80,10 @@ pub fn install(prometheus: bool, otlp: bool) -> Result<Option<&'static Installed
     if otlp {
         // HTTP/protobuf with the blocking client: the periodic reader
         // exports from a thread of its own, where the async client would
-        // find no reactor.
+        // find no reactor. reqwest (rustls without a provider of its own
+        // under `tls`) needs the process-wide one.
+        #[cfg(feature = "tls")]
+        crate::tls::install_provider();
         let exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .build()

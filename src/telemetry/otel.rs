@@ -78,6 +78,11 @@ impl Tracing {
 
 /// The provider exporting over OTLP/HTTP (protobuf) with a batch processor.
 pub(super) fn provider() -> Result<SdkTracerProvider, TraceError> {
+    // With `tls` and `cloudevents`, reqwest (shared with the webhook sink)
+    // is built with rustls and no provider: its client, even for http://,
+    // needs the process-wide one.
+    #[cfg(feature = "tls")]
+    crate::tls::install_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()

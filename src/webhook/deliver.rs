@@ -172,7 +172,7 @@ impl Deliverer {
             .http
             .execute(req)
             .await
-            .map_err(|e| format!("HTTP request failed: {e}"))?;
+            .map_err(|e| self.settings.tls.failure(url, &e))?;
         if resp.status().is_success() {
             Ok(())
         } else {

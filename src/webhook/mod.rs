@@ -25,7 +25,14 @@
 //! lock over) finds the queues and cursors in Redis and goes on where the
 //! last one stopped; a delivery whose answer was lost is sent again, with
 //! the same `ce-id`.
+//!
+//! `https://` receivers (feature `tls`) are trusted by `webhooks.tls_ca_path`
+//! or the system's CA certificates, optionally with a client certificate;
+//! a TLS failure is a failed attempt whose reason names the CA file or the
+//! refused client certificate (`client`, DESIGN.md "Why does the webhook
+//! client bring its own rustls configuration?").
 
+mod client;
 mod deliver;
 mod request;
 mod signature;

@@ -1,6 +1,7 @@
 //! Following the change streams and queueing deliveries (see the module
 //! documentation of [`crate::webhook`]).
 
+use super::client::WebhookTls;
 use super::deliver::{Deliverer, Target};
 use crate::config::Config;
 use crate::dlq::DeadLetters;
@@ -25,7 +26,6 @@ use tracing::{debug, info, warn};
 pub(crate) struct WebhookSettings {
     pub(crate) targets: Vec<Target>,
     pub(crate) secret: Arc<[u8]>,
-    pub(crate) timeout: Duration,
     pub(crate) max_attempts: u32,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
@@ -38,13 +38,18 @@ pub(crate) struct WebhookSettings {
     /// Longest wait for new changes before scopes and queues are looked at
     /// again.
     pub(crate) poll: Duration,
+    /// The TLS files (for the client and for explaining TLS failures).
+    pub(crate) tls: WebhookTls,
+    /// The client of the deliveries, made from `tls` and `timeout`.
+    pub(crate) http: reqwest::Client,
 }
 
 impl WebhookSettings {
     /// The settings of `config`, `None` when no URL is configured.
     ///
     /// # Errors
-    /// URLs without a secret: unsigned webhooks are refused.
+    /// URLs without a secret: unsigned webhooks are refused. A TLS file of
+    /// `https://` URLs that cannot be used (`WebhookTls::http_client`).
     pub(crate) fn from_config(config: &Config) -> Result<Option<Self>, String> {
         let w = &config.webhooks;
         if w.urls.is_empty() {
@@ -56,10 +61,21 @@ impl WebhookSettings {
                     .into(),
             );
         };
+        let tls = WebhookTls {
+            ca: w.tls_ca_path.clone(),
+            client: w
+                .tls_client_cert_path
+                .clone()
+                .zip(w.tls_client_key_path.clone()),
+        };
+        let timeout = Duration::from_millis(w.timeout_ms);
+        // The TLS files are read now: a station whose files cannot be used
+        // does not start, rather than failing every delivery.
+        let https = w.urls.iter().any(|u| u.starts_with("https://"));
+        let http = tls.http_client(https, timeout)?;
         Ok(Some(WebhookSettings {
             targets: w.urls.iter().map(|u| Target::new(u)).collect(),
             secret: Arc::from(secret.expose().as_bytes()),
-            timeout: Duration::from_millis(w.timeout_ms),
             max_attempts: w.max_attempts.max(1),
             backoff_initial: Duration::from_millis(w.backoff_initial_ms),
             backoff_max: Duration::from_millis(w.backoff_max_ms.max(w.backoff_initial_ms)),
@@ -67,6 +83,8 @@ impl WebhookSettings {
             progress: w.event_types.iter().any(|t| t == "progress"),
             source: config.processing.cloudevent_source.clone(),
             poll: Duration::from_secs(1),
+            tls,
+            http,
         }))
     }
 }
@@ -127,23 +145,10 @@ impl WebhookSink {
     /// backoff; nothing is skipped, as the cursor moves only with the
     /// queued deliveries.
     pub(crate) async fn run(self, mut shutdown: Shutdown) {
-        // No redirects: a POST redirected becomes a GET without the body;
-        // a 3xx counts as a failed attempt instead.
-        let http = match reqwest::Client::builder()
-            .timeout(self.settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "webhook sink: cannot create its HTTP client; webhooks are off");
-                return;
-            }
-        };
         let deliverer = Arc::new(Deliverer {
             conn: self.conn.clone(),
             keys: self.store.keys().clone(),
-            http,
+            http: self.settings.http.clone(),
             dlq: self.dlq.clone(),
             settings: self.settings.clone(),
         });

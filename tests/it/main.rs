@@ -30,3 +30,5 @@ mod transport_mqtt;
 mod validation;
 #[cfg(feature = "cloudevents")]
 mod webhook;
+#[cfg(all(feature = "cloudevents", feature = "tls"))]
+mod webhook_https;

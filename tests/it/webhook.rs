@@ -15,18 +15,18 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const SECRET: &str = "webhook-test-secret";
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const SECRET: &str = "webhook-test-secret";
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
-struct Seen {
+pub(crate) struct Seen {
     /// The event, read back through the SDK's HTTP binding.
-    event: CloudEvent,
+    pub(crate) event: CloudEvent,
     job: String,
     states: Vec<String>,
     /// The signature verified (secret, timestamp within 5 minutes).
-    signed: bool,
+    pub(crate) signed: bool,
     /// The status the receiver answered.
     answered: u16,
     /// The names of the request's headers.
@@ -48,7 +48,7 @@ struct Inner {
 }
 
 #[derive(Clone, Default)]
-struct Receiver {
+pub(crate) struct Receiver {
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -59,18 +59,23 @@ impl Receiver {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let app = axum::Router::new()
-            .route("/hook", axum::routing::post(hook))
-            .with_state(self.clone());
+        let app = self.router();
         tokio::spawn(async move { axum::serve(listener, app).await });
         format!("http://{addr}/hook")
+    }
+
+    /// The receiver's routes (`POST /hook`), for any listener.
+    pub(crate) fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .route("/hook", axum::routing::post(hook))
+            .with_state(self.clone())
     }
 
     fn set(&self, f: impl FnOnce(&mut Behaviour)) {
         f(&mut self.inner.lock().unwrap().behaviour);
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.inner.lock().unwrap().seen.clone()
     }
 
@@ -83,7 +88,7 @@ impl Receiver {
     }
 
     /// Waits until `job` has `n` accepted requests.
-    async fn wait_accepted(&self, job: &str, n: usize) -> Vec<Seen> {
+    pub(crate) async fn wait_accepted(&self, job: &str, n: usize) -> Vec<Seen> {
         let ok = crate::harness::eventually(WAIT, || self.accepted(job).len() >= n).await;
         let got = self.accepted(job);
         assert!(ok, "{job}: {} of {n} accepted: {got:#?}", got.len());
@@ -139,7 +144,7 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
     status
 }
 
-fn webhook_env(env: &mut Vec<(String, String)>, url: &str, attempts: u32) {
+pub(crate) fn webhook_env(env: &mut Vec<(String, String)>, url: &str, attempts: u32) {
     jobs::set(env, "APP_WEBHOOK_URLS", url);
     jobs::set(env, "APP_WEBHOOK_SECRET", SECRET);
     jobs::set(env, "APP_WEBHOOK_MAX_ATTEMPTS", &attempts.to_string());
@@ -479,8 +484,8 @@ fn webhook_settings_are_shown_with_the_secret_hidden_and_checked() {
     assert!(out.contains("secret = \"***\""), "{out}");
     assert!(!format!("{c:?}").contains("top-secret"));
 
-    // URLs without a secret, a URL that is not HTTP, https (no TLS in the
-    // client), an unknown event type.
+    // URLs without a secret, a URL that is not HTTP, a client certificate
+    // without its key, an unknown event type.
     for (pairs, says) in [
         (
             vec![("APP_WEBHOOK_URLS", "http://mes.local/hook")],
@@ -494,11 +499,8 @@ fn webhook_settings_are_shown_with_the_secret_hidden_and_checked() {
             "http://",
         ),
         (
-            vec![
-                ("APP_WEBHOOK_URLS", "https://mes.local/"),
-                ("APP_WEBHOOK_SECRET", "s"),
-            ],
-            "TLS-terminating proxy",
+            vec![("APP_WEBHOOK_TLS_CLIENT_CERT_PATH", "/etc/hook.crt")],
+            "webhooks.tls_client_key_path",
         ),
         (vec![("APP_WEBHOOK_EVENT_TYPES", "status,alarm")], "alarm"),
     ] {

@@ -59,6 +59,9 @@ pub(crate) fn config_check(args: &Args) -> ExitCode {
     if !msgpack(&config) {
         return ExitCode::FAILURE;
     }
+    if !webhooks(&config) {
+        return ExitCode::FAILURE;
+    }
     for var in config.unrecognised_env() {
         eprintln!("warning: environment variable {var} is ignored: no setting reads it");
     }
@@ -113,4 +116,62 @@ fn msgpack(config: &Config) -> bool {
         m.processors.join(", ")
     );
     true
+}
+
+/// Says where webhooks go and, for `https://` receivers, what they trust;
+/// warns about TLS files that nothing uses; `false` when a TLS file of
+/// `https://` receivers does not exist (the station would not start).
+fn webhooks(config: &Config) -> bool {
+    let w = &config.webhooks;
+    if w.urls.is_empty() {
+        eprintln!("Webhooks: off (webhooks.urls is empty)");
+        return true;
+    }
+    let https = w.urls.iter().filter(|u| u.starts_with("https://")).count();
+    let files = [
+        (
+            &w.tls_ca_path,
+            "webhooks.tls_ca_path, APP_WEBHOOK_TLS_CA_PATH",
+        ),
+        (
+            &w.tls_client_cert_path,
+            "webhooks.tls_client_cert_path, APP_WEBHOOK_TLS_CLIENT_CERT_PATH",
+        ),
+        (
+            &w.tls_client_key_path,
+            "webhooks.tls_client_key_path, APP_WEBHOOK_TLS_CLIENT_KEY_PATH",
+        ),
+    ];
+    if https == 0 {
+        eprintln!("Webhooks: {} http:// URL(s), no TLS", w.urls.len());
+        if let Some((_, names)) = files.iter().find(|(p, _)| p.is_some()) {
+            eprintln!("warning: {names} is set, but no webhook URL is https://: it is not used");
+        }
+        return true;
+    }
+    let trust = w.tls_ca_path.as_ref().map_or_else(
+        || "the system's CA certificates (no webhooks.tls_ca_path)".to_owned(),
+        |ca| format!("the CA in {}", ca.display()),
+    );
+    let client = w
+        .tls_client_cert_path
+        .as_ref()
+        .map_or_else(String::new, |c| {
+            format!(", client certificate {}", c.display())
+        });
+    eprintln!(
+        "Webhooks: {} URL(s), {https} over TLS trusting {trust}{client}",
+        w.urls.len()
+    );
+    let mut ok = true;
+    for (path, names) in files {
+        if let Some(p) = path.as_ref().filter(|p| !p.is_file()) {
+            eprintln!(
+                "error: the webhook TLS file {} ({names}) does not exist: the station would not start",
+                p.display()
+            );
+            ok = false;
+        }
+    }
+    ok
 }
