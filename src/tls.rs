@@ -134,7 +134,7 @@ fn ca_roots(service: &str, ca_file: &Path) -> Result<rustls::RootCertStore, TlsF
 ///
 /// # Errors
 /// The system has no usable CA certificate.
-#[cfg(feature = "tls")]
+#[cfg(all(feature = "tls", feature = "cloudevents"))]
 pub(crate) fn system_roots(
     service: &str,
     setting: &str,
