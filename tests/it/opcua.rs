@@ -126,3 +126,252 @@ fn opcua_settings_that_cannot_work_are_refused_with_their_reason() {
         "{e}"
     );
 }
+
+// --- a real server, a real client -----------------------------------------
+
+use crate::harness::jobs::{self, JobStation};
+use crate::harness::{init_tracing, Mosquitto, Redis};
+use serde_json::Value;
+use std::time::Duration;
+
+const SCOPE: &str = "line-1";
+
+/// Whether python3 with asyncua is there; under CI it must be
+/// (`scripts/setup.sh` installs it).
+fn asyncua_available() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import asyncua"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with asyncua is missing under CI (scripts/setup.sh installs it)"
+        );
+        eprintln!("SKIPPED: python3 with asyncua is missing (pip install asyncua==2.1.0; scripts/setup.sh does)");
+    }
+    ok
+}
+
+struct Face {
+    _m: Mosquitto,
+    _r: Redis,
+    station: JobStation,
+    url: String,
+    pki: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+/// A station with the OPC UA face on a free port, serving [`SCOPE`],
+/// trusting every client certificate, with `extra` settings.
+async fn start_face(extra: &[(&str, &str)]) -> Face {
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let port = microdcs::testkit::devenv::free_port().expect("a free port");
+    let pki = tempfile::tempdir().expect("temporary directory");
+    let mut env = jobs::env(m.port(), r.0.port(), "opcua-1");
+    for (k, v) in [
+        ("APP_OPCUA_PORT", port.to_string()),
+        ("APP_OPCUA_BIND", "127.0.0.1".into()),
+        ("APP_OPCUA_HOSTNAME", "127.0.0.1".into()),
+        ("APP_OPCUA_SCOPES", SCOPE.into()),
+        ("APP_OPCUA_PKI_DIR", pki.path().display().to_string()),
+        ("APP_OPCUA_TRUST_ALL_CLIENTS", "true".into()),
+    ] {
+        jobs::set(&mut env, k, &v);
+    }
+    for (k, v) in extra {
+        jobs::set(&mut env, k, v);
+    }
+    let station = jobs::start(env).await;
+    // Listening once the node managers are initialised.
+    let listening = crate::harness::eventually(Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(listening, "the OPC UA server listens on {port}");
+    Face {
+        _m: m,
+        _r: r,
+        station,
+        url: format!("opc.tcp://127.0.0.1:{port}/"),
+        pki,
+        work: tempfile::tempdir().expect("temporary directory"),
+    }
+}
+
+/// Runs `tests/opcua/client.py` and returns its JSON line.
+async fn client(face: &Face, scenario: &str, args: &[&str]) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/opcua/client.py");
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(script)
+        .arg(&face.url)
+        .arg(face.work.path())
+        .arg(scenario)
+        .args(["--scope", SCOPE])
+        .args(args)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the client finishes")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+    match line.map(serde_json::from_str::<Value>) {
+        Some(Ok(v)) => v,
+        _ => panic!(
+            "no JSON line from the client:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Anonymous sessions are accepted when `APP_OPCUA_ANONYMOUS` allows them
+/// and refused when not; a user logs in with the configured password
+/// only. The server creates its certificate on the first start and keeps
+/// it over a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_follow_the_configured_users_and_the_certificate_is_kept() {
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let users = [
+        ("APP_OPCUA_USERNAME", "operator"),
+        ("APP_OPCUA_PASSWORD", "right-pw"),
+    ];
+    let face = start_face(&users).await;
+    let cert = std::fs::read(face.pki.path().join("own/cert.der")).expect("own certificate");
+    assert!(face.pki.path().join("private/private.pem").is_file());
+
+    let anon = client(&face, "connect", &[]).await;
+    assert_eq!(
+        anon["ok"], false,
+        "anonymous refused when not allowed: {anon}"
+    );
+    assert!(
+        anon["error"]
+            .to_string()
+            .contains("BadIdentityTokenInvalid"),
+        "{anon}"
+    );
+    let wrong = client(
+        &face,
+        "connect",
+        &["--user", "operator", "--password", "wrong"],
+    )
+    .await;
+    assert_eq!(wrong["ok"], false, "a wrong password is refused: {wrong}");
+    assert!(
+        wrong["error"]
+            .to_string()
+            .contains("BadIdentityTokenRejected"),
+        "{wrong}"
+    );
+    let right = client(
+        &face,
+        "connect",
+        &["--user", "operator", "--password", "right-pw"],
+    )
+    .await;
+    assert_eq!(right["ok"], true, "the configured user logs in: {right}");
+    assert_eq!(right["server_state"], 0, "Running: {right}");
+
+    // The same PKI directory, now with anonymous sessions allowed.
+    let Face {
+        station,
+        pki,
+        _m,
+        _r,
+        ..
+    } = face;
+    station.stop().await;
+    drop((_m, _r));
+    let mut extra = users.to_vec();
+    let dir = pki.path().display().to_string();
+    extra.push(("APP_OPCUA_PKI_DIR", &dir));
+    extra.push(("APP_OPCUA_ANONYMOUS", "true"));
+    let face = start_face(&extra).await;
+    let anon = client(&face, "connect", &[]).await;
+    assert_eq!(anon["ok"], true, "anonymous allowed: {anon}");
+    assert_eq!(
+        std::fs::read(pki.path().join("own/cert.der")).expect("own certificate"),
+        cert,
+        "the certificate is kept over a restart"
+    );
+    face.station.stop().await;
+}
+
+/// A generic client finds `Objects/<scope>/JobManagement/JobOrderControl`
+/// with the eleven job methods, reads `StoreAndStart`'s arguments as the
+/// NodeSet declares them, and builds the ISA95 structures from the
+/// server's DataTypeDefinitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_browses_job_order_control_and_loads_the_data_types() {
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[("APP_OPCUA_ANONYMOUS", "true")]).await;
+    let out = client(&face, "browse", &[]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    let children: Vec<&str> = out["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for m in jobs::METHODS {
+        assert!(
+            children.contains(&m),
+            "JobOrderControl has {m}: {children:?}"
+        );
+    }
+    for v in [
+        "CurrentState",
+        "JobOrderList",
+        "EquipmentID",
+        "WorkMaster",
+        "MaxDownloadableJobOrders",
+    ] {
+        assert!(
+            children.contains(&v),
+            "JobOrderControl has {v}: {children:?}"
+        );
+    }
+    let results = out["results_children"].to_string();
+    assert!(
+        results.contains("RequestJobResponseByJobOrderID"),
+        "{results}"
+    );
+    assert!(
+        results.contains("RequestJobResponseByJobOrderState"),
+        "{results}"
+    );
+
+    let inputs = out["inputs"].as_array().expect("inputs");
+    assert_eq!(inputs.len(), 2, "{out}");
+    assert_eq!(inputs[0]["name"], "JobOrder");
+    assert_eq!(
+        inputs[0]["type"], out["jc_type_id"],
+        "ISA95JobOrderDataType: {out}"
+    );
+    assert_eq!(inputs[1]["name"], "Comment");
+    assert_eq!(inputs[1]["type"], "i=21", "LocalizedText: {out}");
+    assert_eq!(out["outputs"][0]["name"], "ReturnStatus");
+    assert_eq!(out["outputs"][0]["type"], "i=9", "UInt64: {out}");
+
+    assert_eq!(out["has_job_order_type"], true, "{out}");
+    let types = out["types"].to_string();
+    for t in [
+        "ISA95JobOrderDataType",
+        "ISA95JobResponseDataType",
+        "ISA95StateDataType",
+        "ISA95WorkMasterDataType",
+    ] {
+        assert!(types.contains(t), "{t} loaded: {types}");
+    }
+    face.station.stop().await;
+}
