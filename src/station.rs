@@ -246,8 +246,9 @@ fn opcua_face(app: App, config: &Config, jobs: Option<&JobManager>) -> Result<Ap
     };
     let settings = config.opcua.clone();
     let identifier = config.mqtt.identifier.clone();
+    let instance = config.instance_id().to_owned();
     Ok(app.service("opcua", move |shutdown| {
-        crate::opcua::serve(settings, identifier, manager, shutdown)
+        crate::opcua::serve(settings, identifier, manager, instance, shutdown)
     }))
 }
 

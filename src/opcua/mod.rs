@@ -12,6 +12,7 @@
 //! `jobs::command`, like the MQTT face), the variables' values and events
 //! from the change stream. See README "OPC UA face (in progress)".
 
+mod methods;
 mod node_manager;
 mod pki;
 
@@ -80,7 +81,8 @@ fn hostname(config: &OpcuaConfig) -> String {
 /// only), the own certificate under `pki_dir` (created on the first start).
 ///
 /// `identifier` is `mqtt.identifier` (default application URI);
-/// `_manager` will serve the method calls.
+/// `manager` serves the method calls; `instance` is this replica's id
+/// (the audit trail's command source).
 ///
 /// # Errors
 /// The configuration cannot be served (an unusable PKI directory, the port
@@ -88,14 +90,15 @@ fn hostname(config: &OpcuaConfig) -> String {
 pub(crate) async fn serve(
     config: OpcuaConfig,
     identifier: String,
-    _manager: JobManager,
+    manager: JobManager,
+    instance: String,
     mut shutdown: Shutdown,
 ) -> Result<(), String> {
     let uri = application_uri(&config, &identifier);
     let host = hostname(&config);
     pki::ensure_own_certificate(&config.pki_dir, &uri, &host)?;
 
-    let (server, handle) = build_server(&config, &uri, &host)?;
+    let (server, handle) = build_server(&config, &uri, &host, manager, instance)?;
 
     let listener = tokio::net::TcpListener::bind((config.bind.as_str(), config.port))
         .await
@@ -128,6 +131,8 @@ fn build_server(
     config: &OpcuaConfig,
     uri: &str,
     host: &str,
+    manager: JobManager,
+    instance: String,
 ) -> Result<(opcua::server::Server, opcua::server::ServerHandle), String> {
     let mut builder = ServerBuilder::new()
         .application_name("microdcs")
@@ -185,6 +190,8 @@ fn build_server(
     builder = builder.with_node_manager(InMemoryNodeManagerBuilder::new(JobsNodeManagerBuilder {
         imports,
         scopes: config.scopes.clone(),
+        manager,
+        instance,
     }));
     builder.build()
 }

@@ -3,6 +3,7 @@
 //! or method calls are routed nowhere) and the per-scope `JobManagement`
 //! instances.
 
+use crate::jobs::JobManager;
 use opcua::nodes::{DefaultTypeTree, NodeSetImport, ReferenceDirection};
 use opcua::server::address_space::{
     AddressSpace, EventNotifier, MethodBuilder, NodeType, ObjectBuilder, VariableBuilder,
@@ -11,10 +12,11 @@ use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{
     InMemoryNodeManagerImpl, InMemoryNodeManagerImplBuilder,
 };
-use opcua::server::node_manager::ServerContext;
+use opcua::server::node_manager::{MethodCall, RequestContext, ServerContext};
+use opcua::sync::RwLock;
 use opcua::types::{
     BrowseDirection, DataEncoding, LocalizedText, NodeClass, NodeId, NumericRange, ObjectId,
-    QualifiedName, ReferenceTypeId, TimestampsToReturn, Variant,
+    QualifiedName, ReferenceTypeId, StatusCode, TimestampsToReturn, Variant,
 };
 use std::collections::HashSet;
 use tracing::{info, warn};
@@ -38,6 +40,9 @@ const METHOD_TYPES: [u32; 2] = [1002, 1003];
 pub(crate) struct JobsNodeManagerBuilder {
     pub(crate) imports: Vec<Box<dyn NodeSetImport>>,
     pub(crate) scopes: Vec<String>,
+    pub(crate) manager: JobManager,
+    /// This replica's instance id (audit trail source).
+    pub(crate) instance: String,
 }
 
 impl InMemoryNodeManagerImplBuilder for JobsNodeManagerBuilder {
@@ -66,6 +71,8 @@ impl InMemoryNodeManagerImplBuilder for JobsNodeManagerBuilder {
         JobsNodeManager {
             namespaces,
             scopes: self.scopes,
+            manager: self.manager,
+            instance: self.instance,
         }
     }
 }
@@ -74,6 +81,8 @@ impl InMemoryNodeManagerImplBuilder for JobsNodeManagerBuilder {
 pub(crate) struct JobsNodeManager {
     namespaces: Vec<NamespaceMetadata>,
     scopes: Vec<String>,
+    manager: JobManager,
+    instance: String,
 }
 
 impl JobsNodeManager {
@@ -107,6 +116,26 @@ impl InMemoryNodeManagerImpl for JobsNodeManager {
 
     fn namespaces(&self) -> Vec<NamespaceMetadata> {
         self.namespaces.clone()
+    }
+
+    async fn call(
+        &self,
+        context: &RequestContext,
+        _address_space: &RwLock<AddressSpace>,
+        methods_to_call: &mut [&mut &mut MethodCall],
+    ) -> Result<(), StatusCode> {
+        let station = self.index(STATION_URI);
+        for call in methods_to_call.iter_mut() {
+            super::methods::call(
+                &self.manager,
+                station,
+                &self.instance,
+                &context.token.0,
+                call,
+            )
+            .await;
+        }
+        Ok(())
     }
 }
 

@@ -375,3 +375,68 @@ async fn a_client_browses_job_order_control_and_loads_the_data_types() {
     }
     face.station.stop().await;
 }
+
+/// `Start` called over OPC UA goes through the same job commands as the
+/// MQTT face: a job stored by the MES starts (NoError), the MES gets the
+/// status event of that OPC UA command, and the same call again or for an
+/// unknown job is answered with the same ReturnStatus MQTT would give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_over_opcua_runs_the_shared_job_command_and_the_mes_sees_it() {
+    use crate::harness::jobs::{order, Mes};
+    use serde_json::json;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[("APP_OPCUA_ANONYMOUS", "true")]).await;
+    let mut mes = Mes::connect(face._m.port(), "mes").await;
+    assert_eq!(
+        mes.status("Store", SCOPE, json!({"JobOrder": order("j1")}))
+            .await,
+        1,
+        "NoError"
+    );
+    let (_, stored) = mes.next_event().await.expect("status event of Store");
+    assert_eq!(stored["JobOrder"]["JobOrderID"], "j1");
+
+    let out = client(
+        &face,
+        "call",
+        &[
+            "--method", "Start", "--job", "j1", "--job", "j1", "--job", "nope", "--job", "",
+        ],
+    )
+    .await;
+    assert_eq!(out["ok"], true, "{out}");
+    let statuses: Vec<u64> = out["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| {
+            c["status"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("a ReturnStatus: {c}"))
+        })
+        .collect();
+    // NoError; InvalidJobOrderStatus (already started); UnknownJobOrderId;
+    // InvalidRequest (no id) — the numbers of the MQTT face.
+    assert_eq!(statuses, [1, 8, 2, 4294967296], "{out}");
+
+    let (topic, ev) = mes
+        .next_event()
+        .await
+        .expect("status event of the OPC UA Start");
+    assert!(topic.ends_with(&format!("/{SCOPE}/events")), "{topic}");
+    assert_eq!(ev["JobOrder"]["JobOrderID"], "j1");
+    assert_eq!(
+        ev["JobState"][0]["StateText"]["Text"], "AllowedToStart",
+        "{ev}"
+    );
+    // The same answer over MQTT for the job the OPC UA client started.
+    assert_eq!(
+        mes.status("Start", SCOPE, json!({"JobOrderID": "j1"}))
+            .await,
+        8
+    );
+    face.station.stop().await;
+}

@@ -8,6 +8,8 @@ what it saw. Never raises: a failure is printed as {"ok": false, "error": ...}.
 
 Scenarios:
   connect  open a session (anonymous unless --user), read the server state
+  call     connect, call --method (an id method) once per --job, print the
+           ReturnStatus of each
   browse   connect, browse Objects/<scope>/JobManagement/JobOrderControl,
            read the InputArguments of StoreAndStart, list the methods, and
            load the server's DataTypeDefinitions
@@ -92,17 +94,40 @@ async def scenario_browse(args):
         await client.disconnect()
 
 
+async def scenario_call(args):
+    client = await connect(args)
+    try:
+        st = await client.get_namespace_index(STATION)
+        mj = await client.get_namespace_index(MJ)
+        jc = await client.get_namespace_index(JC)
+        receiver = await client.nodes.objects.get_child(
+            [f"{st}:{args.scope}", f"{mj}:JobManagement", f"{mj}:JobOrderControl"]
+        )
+        out = []
+        for job in args.job:
+            try:
+                status = await receiver.call_method(f"{jc}:{args.method}", job)
+                out.append({"job": job, "status": int(status)})
+            except ua.UaStatusCodeError as e:
+                out.append({"job": job, "error": type(e).__name__})
+        return {"ok": True, "calls": out}
+    finally:
+        await client.disconnect()
+
+
 async def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("workdir")
-    p.add_argument("scenario", choices=["connect", "browse"])
+    p.add_argument("scenario", choices=["connect", "browse", "call"])
+    p.add_argument("--method", default="Start")
+    p.add_argument("--job", action="append", default=[])
     p.add_argument("--user")
     p.add_argument("--password")
     p.add_argument("--scope", default="line-1")
     args = p.parse_args()
     try:
-        out = await {"connect": scenario_connect, "browse": scenario_browse}[args.scenario](args)
+        out = await {"connect": scenario_connect, "browse": scenario_browse, "call": scenario_call}[args.scenario](args)
     except Exception as e:  # the test reads every failure as data
         out = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     print(json.dumps(out), flush=True)
