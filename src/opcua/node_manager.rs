@@ -462,3 +462,59 @@ fn plan_declared(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The NodeSets import into a bare address space and a scope's instance
+    /// gets the receiver's eleven methods with their argument properties.
+    #[test]
+    fn a_scope_instance_has_the_job_methods_with_their_arguments() {
+        let mut tt = DefaultTypeTree::new();
+        let mut asp = AddressSpace::new();
+        for import in super::super::nodesets().unwrap() {
+            asp.import_node_set(&*import, tt.namespaces_mut());
+        }
+        let ns = Indices {
+            jc: asp.namespace_index(JC_URI).unwrap(),
+            mj: asp.namespace_index(MJ_URI).unwrap(),
+            station: tt.namespaces_mut().add_namespace(STATION_URI),
+        };
+        asp.add_namespace(STATION_URI, ns.station);
+        // The receiver type's StoreAndStart is there, imported.
+        assert!(asp.node_exists(&NodeId::new(ns.jc, 7004u32)));
+        let created = add_scope(&mut asp, &ns, "line-1");
+        assert!(created > 30, "{created} nodes");
+        assert_eq!(add_scope(&mut asp, &ns, "line-1"), 0, "idempotent");
+        let control = "line-1/JobManagement/JobOrderControl";
+        for m in [
+            "Store",
+            "StoreAndStart",
+            "Update",
+            "Start",
+            "RevokeStart",
+            "Pause",
+            "Resume",
+            "Stop",
+            "Abort",
+            "Cancel",
+            "Clear",
+        ] {
+            let id = NodeId::new(ns.station, format!("{control}/{m}"));
+            assert!(
+                matches!(asp.find(&id), Some(NodeType::Method(_))),
+                "{m} is a method"
+            );
+            let args = NodeId::new(ns.station, format!("{control}/{m}/InputArguments"));
+            assert!(asp.node_exists(&args), "{m} has InputArguments");
+        }
+        let by_id = NodeId::new(
+            ns.station,
+            "line-1/JobManagement/JobOrderResults/RequestJobResponseByJobOrderID",
+        );
+        assert!(asp.node_exists(&by_id));
+        let list = NodeId::new(ns.station, format!("{control}/JobOrderList"));
+        assert!(matches!(asp.find(&list), Some(NodeType::Variable(_))));
+    }
+}
