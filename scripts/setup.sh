@@ -2,7 +2,8 @@
 # Installs what microdcs needs on a fresh Debian/Ubuntu machine, skipping what
 # is already there: mosquitto (+ clients, used by tests), redis-server and
 # faketime (a test runs a replica whose wall clock is a minute off), and
-# python3 with oteltest (a real OTLP receiver for the trace export test).
+# python3 with oteltest (a real OTLP receiver for the trace export test)
+# and asyncua (the OPC UA client of the `opcua::` tests).
 # The Rust toolchain itself is expected (rustup); cargo-nextest is optional.
 set -euo pipefail
 
@@ -32,6 +33,13 @@ fi
 if ! python3 -c 'import oteltest.sink' >/dev/null 2>&1; then
   echo "setup: installing oteltest (pip)"
   python3 -m pip install --user -q oteltest || python3 -m pip install --user -q --break-system-packages oteltest
+fi
+
+# The OPC UA client of the `opcua::` tests (Python asyncua; the tests are
+# skipped, saying so, without it, and fail under CI).
+if ! python3 -c 'import asyncua' >/dev/null 2>&1; then
+  echo "setup: installing asyncua (pip)"
+  python3 -m pip install --user -q asyncua==2.1.0 || python3 -m pip install --user -q --break-system-packages asyncua==2.1.0
 fi
 
 # The independent MessagePack-RPC client of the `msgpack::` tests.

@@ -13,6 +13,8 @@ pub mod inspect;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
+#[cfg(feature = "opcua")]
+mod opcua;
 mod processor;
 mod publisher;
 mod redis;

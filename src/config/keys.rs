@@ -53,6 +53,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "http",
     "telemetry",
     "log",
+    "opcua",
 ];
 
 /// Largest accepted grace period: bounded so that deadlines computed from
@@ -958,6 +959,156 @@ pub(super) static KEYS: &[Key] = &[
             Ok(())
         },
         get: |c| Shown::Str(value::log_format_name(c.log.format).into()),
+    },
+    // [opcua]
+    Key {
+        section: "opcua",
+        name: "port",
+        env: Some("APP_OPCUA_PORT"),
+        set: |c, v| {
+            c.opcua.port = v.integer(0, u16::MAX.into())? as u16;
+            Ok(())
+        },
+        get: |c| Shown::Int(u64::from(c.opcua.port)),
+    },
+    Key {
+        section: "opcua",
+        name: "hostname",
+        env: Some("APP_OPCUA_HOSTNAME"),
+        set: |c, v| {
+            c.opcua.hostname = Some(v.checked(value::host)?);
+            Ok(())
+        },
+        get: |c| opt_str(&c.opcua.hostname),
+    },
+    Key {
+        section: "opcua",
+        name: "bind",
+        env: Some("APP_OPCUA_BIND"),
+        set: |c, v| {
+            c.opcua.bind = v.checked(value::host)?;
+            Ok(())
+        },
+        get: |c| Shown::Str(c.opcua.bind.clone()),
+    },
+    Key {
+        section: "opcua",
+        name: "anonymous",
+        env: Some("APP_OPCUA_ANONYMOUS"),
+        set: |c, v| {
+            c.opcua.anonymous = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.opcua.anonymous),
+    },
+    Key {
+        section: "opcua",
+        name: "security_policies",
+        env: Some("APP_OPCUA_SECURITY_POLICIES"),
+        set: |c, v| {
+            let policies = value::list(v, "security policy")?;
+            if let Some(p) = policies
+                .iter()
+                .find(|p| !super::OPCUA_SECURITY_POLICIES.contains(&p.as_str()))
+            {
+                return Err(format!(
+                    "unknown security policy {p:?}; expected some of {}",
+                    super::OPCUA_SECURITY_POLICIES.join(", ")
+                ));
+            }
+            if policies.is_empty() {
+                return Err("expected at least one security policy".into());
+            }
+            c.opcua.security_policies = policies;
+            Ok(())
+        },
+        get: |c| list_shown(&c.opcua.security_policies),
+    },
+    Key {
+        section: "opcua",
+        name: "security_modes",
+        env: Some("APP_OPCUA_SECURITY_MODES"),
+        set: |c, v| {
+            let modes = value::list(v, "security mode")?;
+            if let Some(m) = modes
+                .iter()
+                .find(|m| !matches!(m.as_str(), "Sign" | "SignAndEncrypt"))
+            {
+                return Err(format!(
+                    "unknown security mode {m:?}; expected Sign and/or SignAndEncrypt (the None mode comes with the None policy)"
+                ));
+            }
+            if modes.is_empty() {
+                return Err("expected at least one security mode".into());
+            }
+            c.opcua.security_modes = modes;
+            Ok(())
+        },
+        get: |c| list_shown(&c.opcua.security_modes),
+    },
+    Key {
+        section: "opcua",
+        name: "username",
+        env: Some("APP_OPCUA_USERNAME"),
+        set: |c, v| {
+            c.opcua.username = Some(v.non_empty()?);
+            Ok(())
+        },
+        get: |c| opt_str(&c.opcua.username),
+    },
+    Key {
+        section: "opcua",
+        name: "password",
+        env: Some("APP_OPCUA_PASSWORD"),
+        set: |c, v| {
+            c.opcua.password = Some(Secret::new(v.non_empty()?));
+            Ok(())
+        },
+        get: |c| opt_secret(&c.opcua.password),
+    },
+    Key {
+        section: "opcua",
+        name: "pki_dir",
+        env: Some("APP_OPCUA_PKI_DIR"),
+        set: |c, v| {
+            c.opcua.pki_dir = PathBuf::from(v.non_empty()?);
+            Ok(())
+        },
+        get: |c| path(&c.opcua.pki_dir),
+    },
+    Key {
+        section: "opcua",
+        name: "application_uri",
+        env: Some("APP_OPCUA_APPLICATION_URI"),
+        set: |c, v| {
+            c.opcua.application_uri = Some(v.non_empty()?);
+            Ok(())
+        },
+        get: |c| opt_str(&c.opcua.application_uri),
+    },
+    Key {
+        section: "opcua",
+        name: "scopes",
+        env: Some("APP_OPCUA_SCOPES"),
+        set: |c, v| {
+            let scopes = value::list(v, "scope")?;
+            for s in &scopes {
+                value::topic_level(s)?;
+            }
+            c.opcua.scopes = scopes;
+            Ok(())
+        },
+        get: |c| list_shown(&c.opcua.scopes),
+    },
+    Key {
+        section: "opcua",
+        name: "trust_all_clients",
+        env: Some("APP_OPCUA_TRUST_ALL_CLIENTS"),
+        set: |c, v| {
+            c.opcua.trust_all_clients = v.boolean()?;
+            Ok(())
+        },
+        get: |c| Shown::Bool(c.opcua.trust_all_clients),
     },
 ];
 

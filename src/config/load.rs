@@ -6,7 +6,7 @@ use super::keys::{self, KEYS, PROCESSOR_KEYS, SECTIONS};
 use super::value::{self, Raw};
 use super::{
     Config, HttpConfig, InstanceConfig, InstanceIdSource, JobsConfig, LogConfig, MqttConfig,
-    MsgpackConfig, ProcessingConfig, ProcessorTopics, PublisherConfig, RedisConfig,
+    MsgpackConfig, OpcuaConfig, ProcessingConfig, ProcessorTopics, PublisherConfig, RedisConfig,
     TelemetryConfig, WebhooksConfig, DEFAULT_MQTT_IDENTIFIER, DEFAULT_MQTT_SAT_TOKEN_PATH,
     DEFAULT_MQTT_TLS_CERT_PATH,
 };
@@ -208,6 +208,24 @@ impl Config {
             log: LogConfig {
                 level: "info".into(),
                 format: LogFormat::Text,
+            },
+            opcua: OpcuaConfig {
+                port: 0,
+                hostname: None,
+                bind: "0.0.0.0".into(),
+                anonymous: false,
+                security_policies: vec![
+                    "Basic256Sha256".into(),
+                    "Aes128-Sha256-RsaOaep".into(),
+                    "Aes256-Sha256-RsaPss".into(),
+                ],
+                security_modes: vec!["SignAndEncrypt".into()],
+                username: None,
+                password: None,
+                pki_dir: "./pki".into(),
+                application_uri: None,
+                scopes: Vec::new(),
+                trust_all_clients: false,
             },
             origins: BTreeMap::new(),
             unrecognised_env: Vec::new(),
@@ -513,6 +531,35 @@ fn check_consistency(c: &Config, out: &mut Vec<Problem>) {
             out.push(Problem {
                 origin: o,
                 message: "webhook URLs need a signing secret (`webhooks.secret` or `APP_WEBHOOK_SECRET`): requests are always signed".into(),
+            });
+        }
+    }
+    if c.opcua.password.is_some() != c.opcua.username.is_some() {
+        let key = if c.opcua.password.is_some() {
+            "opcua.password"
+        } else {
+            "opcua.username"
+        };
+        if let Some(o) = origin(key) {
+            out.push(Problem {
+                origin: o,
+                message: "an OPC UA user needs both a user name (`opcua.username`) and a password (`opcua.password`)".into(),
+            });
+        }
+    }
+    if c.opcua.port != 0 && !c.opcua.anonymous && c.opcua.username.is_none() {
+        if let Some(o) = origin("opcua.port") {
+            out.push(Problem {
+                origin: o,
+                message: "enables the OPC UA server, but nobody could log in: allow anonymous sessions (`opcua.anonymous`) or set `opcua.username` and `opcua.password`".into(),
+            });
+        }
+    }
+    if c.opcua.port != 0 && !c.instance.is_processor_instance {
+        if let Some(o) = origin("opcua.port") {
+            out.push(Problem {
+                origin: o,
+                message: "enables the OPC UA server, which needs the job manager of a processor instance (`instance.is_processor_instance`)".into(),
             });
         }
     }

@@ -67,6 +67,18 @@
 //! | `jobs.retention_seconds` | `APP_JOBS_RETENTION_SECONDS` | `86400` |
 //! | `jobs.audit_steps` | `APP_JOBS_AUDIT_STEPS` | `true` |
 //! | `jobs.change_stream_max_len` | `APP_JOBS_CHANGE_STREAM_MAX_LEN` | `10000` |
+//! | `opcua.port` | `APP_OPCUA_PORT` | `0` (no OPC UA server) |
+//! | `opcua.hostname` | `APP_OPCUA_HOSTNAME` | the system's host name |
+//! | `opcua.bind` | `APP_OPCUA_BIND` | `0.0.0.0` |
+//! | `opcua.anonymous` | `APP_OPCUA_ANONYMOUS` | `false` |
+//! | `opcua.security_policies` | `APP_OPCUA_SECURITY_POLICIES` (comma-separated) | `Basic256Sha256,Aes128-Sha256-RsaOaep,Aes256-Sha256-RsaPss` |
+//! | `opcua.security_modes` | `APP_OPCUA_SECURITY_MODES` (comma-separated) | `SignAndEncrypt` |
+//! | `opcua.username` | `APP_OPCUA_USERNAME` | unset (no user/password logins) |
+//! | `opcua.password` | `APP_OPCUA_PASSWORD` | unset (required with a user name; shown as `***`) |
+//! | `opcua.pki_dir` | `APP_OPCUA_PKI_DIR` | `./pki` |
+//! | `opcua.application_uri` | `APP_OPCUA_APPLICATION_URI` | `urn:microdcs:{mqtt.identifier}` |
+//! | `opcua.scopes` | `APP_OPCUA_SCOPES` (comma-separated) | empty |
+//! | `opcua.trust_all_clients` | `APP_OPCUA_TRUST_ALL_CLIENTS` | `false` (tests only) |
 //! | `msgpack.host` | `APP_MSGPACK_HOSTNAME` | `localhost` |
 //! | `msgpack.port` | `APP_MSGPACK_PORT` | `8888` |
 //! | `msgpack.max_concurrent_requests` | `APP_MSGPACK_MAX_CONCURRENT_REQUESTS` | `10` |
@@ -205,6 +217,9 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[opcua]`: the OPC UA server face (feature `opcua`; off while the
+    /// port is 0).
+    pub opcua: OpcuaConfig,
     /// Where each explicitly set value came from, by dotted key.
     origins: BTreeMap<String, Origin>,
     /// `APP_*` variables in the environment that no setting reads.
@@ -410,6 +425,55 @@ pub struct WebhooksConfig {
     /// Private key (PEM) of `tls_client_cert_path`.
     pub tls_client_key_path: Option<PathBuf>,
 }
+
+/// `[opcua]`: the OPC UA server face for job management (README "OPC UA
+/// face", issue #13). Off while `port` is 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpcuaConfig {
+    /// TCP port of the `opc.tcp://` endpoint; 0: no OPC UA server.
+    pub port: u16,
+    /// Host name advertised in the endpoint URLs and written into the
+    /// certificate's subject alternative names; unset: the system's host
+    /// name.
+    pub hostname: Option<String>,
+    /// Address the server listens on.
+    pub bind: String,
+    /// Whether anonymous sessions are allowed.
+    pub anonymous: bool,
+    /// Offered security policies, by their OPC UA names (see
+    /// [`OPCUA_SECURITY_POLICIES`]); `None` only when listed, and then for
+    /// anonymous sessions only.
+    pub security_policies: Vec<String>,
+    /// Message security modes offered with every policy other than `None`:
+    /// `Sign` and/or `SignAndEncrypt`.
+    pub security_modes: Vec<String>,
+    /// The one user name accepted (with `password`); unset: no user/password
+    /// logins.
+    pub username: Option<String>,
+    /// That user's password.
+    pub password: Option<Secret>,
+    /// The PKI directory: `own/cert.der` and `private/private.pem` (created
+    /// on the first start and kept), `trusted/` and `rejected/` client
+    /// certificates.
+    pub pki_dir: PathBuf,
+    /// The server's application URI (also in its certificate); unset:
+    /// `urn:microdcs:{mqtt.identifier}`, the same on every replica.
+    pub application_uri: Option<String>,
+    /// Scopes whose `JobManagement` object is served from the start.
+    pub scopes: Vec<String>,
+    /// Trust every client certificate (copies it to `trusted/`): for tests
+    /// only.
+    pub trust_all_clients: bool,
+}
+
+/// The OPC UA security policies `[opcua] security_policies` accepts (the
+/// deprecated `Basic128Rsa15` and `Basic256` are not offered).
+pub const OPCUA_SECURITY_POLICIES: &[&str] = &[
+    "None",
+    "Basic256Sha256",
+    "Aes128-Sha256-RsaOaep",
+    "Aes256-Sha256-RsaPss",
+];
 
 /// `[jobs]`: the `machinery-jobs` processor's job acceptance and
 /// retention.

@@ -11,10 +11,13 @@
 //! - [`manager`]: the state machine applied to stored jobs; the API the SFC
 //!   engine calls for internal transitions.
 //! - [`wire`]: the methods' CloudEvent payloads.
+//! - `command`: the job methods independent of the face (MQTT or OPC UA)
+//!   they arrive on.
 //! - [`processor`]: the `machinery-jobs` processor.
 
 pub mod acceptance;
 pub mod audit;
+pub(crate) mod command;
 pub mod machine;
 pub mod manager;
 pub mod processor;

@@ -3,9 +3,9 @@
 //! configuration events, and the two queries.
 
 use super::audit::{Cause, CommandInfo};
+use super::command::{self, apply_method, apply_order, Applied, OrderOp};
 use super::machine::Method;
 use super::manager::{CommandOutcome, JobManager};
-use super::state::JobState;
 use super::status::ReturnStatus;
 use super::store::ResourceKind;
 use super::wire::*;
@@ -116,32 +116,6 @@ fn invalid<R: EventType>(meta: &Meta, why: &str, reply: impl FnOnce(u64) -> R) -
     Outcome::reply(&reply(ReturnStatus::InvalidRequest.value()))
 }
 
-/// Whether a JobOrderID can be stored and addressed (wire contract §8): not
-/// empty and at most [`MAX_JOB_ORDER_ID_BYTES`](super::MAX_JOB_ORDER_ID_BYTES)
-/// bytes. Every character is allowed: topic levels encode it.
-fn usable_id(id: &str) -> Result<(), &'static str> {
-    if id.is_empty() {
-        Err("empty")
-    } else if id.len() > super::MAX_JOB_ORDER_ID_BYTES {
-        Err("JobOrderID longer than 256 bytes")
-    } else {
-        Ok(())
-    }
-}
-
-/// Checks and normalises a job order (PascalCase out, snake_case accepted).
-fn normalise(order: Value) -> Result<Value, HandlerError> {
-    super::normalise_order(order)
-        .map_err(|e| HandlerError::terminal(ErrorKind::PayloadInvalid, format!("JobOrder: {e}")))
-}
-
-#[derive(Clone, Copy)]
-enum OrderOp {
-    Store,
-    StoreAndStart,
-    Update,
-}
-
 /// What a job method asks for, as its request gives it.
 enum Command {
     /// Store, StoreAndStart or Update with the request's job order.
@@ -151,9 +125,9 @@ enum Command {
     Id(Method, Option<String>),
 }
 
-/// A job method: validate, apply, answer with `reply`'s response
-/// (`InvalidRequest`, with the reason logged, for a request that cannot be
-/// applied).
+/// A job method: apply it through [`command`](super::command), answer with
+/// `reply`'s response (`InvalidRequest`, with the reason logged, for a
+/// request that cannot be applied; a dead letter for a malformed order).
 async fn command<R: EventType>(
     command: Command,
     scope: Option<Scope>,
@@ -167,9 +141,7 @@ async fn command<R: EventType>(
     let key = cause(&meta);
     let info = CommandInfo {
         method: match &command {
-            Command::Order(OrderOp::Store, _) => Method::Store,
-            Command::Order(OrderOp::StoreAndStart, _) => Method::StoreAndStart,
-            Command::Order(OrderOp::Update, _) => Method::Update,
+            Command::Order(op, _) => op.method(),
             Command::Id(method, _) => *method,
         }
         .name(),
@@ -184,59 +156,16 @@ async fn command<R: EventType>(
     let cause = Cause::command(&key, &info);
     let applied = match command {
         Command::Order(op, order) => apply_order(op, order, &scope, cause, m).await?,
-        Command::Id(method, id) => apply_method(method, id, &scope, cause, m).await?,
+        Command::Id(method, id) => apply_method(method, id.as_deref(), &scope, cause, m).await?,
     };
-    Ok(match applied {
-        Ok(effect) => outcome(&scope, &meta, &effect, reply),
-        Err(why) => invalid(&meta, why, reply),
-    })
-}
-
-/// Store, StoreAndStart and Update: validate, normalise, apply; `Ok(Err)`
-/// says why the request is invalid.
-async fn apply_order(
-    op: OrderOp,
-    order: Option<Value>,
-    scope: &str,
-    cause: Cause<'_>,
-    m: &JobManager,
-) -> Result<Result<CommandOutcome, &'static str>, HandlerError> {
-    let Some(order) = order else {
-        return Ok(Err("no JobOrder"));
-    };
-    let id = ["JobOrderID", "job_order_id"]
-        .iter()
-        .find_map(|k| order.get(k).filter(|v| !v.is_null()));
-    match id.map(|v| v.as_str().map(usable_id)) {
-        None | Some(Some(Err("empty"))) => return Ok(Err("no JobOrderID")),
-        Some(Some(Err(why))) => return Ok(Err(why)),
-        // A non-string id is a payload error, reported by `normalise`.
-        Some(None) | Some(Some(Ok(()))) => {}
+    match applied {
+        Applied::Done(effect) => Ok(outcome(&scope, &meta, &effect, reply)),
+        Applied::Invalid(why) => Ok(invalid(&meta, why, reply)),
+        Applied::BadOrder(e) => Err(HandlerError::terminal(
+            ErrorKind::PayloadInvalid,
+            format!("JobOrder: {e}"),
+        )),
     }
-    let order = normalise(order)?;
-    Ok(Ok(match op {
-        OrderOp::Store => m.store_order(scope, &order, false, cause).await?,
-        OrderOp::StoreAndStart => m.store_order(scope, &order, true, cause).await?,
-        OrderOp::Update => m.update_order(scope, &order, cause).await?,
-    }))
-}
-
-/// The methods on an existing job: check the id, apply; `Ok(Err)` says why
-/// the request is invalid.
-async fn apply_method(
-    method: Method,
-    id: Option<String>,
-    scope: &str,
-    cause: Cause<'_>,
-    m: &JobManager,
-) -> Result<Result<CommandOutcome, &'static str>, HandlerError> {
-    let Some(id) = id.filter(|i| !i.is_empty()) else {
-        return Ok(Err("no JobOrderID"));
-    };
-    if let Err(why) = usable_id(&id) {
-        return Ok(Err(why));
-    }
-    Ok(Ok(m.call(scope, &id, method, cause).await?))
 }
 
 /// The handler of one job method: the [`Command`] `$kind($op, req.$field)`,
@@ -280,16 +209,13 @@ async fn by_id(
     scope: Option<Scope>,
     State(m): State<JobManager>,
 ) -> Result<ByIdResponse, HandlerError> {
-    let reply = |s: ReturnStatus, r| ByIdResponse {
-        job_response: r,
-        return_status: s.value(),
+    let (status, job_response) = match scope {
+        Some(scope) => command::by_id(&m, &scope, req.job_order_id.as_deref()).await?,
+        None => (ReturnStatus::InvalidRequest, None),
     };
-    let (Some(scope), Some(id)) = (scope, req.job_order_id.filter(|i| usable_id(i).is_ok())) else {
-        return Ok(reply(ReturnStatus::InvalidRequest, None));
-    };
-    Ok(match m.response(&scope, &id).await? {
-        Some(r) => reply(ReturnStatus::NoError, Some(r)),
-        None => reply(ReturnStatus::UnknownJobOrderId, None),
+    Ok(ByIdResponse {
+        job_response,
+        return_status: status.value(),
     })
 }
 
@@ -302,20 +228,18 @@ async fn by_state(
         job_responses: r,
         return_status: s.value(),
     };
-    let (Some(scope), Some(list)) = (scope, req.job_order_state.filter(|l| !l.is_empty())) else {
+    let Some(scope) = scope else {
         return Ok(reply(ReturnStatus::InvalidRequest, Vec::new()));
     };
-    let state = match JobState::from_wire(&list) {
-        Ok(s) => s,
-        Err(e) => {
-            info!(reason = %e, "RequestJobResponseByJobOrderState with an unknown state");
-            return Ok(reply(ReturnStatus::InvalidRequest, Vec::new()));
-        }
-    };
-    Ok(reply(
-        ReturnStatus::NoError,
-        m.responses_in_state(&scope, state).await?,
-    ))
+    Ok(
+        match command::by_state(&m, &scope, req.job_order_state.as_deref()).await? {
+            Ok(responses) => reply(ReturnStatus::NoError, responses),
+            Err(e) => {
+                info!(reason = %e, "RequestJobResponseByJobOrderState refused");
+                reply(ReturnStatus::InvalidRequest, Vec::new())
+            }
+        },
+    )
 }
 
 // --- station configuration (no reply) -------------------------------------

@@ -18,6 +18,8 @@ mod jobs;
 mod models;
 mod msgpack;
 mod observe_http;
+#[cfg(feature = "opcua")]
+mod opcua;
 mod operator;
 mod publisher;
 mod recipe;
