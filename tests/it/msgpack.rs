@@ -1047,3 +1047,92 @@ async fn handler_failures_are_retried_or_answered_with_their_kind_and_dead_lette
     assert_eq!(t.metrics().snapshot().duplicates, 0);
     let _ = app.stop(WAIT).await;
 }
+
+/// Hex of a request frame `[0, msgid, "publish", <params hex>]`.
+fn raw_publish(msgid: u8, params: &str) -> String {
+    format!("9400{msgid:02x}a7{}{params}", hex(b"publish"))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `depth` arrays of one element each, around a nil.
+fn nested(depth: usize) -> String {
+    format!("{}c0", "91".repeat(depth))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_bombs_and_extension_types_are_answered_with_an_error_and_the_station_keeps_serving()
+{
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let (app, _t, addr) = launch(&m, &r, rpc_settings(), processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("a").await;
+    py.connect("b").await;
+
+    // Nesting far past any CloudEvent's, below and above rmp-serde's own
+    // limit of 1024: each refused with an answer, nothing recursed into.
+    for (msgid, depth) in [(21u8, 1000usize), (22, 5000)] {
+        let frame = raw_publish(msgid, &format!("92{}c0", nested(depth)));
+        let r = py
+            .cmd(json!({"op": "send_raw", "conn": "a", "hex": frame}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+        let f = py.recv("a").await;
+        assert_eq!(f[1], msgid, "the request is answered: {f}");
+        let e = f[2].as_str().unwrap_or_default();
+        assert!(e.contains("nest"), "{f}");
+    }
+    // An extension type (fixext1) where an attribute value belongs.
+    let ext = format!("9281a4{}d40100c0", hex(b"type"));
+    let r = py
+        .cmd(json!({"op": "send_raw", "conn": "a", "hex": raw_publish(23, &ext)}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let f = py.recv("a").await;
+    assert_eq!(f[1], 23, "the request is answered: {f}");
+    assert!(
+        f[2].as_str().unwrap_or_default().contains("extension"),
+        "{f}"
+    );
+
+    // A MessagePack payload whose unknown field is a depth bomb: the
+    // handler's decoding must not recurse into it either.
+    let mut deep = vec![0x82, 0xa1, b'N', 0x01, 0xa1, b'x'];
+    deep.extend(std::iter::repeat_n(0x91, 1000));
+    deep.push(0xc0);
+    let mut e = event("test.ping.v1", "deep-1", None, json!(null));
+    e["datacontenttype"] = json!("application/msgpack");
+    e["data"] = json!({"$bin": base64(&deep)});
+    let f = py.call("a", "publish", json!([e, null])).await;
+    assert_eq!(f[2], Value::Null, "{f}");
+    let replies = f[3].as_array().expect("a list of replies");
+    assert_eq!(replies.len(), 1, "{f}");
+    assert_eq!(seen.pings.load(Ordering::SeqCst), 0, "{f}");
+    assert_eq!(replies[0]["mdcserrorkind"], "PAYLOAD_INVALID", "{f}");
+
+    // Both connections still serve.
+    for conn in ["a", "b"] {
+        let ok = py
+            .publish(
+                conn,
+                &event(
+                    "test.ping.v1",
+                    &format!("after-{conn}"),
+                    None,
+                    json!({"N": 1}),
+                ),
+            )
+            .await;
+        assert_eq!(data(&ok[0]), &json!({"N": 2}));
+    }
+    let _ = app.stop(WAIT).await;
+}
+
+fn base64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}

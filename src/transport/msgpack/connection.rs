@@ -135,9 +135,13 @@ impl MsgpackTransport {
             let frame = match Value::decode(&bytes) {
                 Ok(v) => Frame::parse(v),
                 Err(m) => {
-                    warn!(transport = %self.name, %peer, size = bytes.len(), error = %m, "frame is not a readable MessagePack value; skipped");
-                    self.metrics.error(crate::error::ErrorKind::PayloadInvalid);
-                    continue;
+                    // Its bytes were scanned, so the stream goes on past it;
+                    // a request among them is answered, never left waiting.
+                    // (Logged and counted as a malformed frame by `start`.)
+                    Err(frame::Malformed {
+                        msgid: frame::msgid_of_prefix(&bytes),
+                        message: format!("the frame is not a readable MessagePack-RPC frame: {m}"),
+                    })
                 }
             };
             let call = InFlight::new(permit, &in_flight, &self);
