@@ -1136,3 +1136,36 @@ fn base64(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_msgid_out_of_range_or_not_an_integer_is_answered_under_it() {
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let (app, _t, addr) = launch(&m, &r, rpc_settings(), processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("a").await;
+    let ping = event("test.ping.v1", "id-1", None, json!({"N": 1}));
+    for msgid in [
+        json!(u64::MAX),
+        json!(-1),
+        json!(u64::from(u32::MAX) + 1),
+        json!("req-7"),
+    ] {
+        py.send("a", json!([0, msgid, "publish", [ping, null]]))
+            .await;
+        let f = py.recv("a").await;
+        assert_eq!(f[0], 1, "a response: {f}");
+        assert_eq!(f[1], msgid, "under the msgid sent: {f}");
+        let e = f[2].as_str().unwrap_or_default();
+        assert!(e.contains("unsigned 32-bit"), "{f}");
+    }
+    // None of them was processed; the largest valid msgid is.
+    assert_eq!(seen.pings.load(Ordering::SeqCst), 0);
+    py.send("a", json!([0, u32::MAX, "publish", [ping, null]]))
+        .await;
+    let f = py.recv("a").await;
+    assert_eq!(f[1], u32::MAX, "{f}");
+    assert_eq!(f[2], Value::Null, "{f}");
+    let _ = app.stop(WAIT).await;
+}

@@ -139,7 +139,7 @@ impl MsgpackTransport {
                     // a request among them is answered, never left waiting.
                     // (Logged and counted as a malformed frame by `start`.)
                     Err(frame::Malformed {
-                        msgid: frame::msgid_of_prefix(&bytes),
+                        msgid: frame::msgid_of_prefix(&bytes).map(Value::UInt),
                         message: format!("the frame is not a readable MessagePack-RPC frame: {m}"),
                     })
                 }
@@ -219,7 +219,7 @@ impl MsgpackTransport {
                 if let Some(msgid) = m.msgid {
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        let _ = tx.send(frame::response(msgid, Err(m.message))).await;
+                        let _ = tx.send(frame::response_to(msgid, Err(m.message))).await;
                         drop(call);
                     });
                 }

@@ -129,8 +129,11 @@ pub(crate) enum Frame {
 /// A frame that is MessagePack but not MessagePack-RPC.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Malformed {
-    /// The request's msgid, when it could be read: the error is answered.
-    pub(crate) msgid: Option<u64>,
+    /// The request's msgid, when it could be read: the error is answered
+    /// under it. Echoed as sent, also when it is no unsigned 32-bit
+    /// integer (the error then says so): a client is never left waiting
+    /// for an answer that will not come.
+    pub(crate) msgid: Option<Value>,
     /// What is wrong.
     pub(crate) message: String,
 }
@@ -156,6 +159,20 @@ impl Frame {
                 .filter(|id| *id <= u64::from(u32::MAX)),
             _ => None,
         };
+        // Echoed when it is a scalar of reasonable size (a client may
+        // match on it); a container is no id anyone waits on.
+        let sent_msgid = match (kind, items.get(1)) {
+            (Some(REQUEST), Some(Value::Array(_) | Value::Map(_) | Value::Bin(_))) => None,
+            (Some(REQUEST), Some(Value::Str(t))) if t.len() > 64 => None,
+            (Some(REQUEST), v) => v.cloned(),
+            _ => None,
+        };
+        let found = match items.get(1) {
+            Some(Value::UInt(n)) => n.to_string(),
+            Some(Value::Int(n)) => n.to_string(),
+            Some(v) => v.kind().to_owned(),
+            None => "nothing".to_owned(),
+        };
         let mut it = items.into_iter();
         let n = it.len();
         let _ = it.next();
@@ -163,16 +180,21 @@ impl Frame {
             Some(REQUEST) => {
                 let Some(id) = msgid else {
                     return Err(bad(
-                        None,
-                        "a request's msgid must be an unsigned 32-bit integer".into(),
+                        sent_msgid,
+                        format!(
+                            "a request's msgid must be an unsigned 32-bit integer, found {found}"
+                        ),
                     ));
                 };
                 if n != 4 {
-                    return Err(bad(msgid, format!("a request has 4 elements, found {n}")));
+                    return Err(bad(
+                        sent_msgid,
+                        format!("a request has 4 elements, found {n}"),
+                    ));
                 }
                 let _ = it.next();
                 let (method, params) =
-                    method_params(it.next(), it.next()).map_err(|m| bad(msgid, m))?;
+                    method_params(it.next(), it.next()).map_err(|m| bad(sent_msgid, m))?;
                 Ok(Frame::Request {
                     msgid: id,
                     method,
@@ -229,17 +251,16 @@ fn method_params(
 
 /// `[1, msgid, error, result]`.
 pub(crate) fn response(msgid: u64, result: Result<Value, String>) -> Vec<u8> {
+    response_to(Value::UInt(msgid), result)
+}
+
+/// [`response`] under the msgid exactly as the request had it.
+pub(crate) fn response_to(msgid: Value, result: Result<Value, String>) -> Vec<u8> {
     let (error, result) = match result {
         Ok(r) => (Value::Nil, r),
         Err(e) => (Value::Str(e), Value::Nil),
     };
-    Value::Array(vec![
-        Value::UInt(RESPONSE),
-        Value::UInt(msgid),
-        error,
-        result,
-    ])
-    .encode()
+    Value::Array(vec![Value::UInt(RESPONSE), msgid, error, result]).encode()
 }
 
 /// `[2, method, params]`.
@@ -344,7 +365,7 @@ mod tests {
             Value::str("publish"),
         ]))
         .unwrap_err();
-        assert_eq!(arity.msgid, Some(4));
+        assert_eq!(arity.msgid, Some(Value::UInt(4)));
         let method = Frame::parse(Value::Array(vec![
             Value::UInt(REQUEST),
             Value::UInt(5),
@@ -352,7 +373,7 @@ mod tests {
             Value::Array(vec![]),
         ]))
         .unwrap_err();
-        assert_eq!(method.msgid, Some(5));
+        assert_eq!(method.msgid, Some(Value::UInt(5)));
         assert!(method.message.contains("method"), "{}", method.message);
         let params = Frame::parse(Value::Array(vec![
             Value::UInt(REQUEST),
@@ -361,6 +382,6 @@ mod tests {
             Value::Nil,
         ]))
         .unwrap_err();
-        assert_eq!(params.msgid, Some(6));
+        assert_eq!(params.msgid, Some(Value::UInt(6)));
     }
 }
