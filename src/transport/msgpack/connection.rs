@@ -94,6 +94,7 @@ impl MsgpackTransport {
         let permits = Arc::new(Semaphore::new(limit));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut scanner = frame::Scanner::default();
         let mut shutdown = self.shutdown.subscribe();
         let stop = loop {
             let permit = tokio::select! {
@@ -106,7 +107,7 @@ impl MsgpackTransport {
                 },
             };
             let bytes = loop {
-                match frame::scan(&buf, self.settings.max_buffer_size) {
+                match scanner.scan(&buf, self.settings.max_buffer_size) {
                     Scan::Frame(n) => break Ok(buf.split_to(n)),
                     Scan::TooLarge(n) => break Err(self.too_large(&buf, n, &tx).await),
                     Scan::Invalid(m) => {
