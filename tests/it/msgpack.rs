@@ -1169,3 +1169,34 @@ async fn a_request_with_a_msgid_out_of_range_or_not_an_integer_is_answered_under
     assert_eq!(f[2], Value::Null, "{f}");
     let _ = app.stop(WAIT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_half_closing_gets_its_answers_and_an_error_for_a_truncated_request() {
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let (app, t, addr) = launch(&m, &r, rpc_settings(), processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("a").await;
+    // A whole request, then the first bytes of another, then FIN.
+    let ping = event("test.ping.v1", "hc-1", None, json!({"N": 1}));
+    py.send("a", json!([0, 31, "publish", [ping, null]])).await;
+    let truncated = raw_publish(32, "9281a4");
+    let r = py
+        .cmd(json!({"op": "send_raw", "conn": "a", "hex": truncated}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = py.cmd(json!({"op": "half_close", "conn": "a"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut answers = vec![py.recv("a").await, py.recv("a").await];
+    answers.sort_by_key(|f| f[1].as_u64());
+    assert_eq!(answers[0][1], 31, "{answers:?}");
+    assert_eq!(answers[0][2], Value::Null, "{answers:?}");
+    assert_eq!(data(&answers[0][3][0]), &json!({"N": 2}));
+    assert_eq!(answers[1][1], 32, "{answers:?}");
+    let e = answers[1][2].as_str().unwrap_or_default();
+    assert!(e.contains("incomplete"), "{answers:?}");
+    assert_eq!(py.recv("a").await, "eof");
+    assert!(eventually(WAIT, || t.clients() == 0).await);
+    let _ = app.stop(WAIT).await;
+}

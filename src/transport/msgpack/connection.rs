@@ -149,6 +149,20 @@ impl MsgpackTransport {
             self.start(frame, call, &tx, &peer);
         };
         match &stop {
+            Stop::Eof if !buf.is_empty() => {
+                // A truncated frame: never dropped silently, and a client
+                // that only half-closed gets the error under its msgid.
+                self.metrics.error(crate::error::ErrorKind::PayloadInvalid);
+                let msgid = frame::msgid_of_prefix(&buf);
+                warn!(transport = %self.name, %peer, bytes = buf.len(), ?msgid, "client closed its side in the middle of a frame; the incomplete frame is dropped");
+                if let Some(msgid) = msgid {
+                    let message = format!(
+                        "the client closed its side {} bytes into this request's frame: it is incomplete and was not processed",
+                        buf.len()
+                    );
+                    let _ = tx.try_send(frame::response(msgid, Err(message)));
+                }
+            }
             Stop::Eof => debug!(transport = %self.name, %peer, "client closed its side"),
             Stop::Shutdown => {}
             Stop::Kicked => {}
