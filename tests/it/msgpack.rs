@@ -1200,3 +1200,95 @@ async fn a_client_half_closing_gets_its_answers_and_an_error_for_a_truncated_req
     assert!(eventually(WAIT, || t.clients() == 0).await);
     let _ = app.stop(WAIT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_call_the_call_is_answered_and_calls_work_again_after_restart() {
+    init_tracing();
+    let (m, mut r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(true);
+    let (app, t, addr) = launch(&m, &r, rpc_settings(), processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("a").await;
+    let ping = event("test.ping.v1", "rk-1", None, json!({"N": 1}));
+    py.send("a", json!([0, 41, "publish", [ping, null]])).await;
+    assert!(eventually(WAIT, || t.in_flight() == 1).await);
+    // The handler is running (held by the gate); Redis dies under it.
+    r.0.kill();
+    seen.gate.add_permits(100);
+    let f = py.recv("a").await;
+    assert_eq!(f[1], 41, "the call is answered: {f}");
+    assert_eq!(f[2], Value::Null, "{f}");
+    let replies = f[3].as_array().expect("a list of replies");
+    assert_eq!(replies.len(), 1, "{f}");
+    // Redis is back: calls are served again.
+    r.0.restart().expect("restart redis");
+    let mut answered = false;
+    for i in 0..30 {
+        let replies = py
+            .publish(
+                "a",
+                &event(
+                    "test.ping.v1",
+                    &format!("rk-after-{i}"),
+                    None,
+                    json!({"N": 5}),
+                ),
+            )
+            .await;
+        if replies.len() == 1 && replies[0].get("mdcserrorkind").is_none() {
+            assert_eq!(data(&replies[0]), &json!({"N": 6}));
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(answered, "calls work again once Redis is back");
+    let _ = app.stop(WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_correlation_id_is_answered_and_the_station_keeps_its_mqtt_connection() {
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let (app, _t, addr) = launch(&m, &r, rpc_settings(), processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("a").await;
+    // 6 MiB of correlation id, within max_buffer_size (8 MiB); the ping
+    // has a scope, so its handler emits an event over MQTT that carries it.
+    let mut huge = event("test.ping.v1", "cid-1", Some("cell"), json!({"N": 1}));
+    huge["correlationid"] = json!("c".repeat(6 * 1024 * 1024));
+    // More than an MQTT string can hold (65 535 bytes): refused where it
+    // enters, an error reply, never sent to the broker (which closed the
+    // station's connection, and again after each reconnect, since the
+    // session kept the packet).
+    let f = py.call("a", "publish", json!([huge, null])).await;
+    assert_eq!(f[2], Value::Null, "no RPC error");
+    let replies = f[3].as_array().expect("a list of replies");
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0]["mdcserrorkind"], "USER_PROPERTY_INVALID");
+    let message = replies[0]["mdcserrormessage"].as_str().unwrap_or_default();
+    assert!(message.contains("65535"), "{message}");
+    assert_eq!(seen.pings.load(Ordering::SeqCst), 0);
+    let odd = ["", "x", "\u{e9}", "a/b+c#d"];
+    for (i, c) in odd.iter().enumerate() {
+        let mut e = event(
+            "test.ping.v1",
+            &format!("cid-odd-{i}"),
+            Some("cell"),
+            json!({"N": 1}),
+        );
+        e["correlationid"] = json!(c);
+        let f = py.call("a", "publish", json!([e, null])).await;
+        assert_eq!(f[2], Value::Null, "{f}");
+    }
+    // The station still serves and emits.
+    let ok = py
+        .publish(
+            "a",
+            &event("test.ping.v1", "cid-after", Some("cell"), json!({"N": 1})),
+        )
+        .await;
+    assert_eq!(data(&ok[0]), &json!({"N": 2}), "{ok:?}");
+    let _ = app.stop(WAIT).await;
+}
