@@ -1292,3 +1292,32 @@ async fn a_huge_correlation_id_is_answered_and_the_station_keeps_its_mqtt_connec
     assert_eq!(data(&ok[0]), &json!({"N": 2}), "{ok:?}");
     let _ = app.stop(WAIT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_more_connections_than_the_backlog_are_all_served() {
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let mut s = rpc_settings();
+    s.max_queued_connections = 4;
+    let (app, t, addr) = launch(&m, &r, s, processors(&seen)).await;
+    let mut py = Py::start(addr);
+    let n = 200;
+    for i in 0..n {
+        py.connect(&format!("c{i}")).await;
+    }
+    // Every connection pipelines a call before any answer is read.
+    for i in 0..n {
+        let e = event("test.ping.v1", &format!("many-{i}"), None, json!({"N": i}));
+        py.send(&format!("c{i}"), json!([0, 7, "publish", [e, null]]))
+            .await;
+    }
+    for i in 0..n {
+        let f = py.recv(&format!("c{i}")).await;
+        assert_eq!(f[1], 7, "c{i}: {f}");
+        assert_eq!(data(&f[3][0]), &json!({"N": i + 1}), "c{i}: {f}");
+    }
+    assert_eq!(t.clients(), n);
+    assert_eq!(seen.pings.load(Ordering::SeqCst), n);
+    let _ = app.stop(WAIT).await;
+}
