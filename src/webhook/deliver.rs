@@ -215,11 +215,7 @@ impl Deliverer {
             credentials_to_header(&mut req);
             req
         };
-        let resp = self
-            .http
-            .execute(req)
-            .await
-            .map_err(|e| format!("HTTP request failed: {e}"))?;
+        let resp = self.http.execute(req).await.map_err(|e| self.failure(&e))?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -229,6 +225,26 @@ impl Deliverer {
 
     /// Takes `head` (the delivery sent; `""` to only tidy up an empty
     /// queue) off the queue if it is still its head.
+    /// Why a request got no answer, for the log line and the dead letter:
+    /// reqwest's own message ("error sending request for url") leaves out
+    /// the cause, which tells a hanging receiver from a refused or reset
+    /// connection.
+    fn failure(&self, e: &reqwest::Error) -> String {
+        if e.is_timeout() {
+            return format!(
+                "HTTP request timed out: no answer within {} ms (webhooks.timeout_ms)",
+                self.settings.timeout.as_millis()
+            );
+        }
+        let mut why = format!("HTTP request failed: {e}");
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            why.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        why
+    }
+
     async fn ack(&self, scope: &str, member: &str, head: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let _: i64 = WEBHOOK_ACK

@@ -704,3 +704,54 @@ async fn credentials_in_the_url_are_sent_as_basic_auth_and_never_shown() {
     }
     station.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_costs_a_timeout_per_attempt_then_a_dead_letter() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    // Accepts connections, reads nothing, answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let mut env = jobs::env(m.port(), r.0.port(), "w1");
+    webhook_env(&mut env, &url, 2);
+    jobs::set(&mut env, "APP_WEBHOOK_TIMEOUT_MS", "300");
+    let station = jobs::start(env).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    assert_eq!(
+        mes.status("Store", "cell", json!({"JobOrder": order("h1")}))
+            .await,
+        1
+    );
+    let letters =
+        microdcs::dlq::DeadLetters::new(microdcs::Redis::open(&r.url()).unwrap().conn, "t", 100);
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while found.is_empty() && tokio::time::Instant::now() < deadline {
+        found = letters.list(Some("webhook"), 10).await.unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(found.len(), 1, "one dead letter: {found:?}");
+    let reason = found[0].reason.to_lowercase();
+    assert!(
+        reason.contains("after 2 attempts") && reason.contains("timed out"),
+        "{reason}"
+    );
+    assert!(held.lock().unwrap().len() >= 2);
+    // The station's MQTT side never waited for it.
+    assert_eq!(
+        mes.status("Store", "cell", json!({"JobOrder": order("h2")}))
+            .await,
+        1
+    );
+    station.stop().await;
+}
