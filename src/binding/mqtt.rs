@@ -347,6 +347,15 @@ pub fn check_outbound(topic: &str, properties: &PublishProperties) -> Result<(),
     if let Some(rt) = &properties.response_topic {
         check_topic_name("Response Topic", rt)?;
     }
+    if let Some(cd) = &properties.correlation_data {
+        if cd.len() > crate::envelope::MAX_MQTT_STRING {
+            return Err(TextError::TooLong {
+                what: "Correlation Data".into(),
+                len: cd.len(),
+                max: crate::envelope::MAX_MQTT_STRING,
+            });
+        }
+    }
     Ok(())
 }
 

@@ -110,7 +110,14 @@ impl ContentType {
                 serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))
             }
             ContentType::MsgPack => {
-                rmp_serde::from_slice(bytes).map_err(|e| invalid(e.to_string()))
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                de.set_max_depth(MAX_MSGPACK_DEPTH);
+                T::deserialize(&mut de).map_err(|e| match e {
+                    rmp_serde::decode::Error::DepthLimitExceeded => {
+                        invalid(format!("nested deeper than {MAX_MSGPACK_DEPTH} levels"))
+                    }
+                    e => invalid(e.to_string()),
+                })
             }
         }
     }
@@ -121,6 +128,12 @@ impl fmt::Display for ContentType {
         f.write_str(self.header())
     }
 }
+
+/// How deep a MessagePack payload may nest: the limit `serde_json` puts
+/// on JSON, so both content types refuse the same depth bombs before
+/// decoding recurses into them (rmp-serde's own limit, 1024, is deep
+/// enough to exhaust a task's stack).
+const MAX_MSGPACK_DEPTH: usize = 128;
 
 fn short_type_name<T>() -> &'static str {
     let full = std::any::type_name::<T>();

@@ -19,6 +19,6 @@ pub use event::{is_attribute_name, AttributeError, CloudEvent, ATTRIBUTE_NAMES};
 pub use event_type::{EventType, MethodCall};
 pub use text::{
     check_mqtt_string, check_topic_level, check_topic_path, decode_level, encode_level,
-    escape_for_mqtt, is_mqtt_char, is_mqtt_string, TextError,
+    escape_for_mqtt, is_mqtt_char, is_mqtt_string, TextError, MAX_MQTT_STRING,
 };
 pub use time::{format_time, parse_time};

@@ -66,11 +66,25 @@ pub fn is_mqtt_string(s: &str) -> bool {
     s.chars().all(is_mqtt_char)
 }
 
+/// The longest MQTT UTF-8 string (or binary data), in bytes: its length is
+/// a two-byte prefix (MQTT v5 §1.5.4, §1.5.6). A longer one cannot be
+/// encoded, and a broker that receives one mis-framed closes the
+/// connection.
+pub const MAX_MQTT_STRING: usize = 65_535;
+
 /// Checks that `s` is a valid MQTT string.
 ///
 /// # Errors
+/// [`TextError::TooLong`] past [`MAX_MQTT_STRING`] bytes,
 /// [`TextError::Forbidden`] naming the first character that is not allowed.
 pub fn check_mqtt_string(what: &str, s: &str) -> Result<(), TextError> {
+    if s.len() > MAX_MQTT_STRING {
+        return Err(TextError::TooLong {
+            what: what.to_owned(),
+            len: s.len(),
+            max: MAX_MQTT_STRING,
+        });
+    }
     match s.chars().find(|c| !is_mqtt_char(*c)) {
         None => Ok(()),
         Some(c) => Err(TextError::Forbidden {

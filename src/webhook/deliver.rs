@@ -20,6 +20,9 @@ use tracing::{debug, info, warn};
 pub(crate) struct Target {
     pub(crate) url: String,
     pub(crate) id: String,
+    /// The URL as logs and dead letters show it: a password in it
+    /// replaced by `***`.
+    pub(crate) shown: String,
 }
 
 impl Target {
@@ -28,7 +31,48 @@ impl Target {
         Target {
             url: url.to_owned(),
             id: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
+            shown: redacted(url),
         }
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Moves the credentials of a URL `http://user:password@host/...` into
+/// an `Authorization: Basic` header (RFC 7617), as a browser or curl does;
+/// the request itself carries none (an HTTP request line has no place for
+/// them, so without this they would silently not be sent). An
+/// `Authorization` header already set wins.
+fn credentials_to_header(req: &mut reqwest::Request) {
+    use base64::Engine;
+    let url = req.url_mut();
+    if url.username().is_empty() && url.password().is_none() {
+        return;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let user = decode(url.username());
+    let password = url.password().map(decode).unwrap_or_default();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    if let Ok(mut value) = http::HeaderValue::from_str(&format!("Basic {token}")) {
+        value.set_sensitive(true);
+        req.headers_mut()
+            .entry(http::header::AUTHORIZATION)
+            .or_insert(value);
     }
 }
 
@@ -110,7 +154,7 @@ impl Deliverer {
                 if let Some(i) = crate::metrics::instruments() {
                     i.webhook_delivery("delivered");
                 }
-                debug!(scope, queue = member, url = %target.url, id = %cloudevents::AttributesReader::id(&event), "webhook delivered");
+                debug!(scope, queue = member, url = %target.shown, id = %cloudevents::AttributesReader::id(&event), "webhook delivered");
             }
             Err(why) => {
                 if let Some(i) = crate::metrics::instruments() {
@@ -140,7 +184,7 @@ impl Deliverer {
                         .await?;
                 } else {
                     let wait = self.backoff(attempts);
-                    info!(scope, queue = member, url = %target.url, attempt = attempts, error = %why, retry_in_ms = wait.as_millis() as u64, "webhook delivery failed; retrying");
+                    info!(scope, queue = member, url = %target.shown, attempt = attempts, error = %why, retry_in_ms = wait.as_millis() as u64, "webhook delivery failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -166,13 +210,16 @@ impl Deliverer {
         let req = {
             let mut r = binary_request(url, event)?;
             sign_request(&mut r, &self.settings.secret, now);
-            reqwest::Request::try_from(r).map_err(|e| format!("invalid request: {e}"))?
+            let mut req =
+                reqwest::Request::try_from(r).map_err(|e| format!("invalid request: {e}"))?;
+            credentials_to_header(&mut req);
+            req
         };
         let resp = self
             .http
             .execute(req)
             .await
-            .map_err(|e| self.settings.tls.failure(url, &e))?;
+            .map_err(|e| self.failure(url, &e))?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -182,6 +229,22 @@ impl Deliverer {
 
     /// Takes `head` (the delivery sent; `""` to only tidy up an empty
     /// queue) off the queue if it is still its head.
+    /// Why a request got no answer, for the log line and the dead letter:
+    /// reqwest's own message ("error sending request for url") leaves out
+    /// the cause, which tells a hanging receiver from a refused or reset
+    /// connection.
+    fn failure(&self, url: &str, e: &reqwest::Error) -> String {
+        if e.is_timeout() {
+            return format!(
+                "HTTP request timed out: no answer within {} ms (webhooks.timeout_ms)",
+                self.settings.timeout.as_millis()
+            );
+        }
+        // A TLS failure in an operator's words, else the error with its
+        // causes; the URL with its password hidden.
+        self.settings.tls.failure(&redacted(url), e)
+    }
+
     async fn ack(&self, scope: &str, member: &str, head: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let _: i64 = WEBHOOK_ACK
@@ -212,7 +275,7 @@ impl Deliverer {
     ) -> redis::RedisResult<()> {
         let reason = format!(
             "webhook {} gave up after {attempts} attempts: {why}",
-            target.url
+            target.shown
         );
         let letter = DeadLetter {
             id: String::new(),
@@ -221,7 +284,7 @@ impl Deliverer {
             kind: ErrorKind::CommunicationError.as_str().to_owned(),
             reason: reason.clone(),
             message: Message {
-                topic: target.url.clone(),
+                topic: target.shown.clone(),
                 payload: body.into(),
                 qos: 0,
                 retain: false,
@@ -238,10 +301,10 @@ impl Deliverer {
         };
         match self.dlq.append(&letter).await {
             Ok(id) => {
-                warn!(scope, queue = member, url = %target.url, dead_letter = %id, reason = %reason, "webhook delivery dead-lettered; the job's next event goes")
+                warn!(scope, queue = member, url = %target.shown, dead_letter = %id, reason = %reason, "webhook delivery dead-lettered; the job's next event goes")
             }
             Err(e) => {
-                warn!(scope, queue = member, url = %target.url, reason = %reason, error = %e, "webhook delivery given up; the dead letter could not be stored")
+                warn!(scope, queue = member, url = %target.shown, reason = %reason, error = %e, "webhook delivery given up; the dead letter could not be stored")
             }
         }
         if let Some(i) = crate::metrics::instruments() {

@@ -40,6 +40,8 @@ pub(crate) struct WebhookSettings {
     pub(crate) poll: Duration,
     /// The TLS files (for the client and for explaining TLS failures).
     pub(crate) tls: WebhookTls,
+    /// Longest wait for a receiver's answer (`webhooks.timeout_ms`).
+    pub(crate) timeout: Duration,
     /// The client of the deliveries, made from `tls` and `timeout`.
     pub(crate) http: reqwest::Client,
 }
@@ -84,6 +86,7 @@ impl WebhookSettings {
             source: config.processing.cloudevent_source.clone(),
             poll: Duration::from_secs(1),
             tls,
+            timeout,
             http,
         }))
     }

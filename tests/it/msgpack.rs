@@ -1047,3 +1047,277 @@ async fn handler_failures_are_retried_or_answered_with_their_kind_and_dead_lette
     assert_eq!(t.metrics().snapshot().duplicates, 0);
     let _ = app.stop(WAIT).await;
 }
+
+/// Hex of a request frame `[0, msgid, "publish", <params hex>]`.
+fn raw_publish(msgid: u8, params: &str) -> String {
+    format!("9400{msgid:02x}a7{}{params}", hex(b"publish"))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `depth` arrays of one element each, around a nil.
+fn nested(depth: usize) -> String {
+    format!("{}c0", "91".repeat(depth))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_bombs_and_extension_types_are_answered_with_an_error_and_the_station_keeps_serving()
+{
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let (app, _t, addr) = launch(&m, &r, rpc_settings(), processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("a").await;
+    py.connect("b").await;
+
+    // Nesting far past any CloudEvent's, below and above rmp-serde's own
+    // limit of 1024: each refused with an answer, nothing recursed into.
+    for (msgid, depth) in [(21u8, 1000usize), (22, 5000)] {
+        let frame = raw_publish(msgid, &format!("92{}c0", nested(depth)));
+        let r = py
+            .cmd(json!({"op": "send_raw", "conn": "a", "hex": frame}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+        let f = py.recv("a").await;
+        assert_eq!(f[1], msgid, "the request is answered: {f}");
+        let e = f[2].as_str().unwrap_or_default();
+        assert!(e.contains("nest"), "{f}");
+    }
+    // An extension type (fixext1) where an attribute value belongs.
+    let ext = format!("9281a4{}d40100c0", hex(b"type"));
+    let r = py
+        .cmd(json!({"op": "send_raw", "conn": "a", "hex": raw_publish(23, &ext)}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let f = py.recv("a").await;
+    assert_eq!(f[1], 23, "the request is answered: {f}");
+    assert!(
+        f[2].as_str().unwrap_or_default().contains("extension"),
+        "{f}"
+    );
+
+    // A MessagePack payload whose unknown field is a depth bomb: the
+    // handler's decoding must not recurse into it either.
+    let mut deep = vec![0x82, 0xa1, b'N', 0x01, 0xa1, b'x'];
+    deep.extend(std::iter::repeat_n(0x91, 1000));
+    deep.push(0xc0);
+    let mut e = event("test.ping.v1", "deep-1", None, json!(null));
+    e["datacontenttype"] = json!("application/msgpack");
+    e["data"] = json!({"$bin": base64(&deep)});
+    let f = py.call("a", "publish", json!([e, null])).await;
+    assert_eq!(f[2], Value::Null, "{f}");
+    let replies = f[3].as_array().expect("a list of replies");
+    assert_eq!(replies.len(), 1, "{f}");
+    assert_eq!(seen.pings.load(Ordering::SeqCst), 0, "{f}");
+    assert_eq!(replies[0]["mdcserrorkind"], "PAYLOAD_INVALID", "{f}");
+
+    // Both connections still serve.
+    for conn in ["a", "b"] {
+        let ok = py
+            .publish(
+                conn,
+                &event(
+                    "test.ping.v1",
+                    &format!("after-{conn}"),
+                    None,
+                    json!({"N": 1}),
+                ),
+            )
+            .await;
+        assert_eq!(data(&ok[0]), &json!({"N": 2}));
+    }
+    let _ = app.stop(WAIT).await;
+}
+
+fn base64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_msgid_out_of_range_or_not_an_integer_is_answered_under_it() {
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let (app, _t, addr) = launch(&m, &r, rpc_settings(), processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("a").await;
+    let ping = event("test.ping.v1", "id-1", None, json!({"N": 1}));
+    for msgid in [
+        json!(u64::MAX),
+        json!(-1),
+        json!(u64::from(u32::MAX) + 1),
+        json!("req-7"),
+    ] {
+        py.send("a", json!([0, msgid, "publish", [ping, null]]))
+            .await;
+        let f = py.recv("a").await;
+        assert_eq!(f[0], 1, "a response: {f}");
+        assert_eq!(f[1], msgid, "under the msgid sent: {f}");
+        let e = f[2].as_str().unwrap_or_default();
+        assert!(e.contains("unsigned 32-bit"), "{f}");
+    }
+    // None of them was processed; the largest valid msgid is.
+    assert_eq!(seen.pings.load(Ordering::SeqCst), 0);
+    py.send("a", json!([0, u32::MAX, "publish", [ping, null]]))
+        .await;
+    let f = py.recv("a").await;
+    assert_eq!(f[1], u32::MAX, "{f}");
+    assert_eq!(f[2], Value::Null, "{f}");
+    let _ = app.stop(WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_half_closing_gets_its_answers_and_an_error_for_a_truncated_request() {
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let (app, t, addr) = launch(&m, &r, rpc_settings(), processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("a").await;
+    // A whole request, then the first bytes of another, then FIN.
+    let ping = event("test.ping.v1", "hc-1", None, json!({"N": 1}));
+    py.send("a", json!([0, 31, "publish", [ping, null]])).await;
+    let truncated = raw_publish(32, "9281a4");
+    let r = py
+        .cmd(json!({"op": "send_raw", "conn": "a", "hex": truncated}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = py.cmd(json!({"op": "half_close", "conn": "a"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut answers = vec![py.recv("a").await, py.recv("a").await];
+    answers.sort_by_key(|f| f[1].as_u64());
+    assert_eq!(answers[0][1], 31, "{answers:?}");
+    assert_eq!(answers[0][2], Value::Null, "{answers:?}");
+    assert_eq!(data(&answers[0][3][0]), &json!({"N": 2}));
+    assert_eq!(answers[1][1], 32, "{answers:?}");
+    let e = answers[1][2].as_str().unwrap_or_default();
+    assert!(e.contains("incomplete"), "{answers:?}");
+    assert_eq!(py.recv("a").await, "eof");
+    assert!(eventually(WAIT, || t.clients() == 0).await);
+    let _ = app.stop(WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_call_the_call_is_answered_and_calls_work_again_after_restart() {
+    init_tracing();
+    let (m, mut r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(true);
+    let (app, t, addr) = launch(&m, &r, rpc_settings(), processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("a").await;
+    let ping = event("test.ping.v1", "rk-1", None, json!({"N": 1}));
+    py.send("a", json!([0, 41, "publish", [ping, null]])).await;
+    assert!(eventually(WAIT, || t.in_flight() == 1).await);
+    // The handler is running (held by the gate); Redis dies under it.
+    r.0.kill();
+    seen.gate.add_permits(100);
+    let f = py.recv("a").await;
+    assert_eq!(f[1], 41, "the call is answered: {f}");
+    assert_eq!(f[2], Value::Null, "{f}");
+    let replies = f[3].as_array().expect("a list of replies");
+    assert_eq!(replies.len(), 1, "{f}");
+    // Redis is back: calls are served again.
+    r.0.restart().expect("restart redis");
+    let mut answered = false;
+    for i in 0..30 {
+        let replies = py
+            .publish(
+                "a",
+                &event(
+                    "test.ping.v1",
+                    &format!("rk-after-{i}"),
+                    None,
+                    json!({"N": 5}),
+                ),
+            )
+            .await;
+        if replies.len() == 1 && replies[0].get("mdcserrorkind").is_none() {
+            assert_eq!(data(&replies[0]), &json!({"N": 6}));
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(answered, "calls work again once Redis is back");
+    let _ = app.stop(WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_correlation_id_is_answered_and_the_station_keeps_its_mqtt_connection() {
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let (app, _t, addr) = launch(&m, &r, rpc_settings(), processors(&seen)).await;
+    let mut py = Py::start(addr);
+    py.connect("a").await;
+    // 6 MiB of correlation id, within max_buffer_size (8 MiB); the ping
+    // has a scope, so its handler emits an event over MQTT that carries it.
+    let mut huge = event("test.ping.v1", "cid-1", Some("cell"), json!({"N": 1}));
+    huge["correlationid"] = json!("c".repeat(6 * 1024 * 1024));
+    // More than an MQTT string can hold (65 535 bytes): refused where it
+    // enters, an error reply, never sent to the broker (which closed the
+    // station's connection, and again after each reconnect, since the
+    // session kept the packet).
+    let f = py.call("a", "publish", json!([huge, null])).await;
+    assert_eq!(f[2], Value::Null, "no RPC error");
+    let replies = f[3].as_array().expect("a list of replies");
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0]["mdcserrorkind"], "USER_PROPERTY_INVALID");
+    let message = replies[0]["mdcserrormessage"].as_str().unwrap_or_default();
+    assert!(message.contains("65535"), "{message}");
+    assert_eq!(seen.pings.load(Ordering::SeqCst), 0);
+    let odd = ["", "x", "\u{e9}", "a/b+c#d"];
+    for (i, c) in odd.iter().enumerate() {
+        let mut e = event(
+            "test.ping.v1",
+            &format!("cid-odd-{i}"),
+            Some("cell"),
+            json!({"N": 1}),
+        );
+        e["correlationid"] = json!(c);
+        let f = py.call("a", "publish", json!([e, null])).await;
+        assert_eq!(f[2], Value::Null, "{f}");
+    }
+    // The station still serves and emits.
+    let ok = py
+        .publish(
+            "a",
+            &event("test.ping.v1", "cid-after", Some("cell"), json!({"N": 1})),
+        )
+        .await;
+    assert_eq!(data(&ok[0]), &json!({"N": 2}), "{ok:?}");
+    let _ = app.stop(WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_more_connections_than_the_backlog_are_all_served() {
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let seen = Seen::new(false);
+    let mut s = rpc_settings();
+    s.max_queued_connections = 4;
+    let (app, t, addr) = launch(&m, &r, s, processors(&seen)).await;
+    let mut py = Py::start(addr);
+    let n = 200;
+    for i in 0..n {
+        py.connect(&format!("c{i}")).await;
+    }
+    // Every connection pipelines a call before any answer is read.
+    for i in 0..n {
+        let e = event("test.ping.v1", &format!("many-{i}"), None, json!({"N": i}));
+        py.send(&format!("c{i}"), json!([0, 7, "publish", [e, null]]))
+            .await;
+    }
+    for i in 0..n {
+        let f = py.recv(&format!("c{i}")).await;
+        assert_eq!(f[1], 7, "c{i}: {f}");
+        assert_eq!(data(&f[3][0]), &json!({"N": i + 1}), "c{i}: {f}");
+    }
+    assert_eq!(t.clients(), n);
+    assert_eq!(seen.pings.load(Ordering::SeqCst), n);
+    let _ = app.stop(WAIT).await;
+}

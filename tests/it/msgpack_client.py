@@ -111,6 +111,9 @@ def run(cmd):
         if op == "call":
             c.send([0, cmd["msgid"], cmd["method"], to_wire(cmd["params"])])
             return {"frame": to_json(c.response(cmd["msgid"], timeout))}
+        if op == "half_close":
+            c.s.shutdown(socket.SHUT_WR)
+            return {"ok": True}
         if op == "close":
             c.s.close()
             return {"ok": True}

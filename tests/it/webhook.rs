@@ -31,6 +31,8 @@ pub(crate) struct Seen {
     answered: u16,
     /// The names of the request's headers.
     headers: Vec<String>,
+    /// Its `Authorization` header.
+    authorization: Option<String>,
 }
 
 /// What the receiver answers: 503 while `down`, or for requests about the
@@ -140,6 +142,10 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
         signed,
         answered: status.as_u16(),
         headers: headers.keys().map(|k| k.as_str().to_owned()).collect(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     });
     status
 }
@@ -641,5 +647,113 @@ async fn one_of_several_replicas_delivers_and_another_takes_over_when_it_dies() 
         .await
         .unwrap();
     assert_eq!(now_owner, survivor);
+    station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_url_are_sent_as_basic_auth_and_never_shown() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    // A user name with a space and a password with an `@`, percent-encoded
+    // as a URL must have them.
+    let with_credentials = url.replacen("http://", "http://mes%20user:s3cr%40t@", 1);
+    receiver.set(|b| b.down = true);
+    let mut env = jobs::env(m.port(), r.0.port(), "w1");
+    webhook_env(&mut env, &with_credentials, 2);
+    let station = jobs::start(env).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    assert_eq!(
+        mes.status("Store", "cell", json!({"JobOrder": order("c1")}))
+            .await,
+        1
+    );
+    let letters =
+        microdcs::dlq::DeadLetters::new(microdcs::Redis::open(&r.url()).unwrap().conn, "t", 100);
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while found.is_empty() && tokio::time::Instant::now() < deadline {
+        found = letters.list(Some("webhook"), 10).await.unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(found.len(), 1, "one dead letter: {found:?}");
+    // The dead letter names the URL, without its password.
+    let letter = &found[0];
+    assert!(!format!("{letter:?}").contains("s3cr"), "{letter:?}");
+    assert_eq!(
+        letter.message.topic,
+        url.replacen("http://", "http://mes%20user:***@", 1)
+    );
+
+    receiver.set(|b| b.down = false);
+    assert_eq!(
+        mes.status("Start", "cell", json!({"JobOrderID": "c1"}))
+            .await,
+        1
+    );
+    receiver.wait_accepted("c1", 1).await;
+    use base64::Engine;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("mes user:s3cr@t")
+    );
+    let seen = receiver.seen();
+    assert!(seen.len() >= 3, "{seen:#?}");
+    for s in &seen {
+        assert_eq!(s.authorization.as_deref(), Some(basic.as_str()), "{s:#?}");
+    }
+    station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_costs_a_timeout_per_attempt_then_a_dead_letter() {
+    init_tracing();
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    // Accepts connections, reads nothing, answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let mut env = jobs::env(m.port(), r.0.port(), "w1");
+    webhook_env(&mut env, &url, 2);
+    jobs::set(&mut env, "APP_WEBHOOK_TIMEOUT_MS", "300");
+    let station = jobs::start(env).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    assert_eq!(
+        mes.status("Store", "cell", json!({"JobOrder": order("h1")}))
+            .await,
+        1
+    );
+    let letters =
+        microdcs::dlq::DeadLetters::new(microdcs::Redis::open(&r.url()).unwrap().conn, "t", 100);
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while found.is_empty() && tokio::time::Instant::now() < deadline {
+        found = letters.list(Some("webhook"), 10).await.unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(found.len(), 1, "one dead letter: {found:?}");
+    let reason = found[0].reason.to_lowercase();
+    assert!(
+        reason.contains("after 2 attempts") && reason.contains("timed out"),
+        "{reason}"
+    );
+    assert!(held.lock().unwrap().len() >= 2);
+    // The station's MQTT side never waited for it.
+    assert_eq!(
+        mes.status("Store", "cell", json!({"JobOrder": order("h2")}))
+            .await,
+        1
+    );
     station.stop().await;
 }

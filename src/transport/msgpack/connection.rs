@@ -94,6 +94,7 @@ impl MsgpackTransport {
         let permits = Arc::new(Semaphore::new(limit));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut scanner = frame::Scanner::default();
         let mut shutdown = self.shutdown.subscribe();
         let stop = loop {
             let permit = tokio::select! {
@@ -106,7 +107,7 @@ impl MsgpackTransport {
                 },
             };
             let bytes = loop {
-                match frame::scan(&buf, self.settings.max_buffer_size) {
+                match scanner.scan(&buf, self.settings.max_buffer_size) {
                     Scan::Frame(n) => break Ok(buf.split_to(n)),
                     Scan::TooLarge(n) => break Err(self.too_large(&buf, n, &tx).await),
                     Scan::Invalid(m) => {
@@ -135,15 +136,33 @@ impl MsgpackTransport {
             let frame = match Value::decode(&bytes) {
                 Ok(v) => Frame::parse(v),
                 Err(m) => {
-                    warn!(transport = %self.name, %peer, size = bytes.len(), error = %m, "frame is not a readable MessagePack value; skipped");
-                    self.metrics.error(crate::error::ErrorKind::PayloadInvalid);
-                    continue;
+                    // Its bytes were scanned, so the stream goes on past it;
+                    // a request among them is answered, never left waiting.
+                    // (Logged and counted as a malformed frame by `start`.)
+                    Err(frame::Malformed {
+                        msgid: frame::msgid_of_prefix(&bytes).map(Value::UInt),
+                        message: format!("the frame is not a readable MessagePack-RPC frame: {m}"),
+                    })
                 }
             };
             let call = InFlight::new(permit, &in_flight, &self);
             self.start(frame, call, &tx, &peer);
         };
         match &stop {
+            Stop::Eof if !buf.is_empty() => {
+                // A truncated frame: never dropped silently, and a client
+                // that only half-closed gets the error under its msgid.
+                self.metrics.error(crate::error::ErrorKind::PayloadInvalid);
+                let msgid = frame::msgid_of_prefix(&buf);
+                warn!(transport = %self.name, %peer, bytes = buf.len(), ?msgid, "client closed its side in the middle of a frame; the incomplete frame is dropped");
+                if let Some(msgid) = msgid {
+                    let message = format!(
+                        "the client closed its side {} bytes into this request's frame: it is incomplete and was not processed",
+                        buf.len()
+                    );
+                    let _ = tx.try_send(frame::response(msgid, Err(message)));
+                }
+            }
             Stop::Eof => debug!(transport = %self.name, %peer, "client closed its side"),
             Stop::Shutdown => {}
             Stop::Kicked => {}
@@ -215,7 +234,7 @@ impl MsgpackTransport {
                 if let Some(msgid) = m.msgid {
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        let _ = tx.send(frame::response(msgid, Err(m.message))).await;
+                        let _ = tx.send(frame::response_to(msgid, Err(m.message))).await;
                         drop(call);
                     });
                 }

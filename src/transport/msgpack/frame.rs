@@ -33,16 +33,65 @@ pub(crate) enum Scan {
 }
 
 /// Finds the end of the first MessagePack value in `buf`, allowing at
-/// most `max` bytes for it.
+/// most `max` bytes for it (from scratch: see [`Scanner`]).
+#[cfg(test)]
 pub(crate) fn scan(buf: &[u8], max: usize) -> Scan {
-    let mut pos = 0usize;
-    // Values still to be read, at least one byte each.
-    let mut pending = 1u64;
-    while pending > 0 {
-        pending -= 1;
+    Scanner::default().scan(buf, max)
+}
+
+/// Where the scan of a frame stopped for want of bytes, so the next read
+/// resumes there: a frame trickling in over many small TCP segments is
+/// walked once, not once per segment (which made one slow client's
+/// megabytes of small items cost quadratic CPU on a runtime thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Scanner {
+    /// Where the next value to read starts.
+    pos: usize,
+    /// Values still to be read, at least one byte each.
+    pending: u64,
+    /// Value headers read so far (for the tests' bound on the work).
+    #[cfg(test)]
+    steps: u64,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner {
+            pos: 0,
+            pending: 1,
+            #[cfg(test)]
+            steps: 0,
+        }
+    }
+}
+
+impl Scanner {
+    /// Finds the end of the first MessagePack value in `buf`, allowing at
+    /// most `max` bytes for it, going on from where the last call stopped.
+    /// `buf` must be the last call's buffer with bytes appended; after a
+    /// [`Scan::Frame`] the scanner starts over (the caller removes the
+    /// frame from the buffer).
+    pub(crate) fn scan(&mut self, buf: &[u8], max: usize) -> Scan {
+        match scan_from(self, buf, max) {
+            Scan::Frame(n) => {
+                *self = Scanner::default();
+                Scan::Frame(n)
+            }
+            other => other,
+        }
+    }
+}
+
+fn scan_from(state: &mut Scanner, buf: &[u8], max: usize) -> Scan {
+    while state.pending > 0 {
+        let pos = state.pos;
         let Some(&m) = buf.get(pos) else {
             return Scan::Incomplete;
         };
+        #[cfg(test)]
+        {
+            state.steps += 1;
+        }
         let len = |n: usize| -> Option<u64> {
             let b = buf.get(pos + 1..pos + 1 + n)?;
             Some(b.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
@@ -91,7 +140,7 @@ pub(crate) fn scan(buf: &[u8], max: usize) -> Scan {
         let Some(body) = body else {
             return Scan::Incomplete;
         };
-        pending = pending.saturating_add(items);
+        let pending = (state.pending - 1).saturating_add(items);
         // Every pending value takes at least one more byte.
         let end = (pos as u64)
             .saturating_add(head as u64)
@@ -101,12 +150,14 @@ pub(crate) fn scan(buf: &[u8], max: usize) -> Scan {
                 usize::try_from(end.saturating_add(pending)).unwrap_or(usize::MAX),
             );
         }
-        pos = end as usize;
+        // Within `max`, which is a usize.
+        state.pos = end as usize;
+        state.pending = pending;
     }
-    if pos > buf.len() {
+    if state.pos > buf.len() {
         Scan::Incomplete
     } else {
-        Scan::Frame(pos)
+        Scan::Frame(state.pos)
     }
 }
 
@@ -129,8 +180,11 @@ pub(crate) enum Frame {
 /// A frame that is MessagePack but not MessagePack-RPC.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Malformed {
-    /// The request's msgid, when it could be read: the error is answered.
-    pub(crate) msgid: Option<u64>,
+    /// The request's msgid, when it could be read: the error is answered
+    /// under it. Echoed as sent, also when it is no unsigned 32-bit
+    /// integer (the error then says so): a client is never left waiting
+    /// for an answer that will not come.
+    pub(crate) msgid: Option<Value>,
     /// What is wrong.
     pub(crate) message: String,
 }
@@ -156,6 +210,20 @@ impl Frame {
                 .filter(|id| *id <= u64::from(u32::MAX)),
             _ => None,
         };
+        // Echoed when it is a scalar of reasonable size (a client may
+        // match on it); a container is no id anyone waits on.
+        let sent_msgid = match (kind, items.get(1)) {
+            (Some(REQUEST), Some(Value::Array(_) | Value::Map(_) | Value::Bin(_))) => None,
+            (Some(REQUEST), Some(Value::Str(t))) if t.len() > 64 => None,
+            (Some(REQUEST), v) => v.cloned(),
+            _ => None,
+        };
+        let found = match items.get(1) {
+            Some(Value::UInt(n)) => n.to_string(),
+            Some(Value::Int(n)) => n.to_string(),
+            Some(v) => v.kind().to_owned(),
+            None => "nothing".to_owned(),
+        };
         let mut it = items.into_iter();
         let n = it.len();
         let _ = it.next();
@@ -163,16 +231,21 @@ impl Frame {
             Some(REQUEST) => {
                 let Some(id) = msgid else {
                     return Err(bad(
-                        None,
-                        "a request's msgid must be an unsigned 32-bit integer".into(),
+                        sent_msgid,
+                        format!(
+                            "a request's msgid must be an unsigned 32-bit integer, found {found}"
+                        ),
                     ));
                 };
                 if n != 4 {
-                    return Err(bad(msgid, format!("a request has 4 elements, found {n}")));
+                    return Err(bad(
+                        sent_msgid,
+                        format!("a request has 4 elements, found {n}"),
+                    ));
                 }
                 let _ = it.next();
                 let (method, params) =
-                    method_params(it.next(), it.next()).map_err(|m| bad(msgid, m))?;
+                    method_params(it.next(), it.next()).map_err(|m| bad(sent_msgid, m))?;
                 Ok(Frame::Request {
                     msgid: id,
                     method,
@@ -229,17 +302,16 @@ fn method_params(
 
 /// `[1, msgid, error, result]`.
 pub(crate) fn response(msgid: u64, result: Result<Value, String>) -> Vec<u8> {
+    response_to(Value::UInt(msgid), result)
+}
+
+/// [`response`] under the msgid exactly as the request had it.
+pub(crate) fn response_to(msgid: Value, result: Result<Value, String>) -> Vec<u8> {
     let (error, result) = match result {
         Ok(r) => (Value::Nil, r),
         Err(e) => (Value::Str(e), Value::Nil),
     };
-    Value::Array(vec![
-        Value::UInt(RESPONSE),
-        Value::UInt(msgid),
-        error,
-        result,
-    ])
-    .encode()
+    Value::Array(vec![Value::UInt(RESPONSE), msgid, error, result]).encode()
 }
 
 /// `[2, method, params]`.
@@ -304,6 +376,52 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_trickling_in_byte_by_byte_is_walked_once() {
+        // 20 000 small items, fed one byte at a time: resuming, the scan
+        // reads each value header about once (from scratch it was 200
+        // million reads).
+        let frame = Value::Array(vec![
+            Value::UInt(REQUEST),
+            Value::UInt(3),
+            Value::str("publish"),
+            Value::Array((0..20_000).map(|_| Value::Nil).collect()),
+        ])
+        .encode();
+        let mut scanner = Scanner::default();
+        for cut in 1..frame.len() {
+            assert_eq!(scanner.scan(&frame[..cut], 1 << 20), Scan::Incomplete);
+        }
+        let steps = scanner.steps;
+        assert!(steps < 2 * frame.len() as u64, "{steps} steps");
+        assert_eq!(scanner.scan(&frame, 1 << 20), Scan::Frame(frame.len()));
+        // And starts over for the next frame.
+        let mut two = frame.clone();
+        two.extend(&frame);
+        assert_eq!(
+            scanner.scan(&two[frame.len()..], 1 << 20),
+            Scan::Frame(frame.len())
+        );
+        // Whatever the cuts, the same answer as a scan from scratch.
+        let small = Value::Array(vec![
+            Value::Map(vec![(Value::str("k"), Value::Bin(vec![1; 300]))]),
+            Value::Str("x".repeat(70_000)),
+        ])
+        .encode();
+        for step in [1, 2, 3, 7, 64, 4096] {
+            let mut s = Scanner::default();
+            let mut end = 0;
+            let got = loop {
+                end = (end + step).min(small.len());
+                match s.scan(&small[..end], 1 << 20) {
+                    Scan::Incomplete if end < small.len() => continue,
+                    other => break other,
+                }
+            };
+            assert_eq!(got, Scan::Frame(small.len()), "step {step}");
+        }
+    }
+
+    #[test]
     fn scan_refuses_what_announces_more_than_the_maximum() {
         let one = request(1).encode();
         assert!(matches!(scan(&one, 100), Scan::TooLarge(n) if n > 100));
@@ -344,7 +462,7 @@ mod tests {
             Value::str("publish"),
         ]))
         .unwrap_err();
-        assert_eq!(arity.msgid, Some(4));
+        assert_eq!(arity.msgid, Some(Value::UInt(4)));
         let method = Frame::parse(Value::Array(vec![
             Value::UInt(REQUEST),
             Value::UInt(5),
@@ -352,7 +470,7 @@ mod tests {
             Value::Array(vec![]),
         ]))
         .unwrap_err();
-        assert_eq!(method.msgid, Some(5));
+        assert_eq!(method.msgid, Some(Value::UInt(5)));
         assert!(method.message.contains("method"), "{}", method.message);
         let params = Frame::parse(Value::Array(vec![
             Value::UInt(REQUEST),
@@ -361,6 +479,6 @@ mod tests {
             Value::Nil,
         ]))
         .unwrap_err();
-        assert_eq!(params.msgid, Some(6));
+        assert_eq!(params.msgid, Some(Value::UInt(6)));
     }
 }

@@ -8,6 +8,12 @@ use std::fmt;
 
 /// One MessagePack value. Extension types are not part of the protocol
 /// and are refused when read.
+/// How deep a frame may nest. A request is 4 levels deep down to a
+/// CloudEvent map's values (frame, params, map, `mdcserrorcontext`);
+/// rmp-serde's own limit (1024) lets a depth bomb recurse deep enough to
+/// exhaust a task's stack, in decoding and again in dropping the value.
+const MAX_DEPTH: usize = 32;
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
     Nil,
@@ -74,8 +80,14 @@ impl Value {
     /// bytes).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Value, String> {
         let mut cursor = std::io::Cursor::new(bytes);
-        let v = serde::Deserialize::deserialize(&mut rmp_serde::Deserializer::new(&mut cursor))
-            .map_err(|e: rmp_serde::decode::Error| e.to_string())?;
+        let mut de = rmp_serde::Deserializer::new(&mut cursor);
+        de.set_max_depth(MAX_DEPTH);
+        let v = serde::Deserialize::deserialize(&mut de).map_err(|e| match e {
+            rmp_serde::decode::Error::DepthLimitExceeded => format!(
+                "values nested deeper than {MAX_DEPTH} levels; a frame holding CloudEvent maps needs 5"
+            ),
+            e => e.to_string(),
+        })?;
         if cursor.position() as usize != bytes.len() {
             return Err("trailing bytes after the value".into());
         }
