@@ -440,3 +440,70 @@ async fn start_over_opcua_runs_the_shared_job_command_and_the_mes_sees_it() {
     );
     face.station.stop().await;
 }
+
+/// A client certificate the server does not trust is refused, and the
+/// server keeps a copy in `pki/rejected/`; moved to `pki/trusted/` by an
+/// operator, the same certificate is accepted on the next connection,
+/// without a restart. Trust is by certificate, not by application: a
+/// second client with a new certificate is refused again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_client_certificate_is_refused_until_an_operator_trusts_it() {
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[
+        ("APP_OPCUA_ANONYMOUS", "true"),
+        ("APP_OPCUA_TRUST_ALL_CLIENTS", "false"),
+    ])
+    .await;
+    let rejected_dir = face.pki.path().join("rejected");
+    let trusted_dir = face.pki.path().join("trusted");
+    let der_files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "der"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(der_files(&trusted_dir).is_empty(), "nothing trusted yet");
+
+    let refused = client(&face, "connect", &[]).await;
+    assert_eq!(refused["ok"], false, "an unknown certificate: {refused}");
+    let rejected = der_files(&rejected_dir);
+    assert_eq!(
+        rejected.len(),
+        1,
+        "the refused certificate is kept: {rejected:?}"
+    );
+    let client_cert =
+        std::fs::read(face.work.path().join("client-cert.der")).expect("the client's certificate");
+    assert_eq!(
+        std::fs::read(&rejected[0]).expect("rejected file"),
+        client_cert,
+        "rejected/ holds exactly the client's certificate"
+    );
+
+    // The operator trusts it: the file moves from rejected/ to trusted/.
+    let name = rejected[0].file_name().expect("a file name");
+    std::fs::rename(&rejected[0], trusted_dir.join(name)).expect("move to trusted/");
+    let accepted = client(&face, "connect", &[]).await;
+    assert_eq!(accepted["ok"], true, "a trusted certificate: {accepted}");
+    assert_eq!(accepted["server_state"], 0, "Running: {accepted}");
+
+    // Another client (a new certificate) is not trusted by that.
+    let other = tempfile::tempdir().expect("temporary directory");
+    let face = Face {
+        work: other,
+        ..face
+    };
+    let refused = client(&face, "connect", &[]).await;
+    assert_eq!(
+        refused["ok"], false,
+        "a second, unknown certificate: {refused}"
+    );
+    face.station.stop().await;
+}
