@@ -351,34 +351,10 @@ impl App {
             // The OTLP reader exports what is left; it blocks.
             let _ = tokio::task::spawn_blocking(crate::metrics::shutdown).await;
         }
-        for t in &self.transports {
-            let m = t.metrics().snapshot();
-            info!(
-                transport = t.name(),
-                received = m.received,
-                processed = m.processed,
-                duplicates = m.duplicates,
-                dead_lettered = m.dead_lettered,
-                replies = m.replies,
-                retries = m.retries,
-                reconnects = m.reconnects,
-                errors = ?m.errors,
-                "transport counters"
-            );
-        }
-        for t in &self.msgpack {
-            let m = t.metrics().snapshot();
-            info!(
-                transport = t.name(),
-                received = m.received,
-                processed = m.processed,
-                duplicates = m.duplicates,
-                dead_lettered = m.dead_lettered,
-                replies = m.replies,
-                retries = m.retries,
-                errors = ?m.errors,
-                "transport counters"
-            );
+        let mqtt = self.transports.iter().map(|t| (t.name(), t.metrics()));
+        let msgpack = self.msgpack.iter().map(|t| (t.name(), t.metrics()));
+        for (name, metrics) in mqtt.chain(msgpack) {
+            log_counters(name, &metrics.snapshot());
         }
         info!(
             redis_round_trips = RedisConnection::round_trips(),
@@ -386,6 +362,23 @@ impl App {
         );
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Logs a transport's counters at shutdown (MessagePack-RPC has no
+/// reconnects: always 0 there).
+fn log_counters(transport: &str, m: &crate::metrics::MetricsSnapshot) {
+    info!(
+        transport,
+        received = m.received,
+        processed = m.processed,
+        duplicates = m.duplicates,
+        dead_lettered = m.dead_lettered,
+        replies = m.replies,
+        retries = m.retries,
+        reconnects = m.reconnects,
+        errors = ?m.errors,
+        "transport counters"
+    );
 }
 
 /// Says plainly, a few seconds after start, which broker is not reachable

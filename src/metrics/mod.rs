@@ -111,6 +111,33 @@ pub struct MetricsSnapshot {
 }
 
 impl Metrics {
+    /// A message `ty` handled by `processor` in `seconds` since it arrived:
+    /// counted here and in the OpenTelemetry instruments (when installed).
+    pub(crate) fn record_processed(&self, processor: &str, ty: &str, seconds: f64) {
+        self.processed();
+        if let Some(i) = instruments() {
+            i.processed(processor, ty, seconds);
+        }
+    }
+
+    /// A duplicate answered without processing, counted as
+    /// [`record_processed`](Self::record_processed) counts.
+    pub(crate) fn record_duplicate(&self, processor: &str, ty: &str, seconds: f64) {
+        self.duplicates();
+        if let Some(i) = instruments() {
+            i.duplicate(processor, ty, seconds);
+        }
+    }
+
+    /// A failure of `kind` while `processor` handled `ty`, counted here
+    /// and in the instruments.
+    pub(crate) fn record_error(&self, processor: &str, ty: &str, kind: ErrorKind) {
+        self.error(kind);
+        if let Some(i) = instruments() {
+            i.error(Some(processor), ty, kind);
+        }
+    }
+
     pub(crate) fn error(&self, kind: ErrorKind) {
         let mut m = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry(kind.as_str()).or_default() += 1;

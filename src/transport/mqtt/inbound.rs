@@ -152,20 +152,16 @@ impl MqttTransport {
             let attempt = guarded(dedupe.as_ref(), delivery, || self.handle(route, inbound)).await;
             let delay = match retries.decide(attempt) {
                 Disposition::Ack => {
-                    self.metrics.processed();
-                    if let Some(i) = crate::metrics::instruments() {
-                        let took = received_at.elapsed().as_secs_f64();
-                        i.processed(route.processor.name(), &ev.ty, took);
-                    }
+                    let took = received_at.elapsed().as_secs_f64();
+                    self.metrics
+                        .record_processed(route.processor.name(), &ev.ty, took);
                     return true;
                 }
                 Disposition::Duplicate(stored) => {
                     debug!(id = %ev.id, source = %ev.source, replayed = stored.is_some(), "duplicate acknowledged without processing");
-                    self.metrics.duplicates();
-                    if let Some(i) = crate::metrics::instruments() {
-                        let took = received_at.elapsed().as_secs_f64();
-                        i.duplicate(route.processor.name(), &ev.ty, took);
-                    }
+                    let took = received_at.elapsed().as_secs_f64();
+                    self.metrics
+                        .record_duplicate(route.processor.name(), &ev.ty, took);
                     if let (Some(stored), Some(to)) = (stored, &inbound.reply_to) {
                         self.replay_reply(ev, stored, to).await;
                     }
@@ -182,10 +178,8 @@ impl MqttTransport {
                     if first {
                         // Tell the requester now; the message stays
                         // unacknowledged and is retried.
-                        self.metrics.error(error.kind());
-                        if let Some(i) = crate::metrics::instruments() {
-                            i.error(Some(route.processor.name()), &ev.ty, error.kind());
-                        }
+                        self.metrics
+                            .record_error(route.processor.name(), &ev.ty, error.kind());
                         crate::telemetry::span_failed(error.kind().as_str(), error.message());
                         warn!(processor = route.processor.name(), id = %ev.id, ty = %ev.ty, correlation_id = ?ev.correlationid.as_ref().map(|c| c.as_str().to_owned()), error = %error, "retryable failure; will retry");
                         self.send_error_reply(ev, inbound.reply_to.as_ref(), &error)

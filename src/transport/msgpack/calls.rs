@@ -167,19 +167,15 @@ impl MsgpackTransport {
             let took = || received_at.elapsed().as_secs_f64();
             let delay = match retries.decide(attempt) {
                 Disposition::Ack => {
-                    self.metrics.processed();
-                    if let Some(i) = crate::metrics::instruments() {
-                        i.processed(processor.name(), &ev.ty, took());
-                    }
+                    self.metrics
+                        .record_processed(processor.name(), &ev.ty, took());
                     let reply = answer.lock().unwrap_or_else(|p| p.into_inner()).take();
                     return self.replied(reply.into_iter().collect());
                 }
                 Disposition::Duplicate(stored) => {
                     debug!(id = %ev.id, source = %ev.source, replayed = stored.is_some(), "duplicate answered without processing");
-                    self.metrics.duplicates();
-                    if let Some(i) = crate::metrics::instruments() {
-                        i.duplicate(processor.name(), &ev.ty, took());
-                    }
+                    self.metrics
+                        .record_duplicate(processor.name(), &ev.ty, took());
                     let reply = stored.map(|s| replayed(&self.settings.source, &ev, s));
                     return self.replied(reply.into_iter().collect());
                 }
@@ -190,10 +186,8 @@ impl MsgpackTransport {
                     delay,
                 } => {
                     if first {
-                        self.metrics.error(error.kind());
-                        if let Some(i) = crate::metrics::instruments() {
-                            i.error(Some(processor.name()), &ev.ty, error.kind());
-                        }
+                        self.metrics
+                            .record_error(processor.name(), &ev.ty, error.kind());
                         warn!(processor = processor.name(), id = %ev.id, ty = %ev.ty, error = %error, "retryable failure; will retry");
                     }
                     self.metrics.retries();
