@@ -1,13 +1,25 @@
 //! Method calls of the job management face, answered through the
 //! face-independent job commands (`jobs::command`): the same checks,
-//! compare-and-swap, `ReturnStatus` and status event as the MQTT face.
+//! compare-and-swap, `ReturnStatus` and status event as the MQTT face
+//! (wire contract §3, §8).
+//!
+//! Status codes: a well-formed call is `Good` with its `ReturnStatus`
+//! output (refusals included); a missing argument is
+//! `BadArgumentsMissing`; an argument of the wrong type, or a job order
+//! that does not match `ISA95JobOrderDataType` (MQTT dead-letters such a
+//! payload), is `BadInvalidArgument` with `BadTypeMismatch` for that
+//! argument; Redis unavailable is `BadResourceUnavailable`; a stored
+//! response that does not convert is `BadInternalError` (logged).
 
+use super::types::{Types, JOB_ORDER, JOB_RESPONSE, STATE};
 use crate::jobs::audit::{Cause, CommandInfo};
-use crate::jobs::command::{self, Applied};
+use crate::jobs::command::{self, Applied, OrderOp};
+use crate::jobs::state::StateEntry;
 use crate::jobs::store::StoreError;
 use crate::jobs::{JobManager, Method, ReturnStatus};
 use opcua::server::node_manager::MethodCall;
-use opcua::types::{Identifier, NodeId, StatusCode, Variant};
+use opcua::types::{ExtensionObject, Identifier, NodeId, StatusCode, Variant, VariantScalarTypeId};
+use serde_json::value::RawValue;
 use tracing::{info, warn};
 
 /// The methods on an existing job, by browse name.
@@ -48,10 +60,56 @@ fn store_status(e: &StoreError) -> StatusCode {
     }
 }
 
-/// Answers one method call; `user` is the session's user (for the audit
-/// trail), `instance` this replica.
+/// Marks argument `index` of `call` as of the wrong type
+/// (`BadInvalidArgument`, with `BadTypeMismatch` for that argument).
+fn type_mismatch(call: &mut MethodCall, index: usize) {
+    let mut errors = vec![StatusCode::Good; call.arguments().len().max(index + 1)];
+    errors[index] = StatusCode::BadTypeMismatch;
+    call.set_argument_error(errors);
+    call.set_status(StatusCode::BadInvalidArgument);
+}
+
+/// Whether the optional `Comment` argument (index 1) is absent or
+/// LocalizedText (a list, as the NodeSet declares, or one, as the MQTT
+/// face accepts too).
+fn comment_ok(call: &MethodCall) -> bool {
+    match call.arguments().get(1) {
+        None | Some(Variant::Empty | Variant::LocalizedText(_)) => true,
+        Some(Variant::Array(a)) => a.value_type == VariantScalarTypeId::LocalizedText,
+        Some(_) => false,
+    }
+}
+
+/// The cause of a command arriving over OPC UA, for the manager and the
+/// audit trail.
+struct Caller<'a> {
+    instance: &'a str,
+    user: &'a str,
+}
+
+impl Caller<'_> {
+    /// A unique cause key and the audit's command info for `method`.
+    fn info(&self, method: Method) -> (String, CommandInfo) {
+        let command_id = uuid::Uuid::new_v4().to_string();
+        // Unique per call: the manager's "same command redelivered" rule is
+        // for MQTT redeliveries and never applies here.
+        let key = format!("opcua\u{1f}{command_id}");
+        let info = CommandInfo {
+            method: method.name(),
+            source: format!("opcua://{}/{}", self.instance, self.user),
+            id: command_id,
+            correlationid: None,
+        };
+        (key, info)
+    }
+}
+
+/// Answers one method call; `types` converts the structured arguments and
+/// outputs (`None` if they could not be built at start), `user` is the
+/// session's user (for the audit trail), `instance` this replica.
 pub(crate) async fn call(
     manager: &JobManager,
+    types: Option<&Types>,
     station: u16,
     instance: &str,
     user: &str,
@@ -62,44 +120,128 @@ pub(crate) async fn call(
         return;
     };
     let (scope, name) = (scope.to_owned(), name.to_owned());
-    let Some(method) = id_method(&name) else {
-        // Store, StoreAndStart, Update and the two queries need the ISA95
-        // structures decoded: not served yet.
-        call.set_status(StatusCode::BadNotImplemented);
+    let caller = Caller { instance, user };
+    if let Some(method) = id_method(&name) {
+        return id_call(manager, &scope, method, &caller, call).await;
+    }
+    let op = match name.as_str() {
+        "Store" => Some(OrderOp::Store),
+        "StoreAndStart" => Some(OrderOp::StoreAndStart),
+        "Update" => Some(OrderOp::Update),
+        "RequestJobResponseByJobOrderID" | "RequestJobResponseByJobOrderState" => None,
+        _ => {
+            call.set_status(StatusCode::BadMethodInvalid);
+            return;
+        }
+    };
+    let Some(types) = types else {
+        warn!(
+            scope,
+            method = name,
+            "OPC UA structured call without the DataTypes (see the start log)"
+        );
+        call.set_status(StatusCode::BadInternalError);
         return;
     };
+    match op {
+        Some(op) => order_call(manager, types, &scope, op, &caller, call).await,
+        None if name == "RequestJobResponseByJobOrderID" => {
+            by_id_call(manager, types, &scope, call).await;
+        }
+        None => by_state_call(manager, types, &scope, call).await,
+    }
+}
+
+/// Start … Clear: `(JobOrderID: String, Comment: LocalizedText[]) -> ReturnStatus`.
+async fn id_call(
+    manager: &JobManager,
+    scope: &str,
+    method: Method,
+    caller: &Caller<'_>,
+    call: &mut MethodCall,
+) {
     let id = match call.arguments().first() {
         None => {
             call.set_status(StatusCode::BadArgumentsMissing);
             return;
         }
         Some(Variant::String(s)) => s.value().clone().unwrap_or_default(),
-        Some(_) => {
-            let mut errors = vec![StatusCode::Good; call.arguments().len()];
-            errors[0] = StatusCode::BadTypeMismatch;
-            call.set_argument_error(errors);
-            call.set_status(StatusCode::BadInvalidArgument);
-            return;
-        }
+        Some(_) => return type_mismatch(call, 0),
     };
-    let command_id = uuid::Uuid::new_v4().to_string();
-    // Unique per call: the manager's "same command redelivered" rule is
-    // for MQTT redeliveries and never applies here.
-    let key = format!("opcua\u{1f}{command_id}");
-    let info = CommandInfo {
-        method: method.name(),
-        source: format!("opcua://{instance}/{user}"),
-        id: command_id,
-        correlationid: None,
-    };
+    if !comment_ok(call) {
+        return type_mismatch(call, 1);
+    }
+    let (key, info) = caller.info(method);
     let applied = command::apply_method(
         method,
         Some(&id),
-        &scope,
+        scope,
         Cause::command(&key, &info),
         manager,
     )
     .await;
+    answer(manager, scope, method, Some(&id), applied, call).await;
+}
+
+/// Store, StoreAndStart, Update:
+/// `(JobOrder: ISA95JobOrderDataType, Comment: LocalizedText[]) -> ReturnStatus`.
+async fn order_call(
+    manager: &JobManager,
+    types: &Types,
+    scope: &str,
+    op: OrderOp,
+    caller: &Caller<'_>,
+    call: &mut MethodCall,
+) {
+    let method = op.method();
+    let order = match call.arguments().first() {
+        None => {
+            call.set_status(StatusCode::BadArgumentsMissing);
+            return;
+        }
+        // A null structure: no JobOrder (InvalidRequest, as on MQTT).
+        Some(Variant::Empty) => None,
+        Some(Variant::ExtensionObject(eo)) if eo.is_null() => None,
+        Some(v @ Variant::ExtensionObject(eo))
+            if eo
+                .data_type()
+                .is_some_and(|t| t.node_id == types.jc_type(JOB_ORDER)) =>
+        {
+            match types.decode(v) {
+                Ok(json) => Some(json),
+                Err(e) => {
+                    info!(scope, method = method.name(), error = %e, "OPC UA job order does not convert");
+                    return type_mismatch(call, 0);
+                }
+            }
+        }
+        Some(_) => return type_mismatch(call, 0),
+    };
+    if !comment_ok(call) {
+        return type_mismatch(call, 1);
+    }
+    let id = order
+        .as_ref()
+        .and_then(|o| o.get("JobOrderID"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    let (key, info) = caller.info(method);
+    let applied =
+        command::apply_order(op, order, scope, Cause::command(&key, &info), manager).await;
+    answer(manager, scope, method, id.as_deref(), applied, call).await;
+}
+
+/// The answer to a job command: `Good` with the `ReturnStatus` (refusals
+/// included), and the MQTT status event when a transition happened.
+async fn answer(
+    manager: &JobManager,
+    scope: &str,
+    method: Method,
+    id: Option<&str>,
+    applied: Result<Applied, StoreError>,
+    call: &mut MethodCall,
+) {
+    let name = method.name();
     let status = match applied {
         Ok(Applied::Done(outcome)) => {
             if let Some(reason) = &outcome.reason {
@@ -112,7 +254,7 @@ pub(crate) async fn call(
                     "OPC UA job command refused"
                 );
             }
-            manager.send_status(&scope, &outcome).await;
+            manager.send_status(scope, &outcome).await;
             outcome.status
         }
         Ok(Applied::Invalid(why)) => {
@@ -125,8 +267,9 @@ pub(crate) async fn call(
             ReturnStatus::InvalidRequest
         }
         Ok(Applied::BadOrder(e)) => {
+            // MQTT dead-letters such a payload; here the argument is wrong.
             info!(scope, method = name, error = %e, "invalid OPC UA job order");
-            ReturnStatus::InvalidRequest
+            return type_mismatch(call, 0);
         }
         Err(e) => {
             warn!(scope, method = name, error = %e, "OPC UA job command not applied");
@@ -136,6 +279,127 @@ pub(crate) async fn call(
     };
     call.set_outputs(vec![Variant::UInt64(status.value())]);
     call.set_status(StatusCode::Good);
+}
+
+/// A stored job response as JSON (it is stored as JSON text).
+fn response_json(scope: &str, raw: &RawValue) -> Result<serde_json::Value, StatusCode> {
+    serde_json::from_str(raw.get()).map_err(|e| {
+        warn!(scope, error = %e, "stored job response is not JSON");
+        StatusCode::BadInternalError
+    })
+}
+
+/// `RequestJobResponseByJobOrderID`:
+/// `(JobOrderID: String) -> (JobResponse: ISA95JobResponseDataType, ReturnStatus: UInt64)`.
+async fn by_id_call(manager: &JobManager, types: &Types, scope: &str, call: &mut MethodCall) {
+    let id = match call.arguments().first() {
+        None => {
+            call.set_status(StatusCode::BadArgumentsMissing);
+            return;
+        }
+        Some(Variant::String(s)) => s.value().clone().unwrap_or_default(),
+        Some(_) => return type_mismatch(call, 0),
+    };
+    let (status, response) = match command::by_id(manager, scope, Some(&id)).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(scope, job = id, error = %e, "RequestJobResponseByJobOrderID not answered");
+            call.set_status(store_status(&e));
+            return;
+        }
+    };
+    let response = match response {
+        None => Variant::ExtensionObject(ExtensionObject::null()),
+        Some(raw) => {
+            let encoded = response_json(scope, &raw).and_then(|v| {
+                types.encode(JOB_RESPONSE, &v).map_err(|e| {
+                    // A defect of whoever stored it.
+                    warn!(scope, job = id, error = %e, "stored job response does not convert to ISA95JobResponseDataType");
+                    StatusCode::BadInternalError
+                })
+            });
+            match encoded {
+                Ok(v) => v,
+                Err(code) => {
+                    call.set_status(code);
+                    return;
+                }
+            }
+        }
+    };
+    call.set_outputs(vec![response, Variant::UInt64(status.value())]);
+    call.set_status(StatusCode::Good);
+}
+
+/// `RequestJobResponseByJobOrderState`:
+/// `(JobOrderState: ISA95StateDataType[]) -> (JobResponses: ISA95JobResponseDataType[], ReturnStatus: UInt64)`.
+async fn by_state_call(manager: &JobManager, types: &Types, scope: &str, call: &mut MethodCall) {
+    let state: Option<Vec<StateEntry>> = match call.arguments().first() {
+        None => {
+            call.set_status(StatusCode::BadArgumentsMissing);
+            return;
+        }
+        Some(Variant::Empty) => None,
+        Some(v @ Variant::Array(a))
+            if a.value_type == VariantScalarTypeId::ExtensionObject
+                && a.values.iter().all(|x| match x {
+                    Variant::ExtensionObject(eo) => eo
+                        .data_type()
+                        .is_some_and(|t| t.node_id == types.jc_type(STATE)),
+                    _ => false,
+                }) =>
+        {
+            match types
+                .decode(v)
+                .map_err(|e| e.to_string())
+                .and_then(|j| serde_json::from_value(j).map_err(|e| e.to_string()))
+            {
+                Ok(list) => Some(list),
+                Err(e) => {
+                    info!(scope, error = %e, "OPC UA JobOrderState does not convert");
+                    return type_mismatch(call, 0);
+                }
+            }
+        }
+        Some(_) => return type_mismatch(call, 0),
+    };
+    let found = match command::by_state(manager, scope, state.as_deref()).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(scope, error = %e, "RequestJobResponseByJobOrderState not answered");
+            call.set_status(store_status(&e));
+            return;
+        }
+    };
+    let (status, responses) = match found {
+        Ok(list) => {
+            let mut values = Vec::with_capacity(list.len());
+            for raw in &list {
+                match response_json(scope, raw) {
+                    Ok(v) => values.push(v),
+                    Err(code) => {
+                        call.set_status(code);
+                        return;
+                    }
+                }
+            }
+            (ReturnStatus::NoError, values)
+        }
+        Err(reason) => {
+            info!(scope, reason, "RequestJobResponseByJobOrderState refused");
+            (ReturnStatus::InvalidRequest, Vec::new())
+        }
+    };
+    match types.encode_array(JOB_RESPONSE, &responses) {
+        Ok(array) => {
+            call.set_outputs(vec![array, Variant::UInt64(status.value())]);
+            call.set_status(StatusCode::Good);
+        }
+        Err(e) => {
+            warn!(scope, error = %e, "job responses do not convert");
+            call.set_status(StatusCode::BadInternalError);
+        }
+    }
 }
 
 #[cfg(test)]

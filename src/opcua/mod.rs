@@ -12,9 +12,11 @@
 //! `jobs::command`, like the MQTT face), the variables' values and events
 //! from the change stream. See README "OPC UA face (in progress)".
 
+mod convert;
 mod methods;
 mod node_manager;
 mod pki;
+mod types;
 
 use crate::app::Shutdown;
 use crate::config::OpcuaConfig;

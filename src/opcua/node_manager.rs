@@ -3,6 +3,7 @@
 //! or method calls are routed nowhere) and the per-scope `JobManagement`
 //! instances.
 
+use super::types::Types;
 use crate::jobs::JobManager;
 use opcua::nodes::{DefaultTypeTree, NodeSetImport, ReferenceDirection};
 use opcua::server::address_space::{
@@ -10,7 +11,7 @@ use opcua::server::address_space::{
 };
 use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{
-    InMemoryNodeManagerImpl, InMemoryNodeManagerImplBuilder,
+    CoreNodeManager, InMemoryNodeManagerImpl, InMemoryNodeManagerImplBuilder,
 };
 use opcua::server::node_manager::{MethodCall, RequestContext, ServerContext};
 use opcua::sync::RwLock;
@@ -19,7 +20,8 @@ use opcua::types::{
     QualifiedName, ReferenceTypeId, StatusCode, TimestampsToReturn, Variant,
 };
 use std::collections::HashSet;
-use tracing::{info, warn};
+use std::sync::{Arc, OnceLock};
+use tracing::{error, info, warn};
 
 /// Namespace URI of ISA95-JOBCONTROL (the job order receiver and its
 /// methods).
@@ -73,6 +75,7 @@ impl InMemoryNodeManagerImplBuilder for JobsNodeManagerBuilder {
             scopes: self.scopes,
             manager: self.manager,
             instance: self.instance,
+            types: OnceLock::new(),
         }
     }
 }
@@ -83,9 +86,48 @@ pub(crate) struct JobsNodeManager {
     scopes: Vec<String>,
     manager: JobManager,
     instance: String,
+    /// The structured DataTypes, built in `init` (absent only if the
+    /// NodeSets could not be described: then structured calls fail).
+    types: OnceLock<Arc<Types>>,
 }
 
 impl JobsNodeManager {
+    /// The structured DataTypes (JSON ⇄ OPC UA conversion); `None` before
+    /// `init` or when they could not be built (logged at start).
+    pub(crate) fn types(&self) -> Option<Arc<Types>> {
+        self.types.get().cloned()
+    }
+
+    /// Builds the type tree from our address space and the core node
+    /// manager's (namespace 0) and registers its type loader with the
+    /// server, so structured arguments decode. Runs in `init`, before the
+    /// first connection (each connection copies the loaders when it opens).
+    fn init_types(&self, address_space: &AddressSpace, context: &ServerContext) {
+        let owned = [self.index(JC_URI), self.index(MJ_URI)];
+        let core = context.node_managers.get_of_type::<CoreNodeManager>();
+        let core_space = core.as_ref().map(|c| c.address_space().read());
+        let mut spaces = vec![address_space];
+        if let Some(c) = &core_space {
+            spaces.push(&**c);
+        } else {
+            warn!("OPC UA core node manager not found: namespace-0 types unknown");
+        }
+        let built = Types::build(&spaces, &owned, self.index(JC_URI));
+        drop(core_space);
+        match built {
+            Ok(types) => {
+                let types = Arc::new(types);
+                context.info.add_type_loader(types.loader());
+                // Set once: `init` runs once.
+                let _ = self.types.set(types);
+            }
+            Err(e) => error!(
+                error = %e,
+                "OPC UA structured DataTypes cannot be described: structured method calls will fail"
+            ),
+        }
+    }
+
     fn index(&self, uri: &str) -> u16 {
         self.namespaces
             .iter()
@@ -96,9 +138,10 @@ impl JobsNodeManager {
 
 #[async_trait::async_trait]
 impl InMemoryNodeManagerImpl for JobsNodeManager {
-    async fn init(&self, address_space: &mut AddressSpace, _context: ServerContext) {
+    async fn init(&self, address_space: &mut AddressSpace, context: ServerContext) {
         // No `context.type_tree` lock here: the server holds it while it
         // calls `init` (deadlock).
+        self.init_types(address_space, &context);
         let ids = Indices {
             jc: self.index(JC_URI),
             mj: self.index(MJ_URI),
@@ -125,9 +168,11 @@ impl InMemoryNodeManagerImpl for JobsNodeManager {
         methods_to_call: &mut [&mut &mut MethodCall],
     ) -> Result<(), StatusCode> {
         let station = self.index(STATION_URI);
+        let types = self.types();
         for call in methods_to_call.iter_mut() {
             super::methods::call(
                 &self.manager,
+                types.as_deref(),
                 station,
                 &self.instance,
                 &context.token.0,
