@@ -275,12 +275,21 @@ impl App {
             let running = service.then(|| health.service(&name));
             task_joins.push((
                 name.clone(),
-                tokio::spawn(async move {
-                    let r = fut.await;
-                    if let Some(running) = running {
-                        running.store(false, Ordering::Relaxed);
+                tokio::spawn({
+                    let name = name.clone();
+                    async move {
+                        let r = fut.await;
+                        if let Some(running) = running {
+                            running.store(false, Ordering::Relaxed);
+                        }
+                        // Said when it happens, not only at shutdown: a
+                        // service that fails while the app runs takes
+                        // liveness down, and the log must say why.
+                        if let Err(reason) = &r {
+                            error!(task = %name, %reason, "task failed");
+                        }
+                        r
                     }
-                    r
                 }),
             ));
         }
@@ -327,8 +336,8 @@ impl App {
         for (name, outcome) in outcomes {
             match outcome {
                 Ok(Ok(Ok(()))) => {}
+                // Logged when it ended.
                 Ok(Ok(Err(reason))) => {
-                    error!(task = %name, %reason, "task failed");
                     first_error.get_or_insert(AppError::Task { task: name, reason });
                 }
                 Ok(Err(e)) => {

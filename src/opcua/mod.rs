@@ -116,14 +116,24 @@ pub(crate) async fn serve(
         anonymous = config.anonymous,
         "OPC UA server listening"
     );
+    // A client certificate trusted after it was refused is let in.
+    let sweep = tokio::spawn(pki::sweep_rejected(
+        config.pki_dir.clone(),
+        shutdown.clone(),
+    ));
     let run = server.run_with(listener);
     tokio::pin!(run);
     tokio::select! {
-        r = &mut run => return r,
+        r = &mut run => {
+            sweep.abort();
+            return r;
+        }
         _ = shutdown.wait() => {}
     }
     handle.cancel();
-    run.await
+    let r = run.await;
+    let _ = sweep.await;
+    r
 }
 
 /// The server of `config` (endpoints, users, certificate paths, our node

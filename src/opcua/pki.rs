@@ -58,6 +58,64 @@ pub(crate) fn ensure_own_certificate(
     Ok(true)
 }
 
+/// Removes from `rejected/` every certificate an operator has since put
+/// into `trusted/` (the same bytes, whatever the file is called); returns
+/// how many.
+///
+/// async-opcua looks in `rejected/` first: without this, a client refused
+/// once stays refused after it was trusted, until someone deletes the
+/// rejected copy (which a container without a shell makes hard). Files
+/// that cannot be read are skipped; the next sweep tries again.
+pub(crate) fn forget_rejected_now_trusted(pki_dir: &Path) -> usize {
+    let der_files = |dir: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "der"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let rejected = der_files(&pki_dir.join("rejected"));
+    if rejected.is_empty() {
+        return 0;
+    }
+    let trusted: Vec<Vec<u8>> = der_files(&pki_dir.join("trusted"))
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .collect();
+    let mut forgotten = 0;
+    for path in rejected {
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if trusted.contains(&bytes) && std::fs::remove_file(&path).is_ok() {
+            info!(certificate = %path.display(), "a rejected OPC UA client certificate is now trusted");
+            forgotten += 1;
+        }
+    }
+    forgotten
+}
+
+/// Sweeps `rejected/` ([`forget_rejected_now_trusted`]) every few seconds
+/// until `shutdown`.
+pub(crate) async fn sweep_rejected(
+    pki_dir: std::path::PathBuf,
+    mut shutdown: crate::app::Shutdown,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let dir = pki_dir.clone();
+                let _ = tokio::task::spawn_blocking(move || forget_rejected_now_trusted(&dir)).await;
+            }
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +135,30 @@ mod tests {
         assert!(!ensure_own_certificate(dir.path(), "urn:microdcs:test", "other").unwrap());
         assert_eq!(std::fs::read(dir.path().join(CERT)).unwrap(), first);
         assert_eq!(std::fs::read(dir.path().join(KEY)).unwrap(), key);
+    }
+
+    #[test]
+    fn a_rejected_certificate_is_forgotten_once_it_is_trusted_under_any_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["rejected", "trusted"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let rejected = dir.path().join("rejected/CN=client [ab12].der");
+        std::fs::write(&rejected, b"client certificate").unwrap();
+        std::fs::write(dir.path().join("rejected/other.der"), b"another client").unwrap();
+        assert_eq!(
+            forget_rejected_now_trusted(dir.path()),
+            0,
+            "nothing trusted yet"
+        );
+        assert!(rejected.is_file());
+        std::fs::write(dir.path().join("trusted/client.der"), b"client certificate").unwrap();
+        assert_eq!(forget_rejected_now_trusted(dir.path()), 1);
+        assert!(!rejected.exists(), "the trusted one is no longer rejected");
+        assert!(
+            dir.path().join("rejected/other.der").is_file(),
+            "the other stays"
+        );
+        assert_eq!(forget_rejected_now_trusted(dir.path()), 0);
     }
 }

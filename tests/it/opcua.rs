@@ -442,9 +442,10 @@ async fn start_over_opcua_runs_the_shared_job_command_and_the_mes_sees_it() {
 }
 
 /// A client certificate the server does not trust is refused, and the
-/// server keeps a copy in `pki/rejected/`; moved to `pki/trusted/` by an
-/// operator, the same certificate is accepted on the next connection,
-/// without a restart. Trust is by certificate, not by application: a
+/// server keeps a copy in `pki/rejected/`; once an operator puts it into
+/// `pki/trusted/` (async-opcua wants the file name it gave the rejected
+/// copy), the rejected copy is swept away and the same certificate is
+/// accepted, without a restart. Trust is by certificate, not by application: a
 /// second client with a new certificate is refused again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_client_certificate_is_refused_until_an_operator_trusts_it() {
@@ -487,9 +488,21 @@ async fn an_untrusted_client_certificate_is_refused_until_an_operator_trusts_it(
         "rejected/ holds exactly the client's certificate"
     );
 
-    // The operator trusts it: the file moves from rejected/ to trusted/.
-    let name = rejected[0].file_name().expect("a file name");
-    std::fs::rename(&rejected[0], trusted_dir.join(name)).expect("move to trusted/");
+    // The operator trusts it: a copy under any name in trusted/ (as a
+    // mounted Secret would hold it). The server forgets the rejected copy
+    // within seconds, then the client is let in.
+    std::fs::copy(&rejected[0], trusted_dir.join("line-1-operator.der")).expect("copy");
+    let forgotten =
+        crate::harness::eventually(Duration::from_secs(30), || !rejected[0].exists()).await;
+    assert!(
+        forgotten,
+        "the rejected copy of a trusted certificate is removed"
+    );
+    std::fs::rename(
+        trusted_dir.join("line-1-operator.der"),
+        trusted_dir.join(rejected[0].file_name().expect("a file name")),
+    )
+    .expect("rename in trusted/");
     let accepted = client(&face, "connect", &[]).await;
     assert_eq!(accepted["ok"], true, "a trusted certificate: {accepted}");
     assert_eq!(accepted["server_state"], 0, "Running: {accepted}");
