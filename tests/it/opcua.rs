@@ -458,8 +458,9 @@ fn statuses(out: &Value) -> Vec<u64> {
 /// `StoreAndStart` with a structured `ISA95JobOrderDataType` (built by a
 /// generic client from the server's DataTypeDefinitions) stores the job
 /// the MES then sees in its status event; a string in place of the
-/// structure is `BadInvalidArgument`; `Store` over the job limit is
-/// refused with the same number on both faces.
+/// structure is `BadInvalidArgument`; `Update` (without the optional
+/// Comment) replaces it; `Store` over the job limit is refused with the
+/// same number on both faces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_structured_job_order_is_stored_over_opcua_with_the_limits_of_mqtt() {
     use crate::harness::jobs::{order, Mes};
@@ -511,6 +512,16 @@ async fn a_structured_job_order_is_stored_over_opcua_with_the_limits_of_mqtt() {
         "{ev}"
     );
 
+    // Update of the stored job (one argument: no Comment), and of one
+    // that does not exist.
+    let out = client(
+        &face,
+        "order",
+        &["--method", "Update", "--job", "o1", "--job", "zz"],
+    )
+    .await;
+    assert_eq!(statuses(&out), [1, 2], "NoError, UnknownJobOrderId: {out}");
+
     // Over the limit of one job: UnableToAcceptJobOrder on both faces.
     let out = client(&face, "order", &["--method", "Store", "--job", "o2"]).await;
     assert_eq!(statuses(&out), [16], "{out}");
@@ -525,7 +536,8 @@ async fn a_structured_job_order_is_stored_over_opcua_with_the_limits_of_mqtt() {
 /// `RequestJobResponseByJobOrderID` and `…ByJobOrderState` over OPC UA
 /// answer from the same jobs as MQTT: a job stored and finished through
 /// the MQTT face is read with its structured response; unknown, empty and
-/// impossible requests get the MQTT numbers.
+/// impossible requests get the MQTT numbers; arguments of the wrong type
+/// are `BadInvalidArgument`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_responses_of_mqtt_jobs_are_read_over_opcua() {
     use crate::harness::jobs::{order, Mes};
@@ -623,6 +635,12 @@ async fn job_responses_of_mqtt_jobs_are_read_over_opcua() {
     assert_eq!(by_state[1]["status"], 1, "{out}");
     assert_eq!(by_state[1]["responses"], json!([]), "none Running: {out}");
     assert_eq!(by_state[2]["status"], 4294967296u64, "no state 9: {out}");
+
+    assert_eq!(
+        out["wrong_type"],
+        json!(["BadInvalidArgument", "BadInvalidArgument"]),
+        "{out}"
+    );
 
     // The same over MQTT.
     let r = mes

@@ -21,7 +21,8 @@ Scenarios:
   query    connect, load the DataTypeDefinitions, call
            RequestJobResponseByJobOrderID once per --job and
            RequestJobResponseByJobOrderState once per --state ("5.1" =
-           Ended/Completed, "3" = Running); print statuses and responses
+           Ended/Completed, "3" = Running), then each once with an
+           argument of the wrong type; print statuses, responses and errors
 """
 
 import argparse
@@ -155,7 +156,17 @@ async def scenario_query(args):
             by_state.append(
                 {"state": state, "status": int(status), "responses": to_json(responses or [])}
             )
-        return {"ok": True, "by_id": by_id, "by_state": by_state}
+        wrong = []
+        for name, arg in [
+            ("RequestJobResponseByJobOrderID", ua.Variant(5, ua.VariantType.Int32)),
+            ("RequestJobResponseByJobOrderState", ua.Variant("Running")),
+        ]:
+            try:
+                await results.call_method(f"{jc}:{name}", arg)
+                wrong.append("accepted")
+            except ua.UaStatusCodeError as e:
+                wrong.append(type(e).__name__)
+        return {"ok": True, "by_id": by_id, "by_state": by_state, "wrong_type": wrong}
     finally:
         await client.disconnect()
 
