@@ -985,6 +985,63 @@ mod tests {
             .is_none());
     }
 
+    /// `ISA95PropertyDataType` bodies nested `levels` deep through
+    /// `Subproperties` (each: mask, empty ID, empty Value, one element).
+    fn nested_properties(levels: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for i in 0..levels {
+            let last = i + 1 == levels;
+            let mask: u32 = if last { 0 } else { 4 };
+            bytes.extend_from_slice(&mask.to_le_bytes());
+            bytes.extend_from_slice(&0i32.to_le_bytes());
+            bytes.push(0);
+            if !last {
+                bytes.extend_from_slice(&1i32.to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    /// A client nesting Subproperties without end gets a decoding error,
+    /// not a server aborted by a stack overflow; ordinary nesting decodes.
+    #[test]
+    fn endless_nesting_is_a_decoding_error() {
+        use super::super::types::MAX_NESTING;
+        use opcua::types::TypeLoader;
+        let (types, ns) = shared();
+        let property = types.jc_type(3002);
+        let decode = |levels: usize| {
+            let bytes = nested_properties(levels);
+            let loader = types.loader();
+            let mut owned = ContextOwned::new_default(ns.clone(), DecodingOptions::default());
+            owned.loaders_mut().add(loader.clone());
+            let ctx = owned.context();
+            // On a small stack, as a server's worker thread has.
+            std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .stack_size(2 << 20)
+                    .spawn_scoped(s, || {
+                        loader
+                            .load_from_binary(
+                                &property,
+                                &mut std::io::Cursor::new(&bytes),
+                                &ctx,
+                                None,
+                            )
+                            .expect("a type of the tree")
+                            .map(|_| ())
+                    })
+                    .expect("thread")
+                    .join()
+                    .expect("no panic")
+            })
+        };
+        assert!(decode(8).is_ok());
+        let e = decode(20_000).expect_err("refused");
+        assert!(e.to_string().contains("nested deeper than"), "{e}");
+        assert!(decode(usize::try_from(MAX_NESTING).expect("small")).is_ok());
+    }
+
     // --- round-trip property ------------------------------------------------
 
     fn text() -> BoxedStrategy<String> {

@@ -17,6 +17,8 @@ use opcua::types::custom::{DataTypeTree, DynamicTypeLoader, EncodingIds, ParentI
 use opcua::types::{
     BrowseDirection, DataTypeDefinition, DataTypeId, NodeId, ReferenceTypeId, StructureField,
 };
+use opcua::types::{DynEncodable, EncodingResult, Error, TypeLoader, TypeLoaderPriority};
+use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -36,6 +38,101 @@ pub(crate) const JOB_ORDER_AND_STATE: u32 = 3015;
 /// `JC:ISA95WorkMasterDataType` (the receiver's `WorkMaster` list).
 #[allow(dead_code)]
 pub(crate) const WORK_MASTER: u32 = 3007;
+
+/// How deeply structures of the tree may nest in one message. The
+/// recursive `ISA95PropertyDataType.Subproperties` lets a client nest
+/// without end, and async-opcua 0.19's `DynamicTypeLoader` recurses without
+/// a depth check: some 20 000 levels (260 kB, within the default message
+/// size) overflow the stack and abort the server. Real orders nest a
+/// handful of levels.
+pub(crate) const MAX_NESTING: u32 = 64;
+
+thread_local! {
+    /// Structures being decoded on this thread (decoding is synchronous).
+    static NESTING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Leaves one nesting level when dropped.
+struct Nested;
+
+impl Nested {
+    /// Enters a level; `None` past [`MAX_NESTING`].
+    fn enter() -> (Nested, bool) {
+        let depth = NESTING.with(|n| {
+            let d = n.get().saturating_add(1);
+            n.set(d);
+            d
+        });
+        (Nested, depth <= MAX_NESTING)
+    }
+}
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// The face's type loader: async-opcua's [`DynamicTypeLoader`] over the
+/// tree, refusing structures nested deeper than [`MAX_NESTING`] (a
+/// `BadDecodingError` for the request instead of a stack overflow).
+pub(crate) struct Loader {
+    inner: DynamicTypeLoader,
+    tree: Arc<DataTypeTree>,
+}
+
+impl Loader {
+    fn knows(&self, node_id: &NodeId) -> bool {
+        self.tree.encoding_to_data_type().contains_key(node_id)
+            || self.tree.get_struct_type(node_id).is_some()
+    }
+
+    fn too_deep() -> EncodingResult<Box<dyn DynEncodable>> {
+        Err(Error::decoding(format!(
+            "structures nested deeper than {MAX_NESTING} levels"
+        )))
+    }
+}
+
+impl TypeLoader for Loader {
+    fn load_from_xml(
+        &self,
+        node_id: &NodeId,
+        stream: &mut opcua::types::xml::XmlStreamReader<&mut dyn std::io::Read>,
+        ctx: &opcua::types::Context<'_>,
+        name: &str,
+    ) -> Option<EncodingResult<Box<dyn DynEncodable>>> {
+        if !self.knows(node_id) {
+            return None;
+        }
+        let (_level, ok) = Nested::enter();
+        if !ok {
+            return Some(Self::too_deep());
+        }
+        self.inner.load_from_xml(node_id, stream, ctx, name)
+    }
+
+    fn load_from_binary(
+        &self,
+        node_id: &NodeId,
+        stream: &mut dyn std::io::Read,
+        ctx: &opcua::types::Context<'_>,
+        length: Option<usize>,
+    ) -> Option<EncodingResult<Box<dyn DynEncodable>>> {
+        if !self.knows(node_id) {
+            return None;
+        }
+        let (_level, ok) = Nested::enter();
+        if !ok {
+            return Some(Self::too_deep());
+        }
+        self.inner.load_from_binary(node_id, stream, ctx, length)
+    }
+
+    fn priority(&self) -> TypeLoaderPriority {
+        self.inner.priority()
+    }
+}
 
 /// The structured types of the face: the type tree and the namespace index
 /// of ISA95-JOBCONTROL on this server. Cheap to share (`Arc` inside).
@@ -324,9 +421,13 @@ impl Types {
     }
 
     /// The type loader to register with the server (`ServerInfo::add_type_loader`)
-    /// so that arguments of these types are decoded as [`DynamicStructure`](opcua::types::custom::DynamicStructure)s.
-    pub(crate) fn loader(&self) -> Arc<DynamicTypeLoader> {
-        Arc::new(DynamicTypeLoader::new(self.tree.clone()))
+    /// so that arguments of these types are decoded as [`DynamicStructure`](opcua::types::custom::DynamicStructure)s
+    /// (nested at most [`MAX_NESTING`] levels).
+    pub(crate) fn loader(&self) -> Arc<Loader> {
+        Arc::new(Loader {
+            inner: DynamicTypeLoader::new(self.tree.clone()),
+            tree: self.tree.clone(),
+        })
     }
 
     /// The NodeId of JC DataType `jc_type` (e.g. [`JOB_ORDER`]) on this server.
