@@ -653,3 +653,33 @@ async fn job_responses_of_mqtt_jobs_are_read_over_opcua() {
     assert_eq!(r["ReturnStatus"], 2);
     face.station.stop().await;
 }
+
+/// With Redis gone, a job method answers `BadResourceUnavailable` (try
+/// again later) instead of a ReturnStatus, and the server stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_job_methods_are_resource_unavailable() {
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let mut face = start_face(&[("APP_OPCUA_ANONYMOUS", "true")]).await;
+    face._r.kill();
+    let out = client(
+        &face,
+        "order",
+        &["--method", "StoreAndStart", "--job", "r1"],
+    )
+    .await;
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(out["calls"][0]["error"], "BadResourceUnavailable", "{out}");
+    let out = client(&face, "query", &["--job", "r1"]).await;
+    assert_eq!(out["ok"], false, "{out}");
+    assert!(
+        out["error"].to_string().contains("BadResourceUnavailable"),
+        "{out}"
+    );
+    // Still serving.
+    let out = client(&face, "connect", &[]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    face.station.stop().await;
+}
