@@ -937,6 +937,111 @@ mod tests {
         assert_eq!(types.decode(&Variant::Empty), Ok(Value::Null));
     }
 
+    /// The body of the `ISA95JobOrderDataType` Python asyncua 2.1 sends for
+    /// `ISA95JobOrderDataType(JobOrderID="o1", Description=[LocalizedText("rear axle", "en")],
+    /// WorkMasterID=[ISA95WorkMasterDataType(ID="wm-axle")], Priority=3)`.
+    const ASYNCUA_ORDER: &str = "13000000020000006f31010000000302000000656e09000000726561722061786c65010000000000000007000000776d2d61786c650300";
+
+    #[test]
+    fn an_order_encoded_by_asyncua_decodes() {
+        use opcua::types::TypeLoader;
+        let (types, ns) = shared();
+        let bytes: Vec<u8> = (0..ASYNCUA_ORDER.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&ASYNCUA_ORDER[i..i + 2], 16).expect("hex"))
+            .collect();
+        let loader = types.loader();
+        let mut owned = ContextOwned::new_default(ns.clone(), DecodingOptions::default());
+        owned.loaders_mut().add(loader.clone());
+        let ctx = owned.context();
+        let body = loader
+            .load_from_binary(
+                &types.jc_type(JOB_ORDER),
+                &mut std::io::Cursor::new(&bytes),
+                &ctx,
+                None,
+            )
+            .expect("a type of the tree")
+            .expect("decodes");
+        let eo = ExtensionObject { body: Some(body) };
+        assert_eq!(
+            types.decode(&Variant::ExtensionObject(eo)).expect("JSON"),
+            json!({
+                "JobOrderID": "o1",
+                "Description": [{"Locale": "en", "Text": "rear axle"}],
+                "WorkMasterID": [{"ID": "wm-axle"}],
+                "Priority": 3
+            })
+        );
+        // A null type id is no type of the tree (not decoded as some
+        // arbitrary one).
+        assert!(loader
+            .load_from_binary(
+                &NodeId::null(),
+                &mut std::io::Cursor::new(&bytes),
+                &ctx,
+                None
+            )
+            .is_none());
+    }
+
+    /// `ISA95PropertyDataType` bodies nested `levels` deep through
+    /// `Subproperties` (each: mask, empty ID, empty Value, one element).
+    fn nested_properties(levels: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for i in 0..levels {
+            let last = i + 1 == levels;
+            let mask: u32 = if last { 0 } else { 4 };
+            bytes.extend_from_slice(&mask.to_le_bytes());
+            bytes.extend_from_slice(&0i32.to_le_bytes());
+            bytes.push(0);
+            if !last {
+                bytes.extend_from_slice(&1i32.to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    /// A client nesting Subproperties without end gets a decoding error,
+    /// not a server aborted by a stack overflow; ordinary nesting decodes.
+    #[test]
+    fn endless_nesting_is_a_decoding_error() {
+        use super::super::types::MAX_NESTING;
+        use opcua::types::TypeLoader;
+        let (types, ns) = shared();
+        let property = types.jc_type(3002);
+        let decode = |levels: usize| {
+            let bytes = nested_properties(levels);
+            let loader = types.loader();
+            let mut owned = ContextOwned::new_default(ns.clone(), DecodingOptions::default());
+            owned.loaders_mut().add(loader.clone());
+            let ctx = owned.context();
+            // On a small stack, as a server's worker thread has.
+            std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .stack_size(2 << 20)
+                    .spawn_scoped(s, || {
+                        loader
+                            .load_from_binary(
+                                &property,
+                                &mut std::io::Cursor::new(&bytes),
+                                &ctx,
+                                None,
+                            )
+                            .expect("a type of the tree")
+                            .map(|_| ())
+                    })
+                    .expect("thread")
+                    .join()
+                    .expect("no panic")
+            })
+        };
+        assert!(decode(8).is_ok());
+        let e = decode(20_000).expect_err("refused");
+        assert!(e.to_string().contains("nested deeper than"), "{e}");
+        assert!(decode(usize::try_from(MAX_NESTING).expect("small")).is_ok());
+    }
+
     // --- round-trip property ------------------------------------------------
 
     fn text() -> BoxedStrategy<String> {

@@ -7,10 +7,13 @@
 //! DataTypeDefinitions exactly as the companion specifications define them.
 //!
 //! Built so far: the server (endpoints, users, own certificate), the
-//! address space and the instances of the configured scopes. Not yet: the
-//! method calls (they will go through the face-independent job commands,
-//! `jobs::command`, like the MQTT face), the variables' values and events
-//! from the change stream. See README "OPC UA face (in progress)".
+//! address space and the instances of the configured scopes, the
+//! structured DataTypes at run time (`types`, `convert`: a type tree and
+//! loader built from the NodeSets, JSON ⇄ OPC UA structures) and every job
+//! method (`methods`: through the face-independent job commands,
+//! `jobs::command`, like the MQTT face). Not yet: the variables' values
+//! and events from the change stream. See README "OPC UA face (in
+//! progress)".
 
 mod convert;
 mod methods;

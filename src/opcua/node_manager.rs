@@ -21,7 +21,7 @@ use opcua::types::{
 };
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Namespace URI of ISA95-JOBCONTROL (the job order receiver and its
 /// methods).
@@ -102,8 +102,11 @@ impl JobsNodeManager {
     /// manager's (namespace 0) and registers its type loader with the
     /// server, so structured arguments decode. Runs in `init`, before the
     /// first connection (each connection copies the loaders when it opens).
-    fn init_types(&self, address_space: &AddressSpace, context: &ServerContext) {
+    fn init_types(&self, address_space: &mut AddressSpace, context: &ServerContext) {
         let owned = [self.index(JC_URI), self.index(MJ_URI)];
+        let completed = super::types::complete_definitions(address_space, &owned);
+        debug!(completed, "OPC UA DataTypeDefinitions completed");
+        let address_space = &*address_space;
         let core = context.node_managers.get_of_type::<CoreNodeManager>();
         let core_space = core.as_ref().map(|c| c.address_space().read());
         let mut spaces = vec![address_space];

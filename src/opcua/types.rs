@@ -17,6 +17,8 @@ use opcua::types::custom::{DataTypeTree, DynamicTypeLoader, EncodingIds, ParentI
 use opcua::types::{
     BrowseDirection, DataTypeDefinition, DataTypeId, NodeId, ReferenceTypeId, StructureField,
 };
+use opcua::types::{DynEncodable, EncodingResult, Error, TypeLoader, TypeLoaderPriority};
+use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -36,6 +38,101 @@ pub(crate) const JOB_ORDER_AND_STATE: u32 = 3015;
 /// `JC:ISA95WorkMasterDataType` (the receiver's `WorkMaster` list).
 #[allow(dead_code)]
 pub(crate) const WORK_MASTER: u32 = 3007;
+
+/// How deeply structures of the tree may nest in one message. The
+/// recursive `ISA95PropertyDataType.Subproperties` lets a client nest
+/// without end, and async-opcua 0.19's `DynamicTypeLoader` recurses without
+/// a depth check: some 20 000 levels (260 kB, within the default message
+/// size) overflow the stack and abort the server. Real orders nest a
+/// handful of levels.
+pub(crate) const MAX_NESTING: u32 = 64;
+
+thread_local! {
+    /// Structures being decoded on this thread (decoding is synchronous).
+    static NESTING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Leaves one nesting level when dropped.
+struct Nested;
+
+impl Nested {
+    /// Enters a level; `None` past [`MAX_NESTING`].
+    fn enter() -> (Nested, bool) {
+        let depth = NESTING.with(|n| {
+            let d = n.get().saturating_add(1);
+            n.set(d);
+            d
+        });
+        (Nested, depth <= MAX_NESTING)
+    }
+}
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// The face's type loader: async-opcua's [`DynamicTypeLoader`] over the
+/// tree, refusing structures nested deeper than [`MAX_NESTING`] (a
+/// `BadDecodingError` for the request instead of a stack overflow).
+pub(crate) struct Loader {
+    inner: DynamicTypeLoader,
+    tree: Arc<DataTypeTree>,
+}
+
+impl Loader {
+    fn knows(&self, node_id: &NodeId) -> bool {
+        self.tree.encoding_to_data_type().contains_key(node_id)
+            || self.tree.get_struct_type(node_id).is_some()
+    }
+
+    fn too_deep() -> EncodingResult<Box<dyn DynEncodable>> {
+        Err(Error::decoding(format!(
+            "structures nested deeper than {MAX_NESTING} levels"
+        )))
+    }
+}
+
+impl TypeLoader for Loader {
+    fn load_from_xml(
+        &self,
+        node_id: &NodeId,
+        stream: &mut opcua::types::xml::XmlStreamReader<&mut dyn std::io::Read>,
+        ctx: &opcua::types::Context<'_>,
+        name: &str,
+    ) -> Option<EncodingResult<Box<dyn DynEncodable>>> {
+        if !self.knows(node_id) {
+            return None;
+        }
+        let (_level, ok) = Nested::enter();
+        if !ok {
+            return Some(Self::too_deep());
+        }
+        self.inner.load_from_xml(node_id, stream, ctx, name)
+    }
+
+    fn load_from_binary(
+        &self,
+        node_id: &NodeId,
+        stream: &mut dyn std::io::Read,
+        ctx: &opcua::types::Context<'_>,
+        length: Option<usize>,
+    ) -> Option<EncodingResult<Box<dyn DynEncodable>>> {
+        if !self.knows(node_id) {
+            return None;
+        }
+        let (_level, ok) = Nested::enter();
+        if !ok {
+            return Some(Self::too_deep());
+        }
+        self.inner.load_from_binary(node_id, stream, ctx, length)
+    }
+
+    fn priority(&self) -> TypeLoaderPriority {
+        self.inner.priority()
+    }
+}
 
 /// The structured types of the face: the type tree and the namespace index
 /// of ISA95-JOBCONTROL on this server. Cheap to share (`Arc` inside).
@@ -147,6 +244,82 @@ fn struct_fields(node: &NodeType) -> Option<&[StructureField]> {
     }
 }
 
+/// The structured DataTypes below `Structure` in the namespaces `owned`
+/// (the HasSubtype tree as far as it is in `space`).
+fn owned_structures(space: &AddressSpace, owned: &[u16]) -> Vec<NodeId> {
+    let mut out = Vec::new();
+    let mut queue = VecDeque::from([NodeId::from(DataTypeId::Structure)]);
+    let mut seen = HashSet::new();
+    while let Some(id) = queue.pop_front() {
+        for child in related(
+            &[space],
+            &id,
+            ReferenceTypeId::HasSubtype,
+            BrowseDirection::Forward,
+        ) {
+            if seen.insert(child.clone()) {
+                if owned.contains(&child.namespace) {
+                    out.push(child.clone());
+                }
+                queue.push_back(child);
+            }
+        }
+    }
+    out
+}
+
+/// Fills what the NodeSet import leaves empty in the `DataTypeDefinition`
+/// of our structured DataTypes: `DefaultEncodingId` (the `Default Binary`
+/// encoding; async-opcua's NodeSet import finds it only when the file's
+/// namespace indices equal the server's, which they never do here) and `BaseDataType` (the
+/// supertype). Generic clients build their ExtensionObjects from these:
+/// Python asyncua sends a null type id when `DefaultEncodingId` is null,
+/// which the server cannot decode. Returns how many definitions changed.
+pub(crate) fn complete_definitions(space: &mut AddressSpace, owned: &[u16]) -> usize {
+    let mut changes = Vec::new();
+    for id in owned_structures(space, owned) {
+        let Some(NodeType::DataType(dt)) = space.find(&id) else {
+            continue;
+        };
+        let Some(DataTypeDefinition::Structure(def)) = dt.data_type_definition() else {
+            continue;
+        };
+        let mut def = def.clone();
+        let mut changed = false;
+        if def.default_encoding_id.is_null() {
+            let binary = encodings(&[space], &id).binary_id;
+            if !binary.is_null() {
+                def.default_encoding_id = binary;
+                changed = true;
+            }
+        }
+        if def.base_data_type.is_null() {
+            if let Some(parent) = related(
+                &[space],
+                &id,
+                ReferenceTypeId::HasSubtype,
+                BrowseDirection::Inverse,
+            )
+            .into_iter()
+            .next()
+            {
+                def.base_data_type = parent;
+                changed = true;
+            }
+        }
+        if changed {
+            changes.push((id, def));
+        }
+    }
+    let n = changes.len();
+    for (id, def) in changes {
+        if let Some(NodeType::DataType(dt)) = space.find_mut(&id) {
+            dt.set_data_type_definition(Some(DataTypeDefinition::Structure(def)));
+        }
+    }
+    n
+}
+
 impl Types {
     /// Builds the tree from `spaces`: every structured DataType below
     /// `Structure` in the namespaces `owned` (searched in `spaces[0]`),
@@ -161,26 +334,8 @@ impl Types {
         let Some(own) = spaces.first() else {
             return Err("no address space to read the types from".to_owned());
         };
-        // 1. The structured types of our namespaces: the HasSubtype tree
-        // below Structure, as far as it is in our space.
-        let mut start = Vec::new();
-        let mut queue = VecDeque::from([NodeId::from(DataTypeId::Structure)]);
-        let mut seen = HashSet::new();
-        while let Some(id) = queue.pop_front() {
-            for child in related(
-                &[own],
-                &id,
-                ReferenceTypeId::HasSubtype,
-                BrowseDirection::Forward,
-            ) {
-                if seen.insert(child.clone()) {
-                    if owned.contains(&child.namespace) {
-                        start.push(child.clone());
-                    }
-                    queue.push_back(child);
-                }
-            }
-        }
+        // 1. The structured types of our namespaces.
+        let start = owned_structures(own, owned);
         if start.is_empty() {
             return Err("the NodeSets define no structured DataType".to_owned());
         }
@@ -231,10 +386,20 @@ impl Types {
                 continue;
             };
             let name = node.as_node().browse_name().name.as_ref().to_owned();
+            let mut enc = encodings(spaces, id);
+            // A missing XML/JSON encoding would map the null NodeId to this
+            // type in the loader, and an ExtensionObject with a null type
+            // id would be decoded as it (garbage) instead of failing. The
+            // face sends binary only.
+            for other in [&mut enc.xml_id, &mut enc.json_id] {
+                if other.is_null() {
+                    other.clone_from(&enc.binary_id);
+                }
+            }
             let info = TypeInfo::from_type_definition(
                 def.clone(),
                 name.clone(),
-                Some(encodings(spaces, id)),
+                Some(enc),
                 dt.is_abstract(),
                 id,
                 tree.parent_ids(),
@@ -256,9 +421,13 @@ impl Types {
     }
 
     /// The type loader to register with the server (`ServerInfo::add_type_loader`)
-    /// so that arguments of these types are decoded as [`DynamicStructure`](opcua::types::custom::DynamicStructure)s.
-    pub(crate) fn loader(&self) -> Arc<DynamicTypeLoader> {
-        Arc::new(DynamicTypeLoader::new(self.tree.clone()))
+    /// so that arguments of these types are decoded as [`DynamicStructure`](opcua::types::custom::DynamicStructure)s
+    /// (nested at most [`MAX_NESTING`] levels).
+    pub(crate) fn loader(&self) -> Arc<Loader> {
+        Arc::new(Loader {
+            inner: DynamicTypeLoader::new(self.tree.clone()),
+            tree: self.tree.clone(),
+        })
     }
 
     /// The NodeId of JC DataType `jc_type` (e.g. [`JOB_ORDER`]) on this server.
@@ -281,14 +450,49 @@ pub(crate) mod tests {
         let mut tt = DefaultTypeTree::new();
         let mut core = AddressSpace::new();
         core.import_node_set(&CoreNamespace, tt.namespaces_mut());
+        // Another namespace at 1, as on the server (its own).
+        tt.namespaces_mut().add_namespace("urn:test:server");
         let mut own = AddressSpace::new();
         for import in super::super::nodesets().expect("the NodeSets load") {
             own.import_node_set(&*import, tt.namespaces_mut());
         }
         let jc = own.namespace_index(JC_URI).expect("JC namespace");
         let mj = own.namespace_index(MJ_URI).expect("MJ namespace");
+        assert!(complete_definitions(&mut own, &[jc, mj]) >= 11);
         let types = Types::build(&[&own, &core], &[jc, mj], jc).expect("types build");
         (types, tt.namespaces().clone())
+    }
+
+    /// Generic clients (asyncua) build ExtensionObjects from the
+    /// definition's DefaultEncodingId: it names the Default Binary encoding.
+    #[test]
+    fn definitions_name_their_binary_encoding_and_supertype() {
+        let mut tt = DefaultTypeTree::new();
+        // The importer finds the encodings only when the file's namespace
+        // indices are the server's; on a server they are not.
+        tt.namespaces_mut().add_namespace("urn:test:server");
+        let mut own = AddressSpace::new();
+        for import in super::super::nodesets().expect("the NodeSets load") {
+            own.import_node_set(&*import, tt.namespaces_mut());
+        }
+        let jc = own.namespace_index(JC_URI).expect("JC namespace");
+        let mj = own.namespace_index(MJ_URI).expect("MJ namespace");
+        let changed = complete_definitions(&mut own, &[jc, mj]);
+        assert!(changed >= 11, "{changed}");
+        assert_eq!(complete_definitions(&mut own, &[jc, mj]), 0, "idempotent");
+        let order = NodeId::new(jc, JOB_ORDER);
+        let Some(NodeType::DataType(dt)) = own.find(&order) else {
+            panic!("ISA95JobOrderDataType");
+        };
+        let Some(DataTypeDefinition::Structure(def)) = dt.data_type_definition() else {
+            panic!("a structure definition");
+        };
+        assert_eq!(
+            def.default_encoding_id,
+            encodings(&[&own], &order).binary_id
+        );
+        assert!(!def.default_encoding_id.is_null());
+        assert_eq!(def.base_data_type, NodeId::from(DataTypeId::Structure));
     }
 
     #[test]

@@ -441,6 +441,249 @@ async fn start_over_opcua_runs_the_shared_job_command_and_the_mes_sees_it() {
     face.station.stop().await;
 }
 
+/// The `calls[].status` numbers of a client run.
+fn statuses(out: &Value) -> Vec<u64> {
+    out["calls"]
+        .as_array()
+        .unwrap_or_else(|| panic!("calls: {out}"))
+        .iter()
+        .map(|c| {
+            c["status"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("a ReturnStatus: {c}"))
+        })
+        .collect()
+}
+
+/// `StoreAndStart` with a structured `ISA95JobOrderDataType` (built by a
+/// generic client from the server's DataTypeDefinitions) stores the job
+/// the MES then sees in its status event; a string in place of the
+/// structure is `BadInvalidArgument`; `Update` (without the optional
+/// Comment) replaces it; `Store` over the job limit is refused with the
+/// same number on both faces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_structured_job_order_is_stored_over_opcua_with_the_limits_of_mqtt() {
+    use crate::harness::jobs::{order, Mes};
+    use serde_json::json;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[
+        ("APP_OPCUA_ANONYMOUS", "true"),
+        ("APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS", "1"),
+    ])
+    .await;
+    let mut mes = Mes::connect(face._m.port(), "mes").await;
+
+    let out = client(
+        &face,
+        "order",
+        &[
+            "--method",
+            "StoreAndStart",
+            "--job",
+            "o1",
+            "--comment",
+            "from the operator panel",
+        ],
+    )
+    .await;
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(statuses(&out), [1], "NoError: {out}");
+    assert_eq!(out["wrong_type"], "BadInvalidArgument", "{out}");
+
+    let (_, ev) = mes
+        .next_event()
+        .await
+        .expect("status event of the OPC UA StoreAndStart");
+    assert_eq!(
+        ev["JobOrder"],
+        json!({
+            "JobOrderID": "o1",
+            "Description": [{"Locale": "en", "Text": "rear axle"}],
+            "WorkMasterID": [{"ID": "wm-axle"}],
+            "Priority": 3
+        }),
+        "the order as the client built it: {ev}"
+    );
+    assert_eq!(
+        ev["JobState"][0]["StateText"]["Text"], "AllowedToStart",
+        "{ev}"
+    );
+
+    // Update of the stored job (one argument: no Comment), and of one
+    // that does not exist.
+    let out = client(
+        &face,
+        "order",
+        &["--method", "Update", "--job", "o1", "--job", "zz"],
+    )
+    .await;
+    assert_eq!(statuses(&out), [1, 2], "NoError, UnknownJobOrderId: {out}");
+
+    // Over the limit of one job: UnableToAcceptJobOrder on both faces.
+    let out = client(&face, "order", &["--method", "Store", "--job", "o2"]).await;
+    assert_eq!(statuses(&out), [16], "{out}");
+    assert_eq!(
+        mes.status("Store", SCOPE, json!({"JobOrder": order("o3")}))
+            .await,
+        16
+    );
+    face.station.stop().await;
+}
+
+/// `RequestJobResponseByJobOrderID` and `…ByJobOrderState` over OPC UA
+/// answer from the same jobs as MQTT: a job stored and finished through
+/// the MQTT face is read with its structured response; unknown, empty and
+/// impossible requests get the MQTT numbers; arguments of the wrong type
+/// are `BadInvalidArgument`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_responses_of_mqtt_jobs_are_read_over_opcua() {
+    use crate::harness::jobs::{order, Mes};
+    use microdcs::jobs::Internal;
+    use serde_json::json;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[("APP_OPCUA_ANONYMOUS", "true")]).await;
+    let mut mes = Mes::connect(face._m.port(), "mes").await;
+    assert_eq!(
+        mes.status("StoreAndStart", SCOPE, json!({"JobOrder": order("j1")}))
+            .await,
+        1
+    );
+    let m = face.station.jobs.clone().expect("processor instance");
+    let response = serde_json::value::to_raw_value(&json!({
+        "JobResponseID": "r-j1", "JobOrderID": "j1",
+        "StartTime": "2026-11-30T10:00:00Z",
+        "JobState": [{"StateText": {"Locale": "en", "Text": "Ended"}, "StateNumber": 5}],
+        "JobResponseData": [{"ID": "torque", "Value": 42}]
+    }))
+    .expect("JSON");
+    let (begun, completed) = face
+        .station
+        .on_runtime(async move {
+            let b = m
+                .internal(SCOPE, "j1", Internal::Begin, None, "engine")
+                .await?;
+            let c = m
+                .internal(
+                    SCOPE,
+                    "j1",
+                    Internal::Complete,
+                    Some(&response),
+                    "engine-done",
+                )
+                .await?;
+            Ok::<_, microdcs::jobs::store::StoreError>((b, c))
+        })
+        .await
+        .expect("redis");
+    assert_eq!(begun.status.value(), 1, "Running: {:?}", begun.reason);
+    assert_eq!(completed.status.value(), 1, "Ended: {:?}", completed.reason);
+    let over_mqtt = mes
+        .call(
+            "RequestJobResponseByJobOrderID",
+            SCOPE,
+            json!({"JobOrderID": "j1"}),
+        )
+        .await;
+    assert_eq!(over_mqtt["ReturnStatus"], 1, "{over_mqtt}");
+
+    let out = client(
+        &face,
+        "query",
+        &[
+            "--job", "j1", "--job", "nope", "--job", "", "--state", "5.1", "--state", "3",
+            "--state", "9",
+        ],
+    )
+    .await;
+    assert_eq!(out["ok"], true, "{out}");
+    let by_id = &out["by_id"];
+    assert_eq!(by_id[0]["status"], 1, "NoError: {out}");
+    let r = &by_id[0]["response"];
+    assert_eq!(r["JobResponseID"], "r-j1", "{out}");
+    assert_eq!(r["JobOrderID"], "j1", "{out}");
+    assert_eq!(r["JobState"][0]["StateNumber"], 5, "{out}");
+    assert_eq!(r["JobResponseData"][0]["ID"], "torque", "{out}");
+    assert_eq!(r["JobResponseData"][0]["Value"], 42, "{out}");
+    assert!(
+        r["StartTime"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2026-11-30T10:00:00")),
+        "{out}"
+    );
+    assert_eq!(by_id[1]["status"], 2, "UnknownJobOrderId: {out}");
+    assert!(
+        by_id[1]["response"].get("JobResponseID").is_none(),
+        "a null structure: {out}"
+    );
+    assert_eq!(by_id[2]["status"], 4294967296u64, "InvalidRequest: {out}");
+
+    let by_state = &out["by_state"];
+    assert_eq!(by_state[0]["status"], 1, "{out}");
+    let found: Vec<&Value> = by_state[0]["responses"]
+        .as_array()
+        .expect("responses")
+        .iter()
+        .map(|r| &r["JobResponseID"])
+        .collect();
+    assert_eq!(found, [&json!("r-j1")], "Ended/Completed: {out}");
+    assert_eq!(by_state[1]["status"], 1, "{out}");
+    assert_eq!(by_state[1]["responses"], json!([]), "none Running: {out}");
+    assert_eq!(by_state[2]["status"], 4294967296u64, "no state 9: {out}");
+
+    assert_eq!(
+        out["wrong_type"],
+        json!(["BadInvalidArgument", "BadInvalidArgument"]),
+        "{out}"
+    );
+
+    // The same over MQTT.
+    let r = mes
+        .call(
+            "RequestJobResponseByJobOrderID",
+            SCOPE,
+            json!({"JobOrderID": "nope"}),
+        )
+        .await;
+    assert_eq!(r["ReturnStatus"], 2);
+    face.station.stop().await;
+}
+
+/// With Redis gone, a job method answers `BadResourceUnavailable` (try
+/// again later) instead of a ReturnStatus, and the server stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_job_methods_are_resource_unavailable() {
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let mut face = start_face(&[("APP_OPCUA_ANONYMOUS", "true")]).await;
+    face._r.kill();
+    let out = client(
+        &face,
+        "order",
+        &["--method", "StoreAndStart", "--job", "r1"],
+    )
+    .await;
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(out["calls"][0]["error"], "BadResourceUnavailable", "{out}");
+    let out = client(&face, "query", &["--job", "r1"]).await;
+    assert_eq!(out["ok"], false, "{out}");
+    assert!(
+        out["error"].to_string().contains("BadResourceUnavailable"),
+        "{out}"
+    );
+    // Still serving.
+    let out = client(&face, "connect", &[]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    face.station.stop().await;
+}
+
 /// A client certificate the server does not trust is refused, and the
 /// server keeps a copy in `pki/rejected/`; once an operator puts it into
 /// `pki/trusted/` (async-opcua wants the file name it gave the rejected
