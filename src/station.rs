@@ -193,7 +193,7 @@ pub async fn build_extended(
         });
     }
     app = webhook_sink(app, config, &redis, &store)?;
-    app = opcua_face(app, config, jobs.as_ref())?;
+    app = opcua_face(app, config, &redis, jobs.as_ref())?;
     if config.instance.is_publisher_instance {
         let Some(transport) = app.transports().first().cloned() else {
             return Err(AppError::Config(
@@ -235,7 +235,12 @@ pub async fn build_extended(
 /// Adds the OPC UA server face when `opcua.port` is set (health
 /// `service:opcua`); it needs the job manager of a processor instance.
 #[cfg(feature = "opcua")]
-fn opcua_face(app: App, config: &Config, jobs: Option<&JobManager>) -> Result<App, AppError> {
+fn opcua_face(
+    app: App,
+    config: &Config,
+    redis: &Redis,
+    jobs: Option<&JobManager>,
+) -> Result<App, AppError> {
     if config.opcua.port == 0 {
         return Ok(app);
     }
@@ -247,15 +252,21 @@ fn opcua_face(app: App, config: &Config, jobs: Option<&JobManager>) -> Result<Ap
     let settings = config.opcua.clone();
     let identifier = config.mqtt.identifier.clone();
     let instance = config.instance_id().to_owned();
+    let client = redis.client.clone();
     Ok(app.service("opcua", move |shutdown| {
-        crate::opcua::serve(settings, identifier, manager, instance, shutdown)
+        crate::opcua::serve(settings, identifier, manager, instance, client, shutdown)
     }))
 }
 
 /// Without the `opcua` feature a configuration with an OPC UA port is
 /// refused rather than silently not serving.
 #[cfg(not(feature = "opcua"))]
-fn opcua_face(app: App, config: &Config, _jobs: Option<&JobManager>) -> Result<App, AppError> {
+fn opcua_face(
+    app: App,
+    config: &Config,
+    _redis: &Redis,
+    _jobs: Option<&JobManager>,
+) -> Result<App, AppError> {
     if config.opcua.port != 0 {
         return Err(AppError::Config(
             "`opcua.port` is set, but this build has no OPC UA server (feature `opcua`)".into(),

@@ -568,6 +568,55 @@ impl JobStore {
         Ok(())
     }
 
+    /// The scope's configuration in one round trip: the ids of every
+    /// [`ResourceKind`] but work masters (`P:{S}:cfg:{kind}` sets, each
+    /// sorted), the stored work masters (`P:{S}:cfg:workmaster`: id →
+    /// extended work master JSON, by id) and the live-job limit
+    /// (`P:{S}:cfg:limit`, `None`: not set). What the OPC UA face shows
+    /// as `EquipmentID`, …, `WorkMaster` and `MaxDownloadableJobOrders`.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn configuration(&self, scope: &str) -> Result<ScopeConfiguration, StoreError> {
+        let kinds = [
+            ResourceKind::Equipment,
+            ResourceKind::MaterialClass,
+            ResourceKind::MaterialDefinition,
+            ResourceKind::Personnel,
+            ResourceKind::PhysicalAsset,
+        ];
+        let mut pipe = redis::pipe();
+        for k in kinds {
+            pipe.smembers(self.keys.resources(scope, k.as_str()));
+        }
+        pipe.hgetall(self.keys.work_masters(scope))
+            .get(self.keys.job_limit(scope));
+        let mut c = self.conn.clone();
+        type Reply = (
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            std::collections::BTreeMap<String, String>,
+            Option<u64>,
+        );
+        let (eq, mc, md, pe, pa, masters, limit): Reply = pipe.query_async(&mut c).await?;
+        let resources = kinds
+            .into_iter()
+            .zip([eq, mc, md, pe, pa])
+            .map(|(k, mut ids)| {
+                ids.sort();
+                (k, ids)
+            })
+            .collect();
+        Ok(ScopeConfiguration {
+            resources,
+            work_masters: masters.into_iter().collect(),
+            limit,
+        })
+    }
+
     /// The scope's live-job limit, if one was set.
     ///
     /// # Errors
@@ -575,6 +624,28 @@ impl JobStore {
     pub async fn limit(&self, scope: &str) -> Result<Option<u64>, StoreError> {
         let mut c = self.conn.clone();
         Ok(c.get(self.keys.job_limit(scope)).await?)
+    }
+}
+
+/// A scope's station configuration, read by [`JobStore::configuration`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeConfiguration {
+    /// Ids per kind (every kind but [`ResourceKind::WorkMaster`]), sorted.
+    pub resources: Vec<(ResourceKind, Vec<String>)>,
+    /// Work master id → its extended work master JSON, sorted by id.
+    pub work_masters: Vec<(String, String)>,
+    /// The scope's live-job limit, if one was set.
+    pub limit: Option<u64>,
+}
+
+impl ScopeConfiguration {
+    /// The ids of `kind` (empty for [`ResourceKind::WorkMaster`]: see
+    /// `work_masters`).
+    pub fn ids(&self, kind: ResourceKind) -> &[String] {
+        self.resources
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(&[], |(_, ids)| ids.as_slice())
     }
 }
 

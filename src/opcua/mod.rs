@@ -6,16 +6,17 @@
 //! NodeSets are embedded and imported at start, so clients read the
 //! DataTypeDefinitions exactly as the companion specifications define them.
 //!
-//! Built so far: the server (endpoints, users, own certificate), the
-//! address space and the instances of the configured scopes, the
-//! structured DataTypes at run time (`types`, `convert`: a type tree and
-//! loader built from the NodeSets, JSON ⇄ OPC UA structures) and every job
-//! method (`methods`: through the face-independent job commands,
-//! `jobs::command`, like the MQTT face). Not yet: the variables' values
-//! and events from the change stream. See README "OPC UA face (in
-//! progress)".
+//! The parts: the server (endpoints, users, own certificate, `pki`), the
+//! address space with the instances of the configured scopes and of scopes
+//! first seen in Redis (`node_manager`), the structured types and their
+//! JSON form (`types`, `convert`), the method calls through the
+//! face-independent job commands (`methods`, `jobs::command`), and the
+//! receiver's variables and status events from the change streams
+//! (`follow`, `event`). See README "OPC UA face (in progress)".
 
 mod convert;
+mod event;
+mod follow;
 mod methods;
 mod node_manager;
 mod pki;
@@ -24,6 +25,7 @@ mod types;
 use crate::app::Shutdown;
 use crate::config::OpcuaConfig;
 use crate::jobs::JobManager;
+use crate::redis::RedisClient;
 use node_manager::JobsNodeManagerBuilder;
 use opcua::crypto::SecurityPolicy;
 use opcua::nodes::{NodeSet2Import, NodeSetImport};
@@ -87,7 +89,8 @@ fn hostname(config: &OpcuaConfig) -> String {
 ///
 /// `identifier` is `mqtt.identifier` (default application URI);
 /// `manager` serves the method calls; `instance` is this replica's id
-/// (the audit trail's command source).
+/// (the audit trail's command source); `redis` opens the connections that
+/// follow the change streams (values and events, `follow`).
 ///
 /// # Errors
 /// The configuration cannot be served (an unusable PKI directory, the port
@@ -97,13 +100,28 @@ pub(crate) async fn serve(
     identifier: String,
     manager: JobManager,
     instance: String,
+    redis: RedisClient,
     mut shutdown: Shutdown,
 ) -> Result<(), String> {
     let uri = application_uri(&config, &identifier);
     let host = hostname(&config);
     pki::ensure_own_certificate(&config.pki_dir, &uri, &host)?;
 
+    let store = manager.store().clone();
+    let default_limit = manager.settings().default_limit;
     let (server, handle) = build_server(&config, &uri, &host, manager, instance)?;
+    let Some(jobs) = handle.node_managers().get_of_type::<follow::JobsManager>() else {
+        return Err("the OPC UA server has no job management node manager (a defect)".into());
+    };
+    let follower = follow::Follower {
+        store,
+        client: redis,
+        ns: jobs.inner().indices(),
+        manager: jobs,
+        subscriptions: handle.subscriptions().clone(),
+        configured: config.scopes.clone(),
+        default_limit,
+    };
 
     let listener = tokio::net::TcpListener::bind((config.bind.as_str(), config.port))
         .await
@@ -124,6 +142,8 @@ pub(crate) async fn serve(
         config.pki_dir.clone(),
         shutdown.clone(),
     ));
+    // Ends with `shutdown`, or aborted when `serve` returns early.
+    let _follow = AbortOnDrop(tokio::spawn(follower.run(shutdown.clone())));
     let run = server.run_with(listener);
     tokio::pin!(run);
     tokio::select! {
@@ -137,6 +157,15 @@ pub(crate) async fn serve(
     let r = run.await;
     let _ = sweep.await;
     r
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The server of `config` (endpoints, users, certificate paths, our node

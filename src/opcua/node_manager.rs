@@ -188,10 +188,23 @@ impl InMemoryNodeManagerImpl for JobsNodeManager {
 }
 
 /// The namespace indices the server gave the three namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Indices {
     pub(crate) jc: u16,
     pub(crate) mj: u16,
     pub(crate) station: u16,
+}
+
+impl JobsNodeManager {
+    /// The indices of the ISA95-JOBCONTROL, Machinery Jobs and station
+    /// namespaces (fixed when the server is built).
+    pub(crate) fn indices(&self) -> Indices {
+        Indices {
+            jc: self.index(JC_URI),
+            mj: self.index(MJ_URI),
+            station: self.index(STATION_URI),
+        }
+    }
 }
 
 /// A node to create, planned while the address space is read.

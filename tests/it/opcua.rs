@@ -138,7 +138,7 @@ const SCOPE: &str = "line-1";
 
 /// Whether python3 with asyncua is there; under CI it must be
 /// (`scripts/setup.sh` installs it).
-fn asyncua_available() -> bool {
+pub(crate) fn asyncua_available() -> bool {
     let ok = std::process::Command::new("python3")
         .args(["-c", "import asyncua"])
         .stdout(std::process::Stdio::null())
