@@ -44,6 +44,7 @@
 
 use super::event::{JobOrderStatusEvent, StatusFields};
 use super::node_manager::{add_scope, Indices, JobsNodeManager};
+use super::types::{JOB_ORDER, JOB_ORDER_AND_STATE, JOB_RESPONSE, STATE, WORK_MASTER};
 use crate::jobs::manager::status_event;
 use crate::jobs::store::{
     cmp_stream_ids, parse_state_key, JobStore, ResourceKind, ScopeConfiguration, StoreError,
@@ -71,6 +72,10 @@ use tracing::{debug, info, warn};
 /// How often scopes and configuration are looked at, and the longest wait
 /// for new changes.
 pub(crate) const POLL: Duration = Duration::from_secs(2);
+
+/// How long the follower waits for the server to build the structured
+/// types before it shows values without them.
+const TYPES_WAIT: Duration = Duration::from_secs(30);
 
 /// Most change entries read per stream and read.
 const BATCH: usize = 200;
@@ -220,6 +225,18 @@ impl Follower {
     /// Runs until `shutdown`; never ends on a Redis failure (logged,
     /// retried with backoff).
     pub(crate) async fn run(self, mut shutdown: Shutdown) {
+        // The structured types are built when the server initialises its
+        // node managers; values shown before would lack their structures.
+        let deadline = Instant::now() + TYPES_WAIT;
+        while self.manager.inner().types().is_none() && Instant::now() < deadline {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+        if self.manager.inner().types().is_none() {
+            warn!("OPC UA face: no structured types; JobOrderList, WorkMaster and the event's structures stay empty");
+        }
         let mut scopes: BTreeMap<String, ScopeView> = BTreeMap::new();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
@@ -591,11 +608,18 @@ impl Follower {
         Ok(())
     }
 
-    /// A JC structure of `json`, `None` (logged) when it cannot be encoded.
-    #[allow(clippy::unused_self)] // until the structured types are wired
+    /// A JC structure of `json`, `None` (logged) when it cannot be encoded
+    /// or the types are not there (they failed to build at start: logged
+    /// then).
     fn encode(&self, scope: &str, jc_type: u32, json: &Value) -> Option<Variant> {
-        let _ = (scope, jc_type, json);
-        None
+        let types = self.manager.inner().types()?;
+        match types.encode(jc_type, json) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                warn!(scope, data_type = jc_type, error = %e, "OPC UA face: a stored value does not convert to its OPC UA structure; left out");
+                None
+            }
+        }
     }
 
     /// A typed array of JC structures; items that cannot be encoded are
@@ -620,17 +644,6 @@ fn typed_array(scope: &str, of: VariantScalarTypeId, items: Vec<Variant>) -> Var
         }
     }
 }
-
-/// `ISA95JobOrderDataType`.
-const JOB_ORDER: u32 = 3008;
-/// `ISA95JobResponseDataType`.
-const JOB_RESPONSE: u32 = 3013;
-/// `ISA95StateDataType`.
-const STATE: u32 = 3006;
-/// `ISA95JobOrderAndStateDataType`.
-const JOB_ORDER_AND_STATE: u32 = 3015;
-/// `ISA95WorkMasterDataType`.
-const WORK_MASTER: u32 = 3007;
 
 /// `MaxDownloadableJobOrders` of a scope limit and the default (0: none →
 /// 65535; larger limits are clamped to 65535).
