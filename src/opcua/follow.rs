@@ -827,11 +827,11 @@ mod tests {
 
     #[test]
     fn work_masters_show_the_isa95_fields_only() {
-        let doc = r#"{"ID":"wm-1","Description":[{"Text":"axle"}],"Parameters":[],"data":{"steps":[]},"dataschema":"x"}"#;
+        let doc = r#"{"ID":"wm-1","Description":{"Text":"axle"},"Parameters":[],"data":{"steps":[]},"dataschema":"x"}"#;
         let v = work_master("s", "wm-1", doc).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"ID":"wm-1","Description":[{"Text":"axle"}],"Parameters":[]})
+            serde_json::json!({"ID":"wm-1","Description":{"Text":"axle"},"Parameters":[]})
         );
         assert!(work_master("s", "wm-1", "not json").is_none());
     }

@@ -315,7 +315,7 @@ async fn opcua_scope_first_seen_after_start_gets_its_instance_and_configuration(
         ("physicalasset", json!({"ID": "rack-2"})),
         (
             "workmaster",
-            json!({"ID": "wm-axle", "Description": [{"Locale": "en", "Text": "rear axle"}],
+            json!({"ID": "wm-axle", "Description": {"Locale": "en", "Text": "rear axle"},
                    "data": {"Steps": []}, "dataschema": "urn:x"}),
         ),
         ("jobacceptance", json!({"max_downloadable_job_orders": 7})),
@@ -339,10 +339,7 @@ async fn opcua_scope_first_seen_after_start_gets_its_instance_and_configuration(
         .value("WorkMaster", |v| v.as_array().is_some_and(|a| a.len() == 1))
         .await;
     assert_eq!(masters[0]["ID"], "wm-axle", "{masters}");
-    assert_eq!(
-        masters[0]["Description"][0]["Text"], "rear axle",
-        "{masters}"
-    );
+    assert_eq!(masters[0]["Description"]["Text"], "rear axle", "{masters}");
 
     // Changes are pushed to the subscribed client.
     mes.configure("equipment", scope, json!({"ID": "press-2"}), false)
