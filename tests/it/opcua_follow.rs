@@ -8,6 +8,7 @@
 use crate::harness::jobs::{self, order, JobStation, Mes};
 use crate::harness::{init_tracing, on_each_backend, Backend, Mosquitto, Redis, Store};
 use crate::opcua::asyncua_available;
+use microdcs::jobs::Internal;
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -274,6 +275,39 @@ async fn opcua_client_sees_job_changes_as_values_and_events() {
         .value("JobOrderList", |v| {
             listed(v) == ["j1"] && v[0]["State"][0]["StateText"]["Text"] == "AllowedToStart"
         })
+        .await;
+
+    // Running, then a job response: its event carries the response.
+    let jm = replica.station.jobs.clone().expect("processor instance");
+    replica
+        .station
+        .on_runtime(async move {
+            jm.internal(SCOPE, "j1", Internal::Begin, None, "begin-j1")
+                .await
+                .expect("Begin");
+            let resp = serde_json::value::to_raw_value(
+                &json!({"JobResponseID": "r-j1", "JobOrderID": "j1",
+                        "JobState": [{"StateText": {"Locale": "en", "Text": "Running"}, "StateNumber": 3}]}),
+            )
+            .expect("JSON");
+            jm.set_response(SCOPE, "j1", &resp, "progress-j1")
+                .await
+                .expect("response");
+        })
+        .await;
+    watch.event("j1", "Running").await;
+    let progress = watch
+        .any("the event of the job response", |v| {
+            v["kind"] == "event" && v["job_response"]["JobResponseID"] == "r-j1"
+        })
+        .await;
+    assert_eq!(progress["job_response"]["JobOrderID"], "j1", "{progress}");
+    assert_eq!(
+        progress["job_state"][0]["StateText"]["Text"], "Running",
+        "{progress}"
+    );
+    watch
+        .value("CurrentState", |v| v["Text"] == "Running")
         .await;
 
     // A second job, then the first one cleared away: it leaves the list.
