@@ -48,7 +48,7 @@ use super::types::{JOB_ORDER, JOB_ORDER_AND_STATE, JOB_RESPONSE, STATE, WORK_MAS
 use crate::jobs::manager::status_event;
 use crate::jobs::store::{
     cmp_stream_ids, parse_state_key, JobStore, ResourceKind, ScopeConfiguration, StoreError,
-    StoredJob,
+    StoredJob, StreamInfo,
 };
 use crate::jobs::{JobState, MainState};
 use crate::redis::{RedisClient, StreamRead, StreamReader};
@@ -331,14 +331,8 @@ impl Follower {
     /// A new session goes on from a scope's cursor unless the stream no
     /// longer has it (trimmed past it, or Redis lost the stream).
     async fn check_cursor(&self, scope: &str, view: &mut ScopeView) -> Result<(), FollowError> {
-        let stale = match self.store.change_stream_info(scope).await? {
-            None => view.cursor != "0-0",
-            Some(info) => {
-                info.lost_after(&view.cursor)
-                    || cmp_stream_ids(&view.cursor, &info.last_generated) == Ordering::Greater
-            }
-        };
-        if stale {
+        let info = self.store.change_stream_info(scope).await?;
+        if cursor_is_stale(&view.cursor, info.as_ref()) {
             warn!(
                 scope,
                 cursor = view.cursor,
@@ -645,6 +639,19 @@ fn typed_array(scope: &str, of: VariantScalarTypeId, items: Vec<Variant>) -> Var
     }
 }
 
+/// Whether a stream no longer holds what was read up to `cursor`: it is
+/// gone (Redis lost it) though something was read, it was trimmed past the
+/// cursor, or it is behind the cursor (a new stream under the old name).
+fn cursor_is_stale(cursor: &str, info: Option<&StreamInfo>) -> bool {
+    match info {
+        None => cursor != "0-0",
+        Some(info) => {
+            info.lost_after(cursor)
+                || cmp_stream_ids(cursor, &info.last_generated) == Ordering::Greater
+        }
+    }
+}
+
 /// `MaxDownloadableJobOrders` of a scope limit and the default (0: none →
 /// 65535; larger limits are clamped to 65535).
 fn max_downloadable(limit: Option<u64>, default: u64) -> u16 {
@@ -804,6 +811,29 @@ mod tests {
         assert_eq!(current, Some(CLEARED));
         assert!(view.jobs.is_empty(), "{:?}", view.jobs.keys());
         assert_eq!(view.cursor, "8-0");
+    }
+
+    /// A new session goes on from its cursor only if the stream still
+    /// holds everything after it.
+    #[test]
+    fn a_cursor_the_stream_no_longer_holds_is_stale() {
+        let info = StreamInfo {
+            length: 10,
+            added: 10,
+            first: Some("100-0".into()),
+            last_generated: "200-0".into(),
+        };
+        assert!(!cursor_is_stale("150-0", Some(&info)));
+        assert!(!cursor_is_stale("0-0", Some(&info)), "nothing trimmed yet");
+        assert!(!cursor_is_stale("0-0", None), "no stream, nothing read");
+        assert!(cursor_is_stale("150-0", None), "Redis lost the stream");
+        assert!(
+            cursor_is_stale("300-0", Some(&info)),
+            "a new stream behind the cursor"
+        );
+        let trimmed = StreamInfo { added: 50, ..info };
+        assert!(cursor_is_stale("50-0", Some(&trimmed)), "trimmed past it");
+        assert!(!cursor_is_stale("150-0", Some(&trimmed)));
     }
 
     #[test]
