@@ -763,3 +763,185 @@ async fn an_untrusted_client_certificate_is_refused_until_an_operator_trusts_it(
     );
     face.station.stop().await;
 }
+
+/// `microdcs run` as a child process (killed on drop), its log collected.
+struct RunningStation {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for RunningStation {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The "done": an OPC UA client drives a job end to end against
+/// `microdcs run` with the face on, user/password over
+/// Basic256Sha256/SignAndEncrypt. The MES has put a recipe in a work
+/// master over MQTT; the client calls `StoreAndStart` with a structured
+/// `ISA95JobOrderDataType` (NoError), receives the job's
+/// `ISA95JobOrderStatusEventType` events while the SFC engine runs the
+/// recipe on (simulated) equipment, until Ended/Completed, then reads the
+/// job response with `RequestJobResponseByJobOrderID`. The MQTT MES saw
+/// the same status events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opcua_client_drives_a_recipe_job_end_to_end_against_microdcs_run() {
+    use crate::harness::equipment::{Answer, Equipment};
+    use crate::harness::jobs::{state_texts, Mes};
+    use crate::harness::recipes::{push_command, store_recipe};
+    use serde_json::json;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let m = Mosquitto::start();
+    let r = Redis::start();
+    let port = microdcs::testkit::devenv::free_port().expect("a free port");
+    let pki = tempfile::tempdir().expect("temporary directory");
+    let work = tempfile::tempdir().expect("temporary directory");
+    let mut env = jobs::env(m.port(), r.0.port(), "opcua-run-1");
+    for (k, v) in [
+        ("APP_OPCUA_PORT", port.to_string()),
+        ("APP_OPCUA_BIND", "127.0.0.1".into()),
+        ("APP_OPCUA_HOSTNAME", "127.0.0.1".into()),
+        ("APP_OPCUA_SCOPES", SCOPE.into()),
+        ("APP_OPCUA_PKI_DIR", pki.path().display().to_string()),
+        ("APP_OPCUA_TRUST_ALL_CLIENTS", "true".into()),
+        ("APP_OPCUA_USERNAME", "operator".into()),
+        ("APP_OPCUA_PASSWORD", "e2e-pw".into()),
+        ("APP_JOBS_CHECK_WORK_MASTER", "true".into()),
+        ("APP_HTTP_PORT", "0".into()),
+    ] {
+        jobs::set(&mut env, k, &v);
+    }
+    let log = work.path().join("station.log");
+    let out = std::fs::File::create(&log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_microdcs"))
+        .arg("run")
+        .envs(env)
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("start microdcs run");
+    let station = RunningStation { child, log };
+    let listening = crate::harness::eventually(Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(
+        listening,
+        "microdcs run serves OPC UA on {port}:\n{}",
+        std::fs::read_to_string(&station.log).unwrap_or_default()
+    );
+
+    let answer: Answer =
+        std::sync::Arc::new(|_: &str, p: &Value| Some(Ok(json!({"torque_nm": 42.5, "echo": p}))));
+    let _equipment = Equipment::start(m.port(), answer).await;
+    let mut mes = Mes::connect(m.port(), "mes").await;
+    let recipe = json!({
+        "Version": "1.0.0",
+        "Steps": [{"Name": "clamp", "Initial": true}, {"Name": "tighten"}],
+        "Transitions": [
+            {"Source": "clamp", "Target": "tighten", "Condition": "results.clamp.torque_nm >= 40.0"}
+        ],
+        "Actions": [
+            push_command("clamp", "clamp", "N", "com.example.axle.clamp.v1", 0),
+            push_command("tighten", "tighten", "N", "com.example.axle.tighten.v1", 0)
+        ]
+    });
+    store_recipe(&mut mes, SCOPE, recipe).await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/opcua/e2e.py");
+    let url = format!("opc.tcp://127.0.0.1:{port}/");
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(script)
+        .arg(&url)
+        .arg(work.path())
+        .args([
+            "--scope",
+            SCOPE,
+            "--job",
+            "axle-7",
+            "--work-master",
+            "wm-axle",
+        ])
+        .args(["--user", "operator", "--password", "e2e-pw"])
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(180), cmd.output())
+        .await
+        .expect("the client finishes")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let out: Value = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no JSON line from the client:\n{stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    let station_log = std::fs::read_to_string(&station.log).unwrap_or_default();
+    assert_eq!(out["ok"], true, "{out}\n{station_log}");
+    assert_eq!(out["store_and_start"], 1, "NoError: {out}");
+    assert_eq!(
+        out["final"],
+        json!(["Ended", "Completed"]),
+        "the recipe ran to its end: {out}\n{station_log}"
+    );
+    let states: Vec<String> = out["event_states"]
+        .as_array()
+        .expect("event states")
+        .iter()
+        .map(|s| s[0].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        states.iter().any(|s| s == "Running"),
+        "a Running event before the end: {states:?}"
+    );
+    assert_eq!(out["response_status"], 1, "NoError: {out}");
+    assert_eq!(out["response"]["JobOrderID"], "axle-7", "{out}");
+    assert_eq!(
+        out["response"]["JobState"],
+        json!(["Ended", "Completed"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["response"]["has_data"], true,
+        "the action results: {out}"
+    );
+
+    // The MQTT MES received the same transitions.
+    let mut mqtt_states = Vec::new();
+    while let Some((_, ev)) = mes.next_event().await {
+        if ev["JobOrder"]["JobOrderID"] == "axle-7" {
+            let s = state_texts(&ev["JobState"]);
+            mqtt_states.push(s.clone());
+            if s[0] == "Ended" {
+                break;
+            }
+        }
+    }
+    let opcua_states: Vec<Vec<String>> = out["event_states"]
+        .as_array()
+        .expect("event states")
+        .iter()
+        .map(|s| {
+            s.as_array()
+                .expect("a state list")
+                .iter()
+                .map(|t| t.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        opcua_states, mqtt_states,
+        "the OPC UA client and the MQTT MES saw the same transitions"
+    );
+    drop(station);
+}
