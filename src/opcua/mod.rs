@@ -12,7 +12,8 @@
 //! JSON form (`types`, `convert`), the method calls through the
 //! face-independent job commands (`methods`, `jobs::command`), and the
 //! receiver's variables and status events from the change streams
-//! (`follow`, `event`). See README "OPC UA face (in progress)".
+//! (`follow`, `event`). See README "OPC UA face" and DESIGN.md "How do the
+//! two faces share one job manager?".
 
 mod convert;
 mod event;
