@@ -20,6 +20,8 @@ mod msgpack;
 mod observe_http;
 #[cfg(feature = "opcua")]
 mod opcua;
+#[cfg(feature = "opcua")]
+mod opcua_attack;
 mod operator;
 mod publisher;
 mod recipe;

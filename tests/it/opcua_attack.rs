@@ -1,0 +1,170 @@
+//! The OPC UA face under attack (issue #13): what a hostile or buggy
+//! client in a plant could send (`tests/opcua/attack.py`, raw asyncua
+//! Variants and hand-made ExtensionObjects) never crashes or stalls the
+//! station, never corrupts a stored job, and gets the answer the MQTT face
+//! gives for the same request.
+
+use super::opcua::{asyncua_available, start_face, Face, SCOPE};
+use crate::harness::init_tracing;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Runs `tests/opcua/attack.py` `probe` and returns its JSON line.
+async fn attack(face: &Face, probe: &str, args: &[&str]) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/opcua/attack.py");
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(script)
+        .arg(&face.url)
+        .arg(face.work.path())
+        .arg(probe)
+        .args(["--scope", SCOPE])
+        .args(args)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .expect("the attack finishes (the server did not stall)")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+    match line.map(serde_json::from_str::<Value>) {
+        Some(Ok(v)) => v,
+        _ => panic!(
+            "no JSON line from the attack:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// A DateTime is an Int64 of 100 ns ticks since 1601 on the wire; a client
+/// can send any Int64. OPC 10000-6 §5.2.2.5: values before 1601-01-01 are
+/// MinDate, values from 9999-12-31 23:59:59 on are MaxDate. Before the
+/// fix, the face stored such a StartTime as it decoded it (year -27627 or
+/// 30828, no RFC 3339 date): a job the MES cannot read and the OPC UA face
+/// cannot show again. Now it is stored clamped, as the MQTT face stores
+/// the same dates sent as RFC 3339.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_date_times_are_stored_as_min_and_max_date() {
+    use crate::harness::jobs::Mes;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[
+        ("APP_OPCUA_ANONYMOUS", "true"),
+        ("APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS", "100"),
+    ])
+    .await;
+    let mut mes = Mes::connect(face._m.port(), "mes").await;
+    let out = attack(&face, "times", &[]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    for probe in [
+        "zero",
+        "negative",
+        "min",
+        "max",
+        "max_minus_one",
+        "year_10000",
+    ] {
+        assert_eq!(out["out"][probe], 1, "{probe} stored: {out}");
+    }
+    let mut seen = BTreeMap::new();
+    while seen.len() < 6 {
+        let (_, ev) = mes.next_event().await.expect("a status event per job");
+        seen.insert(
+            ev["JobOrder"]["JobOrderID"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned(),
+            ev["JobOrder"]["StartTime"].clone(),
+        );
+    }
+    let min = json!("1601-01-01T00:00:00Z");
+    let max = json!("9999-12-31T23:59:59Z");
+    for (job, expected) in [
+        ("t-zero", &min),
+        ("t-negative", &min),
+        ("t-min", &min),
+        ("t-max", &max),
+        ("t-max_minus_one", &max),
+        ("t-year_10000", &max),
+    ] {
+        assert_eq!(seen.get(job), Some(expected), "{job}: {seen:?}");
+    }
+    // The same dates over MQTT.
+    for (job, t) in [("m-min", &min), ("m-max", &max)] {
+        let order = json!({"JobOrderID": job, "StartTime": t});
+        assert_eq!(
+            mes.status("Store", SCOPE, json!({ "JobOrder": order }))
+                .await,
+            1
+        );
+        let (_, ev) = mes.next_event().await.expect("status event");
+        assert_eq!(&ev["JobOrder"]["StartTime"], t, "{ev}");
+    }
+    face.station.stop().await;
+}
+
+/// A job response the MQTT face answers (a .NET MES or engine writing
+/// `0001-01-01`, its DateTime.MinValue) was `BadInternalError` over OPC UA
+/// before the fix ("outside the OPC UA DateTime range"); now both faces
+/// answer NoError, OPC UA with MinDate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_dated_before_1601_is_read_over_both_faces() {
+    use super::opcua::client;
+    use crate::harness::jobs::{order, Mes};
+    use microdcs::jobs::Internal;
+    use serde_json::json;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[("APP_OPCUA_ANONYMOUS", "true")]).await;
+    let mut mes = Mes::connect(face._m.port(), "mes").await;
+    assert_eq!(
+        mes.status("StoreAndStart", SCOPE, json!({"JobOrder": order("d1")}))
+            .await,
+        1
+    );
+    let m = face.station.jobs.clone().expect("processor instance");
+    let response = serde_json::value::to_raw_value(&json!({
+        "JobResponseID": "r-d1", "JobOrderID": "d1",
+        "StartTime": "0001-01-01T00:00:00Z",
+        "JobState": [{"StateText": {"Locale": "en", "Text": "Ended"}, "StateNumber": 5}],
+    }))
+    .expect("JSON");
+    face.station
+        .on_runtime(async move {
+            m.internal(SCOPE, "d1", Internal::Begin, None, "engine")
+                .await?;
+            m.internal(
+                SCOPE,
+                "d1",
+                Internal::Complete,
+                Some(&response),
+                "engine-done",
+            )
+            .await
+        })
+        .await
+        .expect("redis");
+    let over_mqtt = mes
+        .call(
+            "RequestJobResponseByJobOrderID",
+            SCOPE,
+            json!({"JobOrderID": "d1"}),
+        )
+        .await;
+    assert_eq!(over_mqtt["ReturnStatus"], 1, "{over_mqtt}");
+    let out = client(&face, "query", &["--job", "d1"]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(out["by_id"][0]["status"], 1, "{out}");
+    assert!(
+        out["by_id"][0]["response"]["StartTime"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("1601-01-01T00:00:00")),
+        "{out}"
+    );
+    face.station.stop().await;
+}
