@@ -1005,6 +1005,47 @@ mod tests {
             .is_none());
     }
 
+    /// An ExtensionObject body is decoded within its declared length:
+    /// bytes after the structure are skipped (not left for the next
+    /// value), a body shorter than declared is an error.
+    #[test]
+    fn a_body_is_decoded_within_its_declared_length() {
+        use opcua::types::TypeLoader;
+        let (types, ns) = shared();
+        let mut bytes: Vec<u8> = (0..ASYNCUA_ORDER.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&ASYNCUA_ORDER[i..i + 2], 16).expect("hex"))
+            .collect();
+        let exact = bytes.len();
+        bytes.extend_from_slice(&[6, 7, 0, 0, 0, 0xAA]);
+        let loader = types.loader();
+        let mut owned = ContextOwned::new_default(ns.clone(), DecodingOptions::default());
+        owned.loaders_mut().add(loader.clone());
+        let ctx = owned.context();
+        let id = types.jc_type(JOB_ORDER);
+        let mut stream = std::io::Cursor::new(&bytes);
+        let body = loader
+            .load_from_binary(&id, &mut stream, &ctx, Some(exact + 5))
+            .expect("a type of the tree")
+            .expect("decodes");
+        assert_eq!(stream.position(), (exact + 5) as u64, "the whole body read");
+        let json = types
+            .decode(&Variant::ExtensionObject(ExtensionObject {
+                body: Some(body),
+            }))
+            .expect("JSON");
+        assert_eq!(json["JobOrderID"], "o1");
+        let short = loader
+            .load_from_binary(
+                &id,
+                &mut std::io::Cursor::new(&bytes[..exact]),
+                &ctx,
+                Some(i32::MAX as usize),
+            )
+            .expect("a type of the tree");
+        assert!(short.is_err(), "a body shorter than declared");
+    }
+
     /// `ISA95PropertyDataType` bodies nested `levels` deep through
     /// `Subproperties` (each: mask, empty ID, empty Value, one element).
     fn nested_properties(levels: usize) -> Vec<u8> {

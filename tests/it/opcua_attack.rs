@@ -168,3 +168,40 @@ async fn a_response_dated_before_1601_is_read_over_both_faces() {
     );
     face.station.stop().await;
 }
+
+/// An ExtensionObject says how long its body is. async-opcua's dynamic
+/// loader ignored that length: bytes after the structure (a client
+/// encoding a newer version of it) were read as the next argument, so a
+/// correct Comment became an Int32 and the call `BadInvalidArgument`. Now
+/// the body is decoded within its length, and the call answers as MQTT
+/// does for the same order and comment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_order_body_is_decoded_within_its_declared_length() {
+    use crate::harness::jobs::Mes;
+    use serde_json::json;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[
+        ("APP_OPCUA_ANONYMOUS", "true"),
+        ("APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS", "100"),
+    ])
+    .await;
+    let mut mes = Mes::connect(face._m.port(), "mes").await;
+    let out = attack(&face, "framing", &[]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(out["out"]["plain_then_comment"], 1, "{out}");
+    assert_eq!(out["out"]["appended_then_comment"], 1, "{out}");
+    assert_eq!(out["out"]["appended_alone"], 1, "{out}");
+    let over_mqtt = mes
+        .status(
+            "StoreAndStart",
+            SCOPE,
+            json!({"JobOrder": {"JobOrderID": "f4"},
+                   "Comment": [{"Locale": "en", "Text": "from a newer client"}]}),
+        )
+        .await;
+    assert_eq!(over_mqtt, 1);
+    face.station.stop().await;
+}

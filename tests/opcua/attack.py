@@ -19,6 +19,8 @@ Probes:
             types, unknown method ids
   walk      browse every node under Objects/<scope>, read every attribute,
             write to every variable, bad monitored-item filters
+  framing   a job order whose ExtensionObject body carries bytes after the
+            structure (a newer version of it), followed by a Comment
   race      --count sessions call Start on --job at the same time
   drop      start calls and drop the connection before the answers
 """
@@ -235,6 +237,28 @@ async def probe_times(args):
         await client.disconnect()
 
 
+async def probe_framing(args):
+    client = await connect(args)
+    try:
+        ids = await Ids().load(client, args.scope)
+        c = ids.control.nodeid
+        sas = ids.method(f"{args.scope}/JobManagement/JobOrderControl", "StoreAndStart")
+        comment = ua.Variant([ua.LocalizedText("from a newer client", "en")], ua.VariantType.LocalizedText)
+        # Appended: what would be an Int32 Variant if read as the next argument.
+        extra = b"\x06" + struct.pack("<i", 7)
+        out = {
+            "appended_then_comment": await raw_call(
+                client, c, sas, [eo(ids.order_enc, order_body("f1") + extra), comment]),
+            "appended_alone": await raw_call(
+                client, c, sas, [eo(ids.order_enc, order_body("f2") + extra)]),
+            "plain_then_comment": await raw_call(client, c, sas, [order(ids, "f3"), comment]),
+        }
+        out["alive"] = int(await client.nodes.server_state.read_value())
+        return {"ok": True, "out": out}
+    finally:
+        await client.disconnect()
+
+
 async def probe_objects(args):
     client = await connect(args)
     try:
@@ -414,7 +438,7 @@ async def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("workdir")
-    p.add_argument("probe", choices=["args", "times", "objects", "walk", "race", "drop"])
+    p.add_argument("probe", choices=["args", "times", "framing", "objects", "walk", "race", "drop"])
     p.add_argument("--scope", default="line-1")
     p.add_argument("--other", default="line-2")
     p.add_argument("--job", default="j1")
@@ -423,6 +447,7 @@ async def main():
     probes = {
         "args": probe_args,
         "times": probe_times,
+        "framing": probe_framing,
         "objects": probe_objects,
         "walk": probe_walk,
         "race": probe_race,
