@@ -205,3 +205,153 @@ async fn a_job_order_body_is_decoded_within_its_declared_length() {
     assert_eq!(over_mqtt, 1);
     face.station.stop().await;
 }
+
+/// Eight sessions call `Start` on the same job at once: the job manager's
+/// compare-and-swap lets exactly one through (NoError), the others get
+/// InvalidJobOrderStatus, as eight MQTT MES calls would; and clients that
+/// drop the connection in the middle of a call leave the job in one
+/// consistent state and the server serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_and_dropped_calls_keep_one_job_state() {
+    use crate::harness::jobs::{order, Mes};
+    use serde_json::json;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[("APP_OPCUA_ANONYMOUS", "true")]).await;
+    let mut mes = Mes::connect(face._m.port(), "mes").await;
+    for job in ["race", "drop"] {
+        assert_eq!(
+            mes.status("Store", SCOPE, json!({"JobOrder": order(job)}))
+                .await,
+            1
+        );
+    }
+    let out = attack(&face, "race", &["--job", "race", "--count", "8"]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(out["statuses"], json!([1, 8, 8, 8, 8, 8, 8, 8]), "{out}");
+    assert_eq!(
+        mes.status("Start", SCOPE, json!({"JobOrderID": "race"}))
+            .await,
+        8,
+        "started once"
+    );
+
+    let out = attack(&face, "drop", &["--job", "drop", "--count", "5"]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    // Whether a dropped Start was applied, the job is in one state: a
+    // RevokeStart over MQTT succeeds exactly if one was.
+    let revoke = mes
+        .status("RevokeStart", SCOPE, json!({"JobOrderID": "drop"}))
+        .await;
+    let start = mes
+        .status("Start", SCOPE, json!({"JobOrderID": "drop"}))
+        .await;
+    assert!(
+        (revoke == 1 || revoke == 8) && start == 1,
+        "revoke {revoke}, start {start}"
+    );
+    // Still serving.
+    let out = attack(&face, "race", &["--job", "drop", "--count", "2"]).await;
+    assert_eq!(out["statuses"], json!([8, 8]), "{out}");
+    face.station.stop().await;
+}
+
+/// What held: wrong, missing and extra arguments, wrong Variant types,
+/// null and undecodable structures, structures of other types, oversized
+/// strings and arrays, odd ids, 200 calls in one request, methods on the
+/// wrong object or of another scope, the types' own methods, browsing and
+/// reading every node, writing to every variable, bad monitored-item
+/// filters: each gets a clear status (the MQTT number where MQTT has one),
+/// and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_calls_browses_and_writes_get_clear_statuses() {
+    use serde_json::json;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[
+        ("APP_OPCUA_ANONYMOUS", "true"),
+        ("APP_OPCUA_SCOPES", "line-1,line-2"),
+    ])
+    .await;
+    const INVALID_REQUEST: u64 = 4_294_967_296;
+    let out = attack(&face, "args", &[]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    let o = &out["out"];
+    for (probe, expected) in [
+        ("start_no_args", json!("BadArgumentsMissing")),
+        ("start_int", json!("BadInvalidArgument")),
+        ("start_null_string", json!(INVALID_REQUEST)),
+        ("start_string_array", json!("BadInvalidArgument")),
+        ("start_bytestring", json!("BadInvalidArgument")),
+        ("start_comment_int", json!("BadInvalidArgument")),
+        ("start_three_args", json!("BadTooManyArguments")),
+        ("start_empty_variant", json!("BadInvalidArgument")),
+        ("start_300_bytes", json!(INVALID_REQUEST)),
+        ("start_60k", json!(INVALID_REQUEST)),
+        ("start_1mb", json!("BadDecodingError")),
+        ("store_empty_variant", json!(INVALID_REQUEST)),
+        ("store_null_eo", json!(INVALID_REQUEST)),
+        ("store_eo_array", json!("BadInvalidArgument")),
+        ("store_wm_type", json!("BadInvalidArgument")),
+        ("store_unknown_type", json!("BadInvalidArgument")),
+        ("store_ns0_type", json!("BadDecodingError")),
+        ("store_truncated", json!("BadDecodingError")),
+        ("store_body_garbage", json!("BadDecodingError")),
+        ("store_bad_utf8", json!("BadDecodingError")),
+        ("store_null_id", json!(INVALID_REQUEST)),
+        ("store_empty_id", json!(INVALID_REQUEST)),
+        ("store_300_id", json!(INVALID_REQUEST)),
+        ("store_all_mask_bits", json!("BadDecodingError")),
+        ("store_huge_array_len", json!("BadDecodingError")),
+        ("store_negative_array_len", json!("BadDecodingError")),
+        ("store_comment_int", json!("BadInvalidArgument")),
+        ("store_three_args", json!("BadTooManyArguments")),
+        ("store_string", json!("BadInvalidArgument")),
+        ("update_null_eo", json!(INVALID_REQUEST)),
+        ("by_id_none", json!("BadArgumentsMissing")),
+        ("by_id_null_string", json!(INVALID_REQUEST)),
+        ("by_id_300", json!(INVALID_REQUEST)),
+        ("by_state_empty_variant", json!(INVALID_REQUEST)),
+        ("by_state_empty_array", json!(INVALID_REQUEST)),
+        ("by_state_scalar", json!("BadInvalidArgument")),
+        ("by_state_order_type", json!("BadInvalidArgument")),
+        ("by_state_null_elements", json!("BadInvalidArgument")),
+        ("many_in_one", json!("BadTooManyOperations")),
+        ("alive", json!(0)),
+    ] {
+        assert_eq!(o[probe], expected, "{probe}: {out}");
+    }
+
+    let out = attack(&face, "objects", &["--other", "line-2"]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    let o = out["out"].as_object().expect("outcomes");
+    assert!(o.len() >= 12, "{out}");
+    for (probe, v) in o {
+        let expected = if probe == "alive" {
+            json!(0)
+        } else {
+            json!("BadMethodInvalid")
+        };
+        assert_eq!(v, &expected, "{probe}: {out}");
+    }
+
+    let out = attack(&face, "walk", &[]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    assert!(out["nodes"].as_u64().is_some_and(|n| n > 40), "{out}");
+    assert_eq!(out["bad_reads"], json!([]), "{out}");
+    let writes = out["writes"].as_object().expect("writes");
+    assert!(
+        writes.keys().all(|k| k.starts_with("Bad")),
+        "no write is accepted: {out}"
+    );
+    assert_eq!(
+        out["subs"]["bad_event_filter"], "BadEventFilterInvalid",
+        "{out}"
+    );
+    assert_eq!(out["alive"], 0, "{out}");
+    face.station.stop().await;
+}
