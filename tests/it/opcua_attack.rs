@@ -355,3 +355,22 @@ async fn hostile_calls_browses_and_writes_get_clear_statuses() {
     assert_eq!(out["alive"], 0, "{out}");
     face.station.stop().await;
 }
+
+/// A client that crashes and reconnects leaves its session behind until
+/// the session times out (60 s). With async-opcua's default of 20
+/// sessions, 20 such restarts within a minute locked every client out
+/// (`BadTooManySessions`); the face now keeps up to 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_in_a_restart_loop_does_not_lock_others_out() {
+    use super::opcua::client;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[("APP_OPCUA_ANONYMOUS", "true")]).await;
+    let out = attack(&face, "drop", &["--job", "x", "--count", "25"]).await;
+    assert_eq!(out["ok"], true, "25 abandoned sessions: {out}");
+    let out = client(&face, "connect", &[]).await;
+    assert_eq!(out["ok"], true, "another client still connects: {out}");
+    face.station.stop().await;
+}
