@@ -374,3 +374,57 @@ async fn a_client_in_a_restart_loop_does_not_lock_others_out() {
     assert_eq!(out["ok"], true, "another client still connects: {out}");
     face.station.stop().await;
 }
+
+/// Wire contract §8: a JobOrderID may hold any character (topic levels
+/// percent-encode `/`, `#`, `+`, `%` and control characters) and is
+/// refused when longer than 256 bytes. A job stored over OPC UA with such
+/// an id is the same job over MQTT: the MES sees its id unchanged in the
+/// status event and starts it by that id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_order_ids_follow_the_wire_contract_on_both_faces() {
+    use crate::harness::jobs::Mes;
+    use serde_json::json;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[
+        ("APP_OPCUA_ANONYMOUS", "true"),
+        ("APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS", "100"),
+    ])
+    .await;
+    let mut mes = Mes::connect(face._m.port(), "mes").await;
+    let out = attack(&face, "ids", &[]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    let results = out["out"].as_array().expect("results");
+    assert_eq!(results.len(), 11, "{out}");
+    let mut stored = Vec::new();
+    for r in results {
+        let id = r[0].as_str().expect("id");
+        if id.len() > 256 {
+            assert_eq!(r[1], 4_294_967_296u64, "InvalidRequest as on MQTT: {out}");
+            assert_eq!(
+                mes.status("Store", SCOPE, json!({"JobOrder": {"JobOrderID": id}}))
+                    .await,
+                4_294_967_296u64
+            );
+        } else {
+            assert_eq!(r[1], 1, "{id:?} stored: {out}");
+            stored.push(id);
+        }
+    }
+    for id in &stored {
+        let (_, ev) = mes.next_event().await.expect("status event");
+        assert_eq!(ev["JobOrder"]["JobOrderID"], *id, "{ev}");
+    }
+    for id in stored {
+        assert_eq!(
+            mes.status("Start", SCOPE, json!({"JobOrderID": id})).await,
+            1,
+            "{id:?} started over MQTT"
+        );
+        let (_, ev) = mes.next_event().await.expect("status event of Start");
+        assert_eq!(ev["JobOrder"]["JobOrderID"], id, "{ev}");
+    }
+    face.station.stop().await;
+}

@@ -21,6 +21,8 @@ Probes:
             write to every variable, bad monitored-item filters
   framing   a job order whose ExtensionObject body carries bytes after the
             structure (a newer version of it), followed by a Comment
+  ids       Store jobs whose ids hold topic characters, control characters,
+            U+0000, non-BMP characters, 256 and 257 bytes (wire contract §8)
   race      --count sessions call Start on --job at the same time
   drop      start calls and drop the connection before the answers
 """
@@ -259,6 +261,24 @@ async def probe_framing(args):
         await client.disconnect()
 
 
+IDS = [
+    "a/b", "line#1", "x+y", "tab\there", "nul\u0000in", "del\u007f", "c1\u0085",
+    "pct%2F", "emoji\U0001F600", "z" * 256, "z" * 257,
+]
+
+
+async def probe_ids(args):
+    client = await connect(args)
+    try:
+        ids = await Ids().load(client, args.scope)
+        c = ids.control.nodeid
+        store = ids.method(f"{args.scope}/JobManagement/JobOrderControl", "Store")
+        out = [[job, await raw_call(client, c, store, [order(ids, job)])] for job in IDS]
+        return {"ok": True, "out": out}
+    finally:
+        await client.disconnect()
+
+
 async def probe_objects(args):
     client = await connect(args)
     try:
@@ -440,7 +460,7 @@ async def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("workdir")
-    p.add_argument("probe", choices=["args", "times", "framing", "objects", "walk", "race", "drop"])
+    p.add_argument("probe", choices=["args", "times", "framing", "ids", "objects", "walk", "race", "drop"])
     p.add_argument("--scope", default="line-1")
     p.add_argument("--other", default="line-2")
     p.add_argument("--job", default="j1")
@@ -450,6 +470,7 @@ async def main():
         "args": probe_args,
         "times": probe_times,
         "framing": probe_framing,
+        "ids": probe_ids,
         "objects": probe_objects,
         "walk": probe_walk,
         "race": probe_race,
