@@ -428,3 +428,67 @@ async fn job_order_ids_follow_the_wire_contract_on_both_faces() {
     }
     face.station.stop().await;
 }
+
+/// `Subparameters` nest without end in the NodeSet; the face decodes 64
+/// levels. An order nested 63 levels deep was stored over OPC UA although
+/// its JSON (more than 128 levels) is refused by the MQTT face's parser,
+/// and every status event of that job was JSON an MES on serde_json cannot
+/// read (the testkit MES panicked on it). Now such an order is
+/// `BadInvalidArgument`, as MQTT refuses the same payload; 60 levels pass
+/// on both faces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_nested_deeper_than_mqtt_json_are_refused_as_on_mqtt() {
+    use crate::harness::jobs::Mes;
+    use serde_json::json;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[
+        ("APP_OPCUA_ANONYMOUS", "true"),
+        ("APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS", "100"),
+    ])
+    .await;
+    let mut mes = Mes::connect(face._m.port(), "mes").await;
+    let out = attack(&face, "nesting", &["--job", "60,63"]).await;
+    assert_eq!(
+        out,
+        json!({"ok": true, "out": [[60, 1], [63, "BadInvalidArgument"]]})
+    );
+    let (_, ev) = mes.next_event().await.expect("the event of n60");
+    assert_eq!(ev["JobOrder"]["JobOrderID"], "n60");
+    for (l, accepted) in [(60, true), (63, false)] {
+        let mut p = serde_json::Value::Null;
+        for i in 0..l {
+            let mut o = json!({"ID": format!("p{i}"), "Value": i});
+            if !p.is_null() {
+                o["Subparameters"] = json!([p]);
+            }
+            p = o;
+        }
+        let order = json!({"JobOrderID": format!("m{l}"), "JobOrderParameters": [p]});
+        let reply = mes
+            .call_with(
+                "org.opcfoundation.ISA95-JOBCONTROL_V2.StoreAndStart.v2",
+                &format!("nest-{l}"),
+                Some(SCOPE),
+                &json!({ "JobOrder": order }),
+            )
+            .await
+            .expect("a reply");
+        let error = reply.properties.as_ref().and_then(|pr| {
+            pr.user_properties
+                .iter()
+                .find(|(k, _)| k == "mdcserrorkind")
+                .map(|(_, v)| v.clone())
+        });
+        if accepted {
+            assert_eq!(error, None, "MQTT m{l}");
+            let r: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+            assert_eq!(r["ReturnStatus"], 1, "MQTT m{l}: {r}");
+        } else {
+            assert_eq!(error.as_deref(), Some("PAYLOAD_INVALID"), "MQTT m{l}");
+        }
+    }
+    face.station.stop().await;
+}

@@ -23,6 +23,8 @@ Probes:
             structure (a newer version of it), followed by a Comment
   ids       Store jobs whose ids hold topic characters, control characters,
             U+0000, non-BMP characters, 256 and 257 bytes (wire contract §8)
+  nesting   StoreAndStart jobs "n<L>" whose JobOrderParameters nest L levels
+            of Subparameters, for each --count level given as --job list
   race      --count sessions call Start on --job at the same time
   drop      start calls and drop the connection before the answers
 """
@@ -279,6 +281,29 @@ async def probe_ids(args):
         await client.disconnect()
 
 
+async def probe_nesting(args):
+    client = await connect(args)
+    try:
+        await client.load_data_type_definitions()
+        ids = await Ids().load(client, args.scope)
+        sas = f"{ids.jc}:StoreAndStart"
+        out = []
+        for level in [int(x) for x in args.job.split(",")]:
+            p = None
+            for i in range(level):
+                p = ua.ISA95ParameterDataType(
+                    ID=f"p{i}", Value=ua.Variant(i, ua.VariantType.Int32),
+                    Subparameters=[p] if p is not None else None)
+            o = ua.ISA95JobOrderDataType(JobOrderID=f"n{level}", JobOrderParameters=[p])
+            try:
+                out.append([level, int(await ids.control.call_method(sas, o))])
+            except ua.UaStatusCodeError as e:
+                out.append([level, type(e).__name__])
+        return {"ok": True, "out": out}
+    finally:
+        await client.disconnect()
+
+
 async def probe_objects(args):
     client = await connect(args)
     try:
@@ -460,7 +485,7 @@ async def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("workdir")
-    p.add_argument("probe", choices=["args", "times", "framing", "ids", "objects", "walk", "race", "drop"])
+    p.add_argument("probe", choices=["args", "times", "framing", "ids", "nesting", "objects", "walk", "race", "drop"])
     p.add_argument("--scope", default="line-1")
     p.add_argument("--other", default="line-2")
     p.add_argument("--job", default="j1")
@@ -471,6 +496,7 @@ async def main():
         "times": probe_times,
         "framing": probe_framing,
         "ids": probe_ids,
+        "nesting": probe_nesting,
         "objects": probe_objects,
         "walk": probe_walk,
         "race": probe_race,
