@@ -492,3 +492,40 @@ async fn orders_nested_deeper_than_mqtt_json_are_refused_as_on_mqtt() {
     }
     face.station.stop().await;
 }
+
+/// Job orders as XML-encoded ExtensionObject bodies (encoding byte 2):
+/// a well-formed one is stored; malformed, 5000 levels deep, entity
+/// definitions, empty or not XML at all give a decoding error or a null
+/// structure (InvalidRequest), and the server keeps serving. Held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xml_encoded_job_orders_are_decoded_or_refused() {
+    use serde_json::json;
+    init_tracing();
+    if !asyncua_available() {
+        return;
+    }
+    let face = start_face(&[
+        ("APP_OPCUA_ANONYMOUS", "true"),
+        ("APP_JOBS_MAX_DOWNLOADABLE_JOB_ORDERS", "100"),
+    ])
+    .await;
+    let out = attack(&face, "xml", &[]).await;
+    assert_eq!(out["ok"], true, "{out}");
+    let o = &out["out"];
+    const INVALID_REQUEST: u64 = 4_294_967_296;
+    for (probe, expected) in [
+        ("well_formed_xml_id", json!(1)),
+        ("malformed_xml_id", json!("BadDecodingError")),
+        ("malformed_binary_id", json!("BadDecodingError")),
+        ("deep_xml_id", json!("BadDecodingError")),
+        ("deep_binary_id", json!("BadDecodingError")),
+        ("not_xml_xml_id", json!(INVALID_REQUEST)),
+        ("empty_xml_id", json!(INVALID_REQUEST)),
+        ("entities_xml_id", json!(INVALID_REQUEST)),
+        ("big_xml_id", json!(INVALID_REQUEST)),
+        ("alive", json!(0)),
+    ] {
+        assert_eq!(o[probe], expected, "{probe}: {out}");
+    }
+    face.station.stop().await;
+}

@@ -25,6 +25,8 @@ Probes:
             U+0000, non-BMP characters, 256 and 257 bytes (wire contract §8)
   nesting   StoreAndStart jobs "n<L>" whose JobOrderParameters nest L levels
             of Subparameters, for each --count level given as --job list
+  xml       job orders as XML-encoded ExtensionObject bodies (encoding byte
+            2): well-formed, malformed, deeply nested, huge
   race      --count sessions call Start on --job at the same time
   drop      start calls and drop the connection before the answers
 """
@@ -304,6 +306,69 @@ async def probe_nesting(args):
         await client.disconnect()
 
 
+class RawEO(ua.ExtensionObject):
+    """An ExtensionObject sent as the bytes in `Body` exactly."""
+
+
+def _patch_raw_eo():
+    import asyncua.ua.ua_binary as b
+    orig = b.extensionobject_to_binary
+
+    def to_binary(obj):
+        if isinstance(obj, RawEO):
+            return obj.Body
+        return orig(obj)
+
+    b.extensionobject_to_binary = to_binary
+
+
+def xml_eo(type_id, xml):
+    from asyncua.ua.ua_binary import nodeid_to_binary
+    raw = nodeid_to_binary(type_id) + b"\x02" + ua_string(xml)
+    return ua.Variant(RawEO(Body=raw), ua.VariantType.ExtensionObject)
+
+
+async def probe_xml(args):
+    _patch_raw_eo()
+    client = await connect(args)
+    try:
+        ids = await Ids().load(client, args.scope)
+        node = client.get_node(ua.NodeId(3008, ids.jc))
+        xml_id = None
+        for ref in await node.get_references(ua.ObjectIds.HasEncoding):
+            if ref.BrowseName.Name == "Default XML":
+                xml_id = ref.NodeId
+        c = ids.control.nodeid
+        store = ids.method(f"{args.scope}/JobManagement/JobOrderControl", "Store")
+        good = "<ISA95JobOrderDataType><JobOrderID>x1</JobOrderID></ISA95JobOrderDataType>"
+        deep = "<a>" * 5000 + "</a>" * 5000
+        cases = {
+            "well_formed": good,
+            "malformed": "<ISA95JobOrderDataType><JobOrderID>x2</Job",
+            "not_xml": "\u0000\u0001 garbage",
+            "deep": deep,
+            "entities": '<!DOCTYPE a [<!ENTITY b "bbbbbbbbbb"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;">]><ISA95JobOrderDataType><JobOrderID>&c;</JobOrderID></ISA95JobOrderDataType>',
+            "empty": "",
+            "big": "<ISA95JobOrderDataType><JobOrderID>" + "y" * 60000 + "</JobOrderID></ISA95JobOrderDataType>",
+        }
+        out = {"xml_encoding": xml_id is not None}
+        for name, xml in cases.items():
+            for label, tid in [("xml_id", xml_id), ("binary_id", ids.order_enc)]:
+                if tid is None:
+                    continue
+                out[f"{name}_{label}"] = await raw_call(client, c, store, [xml_eo(tid, xml)])
+                if not isinstance(out[f"{name}_{label}"], int) and not out[f"{name}_{label}"].startswith("Bad"):
+                    try:
+                        await client.disconnect()
+                    except Exception:
+                        pass
+                    client = await connect(args)
+        out["alive"] = int(await client.nodes.server_state.read_value())
+        return {"ok": True, "out": out}
+    finally:
+        await client.disconnect()
+
+
 async def probe_objects(args):
     client = await connect(args)
     try:
@@ -485,7 +550,7 @@ async def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("workdir")
-    p.add_argument("probe", choices=["args", "times", "framing", "ids", "nesting", "objects", "walk", "race", "drop"])
+    p.add_argument("probe", choices=["args", "times", "framing", "ids", "nesting", "xml", "objects", "walk", "race", "drop"])
     p.add_argument("--scope", default="line-1")
     p.add_argument("--other", default="line-2")
     p.add_argument("--job", default="j1")
@@ -497,6 +562,7 @@ async def main():
         "framing": probe_framing,
         "ids": probe_ids,
         "nesting": probe_nesting,
+        "xml": probe_xml,
         "objects": probe_objects,
         "walk": probe_walk,
         "race": probe_race,
