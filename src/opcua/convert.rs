@@ -16,7 +16,7 @@
 //! | array (`ValueRank` 1) | array; an empty array stays a typed empty array |
 //! | Boolean, (U)Int8…64, Float, Double | boolean, integer (range-checked), number |
 //! | String, DecimalString | string (a null String is `""`) |
-//! | DateTime | RFC 3339 string; 1601-01-01 … 9999-12-31, 100 ns resolution |
+//! | DateTime | RFC 3339 string; 1601-01-01 … 9999-12-31T23:59:59Z (outside: clamped to MinDate/MaxDate, OPC 10000-6 §5.2.2.5), 100 ns resolution |
 //! | LocalizedText | `{"Locale"?, "Text"?}`; empty strings are omitted (OPC UA drops them on the wire) |
 //! | EUInformation | `{"NamespaceUri"?, "UnitId"?, "DisplayName"?, "Description"?}`; an absent `UnitId` is -1 ("not available") |
 //! | RelativePath (`ISA95StateDataType.BrowsePath`) | OPC 10000-4 A.2 text form (`/1:Ready`, printed with namespace prefixes); absent or `""` is the empty path, which is omitted |
@@ -243,14 +243,17 @@ fn date_time(v: &Value, path: &str) -> Result<DateTime, ConvertError> {
     let t = chrono::DateTime::parse_from_rfc3339(s)
         .map_err(|e| ConvertError::new(path, format!("not an RFC 3339 date-time ({e})")))?
         .with_timezone(&chrono::Utc);
-    let year = chrono::Datelike::year(&t);
-    if !(1601..=9999).contains(&year) {
-        return Err(ConvertError::new(
-            path,
-            format!("{s} is outside the OPC UA DateTime range (years 1601 to 9999)"),
-        ));
-    }
-    Ok(DateTime::from(t))
+    // Dates the OPC UA range cannot hold are MinDate and MaxDate (OPC
+    // 10000-6 §5.2.2.5), as a .NET MES's `0001-01-01` should be.
+    Ok(clamp(&DateTime::from(t)))
+}
+
+/// A DateTime within the OPC UA range: earlier than 1601-01-01 is
+/// 1601-01-01T00:00:00Z (MinDate), 9999-12-31T23:59:59Z and later is that
+/// (MaxDate), OPC 10000-6 §5.2.2.5. A client may send any Int64 of ticks;
+/// stored unclamped, a year such as -27627 or 30828 has no RFC 3339 form.
+fn clamp(d: &DateTime) -> DateTime {
+    DateTime::from(d.checked_ticks())
 }
 
 fn localized_text(v: &Value, path: &str) -> Result<LocalizedText, ConvertError> {
@@ -365,6 +368,7 @@ fn ua_string(s: &UAString) -> Value {
 fn date_json(d: &DateTime) -> Value {
     // The models' own serialisation (chrono), so decoded values equal
     // normalised ones.
+    let d = clamp(d);
     serde_json::to_value(d.as_chrono()).unwrap_or_else(|_| Value::String(d.to_rfc3339()))
 }
 
@@ -858,6 +862,19 @@ mod tests {
         );
     }
 
+    /// Any Int64 of ticks a client sends is a date JSON and RFC 3339 have.
+    #[test]
+    fn date_times_outside_the_opc_ua_range_are_min_and_max_date() {
+        let json = |t: i64| base_json(&Variant::DateTime(Box::new(DateTime::from(t))));
+        for t in [0, -1, i64::MIN] {
+            assert_eq!(json(t), json!("1601-01-01T00:00:00Z"), "{t}");
+        }
+        for t in [i64::MAX, i64::MAX - 1, DateTime::endtimes_ticks() + 1] {
+            assert_eq!(json(t), json!("9999-12-31T23:59:59Z"), "{t}");
+        }
+        assert_eq!(json(10_000_000), json!("1601-01-01T00:00:01Z"));
+    }
+
     #[test]
     fn arrays_are_typed_also_when_empty() {
         let (types, _) = shared();
@@ -910,11 +927,14 @@ mod tests {
             json!({"JobOrderID": "j", "StartTime": "yesterday"})
         )
         .starts_with("StartTime: not an RFC 3339 date-time"));
-        assert!(err(
-            JOB_ORDER,
-            json!({"JobOrderID": "j", "EndTime": "1200-01-01T00:00:00Z"})
-        )
-        .contains("outside the OPC UA DateTime range"));
+        // Outside the OPC UA range: MinDate and MaxDate, not an error.
+        assert_eq!(
+            round_trip(
+                JOB_ORDER,
+                &json!({"JobOrderID": "j", "EndTime": "0001-01-01T00:00:00Z"})
+            ),
+            json!({"JobOrderID": "j", "EndTime": "1601-01-01T00:00:00Z"})
+        );
         assert_eq!(
             err(
                 JOB_ORDER,
@@ -983,6 +1003,47 @@ mod tests {
                 None
             )
             .is_none());
+    }
+
+    /// An ExtensionObject body is decoded within its declared length:
+    /// bytes after the structure are skipped (not left for the next
+    /// value), a body shorter than declared is an error.
+    #[test]
+    fn a_body_is_decoded_within_its_declared_length() {
+        use opcua::types::TypeLoader;
+        let (types, ns) = shared();
+        let mut bytes: Vec<u8> = (0..ASYNCUA_ORDER.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&ASYNCUA_ORDER[i..i + 2], 16).expect("hex"))
+            .collect();
+        let exact = bytes.len();
+        bytes.extend_from_slice(&[6, 7, 0, 0, 0, 0xAA]);
+        let loader = types.loader();
+        let mut owned = ContextOwned::new_default(ns.clone(), DecodingOptions::default());
+        owned.loaders_mut().add(loader.clone());
+        let ctx = owned.context();
+        let id = types.jc_type(JOB_ORDER);
+        let mut stream = std::io::Cursor::new(&bytes);
+        let body = loader
+            .load_from_binary(&id, &mut stream, &ctx, Some(exact + 5))
+            .expect("a type of the tree")
+            .expect("decodes");
+        assert_eq!(stream.position(), (exact + 5) as u64, "the whole body read");
+        let json = types
+            .decode(&Variant::ExtensionObject(ExtensionObject {
+                body: Some(body),
+            }))
+            .expect("JSON");
+        assert_eq!(json["JobOrderID"], "o1");
+        let short = loader
+            .load_from_binary(
+                &id,
+                &mut std::io::Cursor::new(&bytes[..exact]),
+                &ctx,
+                Some(i32::MAX as usize),
+            )
+            .expect("a type of the tree");
+        assert!(short.is_err(), "a body shorter than declared");
     }
 
     /// `ISA95PropertyDataType` bodies nested `levels` deep through

@@ -80,6 +80,20 @@ fn comment_ok(call: &MethodCall) -> bool {
     }
 }
 
+/// Whether `order`, as the MQTT request `{"JobOrder": order}`, is JSON the
+/// MQTT face parses: serde_json refuses nesting deeper than 128 levels,
+/// which the recursive `Subparameters`/`Subproperties` reach at some 62
+/// levels (the face decodes 64). Such an order is refused on MQTT (a dead
+/// letter), and its status events would be JSON that an MES on serde_json
+/// cannot read; over OPC UA it is an invalid argument.
+///
+/// # Errors
+/// The order's JSON does not parse back (its nesting, as serde_json says).
+fn json_like_mqtt(order: &serde_json::Value) -> Result<(), serde_json::Error> {
+    let text = serde_json::to_string(&serde_json::json!({ "JobOrder": order }))?;
+    serde_json::from_str::<serde_json::Value>(&text).map(|_| ())
+}
+
 /// The cause of a command arriving over OPC UA, for the manager and the
 /// audit trail.
 struct Caller<'a> {
@@ -208,7 +222,13 @@ async fn order_call(
                 .is_some_and(|t| t.node_id == types.jc_type(JOB_ORDER)) =>
         {
             match types.decode(v) {
-                Ok(json) => Some(json),
+                Ok(json) => {
+                    if let Err(e) = json_like_mqtt(&json) {
+                        info!(scope, method = method.name(), error = %e, "OPC UA job order is no JSON the MQTT face reads");
+                        return type_mismatch(call, 0);
+                    }
+                    Some(json)
+                }
                 Err(e) => {
                     info!(scope, method = method.name(), error = %e, "OPC UA job order does not convert");
                     return type_mismatch(call, 0);

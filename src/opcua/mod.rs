@@ -43,6 +43,14 @@ const JOBCONTROL_NODESET: &str =
 const MACHINERY_JOBS_NODESET: &str =
     include_str!("../../companion-specs/Opc.Ua.Machinery.Jobs.Nodeset2.xml");
 
+/// How many sessions the server keeps at once (async-opcua's default is
+/// 20). A session outlives its connection until its timeout (at most 60 s
+/// here), and async-opcua evicts none early: a client in a crash-restart
+/// loop that abandons 20 sessions within a minute locked every client out
+/// (`BadTooManySessions`). A mitigation, not a cure: abandoning this many
+/// within the timeout still does.
+const MAX_SESSIONS: usize = 200;
+
 /// The user token id of the configured user.
 const USER_TOKEN_ID: &str = "user";
 
@@ -190,6 +198,7 @@ fn build_server(
         .private_key_path(pki::KEY)
         .create_sample_keypair(false)
         .trust_client_certs(config.trust_all_clients)
+        .max_sessions(MAX_SESSIONS)
         .discovery_urls(vec![format!("opc.tcp://{host}:{}/", config.port)]);
     let mut secure_tokens: Vec<String> = Vec::new();
     if let (Some(user), Some(password)) = (&config.username, &config.password) {

@@ -126,7 +126,32 @@ impl TypeLoader for Loader {
         if !ok {
             return Some(Self::too_deep());
         }
-        self.inner.load_from_binary(node_id, stream, ctx, length)
+        let Some(length) = length else {
+            // A structure inside a structure: framed by its parent.
+            return self.inner.load_from_binary(node_id, stream, ctx, None);
+        };
+        // An ExtensionObject body: decode exactly its declared length.
+        // async-opcua's DynamicTypeLoader ignores the length, so bytes a
+        // client appends (a newer version of the structure) were read as
+        // the next arguments, and a body shorter than declared borrowed
+        // them. Read through `take` (no allocation by the declared length:
+        // a client may declare 2 GB).
+        let mut body = Vec::new();
+        let mut limited = std::io::Read::take(stream, length as u64);
+        if let Err(e) = std::io::Read::read_to_end(&mut limited, &mut body) {
+            return Some(Err(Error::decoding(format!(
+                "ExtensionObject body unreadable: {e}"
+            ))));
+        }
+        if body.len() < length {
+            return Some(Err(Error::decoding(format!(
+                "ExtensionObject body of {} bytes where {length} were declared",
+                body.len()
+            ))));
+        }
+        let mut cursor = std::io::Cursor::new(body);
+        self.inner
+            .load_from_binary(node_id, &mut cursor, ctx, Some(length))
     }
 
     fn priority(&self) -> TypeLoaderPriority {

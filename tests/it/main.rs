@@ -21,6 +21,7 @@ mod observe_http;
 #[cfg(feature = "opcua")]
 mod opcua;
 #[cfg(feature = "opcua")]
+mod opcua_attack;
 mod opcua_follow;
 mod operator;
 mod publisher;

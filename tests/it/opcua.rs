@@ -134,7 +134,7 @@ use crate::harness::{init_tracing, Mosquitto, Redis};
 use serde_json::Value;
 use std::time::Duration;
 
-const SCOPE: &str = "line-1";
+pub(crate) const SCOPE: &str = "line-1";
 
 /// Whether python3 with asyncua is there; under CI it must be
 /// (`scripts/setup.sh` installs it).
@@ -155,18 +155,18 @@ pub(crate) fn asyncua_available() -> bool {
     ok
 }
 
-struct Face {
-    _m: Mosquitto,
-    _r: Redis,
-    station: JobStation,
-    url: String,
-    pki: tempfile::TempDir,
-    work: tempfile::TempDir,
+pub(crate) struct Face {
+    pub(crate) _m: Mosquitto,
+    pub(crate) _r: Redis,
+    pub(crate) station: JobStation,
+    pub(crate) url: String,
+    pub(crate) pki: tempfile::TempDir,
+    pub(crate) work: tempfile::TempDir,
 }
 
 /// A station with the OPC UA face on a free port, serving [`SCOPE`],
 /// trusting every client certificate, with `extra` settings.
-async fn start_face(extra: &[(&str, &str)]) -> Face {
+pub(crate) async fn start_face(extra: &[(&str, &str)]) -> Face {
     let m = Mosquitto::start();
     let r = Redis::start();
     let port = microdcs::testkit::devenv::free_port().expect("a free port");
@@ -203,7 +203,7 @@ async fn start_face(extra: &[(&str, &str)]) -> Face {
 }
 
 /// Runs `tests/opcua/client.py` and returns its JSON line.
-async fn client(face: &Face, scenario: &str, args: &[&str]) -> Value {
+pub(crate) async fn client(face: &Face, scenario: &str, args: &[&str]) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/opcua/client.py");
     let mut cmd = tokio::process::Command::new("python3");
     cmd.arg(script)
