@@ -204,16 +204,25 @@ pub(crate) async fn start_face(extra: &[(&str, &str)]) -> Face {
 
 /// Runs `tests/opcua/client.py` and returns its JSON line.
 pub(crate) async fn client(face: &Face, scenario: &str, args: &[&str]) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/opcua/client.py");
+    let mut all = vec![face.url.as_str(), path_str(face.work.path()), scenario];
+    all.extend(["--scope", SCOPE]);
+    all.extend_from_slice(args);
+    run_script("client.py", &all).await
+}
+
+/// A temporary path as an argument (they are UTF-8 on this project's machines).
+pub(crate) fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().expect("a UTF-8 temporary path")
+}
+
+/// Runs the Python client `tests/opcua/{script}` with `args` (at most
+/// 300 s) and returns the last JSON line it printed: the scripts print one
+/// line, failures included, and never raise.
+pub(crate) async fn run_script(script: &str, args: &[&str]) -> Value {
+    let path = format!("{}/tests/opcua/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg(script)
-        .arg(&face.url)
-        .arg(face.work.path())
-        .arg(scenario)
-        .args(["--scope", SCOPE])
-        .args(args)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+    cmd.arg(path).args(args).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
         .await
         .expect("the client finishes")
         .expect("python3 runs");
@@ -222,7 +231,7 @@ pub(crate) async fn client(face: &Face, scenario: &str, args: &[&str]) -> Value 
     match line.map(serde_json::from_str::<Value>) {
         Some(Ok(v)) => v,
         _ => panic!(
-            "no JSON line from the client:\n{stdout}\n{}",
+            "no JSON line from {script}:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         ),
     }
@@ -854,38 +863,25 @@ async fn an_opcua_client_drives_a_recipe_job_end_to_end_against_microdcs_run() {
     });
     store_recipe(&mut mes, SCOPE, recipe).await;
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/opcua/e2e.py");
     let url = format!("opc.tcp://127.0.0.1:{port}/");
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg(script)
-        .arg(&url)
-        .arg(work.path())
-        .args([
+    let out = run_script(
+        "e2e.py",
+        &[
+            &url,
+            path_str(work.path()),
             "--scope",
             SCOPE,
             "--job",
             "axle-7",
             "--work-master",
             "wm-axle",
-        ])
-        .args(["--user", "operator", "--password", "e2e-pw"])
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(180), cmd.output())
-        .await
-        .expect("the client finishes")
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let out: Value = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no JSON line from the client:\n{stdout}\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        });
+            "--user",
+            "operator",
+            "--password",
+            "e2e-pw",
+        ],
+    )
+    .await;
     let station_log = std::fs::read_to_string(&station.log).unwrap_or_default();
     assert_eq!(out["ok"], true, "{out}\n{station_log}");
     assert_eq!(out["store_and_start"], 1, "NoError: {out}");

@@ -4,35 +4,17 @@
 //! station, never corrupts a stored job, and gets the answer the MQTT face
 //! gives for the same request.
 
-use super::opcua::{asyncua_available, start_face, Face, SCOPE};
+use super::opcua::{asyncua_available, path_str, run_script, start_face, Face, SCOPE};
 use crate::harness::init_tracing;
 use serde_json::Value;
-use std::time::Duration;
 
-/// Runs `tests/opcua/attack.py` `probe` and returns its JSON line.
+/// Runs `tests/opcua/attack.py` `probe` and returns its JSON line (the
+/// deadline also says that the server did not stall).
 async fn attack(face: &Face, probe: &str, args: &[&str]) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/opcua/attack.py");
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg(script)
-        .arg(&face.url)
-        .arg(face.work.path())
-        .arg(probe)
-        .args(["--scope", SCOPE])
-        .args(args)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
-        .await
-        .expect("the attack finishes (the server did not stall)")
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
-    match line.map(serde_json::from_str::<Value>) {
-        Some(Ok(v)) => v,
-        _ => panic!(
-            "no JSON line from the attack:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
+    let mut all = vec![face.url.as_str(), path_str(face.work.path()), probe];
+    all.extend(["--scope", SCOPE]);
+    all.extend_from_slice(args);
+    run_script("attack.py", &all).await
 }
 
 /// A DateTime is an Int64 of 100 ns ticks since 1601 on the wire; a client

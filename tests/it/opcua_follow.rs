@@ -177,35 +177,10 @@ fn listed(list: &Value) -> Vec<String> {
 /// Runs `tests/opcua/client.py` against `url` and returns its JSON line.
 async fn client(url: &str, scenario: &str, args: &[&str]) -> Value {
     let work = tempfile::tempdir().expect("temporary directory");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/opcua/client.py");
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new("python3")
-            .arg(script)
-            .arg(url)
-            .arg(work.path())
-            .arg(scenario)
-            .args(["--scope", SCOPE])
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the client finishes")
-    .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    match stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .map(serde_json::from_str::<Value>)
-    {
-        Some(Ok(v)) => v,
-        _ => panic!(
-            "no JSON line from the client:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
+    let mut all = vec![url, crate::opcua::path_str(work.path()), scenario];
+    all.extend(["--scope", SCOPE]);
+    all.extend_from_slice(args);
+    crate::opcua::run_script("client.py", &all).await
 }
 
 /// A job stored and started by the MQTT MES shows up for a subscribed OPC

@@ -19,13 +19,10 @@ import asyncio
 import json
 import logging
 import sys
-from pathlib import Path
 
-from asyncua import Client, ua
+from asyncua import ua
 
-JC = "http://opcfoundation.org/UA/ISA95-JOBCONTROL_V2/"
-MJ = "http://opcfoundation.org/UA/Machinery/Jobs/"
-STATION = "urn:microdcs:jobs"
+from client import JC, MJ, STATION, connect
 
 
 def texts(states):
@@ -47,16 +44,7 @@ class Events:
 
 
 async def main_scenario(args):
-    client = Client(args.url, timeout=30)
-    client.application_uri = "urn:microdcs:test-client"
-    work = Path(args.workdir)
-    key, cert = work / "client-key.pem", work / "client-cert.der"
-    await client.setup_self_signed_certificate(key, cert)
-    await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{cert},{key}")
-    if args.user is not None:
-        client.set_user(args.user)
-        client.set_password(args.password)
-    await client.connect()
+    client = await connect(args)
     try:
         await client.load_data_type_definitions()
         st = await client.get_namespace_index(STATION)
