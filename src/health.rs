@@ -85,6 +85,8 @@ struct Inner {
     heartbeat: AtomicU64,
     transports: Mutex<Vec<Watched>>,
     services: Mutex<Vec<(String, Arc<AtomicBool>)>>,
+    /// Readiness conditions a service opens once it serves.
+    gates: Mutex<Vec<(String, Arc<AtomicBool>)>>,
     watches: Mutex<Vec<(String, Watch)>>,
     redis: Option<RedisState>,
     stopping: AtomicBool,
@@ -112,6 +114,7 @@ impl Health {
                 heartbeat: AtomicU64::new(0),
                 transports: Mutex::new(Vec::new()),
                 services: Mutex::new(Vec::new()),
+                gates: Mutex::new(Vec::new()),
                 watches: Mutex::new(Vec::new()),
                 redis: redis.then(|| RedisState {
                     up: AtomicI8::new(UNKNOWN),
@@ -136,6 +139,16 @@ impl Health {
         let running = Arc::new(AtomicBool::new(true));
         lock(&self.inner.services).push((name.to_owned(), running.clone()));
         running
+    }
+
+    /// Adds a readiness condition `name`, closed until the returned flag is
+    /// set: a service that needs time before it serves (the OPC UA server
+    /// creating its certificate, then listening) keeps the replica out of
+    /// its Service until then.
+    pub(crate) fn gate(&self, name: &str) -> Arc<AtomicBool> {
+        let open = Arc::new(AtomicBool::new(false));
+        lock(&self.inner.gates).push((name.to_owned(), open.clone()));
+        open
     }
 
     /// Adds a liveness check `name`: `check` answers `Ok(state)` while the
@@ -258,6 +271,14 @@ impl Health {
                 detail: if ok { "running" } else { "ended" }.into(),
             });
         }
+        for (name, open) in lock(&self.inner.gates).iter() {
+            let ok = open.load(Ordering::Relaxed);
+            checks.push(Check {
+                name: name.clone(),
+                ok,
+                detail: if ok { "serving" } else { "not serving yet" }.into(),
+            });
+        }
         Report::of(checks)
     }
 }
@@ -335,5 +356,15 @@ mod tests {
         h.stopping();
         assert!(h.liveness().ok, "ending during shutdown is on purpose");
         assert!(!h.readiness().ok, "a stopping app takes no traffic");
+    }
+
+    #[test]
+    fn a_gate_keeps_the_app_unready_until_it_is_opened() {
+        let h = Health::new(false);
+        assert!(h.readiness().failing().is_empty());
+        let open = h.gate("opcua:listening");
+        assert_eq!(h.readiness().failing(), vec!["opcua:listening"]);
+        open.store(true, Ordering::Relaxed);
+        assert!(h.readiness().failing().is_empty());
     }
 }

@@ -253,8 +253,13 @@ fn opcua_face(
     let identifier = config.mqtt.identifier.clone();
     let instance = config.instance_id().to_owned();
     let client = redis.client.clone();
+    // Not ready before the server listens (a first start creates the
+    // certificate first).
+    let listening = app.health().gate("opcua:listening");
     Ok(app.service("opcua", move |shutdown| {
-        crate::opcua::serve(settings, identifier, manager, instance, client, shutdown)
+        crate::opcua::serve(
+            settings, identifier, manager, instance, client, listening, shutdown,
+        )
     }))
 }
 

@@ -34,6 +34,8 @@ use opcua::server::node_manager::memory::InMemoryNodeManagerBuilder;
 use opcua::server::{ServerBuilder, ServerEndpoint, ServerUserToken, ANONYMOUS_USER_TOKEN_ID};
 use opcua::types::MessageSecurityMode;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tracing::info;
 
 /// The ISA95-JOBCONTROL NodeSet (namespace of the receiver and its methods).
@@ -99,7 +101,8 @@ fn hostname(config: &OpcuaConfig) -> String {
 /// `identifier` is `mqtt.identifier` (default application URI);
 /// `manager` serves the method calls; `instance` is this replica's id
 /// (the audit trail's command source); `redis` opens the connections that
-/// follow the change streams (values and events, `follow`).
+/// follow the change streams (values and events, `follow`); `listening`
+/// is set once the port is bound (the readiness gate `opcua:listening`).
 ///
 /// # Errors
 /// The configuration cannot be served (an unusable PKI directory, the port
@@ -110,6 +113,7 @@ pub(crate) async fn serve(
     manager: JobManager,
     instance: String,
     redis: RedisClient,
+    listening: Arc<AtomicBool>,
     mut shutdown: Shutdown,
 ) -> Result<(), String> {
     let uri = application_uri(&config, &identifier);
@@ -140,6 +144,9 @@ pub(crate) async fn serve(
                 config.bind, config.port
             )
         })?;
+    // Connections wait in the backlog until the node managers are
+    // initialised; the replica is ready for clients from here.
+    listening.store(true, Ordering::Relaxed);
     info!(
         endpoint = %format!("opc.tcp://{host}:{}/", config.port),
         application_uri = %uri,

@@ -667,3 +667,52 @@ async fn a_station_started_without_redis_is_not_ready_until_redis_comes() {
         .expect("ran")
         .expect("ok");
 }
+
+/// `/readyz` waits for the OPC UA port (`opcua:listening`): a server that
+/// cannot start (its PKI directory cannot be created) keeps the replica
+/// unready and takes liveness down, with the reason in the log; one that
+/// listens is ready.
+#[cfg(feature = "opcua")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_opcua_server_to_listen() {
+    use crate::harness::jobs;
+    init_tracing();
+    let (m, r) = (Mosquitto::start(), Redis::start());
+    let start = |pki: String| {
+        let http = microdcs::testkit::devenv::free_port().expect("free port");
+        let opcua = microdcs::testkit::devenv::free_port().expect("free port");
+        let mut env = jobs::env(m.port(), r.0.port(), "obs-opcua");
+        for (k, v) in [
+            ("APP_HTTP_HOSTNAME", "127.0.0.1".to_owned()),
+            ("APP_HTTP_PORT", http.to_string()),
+            ("APP_OPCUA_PORT", opcua.to_string()),
+            ("APP_OPCUA_BIND", "127.0.0.1".into()),
+            ("APP_OPCUA_HOSTNAME", "127.0.0.1".into()),
+            ("APP_OPCUA_ANONYMOUS", "true".into()),
+            ("APP_OPCUA_PKI_DIR", pki),
+        ] {
+            jobs::set(&mut env, k, &v);
+        }
+        let addr: SocketAddr = format!("127.0.0.1:{http}").parse().expect("addr");
+        (env, addr)
+    };
+
+    let (env, addr) = start("/dev/null/pki".into());
+    let station = jobs::start(env).await;
+    let (status, failing) = ready_until(addr, |_, f| f.iter().any(|c| c == "service:opcua")).await;
+    assert_eq!(status, 503, "{failing:?}");
+    assert!(
+        failing.contains(&"opcua:listening".to_owned()),
+        "never listened: {failing:?}"
+    );
+    let (status, _) = get(addr, "/healthz").await.expect("GET /healthz");
+    assert_eq!(status, 503, "a failed server is a reason to restart");
+    station.stop().await;
+
+    let pki = tempfile::tempdir().expect("temporary directory");
+    let (env, addr) = start(pki.path().display().to_string());
+    let station = jobs::start(env).await;
+    let (status, failing) = ready_until(addr, |s, _| s == 200).await;
+    assert_eq!((status, failing), (200, vec![]));
+    station.stop().await;
+}
